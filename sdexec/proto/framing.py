@@ -82,11 +82,12 @@ def split_parts(body: bytes | memoryview) -> list[bytes]:
 class FrameDecoder:
     """Incremental decoder: ``feed(data)`` returns the messages completed so far."""
 
-    __slots__ = ("_buf", "_pos", "max_message")
+    __slots__ = ("_buf", "_error", "_pos", "max_message")
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._error: ProtocolError | None = None
         self.max_message = max_message
 
     @property
@@ -97,7 +98,20 @@ class FrameDecoder:
         return [decode_parts(p) for p in self.feed_parts(data)]
 
     def feed_parts(self, data: bytes) -> list[list[bytes]]:
-        """Like :meth:`feed` but stops at the part lists (for relays)."""
+        """Like :meth:`feed` but stops at the part lists (for relays).
+
+        After a framing error the stream cannot be resynchronised: the
+        decoder stays failed and every later call raises the same error.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed_parts(data)
+        except ProtocolError as exc:
+            self._error = ProtocolError(exc.message)
+            raise
+
+    def _feed_parts(self, data: bytes) -> list[list[bytes]]:
         buf = self._buf
         buf += data
         out: list[list[bytes]] = []

@@ -136,6 +136,8 @@ class Message:
     # --- routes -----------------------------------------------------------
 
     def push_route(self, ident: str) -> None:
+        if not ident:
+            raise ProtocolError("a route identity must not be empty")
         if self.routes is None:
             self.routes = []
         self.routes.insert(0, ident)
@@ -256,6 +258,8 @@ def encode_parts(msg: Message) -> list[bytes]:
     """A message as its list of RFC 3 parts, PROTO last."""
     parts: list[bytes] = []
     if msg.routes is not None:
+        if not all(msg.routes):
+            raise ProtocolError("a route identity must not be empty")
         parts.extend(r.encode() for r in msg.routes)
         parts.append(b"")
     if msg.topic is not None:

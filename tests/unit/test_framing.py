@@ -225,13 +225,7 @@ def test_frame_whose_parts_are_not_a_message() -> None:
     protocol_error(FrameDecoder(), frame(b"\x03abc"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a ProtocolError raised inside split_parts, the live traceback "
-    "keeps a memoryview export of the decoder's bytearray, so the next feed() raises "
-    "BufferError instead of ProtocolError",
-)
-def test_bug_feed_after_truncated_part_error_raises_protocol_error() -> None:
+def test_decoder_stays_failed_after_a_framing_error() -> None:
     decoder = FrameDecoder()
     with pytest.raises(ProtocolError) as first:
         decoder.feed(frame(b"\x05abc"))

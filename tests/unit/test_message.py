@@ -235,14 +235,12 @@ def test_sender_is_none_without_routes() -> None:
     assert Message(MsgType.REQUEST).sender is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty route identity encodes as a second delimiter; the encoder "
-    "accepts it and the message no longer decodes (or decodes differently)",
-)
-def test_bug_empty_route_identity_survives_round_trip() -> None:
+def test_empty_route_identity_is_refused() -> None:
     msg = Message(MsgType.REQUEST, topic="t", routes=[""])
-    assert round_trip(msg) == msg
+    with pytest.raises(ProtocolError):
+        encode_parts(msg)
+    with pytest.raises(ProtocolError):
+        Message(MsgType.REQUEST, topic="t").push_route("")
 
 
 # --- payloads ----------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""RFC 42 subprocess server protocol: request schemas and response builders.
+
+Theory of operation
+-------------------
+Each request payload is validated here, once, into a typed object; a missing
+or mistyped REQUIRED field is EPROTO, as RFC 42 "Request Authentication"
+asks for the signature JSON object and as flux-core does for plain payloads.
+Values that are well-typed but unacceptable (an empty label, a bad signal
+number) are EINVAL.  Response payloads are built by small functions so the
+wire shape lives in one place.
+
+The seed RFC 42 spells the message channel key ``msgchans``; flux-core sends
+``msgchan``.  Both are accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import errno
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdexec.errors import ProtocolError, SdexecError
+
+
+class ExecFlag(enum.IntFlag):
+    STDOUT = 1
+    STDERR = 2
+    CHANNEL = 4
+    WRITE_CREDIT = 8
+    WAITABLE = 16
+
+
+class LocalFlag(enum.IntFlag):
+    STDIO_FALLTHROUGH = 1
+    NO_SETPGRP = 2
+    FORK_EXEC = 4
+
+
+DEFAULT_STDIN_BUFSIZE = 4096
+
+
+@dataclass(slots=True)
+class MsgChan:
+    name: str
+    uri: str
+
+
+@dataclass(slots=True)
+class Command:
+    """The RFC 42 command object."""
+
+    cmdline: list[str]
+    env: dict[str, str]
+    opts: dict[str, str]
+    channels: list[str]
+    cwd: str | None = None
+    label: str | None = None
+    msgchans: list[MsgChan] = field(default_factory=list)
+
+    def opt(self, name: str) -> str | None:
+        return self.opts.get(name)
+
+    def stdin_bufsize(self) -> int:
+        raw = self.opts.get("stdin_BUFSIZE")
+        if raw is None:
+            return DEFAULT_STDIN_BUFSIZE
+        try:
+            size = _parse_size(raw)
+        except ValueError:
+            raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}") from None
+        if size < 1:
+            raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}")
+        return size
+
+
+def _parse_size(raw: str) -> int:
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = raw.strip().lower()
+    if text and text[-1] in mult:
+        return int(text[:-1]) * mult[text[-1]]
+    return int(text)
+
+
+@dataclass(slots=True)
+class ExecRequest:
+    cmd: Command
+    flags: ExecFlag
+    local_flags: LocalFlag
+
+
+@dataclass(slots=True)
+class Target:
+    """A process named by pid or, when given, by label (which wins)."""
+
+    pid: int
+    label: str | None
+
+    def __str__(self) -> str:
+        return self.label if self.label is not None else str(self.pid)
+
+
+@dataclass(slots=True)
+class KillRequest:
+    target: Target
+    signum: int
+
+
+@dataclass(slots=True)
+class WriteRequest:
+    matchtag: int
+    stream: str
+    data: bytes
+    eof: bool
+
+
+# --- field helpers -----------------------------------------------------------
+
+
+def _get(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
+    if key not in obj:
+        raise ProtocolError(f"{what}: missing '{key}'")
+    value = obj[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ProtocolError(f"{what}: '{key}' has the wrong type")
+    return value
+
+
+def _opt(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
+    if key not in obj or obj[key] is None:
+        return None
+    return _get(obj, key, typ, what)
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ProtocolError(f"{what} must be an object of strings")
+    return value
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"{what} must be an array of strings")
+    return value
+
+
+def _label(obj: dict[str, Any], what: str) -> str | None:
+    label = _opt(obj, "label", str, what)
+    if label is not None and label == "":
+        raise SdexecError(errno.EINVAL, "label must not be empty")
+    return label
+
+
+# --- requests ------------------------------------------------------------------
+
+
+def parse_command(obj: Any) -> Command:
+    if not isinstance(obj, dict):
+        raise ProtocolError("cmd must be an object")
+    cmdline = _str_list(_get(obj, "cmdline", list, "cmd"), "cmd.cmdline")
+    if not cmdline:
+        raise ProtocolError("cmd.cmdline must have at least one element")
+    env = _str_map(_get(obj, "env", dict, "cmd"), "cmd.env")
+    # opts and channels are REQUIRED by the RFC; be lenient when absent, as
+    # flux-core is, but strict about their types.
+    opts = _str_map(obj.get("opts", {}), "cmd.opts")
+    channels = _str_list(obj.get("channels", []), "cmd.channels")
+    raw_chans = obj.get("msgchans", obj.get("msgchan", []))
+    if raw_chans is None:
+        raw_chans = []
+    if not isinstance(raw_chans, list):
+        raise ProtocolError("cmd.msgchans must be an array")
+    msgchans = []
+    for ch in raw_chans:
+        if not isinstance(ch, dict):
+            raise ProtocolError("cmd.msgchans entries must be objects")
+        msgchans.append(
+            MsgChan(_get(ch, "name", str, "msgchan"), _get(ch, "uri", str, "msgchan"))
+        )
+    return Command(
+        cmdline=cmdline,
+        env=env,
+        opts=opts,
+        channels=channels,
+        cwd=_opt(obj, "cwd", str, "cmd"),
+        label=_label(obj, "cmd"),
+        msgchans=msgchans,
+    )
+
+
+def parse_exec(obj: dict[str, Any]) -> ExecRequest:
+    cmd = parse_command(_get(obj, "cmd", dict, "exec"))
+    flags = _get(obj, "flags", int, "exec")
+    local_flags = _opt(obj, "local_flags", int, "exec") or 0
+    return ExecRequest(cmd, ExecFlag(flags & 0x1F), LocalFlag(local_flags & 0x7))
+
+
+def parse_target(obj: dict[str, Any], what: str) -> Target:
+    label = _label(obj, what)
+    if label is not None:
+        pid = obj.get("pid", -1)
+        return Target(pid if isinstance(pid, int) else -1, label)
+    return Target(_get(obj, "pid", int, what), None)
+
+
+def parse_kill(obj: dict[str, Any]) -> KillRequest:
+    target = parse_target(obj, "kill")
+    signum = _get(obj, "signum", int, "kill")
+    if not 0 < signum < 65:
+        raise SdexecError(errno.EINVAL, f"invalid signal number {signum}")
+    return KillRequest(target, signum)
+
+
+def parse_write(obj: dict[str, Any]) -> WriteRequest:
+    matchtag = _get(obj, "matchtag", int, "write")
+    io = _get(obj, "io", dict, "write")
+    stream = _get(io, "stream", str, "write.io")
+    data = decode_io_data(io)
+    eof = bool(_opt(io, "eof", bool, "write.io"))
+    return WriteRequest(matchtag, stream, data, eof)
+
+
+def decode_io_data(io: dict[str, Any]) -> bytes:
+    """The bytes of an RFC 24 io object (empty when it carries none)."""
+    data = _opt(io, "data", str, "io")
+    if data is None:
+        return b""
+    encoding = _opt(io, "encoding", str, "io")
+    if encoding is None or encoding.upper() in ("UTF-8", "UTF8"):
+        return data.encode("utf-8", "surrogateescape")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except ValueError as exc:
+            raise ProtocolError("io.data is not valid base64") from exc
+    raise ProtocolError(f"unknown io encoding {encoding}")
+
+
+# --- responses -----------------------------------------------------------------
+
+
+def io_object(stream: str, rank: str, data: bytes | None, eof: bool = False) -> dict[str, Any]:
+    """An RFC 24 io object: UTF-8 text when the bytes are valid UTF-8, else base64."""
+    io: dict[str, Any] = {"stream": stream, "rank": rank}
+    if data:
+        try:
+            io["data"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            io["data"] = base64.b64encode(data).decode("ascii")
+            io["encoding"] = "base64"
+    if eof:
+        io["eof"] = True
+    return io
+
+
+def started(pid: int) -> dict[str, Any]:
+    return {"type": "started", "pid": pid}
+
+
+def stopped(pid: int) -> dict[str, Any]:
+    return {"type": "stopped", "pid": pid}
+
+
+def finished(pid: int, status: int) -> dict[str, Any]:
+    return {"type": "finished", "pid": pid, "status": status}
+
+
+def output(pid: int, io: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "output", "pid": pid, "io": io}
+
+
+def add_credit(channels: dict[str, int]) -> dict[str, Any]:
+    return {"type": "add-credit", "channels": channels}
+
+
+def attached(pid: int, flags: int) -> dict[str, Any]:
+    return {"type": "attached", "pid": pid, "flags": flags}

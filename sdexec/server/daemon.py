@@ -1,0 +1,166 @@
+"""``sdexec serve``: wire the layers together and run until SIGTERM/SIGINT.
+
+Ownership: one root ``asyncio.TaskGroup`` owns the router's handler tasks
+and the watcher of the systemd bus; the listener, the bus connection and the
+service live for exactly the span of :func:`serve`.  A crashing handler is
+answered and logged by the router; it never takes the server down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from sdexec import logs
+from sdexec.errors import SdexecError
+from sdexec.uri import LOCAL_SCHEME, default_local_path, local_path
+
+log = structlog.get_logger("sdexec.server")
+
+
+@dataclass
+class ServeOptions:
+    uri: str
+    socket_path: str
+    state_dir: Path
+    systemd: str  # user | system | private
+    rank: int = 0
+    size: int = 1
+    on_shutdown: str = "keep"
+
+
+def default_state_dir(socket_path: str) -> Path:
+    """One state directory per socket, next to it: two servers never share one."""
+    return Path(socket_path + ".state")
+
+
+def user_bus_address() -> str | None:
+    addr = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if addr:
+        return addr
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime, "bus").is_socket():
+        return f"unix:path={runtime}/bus"
+    return None
+
+
+def choose_systemd(requested: str | None) -> str:
+    if requested:
+        return requested
+    if user_bus_address() is not None:
+        return "user"
+    if os.geteuid() == 0:
+        return "private"
+    raise SdexecError(2, "no systemd user bus found; use --systemd=system or run as root "
+                         "for the embedded private manager")
+
+
+def notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.sendall(state.encode())
+
+
+async def serve(opts: ServeOptions, bus_address: str | None) -> int:
+    from sdexec.broker.builtins import Builtins
+    from sdexec.broker.router import Router
+    from sdexec.server.service import Service
+    from sdexec.systemd.bus import SystemdBus
+    from sdexec.transport.unix import listen_local
+
+    bus = SystemdBus(bus_address, system=opts.systemd == "system")
+    await bus.connect()
+    owner = os.getuid()
+    router = Router(owner_uid=owner)
+    Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
+    service = Service(router, bus, rank=opts.rank, uri=opts.uri)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch_bus() -> None:
+        await bus.wait_closed()
+        if not stop.is_set():
+            log.error("lost the systemd bus connection")
+            stop.set()
+
+    async with asyncio.TaskGroup() as tg:
+        router.attach(tg)
+        server = await listen_local(opts.socket_path, router)
+        bus_watch = tg.create_task(watch_bus())
+        log.info("listening", uri=opts.uri, systemd=opts.systemd, rank=opts.rank,
+                 state_dir=str(opts.state_dir), pid=os.getpid())
+        notify("READY=1")
+        await stop.wait()
+        notify("STOPPING=1")
+        log.info("shutting down", procs=len(service.by_pid))
+        server.close()
+        await service.shutdown(stop_background=opts.on_shutdown == "stop")
+        for conn in list(router.connections.values()):
+            conn.close()
+        bus_watch.cancel()
+        bus.close()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(opts.socket_path)
+    return service.background_alive()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
+    logs.configure(getattr(args, "log_level", None) or "info")
+    try:
+        # Not $SDEXEC_URI: that names the server a client talks to (and is set in
+        # every process we run), not where a new server should listen.
+        uri = args.uri or LOCAL_SCHEME + default_local_path()
+        path = local_path(uri)
+        state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else (
+            default_state_dir(path))
+        mode = choose_systemd(getattr(args, "systemd", None))
+        opts = ServeOptions(
+            uri=uri, socket_path=path, state_dir=state_dir, systemd=mode,
+            rank=int(getattr(args, "rank", 0) or 0),
+            on_shutdown=getattr(args, "on_shutdown", None) or "keep",
+        )
+        manager = None
+        bus_address: str | None = None
+        if mode == "private":
+            from sdexec.systemd.private import PrivateManager
+
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            manager = PrivateManager(state_dir)
+            if manager.start():
+                log.info("private systemd started", pid=manager.pid(),
+                         runtime_dir=str(manager.runtime_dir))
+            else:
+                log.info("private systemd reused", pid=manager.pid())
+            bus_address = manager.bus_address
+        elif mode == "user":
+            bus_address = user_bus_address()
+        alive = asyncio.run(serve(opts, bus_address))
+        if manager is not None and alive == 0:
+            manager.stop()
+            log.info("private systemd stopped")
+        log.info("stopped")
+        return 0
+    except SdexecError as exc:
+        log.error("cannot serve", errnum=exc.errno, error=exc.message)
+        print(f"sdexec: serve: {exc.message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,185 @@
+"""Non-blocking pipe ends owned by the server: process output in, stdin out.
+
+Theory of operation
+-------------------
+:class:`OutputPipe` watches the read end of a unit's stdout/stderr pipe with
+``loop.add_reader`` and hands each chunk (up to 64 KiB, one ``os.read``) to
+a sink.  Text is forwarded as UTF-8 when it is valid; a multi-byte character
+split across two reads is held back (at most 3 bytes) and joined to the next
+read, so a text stream never degrades to base64 at a chunk boundary.
+``pause()``/``resume()`` remove and re-add the reader: that is the whole of
+output back-pressure, since a process writing to a full pipe simply blocks.
+
+:class:`InputPipe` owns the write end of a unit's stdin.  Data is queued and
+written with non-blocking ``os.write``; when the pipe is full a writer
+callback waits for room.  Every byte drained into the pipe is reported to a
+credit callback, which is how RFC 42 ``add-credit`` responses are paced.
+The event loop never blocks on either end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+from collections.abc import Callable
+
+READ_SIZE = 65536
+
+OutputSink = Callable[[str, bytes, bool], None]  # (stream, data, eof)
+
+
+def split_utf8_tail(data: bytes) -> int:
+    """How many trailing bytes of ``data`` are an incomplete UTF-8 sequence (0-3)."""
+    n = len(data)
+    for back in range(1, min(4, n + 1)):
+        b = data[n - back]
+        if b & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
+class OutputPipe:
+    """The server's read end of a process output stream."""
+
+    __slots__ = ("_loop", "_tail", "eof", "fd", "paused", "sink", "stream")
+
+    def __init__(self, stream: str, fd: int, sink: OutputSink) -> None:
+        self.stream = stream
+        self.fd = fd
+        self.sink = sink
+        self.eof = False
+        self.paused = True
+        self._tail = b""
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+
+    def resume(self) -> None:
+        if self.paused and not self.eof:
+            self.paused = False
+            self._loop.add_reader(self.fd, self._on_readable)
+
+    def pause(self) -> None:
+        if not self.paused and not self.eof:
+            self.paused = True
+            self._loop.remove_reader(self.fd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._finish()
+            return
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        cut = split_utf8_tail(data)
+        if cut:
+            self._tail = data[-cut:]
+            data = data[:-cut]
+            if not data:
+                return
+        self.sink(self.stream, data, False)
+
+    def _finish(self) -> None:
+        tail, self._tail = self._tail, b""
+        self.close()
+        if tail:
+            self.sink(self.stream, tail, False)
+        self.sink(self.stream, b"", True)
+
+    def close(self) -> None:
+        if not self.eof:
+            self.eof = True
+            if not self.paused:
+                self._loop.remove_reader(self.fd)
+            self.paused = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+class InputPipe:
+    """The server's write end of a process's stdin (or a channel)."""
+
+    __slots__ = ("_loop", "_queue", "_waiting", "closed", "credit_cb", "eof_pending", "fd",
+                 "queued")
+
+    def __init__(self, fd: int, credit_cb: Callable[[int], None] | None = None) -> None:
+        self.fd = fd
+        self.credit_cb = credit_cb
+        self.queued = 0
+        self.closed = False
+        self.eof_pending = False
+        self._queue: collections.deque[memoryview] = collections.deque()
+        self._waiting = False
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.eof_pending or not data:
+            return
+        self._queue.append(memoryview(data))
+        self.queued += len(data)
+        if not self._waiting:
+            self._drain()
+
+    def write_eof(self) -> None:
+        if self.closed:
+            return
+        self.eof_pending = True
+        if not self._queue:
+            self.close()
+
+    def _drain(self) -> None:
+        drained = 0
+        queue = self._queue
+        while queue:
+            chunk = queue[0]
+            try:
+                n = os.write(self.fd, chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # EPIPE: the process closed its stdin; drop the rest
+                drained += self.queued
+                queue.clear()
+                self.queued = 0
+                self._report(drained)
+                self.close()
+                return
+            drained += n
+            self.queued -= n
+            if n == len(chunk):
+                queue.popleft()
+            else:
+                queue[0] = chunk[n:]
+        if queue and not self._waiting:
+            self._waiting = True
+            self._loop.add_writer(self.fd, self._drain)
+        elif not queue and self._waiting:
+            self._waiting = False
+            self._loop.remove_writer(self.fd)
+        self._report(drained)
+        if not queue and self.eof_pending:
+            self.close()
+
+    def _report(self, n: int) -> None:
+        if n and self.credit_cb is not None:
+            self.credit_cb(n)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiting:
+            self._waiting = False
+            self._loop.remove_writer(self.fd)
+        self._queue.clear()
+        self.queued = 0
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -1,0 +1,266 @@
+"""One subprocess: a systemd unit, its pipes, and the client streams watching it.
+
+Theory of operation
+-------------------
+A :class:`Process` is the :class:`~sdexec.systemd.bus.UnitListener` for its
+unit.  D-Bus signals are folded by a
+:class:`~sdexec.systemd.unitstate.UnitTracker` into lifecycle events, and the
+process turns each event into RFC 42 responses *synchronously*, so that
+``started`` always precedes output and ``finished`` even when systemd reports
+both in one burst.
+
+State is a small table (:class:`ProcState`)::
+
+    STARTING --started--> RUNNING <--stop/cont--> STOPPED
+        |                    |
+        +--exec failed--> (gone)    +--finished--> EXITED --wait/attach--> (reaped)
+
+A streaming client (the ``exec`` request itself, or later an ``attach``)
+receives ``output`` for each forwarded stream, ``finished``, and ENODATA once
+the process has finished *and* every forwarded stream has reached EOF.
+Background processes keep their output (the last ``KEEP_BYTES`` per stream)
+and log it.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import errno
+import os
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sdexec.proto import rfc42
+from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.server.pipes import InputPipe, OutputPipe
+from sdexec.systemd.unitstate import ExecFailed, Finished, Started, UnitTracker
+
+if TYPE_CHECKING:
+    from sdexec.broker.router import Request, Sender
+    from sdexec.server.service import Service
+
+log = structlog.get_logger("sdexec.proc")
+
+KEEP_BYTES = 1 << 20
+
+
+class ProcState(enum.Enum):
+    STARTING = "S"
+    RUNNING = "R"
+    STOPPED = "T"
+    EXITED = "Z"
+
+
+class Process:
+    """A subprocess run as a transient unit."""
+
+    def __init__(
+        self,
+        service: Service,
+        unit: str,
+        cmd: Command,
+        flags: ExecFlag,
+        local_flags: LocalFlag,
+        client: Request | None,
+    ) -> None:
+        self.service = service
+        self.unit = unit
+        self.cmd = cmd
+        self.flags = flags
+        self.local_flags = local_flags
+        self.label = cmd.label
+        self.client = client  # the streaming requester, if any
+        self.background = client is None or not client.streaming
+        self.sender: Sender | None = client.sender if client else None
+        self.matchtag = client.matchtag if client else 0
+        self.requester_uid = client.userid if client else -1
+        self.pid = 0
+        self.status: int | None = None
+        self.state = ProcState.STARTING
+        self.tracker = UnitTracker()
+        self.outputs: dict[str, OutputPipe] = {}
+        self.stdin: InputPipe | None = None
+        self.kept: dict[str, collections.deque[bytes]] = {}
+        self.waiter: Request | None = None
+        self._writable_hooked = False
+        self._early_credit = 0  # stdin drained before `started` could be sent
+
+    # --- identity -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.cmd.cmdline[0])
+
+    @property
+    def waitable(self) -> bool:
+        return bool(self.flags & ExecFlag.WAITABLE)
+
+    @property
+    def rank(self) -> str:
+        return self.service.rank_str
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"unit": self.unit, "label": self.label, "pid": self.pid,
+                "uid": self.requester_uid}
+
+    # --- UnitListener ------------------------------------------------------------------
+
+    def service_changed(self, props: dict[str, Any]) -> None:
+        self.tracker.service_changed(props)
+
+    def unit_changed(self, props: dict[str, Any]) -> None:
+        for ev in self.tracker.unit_changed(props):
+            self._event(ev)
+
+    def job_removed(self, result: str) -> None:
+        for ev in self.tracker.job_removed(result):
+            self._event(ev)
+
+    def _event(self, ev: Started | Finished | ExecFailed) -> None:
+        if isinstance(ev, Started):
+            self._started(ev.pid)
+        elif isinstance(ev, Finished):
+            self._finished(ev.status)
+        else:
+            self._exec_failed(ev.errnum, ev.message)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        self.state = ProcState.RUNNING
+        self.service.proc_started(self)
+        log.info("started", **self.log_fields())
+        client = self.client
+        if client is not None:
+            client.respond(rfc42.started(pid))
+            if self.background:
+                self.client = None  # a background exec gets exactly one response
+            elif self.flags & ExecFlag.WRITE_CREDIT and self.stdin is not None:
+                client.respond(rfc42.add_credit({"stdin": self.cmd.stdin_bufsize()}))
+                if self._early_credit:
+                    client.respond(rfc42.add_credit({"stdin": self._early_credit}))
+                    self._early_credit = 0
+        self._hook_writable()
+        for pipe in self.outputs.values():
+            pipe.resume()
+        self._flow()
+
+    def _finished(self, status: int) -> None:
+        self.status = status
+        self.state = ProcState.EXITED
+        self.service.bus.unwatch(self.unit)
+        log.info("finished", status=status, **self.log_fields())
+        if self.stdin is not None:
+            self.stdin.close()
+        if self.client is not None:
+            self.client.respond(rfc42.finished(self.pid, status))
+        self._maybe_end()
+
+    def _exec_failed(self, errnum: int, message: str) -> None:
+        self.service.bus.unwatch(self.unit)
+        log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
+        self._close_pipes()
+        if self.client is not None:
+            self.client.error(errnum, f"{self.cmd.cmdline[0]}: {message}")
+            self.client = None
+        self.service.proc_gone(self)
+
+    def _maybe_end(self) -> None:
+        """Finish the client stream and reap, once everything has been delivered."""
+        if self.state is not ProcState.EXITED:
+            return
+        if any(not p.eof for p in self.outputs.values()):
+            return
+        client = self.client
+        if client is not None:
+            client.end()
+            self.client = None
+            self._unhook_writable()
+            if not self.background:
+                self.service.reap(self)
+                return
+        if self.waiter is not None:
+            assert self.status is not None
+            self.waiter.respond({"status": self.status})
+            self.waiter = None
+            self.service.reap(self)
+        elif not self.waitable:
+            self.service.reap(self)
+
+    # --- output ---------------------------------------------------------------------------
+
+    def output(self, stream: str, data: bytes, eof: bool) -> None:
+        """Sink for an :class:`OutputPipe`: forward to the client, keep, log."""
+        if data and self.background:
+            kept = self.kept.setdefault(stream, collections.deque())
+            kept.append(data)
+            self.service.kept_bytes(self, stream, data)
+        client = self.client
+        if client is not None:
+            client.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data, eof)))
+        if eof:
+            self._maybe_end()
+
+    def _hook_writable(self) -> None:
+        if self.client is not None and not self._writable_hooked:
+            self.client.conn.on_writable(self._on_writable)
+            self._writable_hooked = True
+
+    def _unhook_writable(self) -> None:
+        if self._writable_hooked and self.client is not None:
+            self.client.conn.remove_on_writable(self._on_writable)
+        self._writable_hooked = False
+
+    def _on_writable(self, writable: bool) -> None:
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read pipes only while the client can take more (output back-pressure)."""
+        if self.state is ProcState.STARTING:
+            return
+        go = self.client is None or self.client.conn.writable
+        for pipe in self.outputs.values():
+            if go:
+                pipe.resume()
+            else:
+                pipe.pause()
+
+    # --- input ------------------------------------------------------------------------------
+
+    def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if stream != "stdin" or self.stdin is None:
+            return  # unknown channels may be ignored (RFC 42 "write")
+        if data:
+            self.stdin.write(data)
+        if eof:
+            self.stdin.write_eof()
+
+    def credit(self, n: int) -> None:
+        client = self.client
+        if client is None or not self.flags & ExecFlag.WRITE_CREDIT:
+            return
+        if self.state is ProcState.STARTING:
+            self._early_credit += n
+        else:
+            client.respond(rfc42.add_credit({"stdin": n}))
+
+    # --- client going away -------------------------------------------------------------
+
+    def detach_client(self) -> None:
+        """The streaming client disconnected."""
+        self._unhook_writable()
+        self.client = None
+        self._flow()
+
+    def _close_pipes(self) -> None:
+        for pipe in self.outputs.values():
+            pipe.close()
+        if self.stdin is not None:
+            self.stdin.close()
+
+    def release(self) -> None:
+        self._unhook_writable()
+        self._close_pipes()

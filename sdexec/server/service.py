@@ -1,0 +1,369 @@
+"""The RFC 42 service: exec, write, kill, wait, list, disconnect.
+
+Theory of operation
+-------------------
+The service owns the process table.  Processes belong to the service, not to
+the connection that asked for them: a connection only holds a *stream* on a
+process, and losing it kills a foreground process (RFC 42 "exec") and leaves
+a background one alone.
+
+Indexes, all kept consistent by :meth:`proc_started`, :meth:`reap` and
+:meth:`proc_gone`:
+
+* ``by_pid``  - started processes, running or finished-but-not-reaped (Z);
+* ``by_label`` - reserved at request time, so a duplicate is refused with
+  EEXIST before any unit is created;
+* ``by_stream`` - (sender, matchtag) of a streaming exec, the key that RFC 42
+  ``write`` requests use.
+
+``exec`` validates the request, resolves the executable against the
+command's own ``PATH`` (so a missing or non-executable command is ENOENT or
+EACCES with the usual text, like ``execvp``), creates the pipes, registers
+the unit's listener and calls ``StartTransientUnit``.  Everything after that
+is driven by the unit's signals, in :class:`~sdexec.server.process.Process`.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import time
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import structlog
+
+from sdexec.broker.router import Request, Router, Sender
+from sdexec.errors import SdexecError
+from sdexec.proto import rfc42
+from sdexec.proto.rfc42 import ExecFlag, LocalFlag
+from sdexec.server.pipes import InputPipe, OutputPipe
+from sdexec.server.process import ProcState, Process
+from sdexec.systemd import properties
+from sdexec.systemd.bus import SystemdBus
+
+log = structlog.get_logger("sdexec.service")
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+LOG_LINE_MAX = 1024
+
+
+def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
+    """The absolute path ``execvp`` would run, or ENOENT/EACCES like it."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd or os.getcwd(), argv0)
+        _check_executable(argv0, path)
+        return os.path.normpath(path)
+    denied = False
+    for d in env.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(d or ".", argv0)
+        if not os.path.isabs(candidate):
+            candidate = os.path.join(cwd or os.getcwd(), candidate)
+        try:
+            _check_executable(argv0, candidate)
+        except SdexecError as exc:
+            denied = denied or exc.errno == errno.EACCES
+            continue
+        return candidate
+    if denied:
+        raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
+    raise SdexecError(errno.ENOENT, f"{argv0}: No such file or directory")
+
+
+def _check_executable(argv0: str, path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SdexecError(errno.ENOENT, f"{argv0}: No such file or directory") from None
+    except NotADirectoryError:
+        raise SdexecError(errno.ENOTDIR, f"{argv0}: Not a directory") from None
+    except PermissionError:
+        raise SdexecError(errno.EACCES, f"{argv0}: Permission denied") from None
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
+
+
+class Service:
+    """RFC 42 handlers registered under ``<name>.<method>``."""
+
+    def __init__(
+        self,
+        router: Router,
+        bus: SystemdBus,
+        *,
+        name: str = "sdexec",
+        rank: int = 0,
+        uri: str | None = None,
+    ) -> None:
+        self.router = router
+        self.bus = bus
+        self.name = name
+        self.rank = rank
+        self.rank_str = str(rank)
+        self.uri = uri
+        self.by_pid: dict[int, Process] = {}
+        self.by_label: dict[str, Process] = {}
+        self.by_stream: dict[tuple[Sender, int], Process] = {}
+        self.starting: set[Process] = set()
+        self._seq = itertools.count(1)
+        self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
+        self.shutting_down = False
+        for method, handler, streaming_only in (
+            ("exec", self.exec, False),
+            ("write", self.write, False),
+            ("kill", self.kill, False),
+            ("wait", self.wait, False),
+            ("list", self.list, False),
+            ("disconnect", self.disconnect, False),
+        ):
+            router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
+        router.disconnect_hooks.append(self.connection_closed)
+
+    # --- table maintenance (called by Process) ----------------------------------------
+
+    def proc_started(self, proc: Process) -> None:
+        self.starting.discard(proc)
+        self.by_pid[proc.pid] = proc
+
+    def proc_gone(self, proc: Process) -> None:
+        """A process that never started (exec failure): forget it."""
+        self.starting.discard(proc)
+        self._forget(proc)
+
+    def reap(self, proc: Process) -> None:
+        """The process's status has been delivered: forget it."""
+        log.debug("reaped", **proc.log_fields())
+        self._forget(proc)
+
+    def _forget(self, proc: Process) -> None:
+        if self.by_pid.get(proc.pid) is proc:
+            del self.by_pid[proc.pid]
+        if proc.label is not None and self.by_label.get(proc.label) is proc:
+            del self.by_label[proc.label]
+        if proc.sender is not None:
+            key = (proc.sender, proc.matchtag)
+            if self.by_stream.get(key) is proc:
+                del self.by_stream[key]
+        proc.release()
+
+    def processes(self) -> Iterable[Process]:
+        return self.by_pid.values()
+
+    def kept_bytes(self, proc: Process, stream: str, data: bytes) -> None:
+        """Bound a background process's kept output and log it."""
+        kept = proc.kept[stream]
+        total = sum(len(c) for c in kept)
+        while total > (1 << 20) and len(kept) > 1:
+            total -= len(kept.popleft())
+        text = data.decode("utf-8", "replace")
+        for line in text.splitlines()[:16]:
+            log.info("output", stream=stream, line=line[:LOG_LINE_MAX], **proc.log_fields())
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def lookup(self, target: rfc42.Target) -> Process:
+        proc = (self.by_label.get(target.label) if target.label is not None
+                else self.by_pid.get(target.pid))
+        if proc is None or proc.state is ProcState.STARTING:
+            raise SdexecError(errno.ESRCH if target.label is None else errno.ENOENT,
+                              f"process {target} not found")
+        return proc
+
+    # --- exec -------------------------------------------------------------------------------
+
+    def _unit_name(self, req: rfc42.ExecRequest) -> str:
+        name = req.cmd.opt("SDEXEC_NAME")
+        if name:
+            if not name.endswith(".service"):
+                name += ".service"
+            return name
+        return f"sdexec-{self.rank}-{self._stamp}-{next(self._seq)}.service"
+
+    def exec(self, req: Request) -> Coroutine[Any, Any, None]:
+        """Validate and register synchronously; start the unit in a task.
+
+        Everything up to ``StartTransientUnit`` happens before the next request
+        from the same connection is read, so a ``write`` that follows the
+        ``exec`` at once (credit borrowed before ``started``) finds its process.
+        """
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, "server is shutting down")
+        er = rfc42.parse_exec(req.payload())
+        cmd = er.cmd
+        if cmd.label is not None and cmd.label in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        env = dict(cmd.env)
+        if self.uri:
+            env["SDEXEC_URI"] = self.uri
+        spec = properties.UnitSpec(
+            argv=[exe, *cmd.cmdline[1:]], env=env, cwd=cmd.cwd, argv0=cmd.cmdline[0],
+            extra=properties.opts_properties(cmd.opts),
+        )
+        unit = self._unit_name(er)
+        proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        fds, theirs = self._make_stdio(proc, spec, req.streaming)
+        try:
+            props = spec.properties()
+        except BaseException:
+            for fd in theirs:
+                os.close(fd)
+            proc.release()
+            raise
+        if cmd.label is not None:
+            self.by_label[cmd.label] = proc
+        if req.streaming:
+            self.by_stream[(req.sender, req.matchtag)] = proc
+        self.starting.add(proc)
+        self.bus.watch(unit, proc)
+        log.info("exec", argv=cmd.cmdline, cwd=cmd.cwd, background=not req.streaming,
+                 flags=int(er.flags), **proc.log_fields())
+        return self._start(proc, props, fds, theirs)
+
+    async def _start(
+        self, proc: Process, props: list[list[object]], fds: list[int], theirs: list[int]
+    ) -> None:
+        try:
+            await self.bus.start_transient(proc.unit, props, fds)
+        except BaseException:
+            self.bus.unwatch(proc.unit)
+            self.starting.discard(proc)
+            self._forget(proc)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+
+    def _make_stdio(
+        self, proc: Process, spec: properties.UnitSpec, streaming: bool
+    ) -> tuple[list[int], list[int]]:
+        """Create the unit's stdio; returns (fds to pass, the unit's ends to close)."""
+        if proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+            spec.stdin_fd, spec.stdout_fd, spec.stderr_fd = 0, 1, 2
+            return [0, 1, 2], []
+        fds: list[int] = []
+        if streaming:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            proc.stdin = InputPipe(w, proc.credit)
+        else:
+            r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        spec.stdin_fd = len(fds)
+        fds.append(r)
+        for stream, flag in (("stdout", ExecFlag.STDOUT), ("stderr", ExecFlag.STDERR)):
+            if streaming and not proc.flags & flag:
+                continue  # not forwarded: systemd's default (the journal)
+            r, w = os.pipe2(os.O_CLOEXEC)
+            proc.outputs[stream] = OutputPipe(stream, r, proc.output)
+            if stream == "stdout":
+                spec.stdout_fd = len(fds)
+            else:
+                spec.stderr_fd = len(fds)
+            fds.append(w)
+        return fds, list(fds)
+
+    # --- write ------------------------------------------------------------------------------
+
+    def write(self, req: Request) -> None:
+        try:
+            wr = rfc42.parse_write(req.payload())
+        except OSError as exc:
+            log.info("write dropped", uid=req.userid, reason=str(exc))
+            return  # write has no response (NORESPONSE); drop what cannot be parsed
+        proc = self.by_stream.get((req.sender, wr.matchtag))
+        if proc is None:
+            return
+        proc.write(wr.stream, wr.data, wr.eof)
+
+    # --- kill -------------------------------------------------------------------------------
+
+    async def kill(self, req: Request) -> None:
+        kr = rfc42.parse_kill(req.payload())
+        proc = self.lookup(kr.target)
+        if proc.state is ProcState.EXITED:
+            raise SdexecError(errno.ESRCH, f"process {kr.target} has already exited")
+        who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
+        log.info("kill", signum=kr.signum, who=who, requester=req.userid, **proc.log_fields())
+        await self.bus.kill(proc.unit, kr.signum, who)
+        req.respond({})
+
+    # --- wait -------------------------------------------------------------------------------
+
+    def wait(self, req: Request) -> None:
+        target = rfc42.parse_target(req.payload(), "wait")
+        proc = self.lookup(target)
+        if not proc.waitable:
+            raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
+        if proc.waiter is not None or (proc.client is not None and not proc.background):
+            raise SdexecError(errno.EBUSY, f"process {target} is already being waited on")
+        if proc.client is not None:
+            raise SdexecError(errno.EBUSY, f"process {target} has a client attached")
+        proc.waiter = req
+        log.info("wait", requester=req.userid, **proc.log_fields())
+        if proc.state is ProcState.EXITED:
+            proc._maybe_end()
+
+    # --- list -------------------------------------------------------------------------------
+
+    def list(self, req: Request) -> None:
+        procs = [
+            {"pid": p.pid, "cmd": p.name, "label": p.label or "", "state": p.state.value}
+            for p in self.by_pid.values()
+        ]
+        req.respond({"rank": self.rank, "procs": procs})
+
+    # --- disconnect -------------------------------------------------------------------------
+
+    def disconnect(self, req: Request) -> None:
+        self._drop_sender(lambda s: s == req.sender)
+
+    def connection_closed(self, conn_id: str) -> None:
+        self._drop_sender(lambda s: s[0] == conn_id)
+
+    def _drop_sender(self, match: Any) -> None:
+        for proc in [*self.by_pid.values(), *self.starting]:
+            if proc.waiter is not None and match(proc.waiter.sender):
+                proc.waiter = None
+            client = proc.client
+            if client is None or not match(client.sender):
+                continue
+            proc.detach_client()
+            if not proc.background:
+                log.info("client gone, killing foreground process", **proc.log_fields())
+                self.router.spawn(self._kill_quietly(proc))
+
+    async def _kill_quietly(self, proc: Process) -> None:
+        try:
+            await self.bus.kill(proc.unit, 9, "all")
+        except OSError as exc:
+            log.debug("kill after disconnect failed", error=str(exc), **proc.log_fields())
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    async def shutdown(self, stop_background: bool = False) -> None:
+        """Fail streams and waits, stop foreground units (and background ones if asked)."""
+        self.shutting_down = True
+        for proc in [*self.by_pid.values(), *self.starting]:
+            if proc.waiter is not None:
+                proc.waiter.error(errno.ENOSYS, "server is shutting down")
+                proc.waiter = None
+            foreground = not proc.background
+            if proc.client is not None:
+                proc.client.error(errno.ENOSYS, "server is shutting down")
+                proc.detach_client()
+            if (foreground or stop_background) and proc.state is not ProcState.EXITED:
+                try:
+                    await self.bus.stop(proc.unit)
+                except OSError as exc:
+                    log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+
+    def background_alive(self) -> int:
+        return sum(1 for p in self.by_pid.values() if p.background and
+                   p.state is not ProcState.EXITED)
+
+    def __contains__(self, pid: int) -> bool:
+        return pid in self.by_pid
+
+    def describe(self) -> dict[str, Any]:
+        return {"procs": len(self.by_pid), "labels": len(self.by_label)}

@@ -1,0 +1,250 @@
+"""The one module that talks to systemd over D-Bus (dbus-fast).
+
+Theory of operation
+-------------------
+One :class:`SystemdBus` owns one connection to the manager's bus, opened with
+``negotiate_unix_fd=True`` (otherwise fds are silently dropped and systemd
+answers "Bad message").  At connect time it calls ``Manager.Subscribe()``
+once (no unit signals are emitted without it) and adds two match rules:
+
+* ``PropertiesChanged`` for every object under ``/org/freedesktop/systemd1/unit``;
+* the manager's ``JobRemoved``.
+
+A single broad match, added before any unit is started, replaces one
+``AddMatch`` per unit: it costs no round trip on the exec path and does not
+run into dbus-daemon's per-connection match limit (512 on a system bus) when
+a thousand units start at once.  Signals are dispatched to the
+:class:`UnitListener` registered for the unit's object path (or unit name,
+for ``JobRemoved``); a listener is registered *before* its
+``StartTransientUnit`` is sent, so no transition is missed.  Signals of
+units nobody watches are dropped after a dictionary lookup.
+
+D-Bus errors are translated to errnos here, once, from a table.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from sdexec.errors import SdexecError
+from sdexec.systemd.properties import unit_object_path
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+
+DBUS_ERRNO: dict[str, int] = {
+    "org.freedesktop.systemd1.NoSuchUnit": errno.ESRCH,
+    "org.freedesktop.systemd1.NoSuchProcess": errno.ESRCH,
+    "org.freedesktop.systemd1.UnitExists": errno.EEXIST,
+    "org.freedesktop.systemd1.JobTypeNotApplicable": errno.EINVAL,
+    "org.freedesktop.systemd1.TransactionIsDestructive": errno.EBUSY,
+    "org.freedesktop.systemd1.UnitMasked": errno.EPERM,
+    "org.freedesktop.DBus.Error.InvalidArgs": errno.EINVAL,
+    "org.freedesktop.DBus.Error.PropertyReadOnly": errno.EINVAL,
+    "org.freedesktop.DBus.Error.UnknownProperty": errno.EINVAL,
+    "org.freedesktop.DBus.Error.NotSupported": errno.EOPNOTSUPP,
+    "org.freedesktop.DBus.Error.AccessDenied": errno.EPERM,
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": errno.EPERM,
+    "org.freedesktop.DBus.Error.NoReply": errno.ETIMEDOUT,
+    "org.freedesktop.DBus.Error.Timeout": errno.ETIMEDOUT,
+    "org.freedesktop.DBus.Error.NoMemory": errno.ENOMEM,
+    "org.freedesktop.DBus.Error.LimitsExceeded": errno.EAGAIN,
+    "org.freedesktop.DBus.Error.ServiceUnknown": errno.ECONNREFUSED,
+    "org.freedesktop.DBus.Error.Disconnected": errno.ECONNRESET,
+}
+
+
+def translate(exc: Exception) -> SdexecError:
+    """A D-Bus (or connection) failure as an errno-carrying error."""
+    if isinstance(exc, SdexecError):
+        return exc
+    if isinstance(exc, DBusError):
+        return SdexecError(DBUS_ERRNO.get(exc.type, errno.EIO), exc.text or exc.type)
+    if isinstance(exc, OSError) and exc.errno:
+        return SdexecError(exc.errno, f"systemd bus: {exc.strerror}")
+    return SdexecError(errno.EIO, f"systemd bus: {exc}")
+
+
+class UnitListener(Protocol):
+    """What a watched unit's owner receives (values already unwrapped)."""
+
+    def service_changed(self, props: dict[str, Any]) -> None: ...
+    def unit_changed(self, props: dict[str, Any]) -> None: ...
+    def job_removed(self, result: str) -> None: ...
+
+
+def _unwrap(props: dict[str, Variant]) -> dict[str, Any]:
+    return {k: v.value for k, v in props.items()}
+
+
+class SystemdBus:
+    """A connection to one systemd manager (user, system or private)."""
+
+    def __init__(self, address: str | None = None, *, system: bool = False) -> None:
+        self.address = address
+        self.system = system
+        self._bus: MessageBus | None = None
+        self._by_path: dict[str, UnitListener] = {}
+        self._by_name: dict[str, UnitListener] = {}
+
+    # --- connection --------------------------------------------------------------
+
+    async def connect(self) -> None:
+        try:
+            if self.address:
+                bus = MessageBus(bus_address=self.address, negotiate_unix_fd=True)
+            else:
+                kind = BusType.SYSTEM if self.system else BusType.SESSION
+                bus = MessageBus(bus_type=kind, negotiate_unix_fd=True)
+            self._bus = await bus.connect()
+        except Exception as exc:
+            raise translate(exc) from exc
+        self._bus.add_message_handler(self._on_message)
+        await self._add_match(
+            f"type='signal',sender='{SYSTEMD}',interface='{PROPS_IFACE}',"
+            f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}/unit'"
+        )
+        await self._add_match(
+            f"type='signal',sender='{SYSTEMD}',interface='{MANAGER_IFACE}',member='JobRemoved'"
+        )
+        await self._manager("Subscribe")
+
+    async def wait_closed(self) -> None:
+        """Return when the bus connection is gone (the manager exited)."""
+        assert self._bus is not None
+        await self._bus.wait_for_disconnect()
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    @property
+    def connected(self) -> bool:
+        return self._bus is not None and self._bus.connected
+
+    # --- calls -----------------------------------------------------------------------
+
+    async def _call(self, msg: Message) -> Message:
+        if self._bus is None:
+            raise SdexecError(errno.ECONNRESET, "not connected to systemd")
+        try:
+            reply = await self._bus.call(msg)
+        except Exception as exc:
+            raise translate(exc) from exc
+        if reply.message_type == MessageType.ERROR:
+            name = reply.error_name or ""
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
+            raise SdexecError(DBUS_ERRNO.get(name, errno.EIO), text)
+        return reply
+
+    async def _manager(
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        fds: Sequence[int] = (),
+    ) -> list[Any]:
+        reply = await self._call(
+            Message(
+                destination=SYSTEMD,
+                path=MANAGER_PATH,
+                interface=MANAGER_IFACE,
+                member=member,
+                signature=signature,
+                body=list(body),
+                unix_fds=list(fds),
+            )
+        )
+        return list(reply.body)
+
+    async def _add_match(self, rule: str) -> None:
+        await self._call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[rule],
+            )
+        )
+
+    # --- units -------------------------------------------------------------------------
+
+    def watch(self, unit: str, listener: UnitListener) -> None:
+        """Route this unit's signals to ``listener`` (call before starting it)."""
+        self._by_path[unit_object_path(unit)] = listener
+        self._by_name[unit] = listener
+
+    def unwatch(self, unit: str) -> None:
+        self._by_path.pop(unit_object_path(unit), None)
+        self._by_name.pop(unit, None)
+
+    async def start_transient(
+        self, unit: str, properties: list[list[Any]], fds: Sequence[int] = ()
+    ) -> str:
+        """StartTransientUnit(unit, "fail", properties, []); returns the job path."""
+        body = await self._manager(
+            "StartTransientUnit", "ssa(sv)a(sa(sv))", [unit, "fail", properties, []], fds
+        )
+        return str(body[0])
+
+    async def kill(self, unit: str, signum: int, who: str = "all") -> None:
+        await self._manager("KillUnit", "ssi", [unit, who, signum])
+
+    async def stop(self, unit: str) -> None:
+        await self._manager("StopUnit", "ss", [unit, "replace"])
+
+    async def reset_failed(self, unit: str) -> None:
+        await self._manager("ResetFailedUnit", "s", [unit])
+
+    async def list_units(self, patterns: list[str]) -> list[tuple[str, str, str]]:
+        """(name, active state, sub state) of loaded units matching the globs."""
+        (units,) = await self._manager("ListUnitsByPatterns", "asas", [[], patterns])
+        return [(u[0], u[3], u[4]) for u in units]
+
+    async def properties(self, unit: str, interface: str = "") -> dict[str, Any]:
+        """All properties of a unit (every interface when ``interface`` is empty)."""
+        reply = await self._call(
+            Message(
+                destination=SYSTEMD,
+                path=unit_object_path(unit),
+                interface=PROPS_IFACE,
+                member="GetAll",
+                signature="s",
+                body=[interface],
+            )
+        )
+        return _unwrap(reply.body[0])
+
+    # --- signals -----------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        if msg.member == "PropertiesChanged":
+            listener = self._by_path.get(msg.path or "")
+            if listener is not None:
+                iface, changed = msg.body[0], msg.body[1]
+                if iface == SERVICE_IFACE:
+                    listener.service_changed(_unwrap(changed))
+                elif iface == UNIT_IFACE:
+                    listener.unit_changed(_unwrap(changed))
+        elif msg.member == "JobRemoved" and msg.interface == MANAGER_IFACE:
+            _id, _job, unit, result = msg.body
+            listener = self._by_name.get(unit)
+            if listener is not None:
+                listener.job_removed(result)
+        return False

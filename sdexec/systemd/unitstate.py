@@ -1,0 +1,161 @@
+"""Unit property updates -> process lifecycle events (pure, no D-Bus).
+
+Theory of operation
+-------------------
+systemd (252) reports a transient service through two signal streams:
+
+* ``PropertiesChanged`` on the unit object, in pairs: the Service interface
+  (``ExecMainPID``, ``ExecMainCode``, ``ExecMainStatus``, ``Result``) and
+  then the Unit interface (``ActiveState``, ``SubState``).  The very first
+  pair may already say ``inactive/dead`` before the process ran; that is not
+  the end.
+* ``JobRemoved`` for the start job.  With ``Type=exec`` the job is ``done``
+  only once ``execve()`` succeeded, and ``failed`` when it did not.  That is
+  what tells a program that really exits 203 from systemd's own 203/EXEC:
+  the exit code alone cannot.
+
+:class:`UnitTracker` folds both into :class:`Started`, :class:`Finished` and
+:class:`ExecFailed` events.  A finish seen before the start job's result is
+held back until the job says whether the exec happened at all.
+
+The wait(2) status is what the kernel would give for the main process:
+``code << 8`` when it exited, the signal number when killed, and the signal
+``| 0x80`` when it dumped core (``ExecMainCode`` 1, 2, 3 = CLD_EXITED,
+CLD_KILLED, CLD_DUMPED).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+CLD_EXITED = 1
+CLD_KILLED = 2
+CLD_DUMPED = 3
+
+# systemd's own exit codes for a failed exec setup (systemd.exec(5)), as errnos.
+EXEC_FAILURE_ERRNO: dict[int, tuple[int, str]] = {
+    200: (errno.ENOENT, "cannot change to the working directory"),
+    203: (errno.ENOENT, "cannot execute the command"),
+    204: (errno.EIO, "cannot set up standard I/O"),
+    205: (errno.EPERM, "cannot apply resource limits"),
+    214: (errno.EPERM, "cannot set up the scheduling policy"),
+    216: (errno.EPERM, "cannot set the group"),
+    217: (errno.EPERM, "cannot set the user"),
+    218: (errno.EPERM, "cannot drop capabilities"),
+    219: (errno.EPERM, "cannot set up the cgroup"),
+    221: (errno.EPERM, "cannot set up the runtime directory"),
+}
+
+
+def wait_status(code: int, status: int) -> int | None:
+    """The wait(2) status for ExecMainCode/ExecMainStatus, or None if not final."""
+    if code == CLD_EXITED:
+        return (status & 0xFF) << 8
+    if code == CLD_KILLED:
+        return status & 0x7F
+    if code == CLD_DUMPED:
+        return (status & 0x7F) | 0x80
+    return None
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    pid: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecFailed:
+    errnum: int
+    message: str
+
+
+Event = Started | Finished | ExecFailed
+
+_FINAL_ACTIVE = frozenset({"inactive", "failed"})
+
+
+class UnitTracker:
+    """Follows one unit from StartTransientUnit to its end."""
+
+    __slots__ = ("_held", "code", "phase", "pid", "result", "status")
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.pid = 0
+        self.code = 0
+        self.status = 0
+        self.result = ""
+        self._held: Finished | None = None
+
+    def service_changed(self, props: dict[str, Any]) -> list[Event]:
+        """Feed a Service-interface PropertiesChanged dict (values unwrapped)."""
+        pid = props.get("ExecMainPID")
+        if pid:
+            self.pid = int(pid)
+        if "ExecMainCode" in props:
+            self.code = int(props["ExecMainCode"])
+        if "ExecMainStatus" in props:
+            self.status = int(props["ExecMainStatus"])
+        if "Result" in props:
+            self.result = str(props["Result"])
+        return []
+
+    def unit_changed(self, props: dict[str, Any]) -> list[Event]:
+        """Feed a Unit-interface PropertiesChanged dict (values unwrapped)."""
+        active = props.get("ActiveState")
+        sub = props.get("SubState")
+        ended = active in _FINAL_ACTIVE or sub == "exited"
+        if not ended or self.phase is Phase.DONE:
+            return []
+        status = wait_status(self.code, self.status)
+        if status is None:
+            return []  # the early inactive/dead before the process ran
+        fin = Finished(self.pid, status)
+        if self.phase is Phase.STARTING:
+            self._held = fin
+            return []
+        self.phase = Phase.DONE
+        return [fin]
+
+    def job_removed(self, result: str) -> list[Event]:
+        """Feed the start job's JobRemoved result."""
+        if self.phase is not Phase.STARTING:
+            return []
+        if result == "done":
+            self.phase = Phase.RUNNING
+            events: list[Event] = [Started(self.pid)]
+            if self._held is not None:
+                self.phase = Phase.DONE
+                events.append(self._held)
+                self._held = None
+            return events
+        self.phase = Phase.DONE
+        if self.code == CLD_EXITED and self.status in EXEC_FAILURE_ERRNO:
+            errnum, text = EXEC_FAILURE_ERRNO[self.status]
+            return [ExecFailed(errnum, f"{text} (systemd exit status {self.status})")]
+        return [ExecFailed(errno.EIO, f"unit start job {result}")]
+
+    def adopt(self, props: dict[str, Any]) -> list[Event]:
+        """Seed from a full property read of an existing unit (re-adoption)."""
+        self.service_changed(props)
+        self.phase = Phase.RUNNING
+        events: list[Event] = []
+        if self.pid:
+            events.append(Started(self.pid))
+        events.extend(self.unit_changed(props))
+        return events

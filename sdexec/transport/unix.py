@@ -1,0 +1,186 @@
+"""``local://`` server transport: a UNIX stream socket speaking Flux framing.
+
+Theory of operation
+-------------------
+On accept, the peer's uid is read with ``SO_PEERCRED`` (never taken from the
+peer's own claims) and handed to the :class:`Acceptor`, which answers with
+an errno or 0.  That errno is written as the one handshake byte; a refused
+peer is closed at once.  After that, bytes are fed to a
+:class:`~sdexec.proto.framing.FrameDecoder` and whole messages are passed up.
+A framing error closes only this connection.
+
+Back-pressure: the asyncio transport calls ``pause_writing`` when its write
+buffer passes the high-water mark; the connection records that and tells the
+listeners registered with :meth:`Connection.on_writable`, so output
+producers stop reading their pipes until the peer catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import struct
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from sdexec.errors import ProtocolError, SdexecError
+from sdexec.proto.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, encode_frame
+from sdexec.proto.message import Message
+
+log = structlog.get_logger("sdexec.transport")
+
+WRITE_HIGH_WATER = 1 << 20
+WRITE_LOW_WATER = 256 << 10
+_UCRED = struct.Struct("3i")
+
+
+class Acceptor(Protocol):
+    """The layer above: the router."""
+
+    def accept(self, conn: Connection) -> int: ...
+    def received(self, conn: Connection, msg: Message) -> None: ...
+    def closed(self, conn: Connection) -> None: ...
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a UNIX socket peer."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+class Connection(asyncio.Protocol):
+    """One accepted client."""
+
+    def __init__(self, acceptor: Acceptor, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.id = uuid.uuid4().hex
+        self.acceptor = acceptor
+        self.decoder = FrameDecoder(max_message)
+        self.transport: asyncio.Transport | None = None
+        self.uid = -1
+        self.pid = 0
+        self.accepted = False
+        self.writable = True
+        self._writable_listeners: list[Callable[[bool], None]] = []
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        try:
+            self.pid, self.uid, _gid = peer_credentials(sock)
+        except OSError:
+            transport.abort()
+            return
+        errnum = self.acceptor.accept(self)
+        transport.write(bytes((errnum & 0xFF,)))
+        if errnum:
+            transport.close()
+            return
+        self.accepted = True
+
+    def data_received(self, data: bytes) -> None:
+        if not self.accepted:
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            log.warning("protocol error, closing connection", uid=self.uid, conn=self.id,
+                        error=exc.message)
+            self.close()
+            return
+        received = self.acceptor.received
+        for msg in messages:
+            received(self, msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.accepted:
+            self.accepted = False
+            self.acceptor.closed(self)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        for fn in list(self._writable_listeners):
+            fn(False)
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        for fn in list(self._writable_listeners):
+            fn(True)
+
+    # --- API ------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(msg))
+
+    def on_writable(self, fn: Callable[[bool], None]) -> None:
+        self._writable_listeners.append(fn)
+
+    def remove_on_writable(self, fn: Callable[[bool], None]) -> None:
+        try:
+            self._writable_listeners.remove(fn)
+        except ValueError:
+            pass
+
+    @property
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def prepare_socket_path(path: str, *, dir_mode: int = 0o700) -> None:
+    """Create the socket's directory (mode ``dir_mode``) and remove a stale socket."""
+    p = Path(path)
+    parent = p.parent
+    if not parent.exists():
+        parent.mkdir(mode=dir_mode, parents=True)
+    os.chmod(parent, dir_mode)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SdexecError(17, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(p))
+    except OSError:
+        p.unlink()  # stale: nobody listens
+    else:
+        raise SdexecError(98, f"another server is listening on {path}")
+    finally:
+        probe.close()
+
+
+async def listen_local(
+    path: str, acceptor: Acceptor, *, sock: socket.socket | None = None,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+) -> asyncio.Server:
+    """Listen on ``path`` (or an inherited listening ``sock``) for Flux clients."""
+    loop = asyncio.get_running_loop()
+    if sock is None:
+        prepare_socket_path(path)
+        old = os.umask(0o177)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(1024)
+    return await loop.create_unix_server(
+        lambda: Connection(acceptor, max_message), sock=sock, backlog=1024
+    )
