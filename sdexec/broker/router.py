@@ -135,8 +135,12 @@ class Router:
 
     def accept(self, conn: Connection) -> int:
         if conn.uid != self.owner_uid and not self.allow_guests:
-            log.warning("connection refused", uid=conn.uid, peer_pid=conn.pid,
-                        reason="not the instance owner")
+            log.warning(
+                "connection refused",
+                uid=conn.uid,
+                peer_pid=conn.pid,
+                reason="not the instance owner",
+            )
             return errno.EPERM
         self.connections[conn.id] = conn
         log.debug("connection accepted", uid=conn.uid, peer_pid=conn.pid, conn=conn.id)
@@ -165,8 +169,11 @@ class Router:
         if route is None:
             service = req.topic.split(".", 1)[0]
             known = any(t.split(".", 1)[0] == service for t in self.routes)
-            text = (f"Unknown method {req.topic}" if known
-                    else f"No service matching {req.topic} is registered")
+            text = (
+                f"Unknown method {req.topic}"
+                if known
+                else f"No service matching {req.topic} is registered"
+            )
             self._refuse(req, errno.ENOSYS, text)
             return
         if route.streaming_only and not req.streaming:

@@ -146,7 +146,7 @@ def _str_list(value: Any, what: str) -> list[str]:
 
 
 def _label(obj: dict[str, Any], what: str) -> str | None:
-    label = _opt(obj, "label", str, what)
+    label: str | None = _opt(obj, "label", str, what)
     if label is not None and label == "":
         raise SdexecError(errno.EINVAL, "label must not be empty")
     return label
@@ -175,9 +175,7 @@ def parse_command(obj: Any) -> Command:
     for ch in raw_chans:
         if not isinstance(ch, dict):
             raise ProtocolError("cmd.msgchans entries must be objects")
-        msgchans.append(
-            MsgChan(_get(ch, "name", str, "msgchan"), _get(ch, "uri", str, "msgchan"))
-        )
+        msgchans.append(MsgChan(_get(ch, "name", str, "msgchan"), _get(ch, "uri", str, "msgchan")))
     return Command(
         cmdline=cmdline,
         env=env,
@@ -223,7 +221,7 @@ def parse_write(obj: dict[str, Any]) -> WriteRequest:
 
 def decode_io_data(io: dict[str, Any]) -> bytes:
     """The bytes of an RFC 24 io object (empty when it carries none)."""
-    data = _opt(io, "data", str, "io")
+    data: str | None = _opt(io, "data", str, "io")
     if data is None:
         return b""
     encoding = _opt(io, "encoding", str, "io")

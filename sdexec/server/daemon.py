@@ -60,8 +60,11 @@ def choose_systemd(requested: str | None) -> str:
         return "user"
     if os.geteuid() == 0:
         return "private"
-    raise SdexecError(2, "no systemd user bus found; use --systemd=system or run as root "
-                         "for the embedded private manager")
+    raise SdexecError(
+        2,
+        "no systemd user bus found; use --systemd=system or run as root "
+        "for the embedded private manager",
+    )
 
 
 def notify(state: str) -> None:
@@ -76,11 +79,12 @@ def notify(state: str) -> None:
         s.sendall(state.encode())
 
 
-async def serve(opts: ServeOptions, bus_address: str | None) -> int:
+async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | None) -> int:
     from sdexec.broker.builtins import Builtins
     from sdexec.broker.router import Router
     from sdexec.server.service import Service
     from sdexec.systemd.bus import SystemdBus
+    from sdexec.systemd.journal import Journal
     from sdexec.transport.unix import listen_local
 
     bus = SystemdBus(bus_address, system=opts.systemd == "system")
@@ -88,7 +92,8 @@ async def serve(opts: ServeOptions, bus_address: str | None) -> int:
     owner = os.getuid()
     router = Router(owner_uid=owner)
     Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
-    service = Service(router, bus, rank=opts.rank, uri=opts.uri)
+    journal = Journal.for_mode(opts.systemd, journal_dir)
+    service = Service(router, bus, rank=opts.rank, uri=opts.uri, journal=journal)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,8 +109,14 @@ async def serve(opts: ServeOptions, bus_address: str | None) -> int:
         router.attach(tg)
         server = await listen_local(opts.socket_path, router)
         bus_watch = tg.create_task(watch_bus())
-        log.info("listening", uri=opts.uri, systemd=opts.systemd, rank=opts.rank,
-                 state_dir=str(opts.state_dir), pid=os.getpid())
+        log.info(
+            "listening",
+            uri=opts.uri,
+            systemd=opts.systemd,
+            rank=opts.rank,
+            state_dir=str(opts.state_dir),
+            pid=os.getpid(),
+        )
         notify("READY=1")
         await stop.wait()
         notify("STOPPING=1")
@@ -131,30 +142,39 @@ def main(args: argparse.Namespace) -> int:
         # every process we run), not where a new server should listen.
         uri = args.uri or LOCAL_SCHEME + default_local_path()
         path = local_path(uri)
-        state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else (
-            default_state_dir(path))
+        state_dir = (
+            Path(args.state_dir) if getattr(args, "state_dir", None) else (default_state_dir(path))
+        )
         mode = choose_systemd(getattr(args, "systemd", None))
         opts = ServeOptions(
-            uri=uri, socket_path=path, state_dir=state_dir, systemd=mode,
+            uri=uri,
+            socket_path=path,
+            state_dir=state_dir,
+            systemd=mode,
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
         )
         manager = None
         bus_address: str | None = None
+        journal_dir: str | None = None
         if mode == "private":
             from sdexec.systemd.private import PrivateManager
 
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             manager = PrivateManager(state_dir)
             if manager.start():
-                log.info("private systemd started", pid=manager.pid(),
-                         runtime_dir=str(manager.runtime_dir))
+                log.info(
+                    "private systemd started",
+                    pid=manager.pid(),
+                    runtime_dir=str(manager.runtime_dir),
+                )
             else:
                 log.info("private systemd reused", pid=manager.pid())
             bus_address = manager.bus_address
+            journal_dir = str(manager.journal_dir)
         elif mode == "user":
             bus_address = user_bus_address()
-        alive = asyncio.run(serve(opts, bus_address))
+        alive = asyncio.run(serve(opts, bus_address, journal_dir))
         if manager is not None and alive == 0:
             manager.stop()
             log.info("private systemd stopped")

@@ -36,7 +36,9 @@ def split_utf8_tail(data: bytes) -> int:
     for back in range(1, min(4, n + 1)):
         b = data[n - back]
         if b & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            need = (
+                2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            )
             return back if need > back else 0
     return 0
 
@@ -107,8 +109,16 @@ class OutputPipe:
 class InputPipe:
     """The server's write end of a process's stdin (or a channel)."""
 
-    __slots__ = ("_loop", "_queue", "_waiting", "closed", "credit_cb", "eof_pending", "fd",
-                 "queued")
+    __slots__ = (
+        "_loop",
+        "_queue",
+        "_waiting",
+        "closed",
+        "credit_cb",
+        "eof_pending",
+        "fd",
+        "queued",
+    )
 
     def __init__(self, fd: int, credit_cb: Callable[[int], None] | None = None) -> None:
         self.fd = fd

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import errno
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ import structlog
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.pipes import InputPipe, OutputPipe
-from sdexec.systemd.unitstate import ExecFailed, Finished, Started, UnitTracker
+from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
 
 if TYPE_CHECKING:
     from sdexec.broker.router import Request, Sender
@@ -102,8 +101,7 @@ class Process:
         return self.service.rank_str
 
     def log_fields(self) -> dict[str, Any]:
-        return {"unit": self.unit, "label": self.label, "pid": self.pid,
-                "uid": self.requester_uid}
+        return {"unit": self.unit, "label": self.label, "pid": self.pid, "uid": self.requester_uid}
 
     # --- UnitListener ------------------------------------------------------------------
 
@@ -118,13 +116,24 @@ class Process:
         for ev in self.tracker.job_removed(result):
             self._event(ev)
 
-    def _event(self, ev: Started | Finished | ExecFailed) -> None:
+    def _event(self, ev: Event) -> None:
         if isinstance(ev, Started):
             self._started(ev.pid)
         elif isinstance(ev, Finished):
             self._finished(ev.status)
-        else:
+        elif isinstance(ev, ExecFailed):
             self._exec_failed(ev.errnum, ev.message)
+        elif isinstance(ev, Ambiguous):
+            self.service.router.spawn(self._resolve(ev.finished), "exec failure lookup")
+
+    async def _resolve(self, fin: Finished) -> None:
+        """Exit 200-243 before the exec was seen: ask the journal whose code it is."""
+        failure = await self.service.journal.spawn_failure(self.unit)
+        if failure is not None:
+            self._exec_failed(*failure)
+        else:
+            self._started(fin.pid)
+            self._finished(fin.status)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -40,9 +40,10 @@ from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.server.pipes import InputPipe, OutputPipe
-from sdexec.server.process import ProcState, Process
+from sdexec.server.process import Process, ProcState
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
+from sdexec.systemd.journal import Journal
 
 log = structlog.get_logger("sdexec.service")
 
@@ -96,9 +97,11 @@ class Service:
         name: str = "sdexec",
         rank: int = 0,
         uri: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.router = router
         self.bus = bus
+        self.journal = journal if journal is not None else Journal()
         self.name = name
         self.rank = rank
         self.rank_str = str(rank)
@@ -164,11 +167,15 @@ class Service:
     # --- lookup ---------------------------------------------------------------------------
 
     def lookup(self, target: rfc42.Target) -> Process:
-        proc = (self.by_label.get(target.label) if target.label is not None
-                else self.by_pid.get(target.pid))
+        proc = (
+            self.by_label.get(target.label)
+            if target.label is not None
+            else self.by_pid.get(target.pid)
+        )
         if proc is None or proc.state is ProcState.STARTING:
-            raise SdexecError(errno.ESRCH if target.label is None else errno.ENOENT,
-                              f"process {target} not found")
+            raise SdexecError(
+                errno.ESRCH if target.label is None else errno.ENOENT, f"process {target} not found"
+            )
         return proc
 
     # --- exec -------------------------------------------------------------------------------
@@ -199,7 +206,10 @@ class Service:
         if self.uri:
             env["SDEXEC_URI"] = self.uri
         spec = properties.UnitSpec(
-            argv=[exe, *cmd.cmdline[1:]], env=env, cwd=cmd.cwd, argv0=cmd.cmdline[0],
+            argv=[exe, *cmd.cmdline[1:]],
+            env=env,
+            cwd=cmd.cwd,
+            argv0=cmd.cmdline[0],
             extra=properties.opts_properties(cmd.opts),
         )
         unit = self._unit_name(er)
@@ -218,8 +228,14 @@ class Service:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self.starting.add(proc)
         self.bus.watch(unit, proc)
-        log.info("exec", argv=cmd.cmdline, cwd=cmd.cwd, background=not req.streaming,
-                 flags=int(er.flags), **proc.log_fields())
+        log.info(
+            "exec",
+            argv=cmd.cmdline,
+            cwd=cmd.cwd,
+            background=not req.streaming,
+            flags=int(er.flags),
+            **proc.log_fields(),
+        )
         return self._start(proc, props, fds, theirs)
 
     async def _start(
@@ -308,7 +324,13 @@ class Service:
 
     def list(self, req: Request) -> None:
         procs = [
-            {"pid": p.pid, "cmd": p.name, "label": p.label or "", "state": p.state.value}
+            {
+                "pid": p.pid,
+                "cmd": p.name,
+                "label": p.label or "",
+                "state": p.state.value,
+                "unit": p.unit,
+            }
             for p in self.by_pid.values()
         ]
         req.respond({"rank": self.rank, "procs": procs})
@@ -359,8 +381,9 @@ class Service:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
 
     def background_alive(self) -> int:
-        return sum(1 for p in self.by_pid.values() if p.background and
-                   p.state is not ProcState.EXITED)
+        return sum(
+            1 for p in self.by_pid.values() if p.background and p.state is not ProcState.EXITED
+        )
 
     def __contains__(self, pid: int) -> bool:
         return pid in self.by_pid

@@ -123,7 +123,7 @@ class SystemdBus:
     async def wait_closed(self) -> None:
         """Return when the bus connection is gone (the manager exited)."""
         assert self._bus is not None
-        await self._bus.wait_for_disconnect()
+        await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         if self._bus is not None:

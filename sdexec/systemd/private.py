@@ -86,7 +86,6 @@ exec /lib/systemd/systemd --user --log-target=kmsg
 """
 
 
-
 def cgroup2_root() -> Path:
     """Where the cgroup-v2 hierarchy is mounted (hybrid or unified machine)."""
     unified = Path("/sys/fs/cgroup/unified")
@@ -199,7 +198,9 @@ class PrivateManager:
         if self.running():
             return False
         if os.geteuid() != 0 and not booted_with_systemd():
-            raise SdexecError(1, "a private systemd manager needs root on a machine without systemd")
+            raise SdexecError(
+                1, "a private systemd manager needs root on a machine without systemd"
+            )
         if not Path(SYSTEMD).exists():
             raise SdexecError(2, f"{SYSTEMD} was not found")
         self._cleanup_stale()
@@ -210,14 +211,32 @@ class PrivateManager:
         hybrid = "1" if cgroup2_root() != Path("/sys/fs/cgroup") else "0"
         inner = ["/bin/sh", "-c", _INNER, "sh", str(self.runtime_dir), str(self.state_dir), hybrid]
         if booted_with_systemd():
-            argv = ["systemd-run", "--user", "--scope", "-q", "-p", "Delegate=yes",
-                    "unshare", "--mount", "--propagation", "private", *inner]
+            argv = [
+                "systemd-run",
+                "--user",
+                "--scope",
+                "-q",
+                "-p",
+                "Delegate=yes",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                *inner,
+            ]
         else:
             self.cgroup.mkdir(parents=True, exist_ok=True)
             # `unshare ... sh -c "$@"` needs the inner script as one word: pass it
             # through as positional parameters after the cgroup path.
-            argv = ["/bin/sh", "-c", 'echo $$ > "$1/cgroup.procs" || exit 1; shift; exec unshare '
-                    '--mount --propagation private "$@"', "launch", str(self.cgroup), *inner]
+            argv = [
+                "/bin/sh",
+                "-c",
+                'echo $$ > "$1/cgroup.procs" || exit 1; shift; exec unshare '
+                '--mount --propagation private "$@"',
+                "launch",
+                str(self.cgroup),
+                *inner,
+            ]
         log = open(self.state_dir / "systemd.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -234,8 +253,11 @@ class PrivateManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SdexecError(5, f"private systemd exited with status {proc.returncode}; "
-                                     f"see {self.state_dir / 'systemd.log'}")
+                raise SdexecError(
+                    5,
+                    f"private systemd exited with status {proc.returncode}; "
+                    f"see {self.state_dir / 'systemd.log'}",
+                )
             if self.bus_path.exists() and _bus_answers(self.bus_path) and self._ready():
                 # The Popen object is dropped on purpose: the manager outlives us.
                 proc.returncode = 0  # keep Popen.__del__ from warning
@@ -248,7 +270,10 @@ class PrivateManager:
             # Not `is-system-running`: outside the namespace that answers "offline"
             # because this machine's /run/systemd/system does not exist.
             ["systemctl", "--user", "show", "-p", "SystemState", "--value"],
-            env=self.env(), capture_output=True, text=True, check=False,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return r.stdout.strip() in ("running", "degraded")
 
@@ -258,7 +283,10 @@ class PrivateManager:
         if pid is not None:
             subprocess.run(
                 ["systemctl", "--user", "exit"],
-                env=self.env(), capture_output=True, check=False, timeout=timeout,
+                env=self.env(),
+                capture_output=True,
+                check=False,
+                timeout=timeout,
             )
             deadline = time.monotonic() + timeout
             while _pid_alive(pid) and time.monotonic() < deadline:
@@ -275,8 +303,11 @@ class PrivateManager:
                 with contextlib.suppress(OSError):
                     kill.write_text("1")
             deadline = time.monotonic() + 10
-            dirs = sorted((p for p in self.slice.rglob("*") if p.is_dir()),
-                          key=lambda p: len(p.parts), reverse=True)
+            dirs = sorted(
+                (p for p in self.slice.rglob("*") if p.is_dir()),
+                key=lambda p: len(p.parts),
+                reverse=True,
+            )
             for d in [*dirs, self.slice]:
                 while True:
                     try:

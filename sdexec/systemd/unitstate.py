@@ -18,6 +18,12 @@ systemd (252) reports a transient service through two signal streams:
 :class:`ExecFailed` events.  A finish seen before the start job's result is
 held back until the job says whether the exec happened at all.
 
+A start job also fails when the program ran but ended in failure before
+systemd noticed the exec (a fast ``exit 3`` or SIGSEGV): the start job then
+sees the unit fail.  A signal or an exit code outside 200-243 can only come
+from the program, so those are reported as a normal finish.  Only an exit
+code in systemd's own range is :class:`Ambiguous`; the journal decides.
+
 The wait(2) status is what the kernel would give for the main process:
 ``code << 8`` when it exited, the signal number when killed, and the signal
 ``| 0x80`` when it dumped core (``ExecMainCode`` 1, 2, 3 = CLD_EXITED,
@@ -34,20 +40,6 @@ from typing import Any
 CLD_EXITED = 1
 CLD_KILLED = 2
 CLD_DUMPED = 3
-
-# systemd's own exit codes for a failed exec setup (systemd.exec(5)), as errnos.
-EXEC_FAILURE_ERRNO: dict[int, tuple[int, str]] = {
-    200: (errno.ENOENT, "cannot change to the working directory"),
-    203: (errno.ENOENT, "cannot execute the command"),
-    204: (errno.EIO, "cannot set up standard I/O"),
-    205: (errno.EPERM, "cannot apply resource limits"),
-    214: (errno.EPERM, "cannot set up the scheduling policy"),
-    216: (errno.EPERM, "cannot set the group"),
-    217: (errno.EPERM, "cannot set the user"),
-    218: (errno.EPERM, "cannot drop capabilities"),
-    219: (errno.EPERM, "cannot set up the cgroup"),
-    221: (errno.EPERM, "cannot set up the runtime directory"),
-}
 
 
 def wait_status(code: int, status: int) -> int | None:
@@ -84,7 +76,21 @@ class ExecFailed:
     message: str
 
 
-Event = Started | Finished | ExecFailed
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """Exited 200-243 before the start job saw the exec: systemd's or the program's?
+
+    The owner must ask the journal (see :mod:`sdexec.systemd.journal`) and
+    then report either an exec failure or ``Started`` + ``finished``.
+    """
+
+    finished: Finished
+
+
+Event = Started | Finished | ExecFailed | Ambiguous
+
+# systemd's own exit codes for failures between fork and exec (systemd.exec(5)).
+SYSTEMD_EXIT_CODES = range(200, 244)
 
 _FINAL_ACTIVE = frozenset({"inactive", "failed"})
 
@@ -144,11 +150,15 @@ class UnitTracker:
                 events.append(self._held)
                 self._held = None
             return events
+        # The job fails both when the exec failed and when the program ran but
+        # ended in failure before systemd processed the exec notification.
         self.phase = Phase.DONE
-        if self.code == CLD_EXITED and self.status in EXEC_FAILURE_ERRNO:
-            errnum, text = EXEC_FAILURE_ERRNO[self.status]
-            return [ExecFailed(errnum, f"{text} (systemd exit status {self.status})")]
-        return [ExecFailed(errno.EIO, f"unit start job {result}")]
+        held, self._held = self._held, None
+        if held is None or self.code == 0:
+            return [ExecFailed(errno.EIO, f"unit start job {result}")]
+        if self.code == CLD_EXITED and self.status in SYSTEMD_EXIT_CODES:
+            return [Ambiguous(held)]
+        return [Started(self.pid), held]  # killed, dumped, or an ordinary exit code
 
     def adopt(self, props: dict[str, Any]) -> list[Event]:
         """Seed from a full property read of an existing unit (re-adoption)."""

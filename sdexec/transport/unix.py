@@ -18,6 +18,7 @@ producers stop reading their pipes until the peer catches up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -94,8 +95,9 @@ class Connection(asyncio.Protocol):
         try:
             messages = self.decoder.feed(data)
         except ProtocolError as exc:
-            log.warning("protocol error, closing connection", uid=self.uid, conn=self.id,
-                        error=exc.message)
+            log.warning(
+                "protocol error, closing connection", uid=self.uid, conn=self.id, error=exc.message
+            )
             self.close()
             return
         received = self.acceptor.received
@@ -128,10 +130,8 @@ class Connection(asyncio.Protocol):
         self._writable_listeners.append(fn)
 
     def remove_on_writable(self, fn: Callable[[bool], None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._writable_listeners.remove(fn)
-        except ValueError:
-            pass
 
     @property
     def buffered(self) -> int:
@@ -167,7 +167,10 @@ def prepare_socket_path(path: str, *, dir_mode: int = 0o700) -> None:
 
 
 async def listen_local(
-    path: str, acceptor: Acceptor, *, sock: socket.socket | None = None,
+    path: str,
+    acceptor: Acceptor,
+    *,
+    sock: socket.socket | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
 ) -> asyncio.Server:
     """Listen on ``path`` (or an inherited listening ``sock``) for Flux clients."""

@@ -74,10 +74,25 @@ class Server:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sdexec.cli.main", "serve", "--uri", self.uri,
-                 "--systemd", "private", "--state-dir", str(self.state_dir),
-                 "--log-level", "debug", *self.extra_args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env(),
+                [
+                    sys.executable,
+                    "-m",
+                    "sdexec.cli.main",
+                    "serve",
+                    "--uri",
+                    self.uri,
+                    "--systemd",
+                    "private",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--log-level",
+                    "debug",
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.env(),
             )
         _wait_for_socket(self.socket_path, self.proc)
 
@@ -93,13 +108,21 @@ class Server:
         self.proc = None
         return rc
 
-    def sdexec(self, *args: str, input: bytes | None = None, timeout: float = 60,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def sdexec(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run the real CLI against this server."""
         return subprocess.run(
             [sys.executable, "-m", "sdexec.cli.main", *args],
-            input=input, capture_output=True, timeout=timeout,
-            env=env or self.env(), stdin=None if input is not None else subprocess.DEVNULL,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=env or self.env(),
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
 
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
@@ -108,8 +131,13 @@ class Server:
         )
 
     def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["systemctl", "--user", *args], env=self.manager.env(),
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            ["systemctl", "--user", *args],
+            env=self.manager.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def units(self, pattern: str = "sdexec-*") -> list[str]:
         r = self.systemctl("list-units", "--all", "--plain", "--no-legend", pattern)
