@@ -1,0 +1,147 @@
+"""``sdexec exec``: run a command on the server, attached or in the background.
+
+Attached (the default), the command's I/O and the caller's SIGINT/SIGTERM
+travel over one streaming ``sdexec.exec`` RPC, driven by
+:func:`sdexec.client.blocking.run_exec`; sdexec exits with the command's
+status.  With ``--bg`` the request is non-streaming (RFC 42 background
+mode): one ``started`` response, whose pid is printed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from sdexec.cli.common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_SDEXEC_FAILED,
+    connect,
+    error,
+    exec_error_exit_code,
+    exec_error_message,
+)
+from sdexec.client.blocking import SignalPipe, run_exec
+from sdexec.client.exec import (
+    EXEC_TOPIC,
+    FLAG_STDERR,
+    FLAG_STDOUT,
+    FLAG_WAITABLE,
+    STREAMING_FLAGS,
+    ExecFailed,
+    ExecSession,
+    build_command,
+    exec_payload,
+    exit_code,
+)
+from sdexec.client.rpc import RemoteError
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+PROPERTY_PREFIX = "SDEXEC_PROP_"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def command_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The RFC 42 command object for parsed ``exec`` arguments.
+
+    The environment is the caller's with ``--env`` applied; ``-p NAME=VALUE``
+    becomes the option ``SDEXEC_PROP_NAME``.  The cwd is the caller's, or
+    the server's if the caller's directory no longer exists.
+    """
+    env = dict(os.environ)
+    env.update(args.env)
+    opts = dict(args.setopt)
+    for name, value in args.property:
+        opts[PROPERTY_PREFIX + name] = value
+    cwd = args.cwd
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = None
+    return build_command(args.cmdline, env=env, cwd=cwd, opts=opts, label=args.label)
+
+
+def exec_flags(args: argparse.Namespace) -> int:
+    """RFC 42 exec flags: output and credit when attached; waitable on request.
+
+    In background mode the server ignores the output flags (RFC 42), but they
+    are recorded and tell a later ``attach`` which streams to expect.
+    """
+    flags = FLAG_STDOUT | FLAG_STDERR if args.bg else STREAMING_FLAGS
+    if args.waitable:
+        flags |= FLAG_WAITABLE
+    return flags
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sdexec exec``; returns the exit status."""
+    try:
+        command = command_from_args(args)
+    except SdexecError as exc:
+        error(exc.message)
+        return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+    if args.bg:
+        return _run_background(args, command)
+    return _run_attached(args, command)
+
+
+def _run_background(args: argparse.Namespace, command: dict[str, Any]) -> int:
+    try:
+        with connect(args.uri) as handle:
+            resp = handle.rpc(EXEC_TOPIC, exec_payload(command, exec_flags(args)))
+    except RemoteError as exc:
+        error(exec_error_message(command["cmdline"][0], exc.errno, exc.message))
+        return EXIT_FAILURE
+    except SdexecError as exc:
+        error(exc.message)
+        return EXIT_FAILURE
+    pid = resp.get("pid")
+    if resp.get("type") != "started" or not isinstance(pid, int):
+        error("exec: the server's response has no pid")
+        return EXIT_FAILURE
+    print(pid, flush=True)
+    return 0
+
+
+def _stdin_fd(args: argparse.Namespace) -> int | None:
+    if args.no_stdin:
+        return None
+    try:
+        os.fstat(0)
+    except OSError:
+        return None  # stdin is closed
+    return 0
+
+
+def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
+    session = ExecSession(command, flags=exec_flags(args))
+    try:
+        handle = connect(args.uri)
+    except SdexecError as exc:
+        error(exc.message)
+        return EXIT_SDEXEC_FAILED
+    with handle:
+        signals = SignalPipe(FORWARDED_SIGNALS)
+        try:
+            status = run_exec(
+                handle, session, stdin_fd=_stdin_fd(args), signals=signals, warn=error
+            )
+        except ExecFailed as exc:
+            error(exec_error_message(session.name, exc.errno, exc.message))
+            return exec_error_exit_code(exc.errno)
+        except SdexecError as exc:
+            if exc.errno == errno.EINTR:
+                error("interrupted; the server stops the command")
+                return EXIT_INTERRUPTED
+            error(exc.message)
+            return EXIT_SDEXEC_FAILED
+        finally:
+            signals.restore()
+    return exit_code(status)

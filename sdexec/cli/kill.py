@@ -1,0 +1,24 @@
+"""``sdexec kill``: send a signal to a process of the server (``sdexec.kill``)."""
+
+from __future__ import annotations
+
+from sdexec.cli.common import EXIT_FAILURE, connect, error, target_payload
+from sdexec.client.exec import KILL_TOPIC
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sdexec kill``; returns the exit status."""
+    payload = target_payload(args.target)
+    payload["signum"] = args.signal
+    try:
+        with connect(args.uri) as handle:
+            handle.rpc(KILL_TOPIC, payload)
+    except SdexecError as exc:
+        error(f"kill: {args.target}: {exc.message}")
+        return EXIT_FAILURE
+    return 0

@@ -1,0 +1,361 @@
+"""The ``sdexec`` command line: argument parsing and dispatch.
+
+Theory of operation
+-------------------
+This module builds the whole argparse tree (so ``sdexec --help`` and every
+``sdexec CMD --help`` need nothing else) and imports a subcommand's module
+only when that subcommand runs.  Start-up time is part of every remote
+command's latency, so at module level it imports only ``argparse``, ``os``
+and ``sys``; the client path never imports asyncio, dbus_fast, zmq or
+structlog (see :mod:`sdexec.client.blocking`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+PROG = "sdexec"
+
+_DESCRIPTION = """\
+Run commands as systemd transient units through an sdexec server, a Flux
+RFC 42 subprocess server. Each command becomes its own unit (with its own
+cgroup, resource limits and journal), its output and exit status come back
+to the caller, and background commands survive the caller and can be
+signalled, listed and waited for by pid or by label.
+"""
+
+_EPILOG = """\
+server:
+  The server is named by a URI: --uri, else $SDEXEC_URI (the server sets it
+  in the environment of every process it runs), else
+  local://$XDG_RUNTIME_DIR/sdexec/local (or /run/sdexec/local for root,
+  /tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
+  absolute PATH, or pid:PID for the server of process PID.
+
+examples:
+  sdexec serve &                          start a server on the default socket
+  sdexec exec -- hostname                 run a command, as flux exec does
+  sdexec exec --bg --waitable --label nightly -- ./backup.sh
+  sdexec ps                               list the server's processes
+  sdexec kill -s INT nightly              signal a process by label or pid
+  sdexec wait nightly                     its exit status becomes sdexec's
+
+Run "sdexec COMMAND --help" for the options and exit status of a command.
+"""
+
+_EXEC_DESCRIPTION = """\
+Run COMMAND as a systemd transient unit on the server, with the caller's
+environment (plus --env) in the caller's working directory (or --cwd).
+
+By default sdexec stays attached: COMMAND's stdout and stderr are copied to
+sdexec's own, byte for byte, sdexec's stdin is forwarded to COMMAND (with
+RFC 42 flow control) until end of file, and SIGINT and SIGTERM received by
+sdexec are forwarded to COMMAND. Pressing Ctrl-C twice within a second makes
+sdexec give up; the server then stops COMMAND. If sdexec's stdout is a
+closed pipe, COMMAND gets SIGPIPE, as in a local pipeline.
+
+With --bg the command runs in the background: sdexec prints its pid and
+exits, and the process keeps running under the server. Manage it with
+"sdexec ps", "sdexec kill" and (if --waitable) "sdexec wait", by pid or by
+its --label.
+"""
+
+_EXEC_EPILOG = """\
+unit properties:
+  -p NAME=VALUE sets a systemd unit property, as systemd-run -p does, for
+  example -p MemoryMax=1G -p CPUQuota=50% -p Nice=5. It travels as the RFC 42
+  command option SDEXEC_PROP_NAME; --setopt sets any other command option.
+
+exit status:
+  N        COMMAND exited with status N
+  128+N    COMMAND was killed by signal N (143 for SIGTERM, 137 for SIGKILL)
+  126      COMMAND could not be executed (permission denied)
+  127      COMMAND was not found
+  125      sdexec failed: no server, lost connection, or another error from
+           the server (the message says which)
+  130      sdexec was interrupted before COMMAND started, or gave up after a
+           double Ctrl-C
+  With --bg: 0 once the process has started, 1 if it could not be started
+  (for example, a label already in use).
+
+examples:
+  sdexec exec -- uname -a
+  tar cf - src | sdexec exec -d /scratch -- tar xf -
+  sdexec exec -n -p MemoryMax=2G -- ./simulate --steps 100
+  sdexec exec --bg --waitable --label epilog -- /etc/sdexec/epilog.sh
+"""
+
+_KILL_EPILOG = """\
+SIGNAL is a number or a name, with or without the SIG prefix (TERM, SIGTERM,
+15). An argument of digits only is a pid; anything else is a label.
+
+exit status:
+  0 if the signal was delivered, 1 otherwise (the message says why).
+
+examples:
+  sdexec kill 12345
+  sdexec kill -s KILL nightly
+"""
+
+_WAIT_EPILOG = """\
+Waits for a background process started with "exec --bg --waitable" and exits
+with its status. An argument of digits only is a pid; anything else a label.
+A process can be waited for once.
+
+exit status:
+  N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
+  signal that killed it); 125 if the wait failed (no such waitable process,
+  no server).
+
+example:
+  sdexec exec --bg --waitable --label job -- sleep 10 && sdexec wait job
+"""
+
+_PS_EPILOG = """\
+fields for -o: {pid} {label} {state} {cmd} {rank}, with Python format specs,
+e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's one-letter process
+state, as in "flux sproc ps" (R: running). A process without a label shows "-".
+
+exit status:
+  0 on success, 1 on error.
+"""
+
+_SERVE_EPILOG = """\
+The server listens on the URI's socket (default as for the other commands),
+runs every command as a transient unit of the chosen systemd manager, and
+stops on SIGTERM or SIGINT. Background processes outlive it and are found
+again, by label, when it restarts with the same --state-dir.
+
+--systemd:
+  user     the calling user's manager (systemctl --user)
+  system   the system manager (root)
+  private  a private, confined user manager started by the server; for
+           machines without a user session bus
+"""
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    """argparse type for NAME=VALUE arguments."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _label(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a label must not be empty")
+    return text
+
+
+def signal_number(text: str) -> int:
+    """argparse type for a signal given by number or name (TERM, SIGTERM, 15)."""
+    if text.isascii() and text.isdigit():
+        num = int(text)
+        if 0 < num < 65:
+            return num
+        raise argparse.ArgumentTypeError(f"invalid signal number: {text}")
+    import signal  # only when a name is given
+
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    value = getattr(signal.Signals, name, None) if name.isidentifier() else None
+    if not isinstance(value, signal.Signals):
+        raise argparse.ArgumentTypeError(f"unknown signal: {text}")
+    return int(value)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and the subparsers by name."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
+    uri_parent = argparse.ArgumentParser(add_help=False)
+    uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
+    )
+    parser.add_argument("--uri", metavar="URI", default=None, help=uri_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    p = sub.add_parser(
+        "exec",
+        parents=[uri_parent],
+        help="run a command on the server, forwarding its I/O and signals",
+        description=_EXEC_DESCRIPTION,
+        epilog=_EXEC_EPILOG,
+        formatter_class=fmt,
+        usage="%(prog)s [options] [--] COMMAND [ARG...]",
+    )
+    p.add_argument("--bg", action="store_true", help="run in the background; print the pid")
+    p.add_argument(
+        "--waitable",
+        action="store_true",
+        help="let 'sdexec wait' collect the exit status (with --bg)",
+    )
+    p.add_argument("--label", metavar="NAME", type=_label, help="name the process (unique)")
+    p.add_argument(
+        "-d", "--cwd", metavar="DIR", help="working directory (default: the current one)"
+    )
+    p.add_argument(
+        "--env",
+        metavar="NAME=VALUE",
+        type=_name_value,
+        action="append",
+        default=[],
+        help="set an environment variable (repeatable; default: the whole environment)",
+    )
+    p.add_argument(
+        "--setopt",
+        metavar="NAME=VALUE",
+        type=_name_value,
+        action="append",
+        default=[],
+        help="set an RFC 42 command option (repeatable)",
+    )
+    p.add_argument(
+        "-p",
+        "--property",
+        metavar="NAME=VALUE",
+        type=_name_value,
+        action="append",
+        default=[],
+        help="set a systemd unit property, e.g. MemoryMax=1G (repeatable)",
+    )
+    p.add_argument(
+        "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
+    )
+    p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    subs["exec"] = p
+
+    p = sub.add_parser(
+        "kill",
+        parents=[uri_parent],
+        help="send a signal to a process",
+        description="Send a signal to a process of the server, by pid or label.",
+        epilog=_KILL_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "-s",
+        "--signal",
+        metavar="SIGNAL",
+        type=signal_number,
+        default=15,
+        help="the signal (default: SIGTERM)",
+    )
+    p.add_argument("target", metavar="PID|LABEL")
+    subs["kill"] = p
+
+    p = sub.add_parser(
+        "wait",
+        parents=[uri_parent],
+        help="wait for a waitable background process and return its status",
+        description="Wait for a background process to finish and exit with its status.",
+        epilog=_WAIT_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("target", metavar="PID|LABEL")
+    subs["wait"] = p
+
+    p = sub.add_parser(
+        "ps",
+        parents=[uri_parent],
+        help="list the server's processes",
+        description="List the processes of the server: PID LABEL STATE CMD.",
+        epilog=_PS_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
+    p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
+    p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
+    subs["ps"] = p
+
+    p = sub.add_parser(
+        "serve",
+        parents=[uri_parent],
+        help="run an sdexec server",
+        description="Run an sdexec server in the foreground.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--systemd",
+        choices=("user", "system", "private"),
+        default=None,
+        help="which systemd manager runs the units (default: chosen by the server)",
+    )
+    p.add_argument("--rank", type=int, default=0, help="this server's rank (default: 0)")
+    p.add_argument("--state-dir", metavar="DIR", default=None, help="where state is kept")
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: info)",
+    )
+    subs["serve"] = p
+    return parser, subs
+
+
+def _version() -> str:
+    from sdexec import __version__
+
+    return __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        daemon = importlib.import_module("sdexec.server.daemon")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("sdexec"):
+            raise
+        sys.stderr.write(f"{PROG}: serve: the server is not available ({exc.name})\n")
+        return 1
+    return int(daemon.main(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sdexec`` command line; returns the exit status."""
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "exec":
+            if args.cmdline[:1] == ["--"]:
+                del args.cmdline[0]
+            if not args.cmdline:
+                subs["exec"].error("a COMMAND is required")
+            from sdexec.cli.exec import run as run_exec
+
+            return run_exec(args)
+        if args.command == "kill":
+            from sdexec.cli.kill import run as run_kill
+
+            return run_kill(args)
+        if args.command == "wait":
+            from sdexec.cli.wait import run as run_wait
+
+            return run_wait(args)
+        if args.command == "ps":
+            from sdexec.cli.ps import run as run_ps
+
+            return run_ps(args)
+        if args.command == "serve":
+            return _serve(args)
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checked it
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``sdexec ps``: list the server's processes (``sdexec.list``), like ``flux sproc ps``.
+
+The default output is a table whose columns are as wide as their widest
+value; ``-o FORMAT`` formats each process with :meth:`str.format` (fields
+pid, label, state, cmd, rank) under a header made from the same format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+
+from sdexec.cli.common import EXIT_FAILURE, connect, error
+from sdexec.client.exec import LIST_TOPIC
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+    from typing import Any
+
+FIELDS = ("pid", "label", "state", "cmd", "rank")
+# A format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_SPEC = re.compile(
+    r"(?:(?P<fill>.)?(?P<align>[<>=^]))?[-+ ]?z?#?(?P<zero>0)?(?P<width>\d+)?[,_]?(?:\.\d+)?"
+    r"(?P<type>[a-zA-Z%])?"
+)
+
+
+def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict of FIELDS per process of a ``sdexec.list`` response."""
+    rank = resp.get("rank", 0)
+    out = []
+    for proc in resp.get("procs") or []:
+        if not isinstance(proc, dict):
+            continue
+        label = proc.get("label")
+        out.append(
+            {
+                "pid": proc.get("pid", "-"),
+                "label": label if label else "-",
+                "state": proc.get("state", "-"),
+                "cmd": proc.get("cmd", ""),
+                "rank": rank,
+            }
+        )
+    return out
+
+
+def default_format(procs: Iterable[dict[str, Any]]) -> str:
+    """A table format whose columns fit the values."""
+    procs = list(procs)
+    pid_w = max([3] + [len(str(p["pid"])) for p in procs])
+    label_w = max([5] + [len(str(p["label"])) for p in procs])
+    state_w = max([5] + [len(str(p["state"])) for p in procs])
+    return f"{{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<{state_w}}} {{cmd}}"
+
+
+def header(fmt: str) -> str:
+    """The header line for a format: each field replaced by its upper-case name.
+
+    Only the alignment and width of each field's spec are kept (a numeric
+    field without an alignment is right-aligned, as its values are).
+    """
+    out = []
+    for literal, field, spec, _conv in string.Formatter().parse(fmt):
+        out.append(literal)
+        if field is None:
+            continue
+        name = field.upper()
+        m = _SPEC.fullmatch(spec or "")
+        if m is None:
+            out.append(name)
+            continue
+        align = m["align"] or ""
+        if align in ("", "=") and (m["zero"] or (m["type"] and m["type"] not in "sc")):
+            align = ">"
+        fill = (m["fill"] or "") if align == m["align"] else ""
+        out.append(format(name, f"{fill}{align}{m['width'] or ''}"))
+    return "".join(out).rstrip()
+
+
+def render(resp: dict[str, Any], fmt: str | None = None, *, with_header: bool = True) -> str:
+    """The text ``sdexec ps`` prints for a ``sdexec.list`` response.
+
+    Raises KeyError/ValueError/IndexError for a bad ``fmt``.
+    """
+    procs = rows(resp)
+    if fmt is None:
+        fmt = default_format(procs)
+    lines = [header(fmt)] if with_header else []
+    lines.extend(fmt.format(**p).rstrip() for p in procs)
+    return "".join(line + "\n" for line in lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sdexec ps``; returns the exit status."""
+    try:
+        with connect(args.uri) as handle:
+            resp = handle.rpc(LIST_TOPIC, {})
+    except SdexecError as exc:
+        error(f"ps: {exc.message}")
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(resp), flush=True)
+        return 0
+    try:
+        text = render(resp, args.format, with_header=not args.no_header)
+    except KeyError as exc:
+        error(f"ps: unknown field {exc} in format (fields: {', '.join(FIELDS)})")
+        return EXIT_FAILURE
+    except (ValueError, IndexError) as exc:
+        error(f"ps: bad format: {exc}")
+        return EXIT_FAILURE
+    print(text, end="", flush=True)
+    return 0

@@ -1,0 +1,26 @@
+"""``sdexec wait``: wait for a waitable background process (``sdexec.wait``)."""
+
+from __future__ import annotations
+
+from sdexec.cli.common import EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.client.exec import WAIT_TOPIC, exit_code
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sdexec wait``; exits with the process's status, as ``exec`` does."""
+    try:
+        with connect(args.uri) as handle:
+            resp = handle.rpc(WAIT_TOPIC, target_payload(args.target))
+    except SdexecError as exc:
+        error(f"wait: {args.target}: {exc.message}")
+        return EXIT_SDEXEC_FAILED
+    status = resp.get("status")
+    if not isinstance(status, int) or isinstance(status, bool):
+        error(f"wait: {args.target}: the server's response has no status")
+        return EXIT_SDEXEC_FAILED
+    return exit_code(status)
