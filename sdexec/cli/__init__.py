@@ -1,1 +1,1 @@
-
+"""The ``sdexec`` command line (:mod:`sdexec.cli.main`), one module per subcommand."""

@@ -13,6 +13,7 @@ structlog (see :mod:`sdexec.client.blocking`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -139,6 +140,43 @@ again, by label, when it restarts with the same --state-dir.
 """
 
 
+_width: int | None = None
+
+
+def _terminal_width() -> int:
+    """What shutil.get_terminal_size() gives, less 2, without importing shutil."""
+    global _width
+    if _width is None:
+        try:
+            columns = int(os.environ.get("COLUMNS", "0"))
+        except ValueError:
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(1).columns
+            except OSError:
+                columns = 80
+        _width = max(columns, 40) - 2
+    return _width
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, but it does not import shutil (and bz2, lzma...).
+
+    argparse makes a formatter for every ``add_argument``, so its lazy
+    ``import shutil`` would run on every start-up, not only for ``--help``.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _terminal_width())
+
+
 def _name_value(text: str) -> tuple[str, str]:
     """argparse type for NAME=VALUE arguments."""
     name, sep, value = text.partition("=")
@@ -173,9 +211,9 @@ def signal_number(text: str) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and the subparsers by name."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
-    uri_parent = argparse.ArgumentParser(add_help=False)
+    uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
     uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
 
     parser = argparse.ArgumentParser(

@@ -257,9 +257,16 @@ def _ignore_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``, waiting for room if someone made ``fd`` non-blocking."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            poller.poll()
+            continue
         view = view[n:]
 
 
@@ -278,97 +285,136 @@ def run_exec(
     Forwards ``stdin_fd`` (None: send EOF as soon as the process starts),
     writes output to ``stdout_fd``/``stderr_fd``, and forwards signals from
     ``signals``.  When an output fd is a broken pipe, that stream's output is
-    dropped and the process gets SIGPIPE, as it would in a local pipeline.
+    dropped and the process gets SIGPIPE, as it would in a local pipeline;
+    any other write error (ENOSPC, EIO) is raised as SdexecError.  A failed
+    ``sdexec.kill`` is reported through ``warn`` (unless the process is gone).
 
     Raises :class:`~sdexec.client.exec.ExecFailed` if the server cannot
     start the command, SdexecError(ECONNRESET) if the connection is lost,
     and SdexecError(EINTR) if SIGINT arrives twice within
     :data:`INTERRUPT_WINDOW` seconds (the user gave up on the server).
     """
-    tag = handle.request(EXEC_TOPIC, session.request(), streaming=True)
-    sock_fd = handle.fileno()
-    poller = select.poll()
-    poller.register(sock_fd, _POLLIN)
-    if signals is not None:
-        poller.register(signals.fileno(), select.POLLIN)
-    outputs = {"stdout": stdout_fd, "stderr": stderr_fd}
-    held: list[int] = []  # signals that arrived before "started"
-    kills: set[int] = set()  # matchtags of our kill RPCs
-    last_sigint = -INTERRUPT_WINDOW
-    polling_stdin = False
+    loop = _ExecLoop(handle, session, stdin_fd, {"stdout": stdout_fd, "stderr": stderr_fd})
+    return loop.run(signals, warn)
 
-    def kill(signum: int) -> None:
-        if session.status is not None:
-            return  # it has finished: nothing to signal
-        if session.pid is None:
-            held.append(signum)
-            return
-        kills.add(handle.request(KILL_TOPIC, {"pid": session.pid, "signum": signum}))
 
-    while True:
-        want_stdin = (
-            stdin_fd is not None
-            and session.pid is not None
-            and session.status is None
-            and not session.stdin_closed
-            and session.credit.available > 0
+class _ExecLoop:
+    """The state of one :func:`run_exec`: what is polled, held and pending."""
+
+    def __init__(
+        self,
+        handle: BlockingHandle,
+        session: ExecSession,
+        stdin_fd: int | None,
+        outputs: dict[str, int],
+    ) -> None:
+        self.handle = handle
+        self.session = session
+        self.stdin_fd = stdin_fd
+        self.outputs = outputs
+        self.poller = select.poll()
+        self.polling_stdin = False
+        self.held: list[int] = []  # signals that arrived before "started"
+        self.kills: set[int] = set()  # matchtags of our kill RPCs
+        self.last_sigint = -INTERRUPT_WINDOW
+        self.tag = 0
+
+    def run(self, signals: SignalPipe | None, warn: Callable[[str], None] | None) -> int:
+        self.tag = self.handle.request(EXEC_TOPIC, self.session.request(), streaming=True)
+        sock_fd = self.handle.fileno()
+        self.poller.register(sock_fd, _POLLIN)
+        if signals is not None:
+            self.poller.register(signals.fileno(), select.POLLIN)
+        while True:
+            self._poll_stdin(self._wants_stdin())
+            for fd, _ in self.poller.poll():
+                if fd == sock_fd:
+                    for msg in self.handle.receive():
+                        status = self._on_response(msg, warn)
+                        if status is not None:
+                            return status
+                elif signals is not None and fd == signals.fileno():
+                    for signum in signals.drain():
+                        self._on_signal(signum)
+                elif fd == self.stdin_fd and self.polling_stdin:
+                    _forward_stdin(self.handle, self.session, self.tag, fd)
+
+    def _wants_stdin(self) -> bool:
+        s = self.session
+        return (
+            self.stdin_fd is not None
+            and s.pid is not None
+            and s.status is None
+            and not s.stdin_closed
+            and s.credit.available > 0
         )
-        if want_stdin != polling_stdin:
-            assert stdin_fd is not None
-            if want_stdin:
-                poller.register(stdin_fd, _POLLIN)
+
+    def _poll_stdin(self, wanted: bool) -> None:
+        if wanted != self.polling_stdin and self.stdin_fd is not None:
+            if wanted:
+                self.poller.register(self.stdin_fd, _POLLIN)
             else:
-                poller.unregister(stdin_fd)
-            polling_stdin = want_stdin
-        for fd, _ in poller.poll():
-            if fd == sock_fd:
-                for msg in handle.receive():
-                    if msg.matchtag in kills:
-                        kills.discard(msg.matchtag)
-                        if msg.errnum not in (0, errno.ESRCH, errno.ENOENT) and warn:
-                            warn(f"kill: {msg.error_text() or os.strerror(msg.errnum)}")
-                        continue
-                    if msg.matchtag != tag:
-                        continue
-                    if msg.errnum == errno.ENODATA:
-                        return session.finish()
-                    if msg.errnum:
-                        text = msg.error_text()
-                        if session.pid is None:
-                            raise ExecFailed(msg.errnum, text)
-                        raise RemoteError(msg.errnum, text)
-                    event = session.feed(response_payload(msg))
-                    if event is None:
-                        continue
-                    if event.kind == OUTPUT and event.data:
-                        out_fd = outputs.get(event.stream)
-                        if out_fd is None:
-                            continue
-                        try:
-                            _write_all(out_fd, event.data)
-                        except BrokenPipeError:
-                            del outputs[event.stream]
-                            kill(signal.SIGPIPE)
-                    elif event.kind == STARTED:
-                        if stdin_fd is None:
-                            handle.send(WRITE_TOPIC, session.eof_payload(tag))
-                        for signum in held:
-                            kill(signum)
-                        held.clear()
-                    elif event.kind == FINISHED and polling_stdin:
-                        assert stdin_fd is not None
-                        poller.unregister(stdin_fd)
-                        polling_stdin = False
-            elif signals is not None and fd == signals.fileno():
-                for signum in signals.drain():
-                    if signum == signal.SIGINT:
-                        now = time.monotonic()
-                        if now - last_sigint < INTERRUPT_WINDOW:
-                            raise SdexecError(errno.EINTR, "interrupted")
-                        last_sigint = now
-                    kill(signum)
-            elif fd == stdin_fd and polling_stdin:
-                _forward_stdin(handle, session, tag, fd)
+                self.poller.unregister(self.stdin_fd)
+            self.polling_stdin = wanted
+
+    def _on_response(self, msg: Message, warn: Callable[[str], None] | None) -> int | None:
+        """Handle one response; the wait status once the exec stream has ended."""
+        if msg.matchtag in self.kills:
+            self.kills.discard(msg.matchtag)
+            if msg.errnum not in (0, errno.ESRCH, errno.ENOENT) and warn is not None:
+                warn(f"kill: {msg.error_text() or os.strerror(msg.errnum)}")
+            return None
+        if msg.matchtag != self.tag:
+            return None
+        if msg.errnum == errno.ENODATA:
+            return self.session.finish()
+        if msg.errnum:
+            error = ExecFailed if self.session.pid is None else RemoteError
+            raise error(msg.errnum, msg.error_text())
+        event = self.session.feed(response_payload(msg))
+        if event is None:
+            return None
+        if event.kind == OUTPUT and event.data:
+            self._write_output(event.stream, event.data)
+        elif event.kind == STARTED:
+            if self.stdin_fd is None:
+                self.handle.send(WRITE_TOPIC, self.session.eof_payload(self.tag))
+            held, self.held = self.held, []
+            for signum in held:
+                self._kill(signum)
+        elif event.kind == FINISHED:
+            self._poll_stdin(False)
+        return None
+
+    def _write_output(self, stream: str, data: bytes) -> None:
+        fd = self.outputs.get(stream)
+        if fd is None:
+            return
+        try:
+            _write_all(fd, data)
+        except BrokenPipeError:
+            del self.outputs[stream]
+            self._kill(signal.SIGPIPE)
+        except OSError as exc:
+            num = exc.errno or errno.EIO
+            raise SdexecError(num, f"cannot write {stream}: {os.strerror(num)}") from None
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if now - self.last_sigint < INTERRUPT_WINDOW:
+                raise SdexecError(errno.EINTR, "interrupted")
+            self.last_sigint = now
+        self._kill(signum)
+
+    def _kill(self, signum: int) -> None:
+        if self.session.status is not None:
+            return  # it has finished: nothing to signal
+        if self.session.pid is None:
+            self.held.append(signum)
+            return
+        payload = {"pid": self.session.pid, "signum": signum}
+        self.kills.add(self.handle.request(KILL_TOPIC, payload))
 
 
 def _forward_stdin(handle: BlockingHandle, session: ExecSession, tag: int, fd: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -340,3 +341,25 @@ def test_a_failed_kill_is_reported_through_warn(tmp_path: Path, files: Files) ->
     finally:
         signals.restore()
     assert warnings == ["kill: not allowed"]
+
+
+def test_an_output_write_error_other_than_epipe_is_raised(tmp_path: Path) -> None:
+    def script(conn: Conn) -> None:
+        req = conn.recv()
+        conn.respond(req, {"type": "started", "pid": 42})
+        conn.respond(req, out(b"data\n"))
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()  # until the client hangs up
+
+    readonly = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with (
+            ScriptedServer(short_path(tmp_path), script) as server,
+            BlockingHandle.connect(server.uri) as h,
+            pytest.raises(SdexecError) as info,
+        ):
+            run_exec(h, session(), stdin_fd=None, stdout_fd=readonly)
+    finally:
+        os.close(readonly)
+    assert info.value.errno == errno.EBADF
+    assert info.value.message == "cannot write stdout: Bad file descriptor"
