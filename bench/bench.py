@@ -68,9 +68,23 @@ class Env:
         args = ["--systemd", "user"] if user_bus_address() else ["--systemd", "private"]
         log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdexec.cli.main", "serve", "--uri", self.uri,
-             "--state-dir", str(self.state), "--log-level", "warning", *args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "sdexec.cli.main",
+                "serve",
+                "--uri",
+                self.uri,
+                "--state-dir",
+                str(self.state),
+                "--log-level",
+                "warning",
+                *args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
         )
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
@@ -138,7 +152,9 @@ class RawFloor:
 
 async def asyncio_child() -> None:
     proc = await asyncio.create_subprocess_exec(
-        TRUE, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        TRUE,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     await proc.communicate()
@@ -147,8 +163,15 @@ async def asyncio_child() -> None:
 def systemd_run(env: dict[str, str]) -> Callable[[], Awaitable[None]]:
     async def once() -> None:
         proc = await asyncio.create_subprocess_exec(
-            "systemd-run", "--user", "--wait", "--pipe", "-q", TRUE, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            "systemd-run",
+            "--user",
+            "--wait",
+            "--pipe",
+            "-q",
+            TRUE,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
         )
         if await proc.wait() != 0:
             raise RuntimeError("systemd-run failed")
@@ -160,7 +183,7 @@ def summary(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
     return {
         "median_ms": statistics.median(s) * 1e3,
-        "p95_ms": s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))] * 1e3,
+        "p95_ms": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))] * 1e3,
         "min_ms": s[0] * 1e3,
         "runs": len(s),
     }
@@ -199,11 +222,15 @@ async def measure(env: Env, runs: int) -> dict[str, dict[str, float]]:
 def print_table(results: dict[str, dict[str, float]]) -> None:
     floor = results["raw floor"]["median_ms"]
     srun = results["systemd-run"]["median_ms"]
-    print(f"{'exec to finished, /bin/true':<28}{'median':>9}{'p95':>9}{'x floor':>9}"
-          f"{'x systemd-run':>15}")
+    print(
+        f"{'exec to finished, /bin/true':<28}{'median':>9}{'p95':>9}{'x floor':>9}"
+        f"{'x systemd-run':>15}"
+    )
     for name, r in results.items():
-        print(f"{name:<28}{r['median_ms']:>8.2f}m{r['p95_ms']:>8.2f}m"
-              f"{r['median_ms'] / floor:>9.2f}{r['median_ms'] / srun:>15.2f}")
+        print(
+            f"{name:<28}{r['median_ms']:>8.2f}m{r['p95_ms']:>8.2f}m"
+            f"{r['median_ms'] / floor:>9.2f}{r['median_ms'] / srun:>15.2f}"
+        )
     print("(ms; ratios of medians measured in this run)")
 
 
@@ -222,10 +249,17 @@ def main() -> int:
         env.stop()
     print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "host": socket.gethostname(), "time": time.time(), "runs": runs,
-            "exec_latency": results,
-        }, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "time": time.time(),
+                    "runs": runs,
+                    "exec_latency": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

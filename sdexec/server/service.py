@@ -201,6 +201,7 @@ class Service:
         cmd = er.cmd
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        cmd.stdin_bufsize()  # validate options before anything is created
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
