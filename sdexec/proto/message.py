@@ -31,7 +31,6 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 from sdexec.errors import ProtocolError
@@ -74,7 +73,6 @@ _STRUCTURAL = MsgFlag.TOPIC | MsgFlag.PAYLOAD | MsgFlag.ROUTE
 _VALID_TYPES = frozenset(int(t) for t in MsgType)
 
 
-@dataclass(slots=True)
 class Message:
     """One Flux message.
 
@@ -82,18 +80,50 @@ class Message:
     PRIVATE, STREAMING, USER1); the structural ones follow from ``routes``,
     ``topic`` and ``payload``.  ``routes is None`` means no route delimiter;
     an empty list means a delimiter with no routes.
+
+    A plain ``__slots__`` class rather than a dataclass: this module is on
+    every client's start-up path and ``dataclasses`` costs ~10 ms to import.
     """
 
-    type: MsgType
-    topic: str | None = None
-    payload: bytes | None = None
-    flags: int = 0
-    routes: list[str] | None = None
-    userid: int = USERID_UNKNOWN
-    rolemask: int = ROLE_NONE
-    aux1: int = 0
-    aux2: int = 0
-    _json: Any = field(default=None, repr=False, compare=False)
+    __slots__ = ("_json", "aux1", "aux2", "flags", "payload", "rolemask", "routes", "topic",
+                 "type", "userid")
+
+    def __init__(
+        self,
+        type: MsgType,
+        topic: str | None = None,
+        payload: bytes | None = None,
+        flags: int = 0,
+        routes: list[str] | None = None,
+        userid: int = USERID_UNKNOWN,
+        rolemask: int = ROLE_NONE,
+        aux1: int = 0,
+        aux2: int = 0,
+    ) -> None:
+        self.type = type
+        self.topic = topic
+        self.payload = payload
+        self.flags = flags
+        self.routes = routes
+        self.userid = userid
+        self.rolemask = rolemask
+        self.aux1 = aux1
+        self.aux2 = aux2
+        self._json: Any = None
+
+    _FIELDS = ("type", "topic", "payload", "flags", "routes", "userid", "rolemask", "aux1",
+               "aux2")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS)
+        return f"Message({inner})"
 
     # --- typed views of the two auxiliary header words -------------------
 
