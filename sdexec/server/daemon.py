@@ -17,12 +17,16 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from sdexec import logs
 from sdexec.errors import SdexecError
 from sdexec.uri import LOCAL_SCHEME, default_local_path, local_path
+
+if TYPE_CHECKING:
+    from sdexec.security.policy import SecurityConfig
 
 log = structlog.get_logger("sdexec.server")
 
@@ -36,6 +40,10 @@ class ServeOptions:
     rank: int = 0
     size: int = 1
     on_shutdown: str = "keep"
+    # sdexec.security: who may connect and sign, and the hostile-input limits.
+    security: SecurityConfig | None = None
+    max_message: int = 4 << 20
+    max_output_buffer: int = 8 << 20
 
 
 def default_state_dir(socket_path: str) -> Path:
@@ -82,6 +90,9 @@ def notify(state: str) -> None:
 async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | None) -> int:
     from sdexec.broker.builtins import Builtins
     from sdexec.broker.router import Router
+    from sdexec.security.gate import Gate
+    from sdexec.security.policy import SecurityConfig
+    from sdexec.security.setup import USERID_UNKNOWN, describe
     from sdexec.server.service import Service
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
@@ -89,8 +100,15 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     bus = SystemdBus(bus_address, system=opts.systemd == "system")
     await bus.connect()
-    owner = os.getuid()
-    router = Router(owner_uid=owner)
+    security = opts.security or SecurityConfig(server_uid=os.getuid(), owner=os.getuid())
+    owner = security.owner if security.owner is not None else USERID_UNKNOWN
+    router = Router(
+        owner_uid=security.owner if security.owner is not None else security.server_uid,
+        server_uid=security.server_uid,
+        allow_guests=security.allow_guests,
+    )
+    gate = Gate(router, security)
+    gate.install()
     Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
     journal = Journal.for_mode(opts.systemd, journal_dir)
     service = Service(router, bus, rank=opts.rank, uri=opts.uri, journal=journal)
@@ -107,7 +125,13 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     async with asyncio.TaskGroup() as tg:
         router.attach(tg)
-        server = await listen_local(opts.socket_path, router)
+        server = await listen_local(
+            opts.socket_path,
+            router,
+            max_message=opts.max_message,
+            write_limit=opts.max_output_buffer,
+            public=security.allow_guests,
+        )
         bus_watch = tg.create_task(watch_bus())
         log.info(
             "listening",
@@ -117,6 +141,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             state_dir=str(opts.state_dir),
             pid=os.getpid(),
         )
+        log.info("security", **describe(security))
         notify("READY=1")
         await stop.wait()
         notify("STOPPING=1")
@@ -127,6 +152,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             conn.close()
         bus_watch.cancel()
         bus.close()
+        gate.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     with contextlib.suppress(FileNotFoundError):
@@ -146,6 +172,13 @@ def main(args: argparse.Namespace) -> int:
             Path(args.state_dir) if getattr(args, "state_dir", None) else (default_state_dir(path))
         )
         mode = choose_systemd(getattr(args, "systemd", None))
+        from sdexec.security import setup as security_setup
+
+        try:
+            security = security_setup.config_from_args(args)
+        except ValueError as exc:
+            raise SdexecError(22, str(exc)) from None
+        security_setup.fit_fd_limit(security)
         opts = ServeOptions(
             uri=uri,
             socket_path=path,
@@ -153,6 +186,10 @@ def main(args: argparse.Namespace) -> int:
             systemd=mode,
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
+            security=security,
+            max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
+            max_output_buffer=getattr(args, "max_output_buffer", None)
+            or security_setup.DEFAULT_MAX_OUTPUT_BUFFER,
         )
         manager = None
         bus_address: str | None = None
