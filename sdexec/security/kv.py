@@ -67,7 +67,7 @@ def _encode_value(key: str, value: object) -> tuple[str, str]:
             raise _bad(f"kv: {key}: integer out of int64 range")
         return "i", str(value)
     if isinstance(value, float):
-        return "d", "%.6f" % value
+        return "d", format(value, ".6f")
     if isinstance(value, str):
         if "\0" in value:
             raise _bad(f"kv: {key}: a string value must not contain NUL")

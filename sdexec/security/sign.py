@@ -23,10 +23,14 @@ Mechanisms (RFC 39 "Mechanisms"):
 ``none``
     SIGNATURE is the string ``none``; verifying checks that the header's
     ``userid`` is the verifier's real uid.  RFC 39 gives ``none`` no
-    time-to-live, so sdexec adds two mechanism-specific header keys (RFC 39
-    allows them): ``issued`` (an RFC 38 timestamp) and ``nonce`` (random
-    text), which make the server's TTL and replay rules apply to ``none`` as
-    well.  A ``none`` signature without ``issued`` is refused.
+    time-to-live and no integrity, so sdexec adds mechanism-specific header
+    keys (RFC 39 allows them): ``issued`` (an RFC 38 timestamp) and ``nonce``
+    (random text), which make the server's TTL and replay rules apply to
+    ``none`` as well, and ``digest`` (hex SHA-256 of the payload), which
+    catches a payload changed in transit without the header.  ``none`` has
+    no secret, so whoever rewrites both gets through: only ``munge`` protects
+    integrity against a deliberate forger.  A ``none`` signature without
+    these keys (flux-security's own) is refused.
 
 :func:`unwrap` performs the mechanism's verification and returns the signer,
 the payload, the signing time and a replay key (the SHA-256 of the whole
@@ -129,8 +133,14 @@ def wrap(
         ("userid", uid),
     ]
     if mechanism == NONE:
+        import hashlib
+
         when = int(time.time()) if issued is None else issued
-        header += [("issued", kv.Timestamp(when)), ("nonce", os.urandom(16).hex())]
+        header += [
+            ("issued", kv.Timestamp(when)),
+            ("nonce", os.urandom(16).hex()),
+            ("digest", hashlib.sha256(payload).hexdigest()),
+        ]
     elif mechanism != MUNGE:
         raise SdexecError(errno.EINVAL, f"unknown signing mechanism {mechanism!r}")
     signed_part = _b64(kv.encode(header)) + "." + _b64(payload)
@@ -235,6 +245,8 @@ def unwrap(
         issued = header.get("issued")
         if not isinstance(issued, kv.Timestamp):
             raise _denied("none signature has no issue time")
+        if header.get("digest") != hashlib.sha256(payload).hexdigest():
+            raise _denied("payload does not match the header's digest")
         when = int(issued)
     else:
         from sdexec.security import munge
