@@ -435,14 +435,14 @@ def _add_security_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help="connections at once; more are refused with EAGAIN (default: 256)",
+        help="connections at once; more are refused with EAGAIN (default: 512)",
     )
     g.add_argument(
-        "--max-guest-connections",
+        "--max-connections-per-uid",
         metavar="N",
         type=_positive_int,
         default=None,
-        help="connections at once per guest uid (default: 32)",
+        help="connections at once from one uid (default: 128)",
     )
     g.add_argument(
         "--max-output-buffer",

@@ -3,10 +3,12 @@
 Theory of operation
 -------------------
 A server whose uid differs from its instance owner accepts only signed
-RFC 42 requests (RFC 42 "Request Authentication").  The CLI finds out by
-asking for the ``security.owner`` attribute, as Flux's own tools do, and
-signs when the owner is not the caller: ``--sign`` signs without asking,
-``--no-sign`` never signs.  Signing installs a :class:`Signer` on the
+RFC 42 requests (RFC 42 "Request Authentication"), and only signatures made
+by its own uid.  The CLI finds out by asking for the ``security.owner``
+attribute, as Flux's own tools do, and signs when the owner is not the
+caller and the server (the socket's peer, by ``SO_PEERCRED``) runs as the
+caller; a guest of someone else's server has nothing to sign with.
+``--sign`` signs without asking, ``--no-sign`` never signs.  Signing installs a :class:`Signer` on the
 :class:`~sdexec.client.blocking.BlockingHandle`, which then replaces the
 payload of every RFC 42 request (``exec``, ``write``, ``kill``, ``wait``,
 ``list``, ``attach``) with just ``{"signature": ...}``: the signed object
@@ -75,20 +77,39 @@ class Signer:
         return sign.signed_request(topic, payload, self.mechanism, munge_socket=self.munge_socket)
 
 
-def owner_differs(handle: BlockingHandle) -> bool:
-    """Whether the server's ``security.owner`` is not the caller's uid."""
+def peer_uid(handle: BlockingHandle) -> int | None:
+    """The uid of the process at the other end of the socket (None if unknown)."""
+    import _socket
+    import sys
+
+    sock = _socket.socket(fileno=os.dup(handle.fileno()))
+    try:
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return int.from_bytes(raw[4:8], sys.byteorder)
+
+
+def should_sign(handle: BlockingHandle) -> bool:
+    """Whether this server wants signatures that the caller can make."""
     from sdexec.errors import SdexecError
 
     try:
         value = handle.rpc("attr.get", {"name": "security.owner"}).get("value")
     except SdexecError:
         return False  # a server without the attribute does not ask for signatures
-    return value != str(os.getuid())
+    uid = os.getuid()
+    if value == str(uid):
+        return False
+    server = peer_uid(handle)
+    return server is None or server == uid
 
 
 def apply(handle: BlockingHandle, options: SignOptions | None) -> None:
     """Install a signer on ``handle`` if ``options`` (and the server) call for one."""
     if options is None or options.mode == NEVER:
         return
-    if options.mode == ALWAYS or owner_differs(handle):
+    if options.mode == ALWAYS or should_sign(handle):
         handle.signer = Signer(options.mechanism, options.munge_socket)

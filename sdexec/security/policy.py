@@ -13,7 +13,8 @@ Three kinds of peer, by the uid ``SO_PEERCRED`` gives the transport:
   itself (:mod:`sdexec.security.guest`).
 
 Connections are counted: at most ``max_connections`` in all and
-``max_guest_connections`` per guest uid.  Over a limit the handshake byte is
+``max_connections_per_uid`` per uid (trusted or not, so that one flooding
+user leaves room for everyone else).  Over a limit the handshake byte is
 EAGAIN and the connection is closed, so a flood of connections costs the
 server one file descriptor per admitted connection and nothing for the rest.
 
@@ -53,8 +54,8 @@ from sdexec.security import sign
 from sdexec.security.replay import DEFAULT_CAPACITY, ReplayCache
 
 DEFAULT_TTL = 60.0
-DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_MAX_GUEST_CONNECTIONS = 32
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS_PER_UID = 128
 #: A signature dated this many seconds ahead of the server's clock is refused.
 FUTURE_SLACK = 2.0
 SIGNED_METHODS = sign.SIGNED_METHODS
@@ -71,7 +72,7 @@ class SecurityConfig:
     mechanisms: tuple[str, ...] = sign.MECHANISMS
     munge_socket: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_guest_connections: int = DEFAULT_MAX_GUEST_CONNECTIONS
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
     replay_capacity: int = DEFAULT_CAPACITY
     service: str = "sdexec"
     guarded: frozenset[str] = field(default_factory=frozenset)
@@ -105,8 +106,11 @@ class Admission:
             return errno.EPERM, "guests are not allowed"
         if len(self.uid_of) >= cfg.max_connections:
             return errno.EAGAIN, f"connection limit reached ({cfg.max_connections})"
-        if not trusted and self.per_uid[uid] >= cfg.max_guest_connections:
-            return errno.EAGAIN, f"per-user connection limit reached ({cfg.max_guest_connections})"
+        if self.per_uid[uid] >= cfg.max_connections_per_uid:
+            return (
+                errno.EAGAIN,
+                f"per-user connection limit reached ({cfg.max_connections_per_uid})",
+            )
         self.uid_of[conn_id] = uid
         self.per_uid[uid] += 1
         return 0, ""

@@ -25,7 +25,7 @@ import structlog
 from sdexec.security import sign
 from sdexec.security.policy import (
     DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_GUEST_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_UID,
     DEFAULT_TTL,
     SecurityConfig,
 )
@@ -76,8 +76,8 @@ def config_from_args(args: argparse.Namespace, service: str = "sdexec") -> Secur
         mechanisms=mechanisms(getattr(args, "sign_mechanisms", None)),
         munge_socket=getattr(args, "munge_socket", None) or os.environ.get("SDEXEC_MUNGE_SOCKET"),
         max_connections=int(getattr(args, "max_connections", None) or DEFAULT_MAX_CONNECTIONS),
-        max_guest_connections=int(
-            getattr(args, "max_guest_connections", None) or DEFAULT_MAX_GUEST_CONNECTIONS
+        max_connections_per_uid=int(
+            getattr(args, "max_connections_per_uid", None) or DEFAULT_MAX_CONNECTIONS_PER_UID
         ),
         service=service,
     )
@@ -115,5 +115,5 @@ def describe(config: SecurityConfig) -> dict[str, object]:
         "sign_ttl": config.sign_ttl,
         "sign_mechanisms": ",".join(config.mechanisms),
         "max_connections": config.max_connections,
-        "max_guest_connections": config.max_guest_connections,
+        "max_connections_per_uid": config.max_connections_per_uid,
     }
