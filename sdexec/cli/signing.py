@@ -8,7 +8,8 @@ by its own uid.  The CLI finds out by asking for the ``security.owner``
 attribute, as Flux's own tools do, and signs when the owner is not the
 caller and the server (the socket's peer, by ``SO_PEERCRED``) runs as the
 caller; a guest of someone else's server has nothing to sign with.
-``--sign`` signs without asking, ``--no-sign`` never signs.  Signing installs a :class:`Signer` on the
+``--sign`` signs without asking, ``--no-sign`` never signs.  Signing
+installs a :class:`Signer` on the
 :class:`~sdexec.client.blocking.BlockingHandle`, which then replaces the
 payload of every RFC 42 request (``exec``, ``write``, ``kill``, ``wait``,
 ``list``, ``attach``) with just ``{"signature": ...}``: the signed object
