@@ -313,3 +313,22 @@ def test_a_client_that_never_reads_cannot_grow_the_server_and_others_are_served(
     assert grown < 64 * 1024
     assert "procs" in answer
     assert latency < 5
+
+
+def test_oversized_message_closes_only_that_connection(guest_server: Server) -> None:
+    import struct
+    import sys
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(guest_server.socket_path)
+    assert sock.recv(1) == b"\0"
+    magic = struct.pack("=I" if sys.byteorder == "little" else ">I", 0xFFEE0012)
+    sock.sendall(magic + struct.pack(">I", (4 << 20) + 1))
+    sock.settimeout(10)
+    try:
+        closed = sock.recv(1) == b""
+    finally:
+        sock.close()
+    assert closed
+    assert "exceeds the limit" in guest_server.log_text()
+    assert guest_server.sdexec("ps").returncode == 0
