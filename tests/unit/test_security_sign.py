@@ -1,6 +1,6 @@
 """RFC 39 signatures with the ``none`` mechanism, and the server's request rules.
 
-MUNGE needs a running munged; its cases are in tests/integration/test_security_sign.py.
+MUNGE needs a running munged; its cases are in tests/integration/test_security_signed_requests.py.
 """
 
 from __future__ import annotations
