@@ -109,6 +109,8 @@ class Gate:
     def _precheck(self, req: Request) -> str | None:
         if not self.rules.guarded(req.topic):
             return None
+        if req.msg.payload is None:  # e.g. a bare list: nothing to verify
+            return self.rules.precheck(req.topic, {})
         payload: dict[str, Any] = req.msg.json()  # EPROTO if not a JSON object
         return self.rules.precheck(req.topic, payload)
 

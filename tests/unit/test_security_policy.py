@@ -286,3 +286,15 @@ def test_gate_holds_reading_while_munge_verification_backs_up() -> None:
             return held
 
     assert asyncio.run(run())
+
+
+def test_list_without_a_payload_is_served_when_signatures_are_not_required() -> None:
+    _, conn, transport, _ = stack(owner=UID)
+    conn.data_received(encode_frame(Message(MsgType.REQUEST, topic="sdexec.list", aux2=1)))
+    assert [m.errnum for m in answers(transport)] == [0]
+
+
+def test_list_without_a_payload_is_eperm_when_signatures_are_required() -> None:
+    _, conn, transport, _ = stack()
+    conn.data_received(encode_frame(Message(MsgType.REQUEST, topic="sdexec.list", aux2=1)))
+    assert [m.errnum for m in answers(transport)] == [errno.EPERM]
