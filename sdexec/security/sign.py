@@ -37,6 +37,9 @@ the payload, the signing time and a replay key (the SHA-256 of the whole
 signature string); every failure is ``SdexecError(EPERM)`` with the reason.
 The TTL and replay rules themselves are the server's
 (:mod:`sdexec.security.policy`), applied to what :func:`unwrap` returns.
+munged accepts textual variants of one credential (inserted whitespace, say)
+as that same credential, so only the canonical text is accepted here: one
+credential, one string, one replay key.
 
 This module is on the CLI's path when signing: it imports :mod:`hashlib` and
 :mod:`sdexec.security.munge` (ctypes) only for the ``munge`` mechanism.
@@ -202,6 +205,23 @@ def _header(text: str) -> dict[str, object]:
         raise _denied(f"bad header ({exc.message})") from None
 
 
+def _canonical_munge(text: str) -> bool:
+    """``MUNGE:<base64>:`` exactly as munged writes it.
+
+    munged also decodes variants (with whitespace, or other trailing bits in
+    the last base64 digit) as the same credential; accepting only the
+    canonical text makes the whole signature string a sound replay key.
+    """
+    if not (text.startswith("MUNGE:") and text.endswith(":") and len(text) > 7):
+        return False
+    body = text[6:-1]
+    try:
+        raw = binascii.a2b_base64(body.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+    return _b64(raw) == body
+
+
 def peek_header(signature: str) -> dict[str, object]:
     """The decoded header of a signature, without verifying anything (EPERM if bad)."""
     return _header(split(signature)[0])
@@ -251,6 +271,8 @@ def unwrap(
     else:
         from sdexec.security import munge
 
+        if not _canonical_munge(s_text):
+            raise _denied("munge credential is not in canonical form")
         decoded = munge.decode(s_text, munge_socket)
         if not decoded.ok:
             raise _denied(f"munge: {decoded.message}")

@@ -260,3 +260,16 @@ def test_refusal_is_logged_with_uid_topic_and_reason(signed: Server) -> None:
     assert refusals
     assert refusals[-1]["uid"] == os.getuid()
     assert refusals[-1]["reason"] == "this server requires signed requests"
+
+
+def test_replay_of_a_whitespace_variant_gets_eperm(
+    signed: Server,
+    munged: str,  # noqa: F811
+    mech: str,
+) -> None:
+    # munged decodes a credential with whitespace in it as the same credential.
+    sig = signature("sdexec.list", {}, mech, munged)
+    assert "procs" in rpc(signed, "sdexec.list", {"signature": sig})
+    head, _, cred = sig.rpartition(".")
+    variant = f"{head}.{cred[:7]}\n{cred[7:]}"
+    assert errno_of(signed, "sdexec.list", {"signature": variant}) == errno.EPERM
