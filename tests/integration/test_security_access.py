@@ -332,3 +332,13 @@ def test_oversized_message_closes_only_that_connection(guest_server: Server) -> 
     assert closed
     assert "exceeds the limit" in guest_server.log_text()
     assert guest_server.sdexec("ps").returncode == 0
+
+
+def test_server_whose_owner_cannot_be_resolved_requires_signatures(
+    make_server: ServerFactory,  # noqa: F811
+) -> None:
+    srv = make_server("unknown-owner", "--owner", "no-such-user-sdexec")
+    unsigned = srv.sdexec("ps", "--no-sign")
+    signed = srv.sdexec("ps", "--sign", "--sign-mechanism", "none")
+    assert (unsigned.returncode, signed.returncode) == (1, 0), signed.stderr
+    assert b"this server requires signed requests" in unsigned.stderr

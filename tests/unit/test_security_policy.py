@@ -298,3 +298,31 @@ def test_list_without_a_payload_is_eperm_when_signatures_are_required() -> None:
     _, conn, transport, _ = stack()
     conn.data_received(encode_frame(Message(MsgType.REQUEST, topic="sdexec.list", aux2=1)))
     assert [m.errnum for m in answers(transport)] == [errno.EPERM]
+
+
+# --- serve options ------------------------------------------------------------------------------
+
+
+def test_owner_defaults_to_the_server_uid() -> None:
+    from sdexec.security.setup import resolve_owner
+
+    assert resolve_owner(None, 1234) == 1234
+
+
+def test_owner_may_be_a_user_name() -> None:
+    from sdexec.security.setup import resolve_owner
+
+    assert resolve_owner("root", 1234) == 0
+
+
+def test_unknown_owner_name_means_the_owner_cannot_be_determined() -> None:
+    from sdexec.security.setup import resolve_owner
+
+    assert resolve_owner("no-such-user-sdexec", 1234) is None
+
+
+def test_unknown_signature_mechanism_is_refused() -> None:
+    from sdexec.security.setup import mechanisms
+
+    with pytest.raises(ValueError):
+        mechanisms("none,rsa")
