@@ -84,7 +84,7 @@ def short_ttl(
         "--munge-socket",
         munged,
         "--sign-ttl",
-        "1",
+        "2",
     )
 
 
@@ -190,7 +190,7 @@ def test_replayed_signature_gets_eperm(signed: Server, munged: str, mech: str) -
 
 def test_expired_signature_gets_eperm(short_ttl: Server, munged: str, mech: str) -> None:  # noqa: F811
     sig = signature("sdexec.list", {}, mech, munged)
-    time.sleep(2.5)
+    time.sleep(3.5)  # signing times have 1 s resolution: well past the 2 s TTL
     assert errno_of(short_ttl, "sdexec.list", {"signature": sig}) == errno.EPERM
 
 
