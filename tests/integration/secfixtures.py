@@ -7,7 +7,7 @@
   library), because the test interpreter and the work tree may live where
   other users cannot read (``/root``).
 * ``munged``: a real ``munged`` from Debian's ``munge`` package with its own
-  1 KiB key and socket, started and stopped (by its pid) here.
+  1 KiB key and socket, run in the foreground and stopped (by its pid) here.
 * ``make_server``: more ``sdexec serve`` processes with other options, on the
   session's private systemd manager.  They run with ``--systemd user`` against
   that manager's bus, so stopping one never stops the shared manager.
@@ -136,7 +136,7 @@ def munged() -> Iterator[str]:
     proc = subprocess.Popen(
         [
             "/usr/sbin/munged",
-            "-f",
+            "--foreground",  # not -f, which is --force and still forks away
             f"--key-file={key}",
             f"--socket={sock}",
             f"--pid-file={d / 'munged.pid'}",
@@ -158,6 +158,7 @@ def munged() -> Iterator[str]:
                 )
                 pytest.fail(f"munged did not start: {log}")
             time.sleep(0.02)
+        assert proc.poll() is None, "munged forked away; it must stay in the foreground"
         yield str(sock)
     finally:
         if proc.poll() is None:
