@@ -130,9 +130,9 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             router,
             max_message=opts.max_message,
             write_limit=opts.max_output_buffer,
-            # The owner (when not the server's uid) must reach the socket too; the
-            # handshake still refuses everyone who is not admitted.
-            public=security.allow_guests or security.signatures_required,
+            public=security.allow_guests,
+            # An owner who is not the server's uid must reach the socket too.
+            socket_owner=security.owner if security.owner != security.server_uid else None,
         )
         bus_watch = tg.create_task(watch_bus())
         log.info(

@@ -234,21 +234,31 @@ async def listen_local(
     max_message: int = DEFAULT_MAX_MESSAGE,
     write_limit: int = WRITE_HARD_LIMIT,
     public: bool = False,
+    socket_owner: int | None = None,
 ) -> asyncio.Server:
     """Listen on ``path`` (or an inherited listening ``sock``) for Flux clients.
 
     The socket is 0600 in a 0700 directory, or 0666 in a 0755 directory when
-    ``public`` (guests allowed); who may really connect is the acceptor's call.
+    ``public`` (guests allowed).  ``socket_owner``, another uid that must be
+    able to connect (an instance owner who is not the server's uid), gets the
+    0600 socket chowned to it in a 0711 directory when the server is root,
+    and a public socket otherwise.  Who may really connect is always the
+    acceptor's call, at the handshake.
     """
     loop = asyncio.get_running_loop()
     if sock is None:
-        prepare_socket_path(path, dir_mode=0o755 if public else 0o700)
+        chown = socket_owner is not None and not public and os.geteuid() == 0
+        public = public or (socket_owner is not None and not chown)
+        dir_mode = 0o755 if public else 0o711 if chown else 0o700
+        prepare_socket_path(path, dir_mode=dir_mode)
         old = os.umask(0o111 if public else 0o177)
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
         finally:
             os.umask(old)
+        if chown and socket_owner is not None:
+            os.chown(path, socket_owner, -1)
         sock.listen(1024)
     return await loop.create_unix_server(
         lambda: Connection(acceptor, max_message, write_limit), sock=sock, backlog=1024

@@ -273,3 +273,26 @@ def test_replay_of_a_whitespace_variant_gets_eperm(
     head, _, cred = sig.rpartition(".")
     variant = f"{head}.{cred[:7]}\n{cred[7:]}"
     assert errno_of(signed, "sdexec.list", {"signature": variant}) == errno.EPERM
+
+
+def test_socket_of_a_server_owned_by_another_user_is_that_users_alone(
+    signed: Server,
+    guest: Guest,  # noqa: F811
+) -> None:
+    import stat
+    from pathlib import Path
+
+    path = Path(signed.socket_path)
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, guest.uid)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o711
+
+
+def test_owner_who_is_not_the_server_uid_is_admitted(
+    signed: Server,
+    guest: Guest,  # noqa: F811
+) -> None:
+    r = guest.sdexec(signed.uri, "ps", "--no-sign")
+    # Admitted at the handshake, then refused: only the server's uid can sign.
+    assert r.returncode == 1
+    assert b"this server requires signed requests" in r.stderr
