@@ -326,3 +326,18 @@ def test_unknown_signature_mechanism_is_refused() -> None:
 
     with pytest.raises(ValueError):
         mechanisms("none,rsa")
+
+
+def test_munge_signature_without_libmunge_is_eperm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdexec.security import kv, munge
+
+    monkeypatch.setattr(munge, "available", lambda: False)
+    _, conn, transport, _ = stack()
+    header = kv.encode([("version", 1), ("mechanism", "munge"), ("userid", UID)])
+    fake = sign._b64(header) + ".e30=.MUNGE:AAAA:"
+    conn.data_received(
+        encode_frame(Message.request("sdexec.list", {"signature": fake}, matchtag=1))
+    )
+    (resp,) = answers(transport)
+    assert resp.errnum == errno.EPERM
+    assert "not available" in (resp.error_text() or "")
