@@ -15,18 +15,23 @@ State is a small table (:class:`ProcState`)::
         |                    |
         +--exec failed--> (gone)    +--finished--> EXITED --wait/attach--> (reaped)
 
-A streaming client (the ``exec`` request itself, or later an ``attach``)
-receives ``output`` for each forwarded stream, ``finished``, and ENODATA once
-the process has finished *and* every forwarded stream has reached EOF.
-Background processes keep their output (the last ``KEEP_BYTES`` per stream)
-and log it.
+A streaming ``exec`` client receives ``output`` for each forwarded stream
+from the unit's pipes, ``finished``, and ENODATA once the process has
+finished *and* every forwarded stream has reached EOF.
+
+A background process's output never passes through the server (see
+:mod:`sdexec.server.outputlog`).  An ``attach`` client gets ``attached``,
+then the stored output replayed and followed live, ``stopped`` when the
+process is stopped, and — once the process has finished and its output has
+all been read back — the EOFs, ``finished`` and ENODATA.  When an attached
+client goes away the process simply goes on in the background.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,8 +46,6 @@ if TYPE_CHECKING:
     from sdexec.server.service import Service
 
 log = structlog.get_logger("sdexec.proc")
-
-KEEP_BYTES = 1 << 20
 
 
 class ProcState(enum.Enum):
@@ -81,7 +84,8 @@ class Process:
         self.tracker = UnitTracker()
         self.outputs: dict[str, OutputPipe] = {}
         self.stdin: InputPipe | None = None
-        self.kept: dict[str, collections.deque[bytes]] = {}
+        self.ident = cmd.label or unit  # journal identifier of background output
+        self.attached = False  # self.client is an attach stream
         self.waiter: Request | None = None
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
@@ -164,6 +168,8 @@ class Process:
         log.info("finished", status=status, **self.log_fields())
         if self.stdin is not None:
             self.stdin.close()
+        if self.attached:
+            return  # the follower sends finished once all output is replayed
         if self.client is not None:
             self.client.respond(rfc42.finished(self.pid, status))
         self._maybe_end()
@@ -202,11 +208,7 @@ class Process:
     # --- output ---------------------------------------------------------------------------
 
     def output(self, stream: str, data: bytes, eof: bool) -> None:
-        """Sink for an :class:`OutputPipe`: forward to the client, keep, log."""
-        if data and self.background:
-            kept = self.kept.setdefault(stream, collections.deque())
-            kept.append(data)
-            self.service.kept_bytes(self, stream, data)
+        """Sink for an :class:`OutputPipe`: forward to the streaming client."""
         client = self.client
         if client is not None:
             client.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data, eof)))
@@ -256,12 +258,71 @@ class Process:
         else:
             client.respond(rfc42.add_credit({"stdin": n}))
 
+    # --- attach ------------------------------------------------------------------------------
+
+    def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        """Attach a streaming client; returns the follower to run, if any."""
+        self.client = req
+        self.attached = True
+        self.sender = req.sender
+        req.respond(rfc42.attached(self.pid, int(self.flags)))
+        log.info("attach", requester=req.userid, **self.log_fields())
+        # A finished process's output is replayed too, before its EOFs: the
+        # RFC's required responses all come, and the operator sees the output.
+        return self._follow(req, follow=self.state is not ProcState.EXITED)
+
+    async def _follow(self, req: Request, follow: bool) -> None:
+        def sink(stream: str, data: bytes) -> None:
+            if self.client is req:
+                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data)))
+
+        def ended() -> bool:
+            return self.state is ProcState.EXITED or self.client is not req
+
+        async def drain() -> None:
+            await req.conn.wait_writable()
+
+        await self.service.outputlog.follow(
+            self.unit, self.ident, sink, tail=None, ended=ended, follow=follow, drain=drain
+        )
+        if self.client is req:
+            self._attach_done(req)
+
+    def _attach_done(self, req: Request) -> None:
+        assert self.status is not None
+        for stream in ("stdout", "stderr"):
+            req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
+        req.respond(rfc42.finished(self.pid, self.status))
+        req.end()
+        self.client = None
+        self.attached = False
+        self.service.reap(self)  # RFC 42: a finished attach reaps the process
+
+    # --- stopped (SIGSTOP is invisible on D-Bus: read /proc) -------------------------
+
+    def poll_stopped(self) -> None:
+        """Called periodically while a client watches: report SIGSTOP as ``stopped``."""
+        if self.state not in (ProcState.RUNNING, ProcState.STOPPED) or not self.pid:
+            return
+        stopped = proc_state(self.pid) in ("T", "t")
+        if stopped and self.state is ProcState.RUNNING:
+            self.state = ProcState.STOPPED
+            log.info("stopped", **self.log_fields())
+            if self.client is not None:
+                self.client.respond(rfc42.stopped(self.pid))
+        elif not stopped and self.state is ProcState.STOPPED:
+            self.state = ProcState.RUNNING
+            log.info("continued", **self.log_fields())
+
     # --- client going away -------------------------------------------------------------
 
     def detach_client(self) -> None:
         """The streaming client disconnected."""
+        if self.attached:
+            log.info("detach", **self.log_fields())
         self._unhook_writable()
         self.client = None
+        self.attached = False
         self._flow()
 
     def _close_pipes(self) -> None:
@@ -273,3 +334,13 @@ class Process:
     def release(self) -> None:
         self._unhook_writable()
         self._close_pipes()
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of a process from /proc (``?`` if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return "?"
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode() or "?"
