@@ -36,8 +36,12 @@ def test_five_mib_through_a_4096_byte_stdin_buffer(server: Server) -> None:
     while sent < len(data):
         if credit > 0:
             chunk = data[sent : sent + min(credit, 4096)]
-            io = {"stream": "stdin", "rank": "0", "data": base64.b64encode(chunk).decode(),
-                  "encoding": "base64"}
+            io = {
+                "stream": "stdin",
+                "rank": "0",
+                "data": base64.b64encode(chunk).decode(),
+                "encoding": "base64",
+            }
             raw.send("sdexec.write", {"matchtag": tag, "io": io}, noresponse=True)
             sent += len(chunk)
             credit -= len(chunk)
@@ -49,18 +53,25 @@ def test_five_mib_through_a_4096_byte_stdin_buffer(server: Server) -> None:
         elif body["type"] == "output":
             outstanding.append(body["io"].get("data", "").encode())
         peak_rss = max(peak_rss, server_memory(server)[0])
-    raw.send("sdexec.write", {"matchtag": tag, "io": {"stream": "stdin", "rank": "0",
-                                                      "eof": True}}, noresponse=True)
+    raw.send(
+        "sdexec.write",
+        {"matchtag": tag, "io": {"stream": "stdin", "rank": "0", "eof": True}},
+        noresponse=True,
+    )
     msgs = raw.stream(tag)
     raw.close()
     assert msgs[-1].errnum == errno.ENODATA
     out = b"".join(outstanding) + b"".join(
-        m.json()["io"].get("data", "").encode() for m in msgs
-        if not m.errnum and m.json()["type"] == "output")
+        m.json()["io"].get("data", "").encode()
+        for m in msgs
+        if not m.errnum and m.json()["type"] == "output"
+    )
     assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()
     _rss, hwm = server_memory(server)
-    print(f"5 MiB through stdin credit: server RSS peak during {peak_rss >> 20} MiB, "
-          f"VmHWM {hwm >> 20} MiB")
+    print(
+        f"5 MiB through stdin credit: server RSS peak during {peak_rss >> 20} MiB, "
+        f"VmHWM {hwm >> 20} MiB"
+    )
     assert credit <= 4096
 
 
@@ -69,9 +80,18 @@ def test_slow_reader_bounds_server_memory_and_loses_nothing(server: Server) -> N
     raw = Raw(server.socket_path)
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     # head -c writes 100 MiB of one repeated pattern; each chunk is checked in order.
-    tag = raw.send("sdexec.exec", exec_payload(
-        ["sh", "-c", f"yes 0123456789abcdef0123456789abcdef0123456789abcdef01234567890 | "
-                     f"head -c {total}"]), streaming=True)
+    tag = raw.send(
+        "sdexec.exec",
+        exec_payload(
+            [
+                "sh",
+                "-c",
+                f"yes 0123456789abcdef0123456789abcdef0123456789abcdef01234567890 | "
+                f"head -c {total}",
+            ]
+        ),
+        streaming=True,
+    )
     pattern = b"0123456789abcdef0123456789abcdef0123456789abcdef01234567890\n"
     received = 0
     digest = hashlib.sha256()
@@ -95,8 +115,10 @@ def test_slow_reader_bounds_server_memory_and_loses_nothing(server: Server) -> N
             peak = max(peak, server_memory(server)[0])
     raw.close()
     expected = hashlib.sha256((pattern * (total // len(pattern) + 1))[:total]).hexdigest()
-    print(f"100 MiB at 1 MiB/s: {received} bytes in {time.monotonic() - t0:.0f} s, "
-          f"server RSS peak {peak / (1 << 20):.1f} MiB")
+    print(
+        f"100 MiB at 1 MiB/s: {received} bytes in {time.monotonic() - t0:.0f} s, "
+        f"server RSS peak {peak / (1 << 20):.1f} MiB"
+    )
     assert received == total
     assert digest.hexdigest() == expected
     assert peak < 64 << 20

@@ -15,8 +15,9 @@ from conftest import Server
 
 from sdexec.systemd.private import PrivateManager
 
-WRITER = ('i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo "{label} $i $(date +%s%N)"; '
-          'sleep 0.01; done')
+WRITER = (
+    'i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo "{label} $i $(date +%s%N)"; sleep 0.01; done'
+)
 
 
 @pytest.fixture
@@ -51,8 +52,17 @@ def test_writers_survive_sigkill_of_the_server_and_replay_exactly(own: Server) -
     n = 400
     labels = [f"writer{i}" for i in range(3)]
     for lab in labels:
-        r = own.sdexec("exec", "--bg", "--waitable", "--label", lab, "--", "sh", "-c",
-                       WRITER.format(n=n, label=lab))
+        r = own.sdexec(
+            "exec",
+            "--bg",
+            "--waitable",
+            "--label",
+            lab,
+            "--",
+            "sh",
+            "-c",
+            WRITER.format(n=n, label=lab),
+        )
         assert r.returncode == 0, r.stderr
     time.sleep(1.0)
     kill_and_restart(own)
@@ -71,8 +81,12 @@ def test_writers_survive_sigkill_of_the_server_and_replay_exactly(own: Server) -
 
 
 def test_waitable_that_finished_while_down_reports_its_status_once(own: Server) -> None:
-    assert own.sdexec("exec", "--bg", "--waitable", "--label", "fin", "--",
-                      "sh", "-c", "sleep 0.5; exit 6").returncode == 0
+    assert (
+        own.sdexec(
+            "exec", "--bg", "--waitable", "--label", "fin", "--", "sh", "-c", "sleep 0.5; exit 6"
+        ).returncode
+        == 0
+    )
     own.stop(signal.SIGKILL)
     time.sleep(1.5)
     own.start()
@@ -93,8 +107,10 @@ def test_labels_stay_unique_across_restarts(own: Server) -> None:
 
 
 def test_kill_and_wait_by_label_after_graceful_restart(own: Server) -> None:
-    assert own.sdexec("exec", "--bg", "--waitable", "--label", "kw", "--",
-                      "sleep", "60").returncode == 0
+    assert (
+        own.sdexec("exec", "--bg", "--waitable", "--label", "kw", "--", "sleep", "60").returncode
+        == 0
+    )
     own.stop(signal.SIGTERM)
     own.start()
     assert own.sdexec("kill", "-s", "15", "kw").returncode == 0
@@ -111,17 +127,43 @@ def test_private_manager_is_reused_not_restarted(own: Server) -> None:
 
 
 def test_logs_and_journalctl_show_the_same_lines(own: Server) -> None:
-    assert own.sdexec("exec", "--bg", "--waitable", "--label", "lg", "--", "sh", "-c",
-                      "for i in 1 2 3; do echo out $i; echo err $i >&2; done").returncode == 0
+    assert (
+        own.sdexec(
+            "exec",
+            "--bg",
+            "--waitable",
+            "--label",
+            "lg",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo out $i; echo err $i >&2; done",
+        ).returncode
+        == 0
+    )
     time.sleep(1.0)
     logs = own.sdexec("logs", "lg")
     assert logs.returncode == 0
     assert logs.stdout == b"out 1\nout 2\nout 3\n"
     assert logs.stderr == b"err 1\nerr 2\nerr 3\n"
-    jc = subprocess.run(["journalctl", "--directory", str(own.manager.journal_dir), "-t", "lg",
-                         "-o", "cat", "--no-pager"], capture_output=True, text=True, check=True)
+    jc = subprocess.run(
+        [
+            "journalctl",
+            "--directory",
+            str(own.manager.journal_dir),
+            "-t",
+            "lg",
+            "-o",
+            "cat",
+            "--no-pager",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert sorted(jc.stdout.splitlines()) == sorted(
-        (logs.stdout + logs.stderr).decode().splitlines())
+        (logs.stdout + logs.stderr).decode().splitlines()
+    )
     tail = own.sdexec("logs", "--tail", "2", "lg")
     assert len((tail.stdout + tail.stderr).splitlines()) == 2
     as_json = own.sdexec("logs", "--json", "lg")
@@ -143,8 +185,16 @@ def test_on_shutdown_stop_leaves_no_unit(own: Server) -> None:
 
 
 def test_streaming_clients_get_enosys_at_shutdown(own: Server) -> None:
-    cli = own.popen("exec", "--", "sh", "-c", "echo ready; exec sleep 60",
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cli = own.popen(
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 60",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert cli.stdout is not None
     assert cli.stdout.readline() == b"ready\n"
     own.stop(signal.SIGTERM)
@@ -154,8 +204,12 @@ def test_streaming_clients_get_enosys_at_shutdown(own: Server) -> None:
 
 
 def test_lifecycle_events_are_in_the_json_log(own: Server) -> None:
-    assert own.sdexec("exec", "--bg", "--waitable", "--label", "ev", "--",
-                      "sh", "-c", "sleep 0.5; exit 2").returncode == 0
+    assert (
+        own.sdexec(
+            "exec", "--bg", "--waitable", "--label", "ev", "--", "sh", "-c", "sleep 0.5; exit 2"
+        ).returncode
+        == 0
+    )
     assert own.sdexec("attach", "ev").returncode == 2
     own.sdexec("exec", "--bg", "--label", "ev2", "--", "sleep", "60")
     own.sdexec("kill", "-s", "9", "ev2")
