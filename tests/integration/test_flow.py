@@ -104,7 +104,7 @@ def test_slow_reader_bounds_server_memory_and_loses_nothing(server: Server) -> N
             assert m.errnum == errno.ENODATA
             break
         body = m.json()
-        if body["type"] == "output" and "data" in body["io"]:
+        if body["type"] == "output" and body["io"]["stream"] == "stdout" and "data" in body["io"]:
             chunk = body["io"]["data"].encode()
             digest.update(chunk)
             received += len(chunk)
