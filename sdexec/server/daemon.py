@@ -148,7 +148,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         loop.remove_signal_handler(sig)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(opts.socket_path)
-    return service.background_alive()
+    return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
 def main(args: argparse.Namespace) -> int:

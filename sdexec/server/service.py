@@ -529,19 +529,18 @@ class Service:
             if proc.client is not None:
                 proc.client.error(errno.ENOSYS, "server is shutting down")
                 proc.detach_client()
+            if stop_background and proc.background:
+                self.state.remove(proc.unit)
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
                 try:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
 
-    def background_alive(self) -> int:
-        return sum(
-            1 for p in self.by_pid.values() if p.background and p.state is not ProcState.EXITED
-        )
+    def background_kept(self) -> int:
+        """Background processes whose unit or status must outlive this server.
 
-    def __contains__(self, pid: int) -> bool:
-        return pid in self.by_pid
-
-    def describe(self) -> dict[str, Any]:
-        return {"procs": len(self.by_pid), "labels": len(self.by_label)}
+        A finished waitable process counts: its status is still owed to a
+        ``wait``, and its unit (kept by RemainAfterExit) holds it.
+        """
+        return sum(1 for p in self.by_pid.values() if p.background)
