@@ -484,7 +484,7 @@ def test_bug_failed_waitable_exec_leaves_no_unit(server: Server) -> None:
     before = set(server.units())
     resp = rpc(server, "sdexec.exec", {"cmd": cmd, "flags": 16})  # WAITABLE, background
     try:
-        assert resp.errnum == errno.ENOENT
+        assert resp.errnum != 0, "the exec should fail: its cwd does not exist"
         deadline = time.monotonic() + 5
         left = set(server.units()) - before
         while left and time.monotonic() < deadline:
