@@ -273,7 +273,7 @@ def decode_json_payload(payload: bytes | None) -> dict[str, Any]:
     data = payload[:-1] if payload.endswith(b"\0") else payload
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("payload is not valid JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("JSON payload is not an object")

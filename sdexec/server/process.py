@@ -134,7 +134,9 @@ class Process:
         """Exit 200-243 before the exec was seen: ask the journal whose code it is."""
         failure = await self.service.journal.spawn_failure(self.unit)
         if failure is not None:
-            self._exec_failed(*failure)
+            errnum, text, step = failure
+            subject = (self.cmd.cwd or "working directory") if step == "CHDIR" else None
+            self._exec_failed(errnum, text, subject)
         else:
             self._started(fin.pid)
             self._finished(fin.status)
@@ -174,12 +176,12 @@ class Process:
             self.client.respond(rfc42.finished(self.pid, status))
         self._maybe_end()
 
-    def _exec_failed(self, errnum: int, message: str) -> None:
+    def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
         self.service.bus.unwatch(self.unit)
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:
-            self.client.error(errnum, f"{self.cmd.cmdline[0]}: {message}")
+            self.client.error(errnum, f"{subject or self.cmd.cmdline[0]}: {message}")
             self.client = None
         self.service.proc_gone(self)
 

@@ -59,6 +59,8 @@ STOPPED_POLL = 0.05
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     """The absolute path ``execvp`` would run, or ENOENT/EACCES like it."""
+    if not argv0:
+        raise SdexecError(errno.ENOENT, ": No such file or directory")
     if "/" in argv0:
         path = argv0 if os.path.isabs(argv0) else os.path.join(cwd or os.getcwd(), argv0)
         _check_executable(argv0, path)
@@ -144,9 +146,13 @@ class Service:
         self.by_pid[proc.pid] = proc
 
     def proc_gone(self, proc: Process) -> None:
-        """A process that never started (exec failure): forget it."""
+        """A process that never started (exec failure): forget it and its unit."""
         self.starting.discard(proc)
         self._forget(proc)
+        if proc.background:
+            self.state.remove(proc.unit)
+            if proc.waitable:  # CollectMode=inactive keeps even a failed unit
+                self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
         """The process's status has been delivered: forget it, and let its unit go."""

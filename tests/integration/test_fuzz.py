@@ -474,12 +474,7 @@ def test_waitable_processes_left_by_the_fuzzer_can_be_waited_for(server: Server)
     assert all(p["state"] != "Z" for p in list_rpc(server)["procs"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a waitable background exec that fails before the exec (200/CHDIR) is "
-    "forgotten by proc_gone, but its unit (CollectMode=inactive) stays failed forever",
-)
-def test_bug_failed_waitable_exec_leaves_no_unit(server: Server) -> None:
+def test_failed_waitable_exec_leaves_no_unit(server: Server) -> None:
     cmd = {"cmdline": ["/bin/true"], "env": {}, "opts": {}, "channels": [], "cwd": "/nonexistent"}
     before = set(server.units())
     resp = rpc(server, "sdexec.exec", {"cmd": cmd, "flags": 16})  # WAITABLE, background

@@ -336,12 +336,7 @@ def test_parse_write_missing_or_mistyped_field_is_eproto(payload: dict[str, Any]
     assert errnum_of(parse_write, payload) == errno.EPROTO
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_io_data encodes a lone surrogate with 'surrogateescape' and lets "
-    "UnicodeEncodeError escape instead of an errno-carrying error",
-)
-def test_bug_write_with_lone_surrogate_is_an_errno_error() -> None:
+def test_write_with_lone_surrogate_is_an_errno_error() -> None:
     # JSON may carry "\ud800"; json.loads gives a str that cannot be UTF-8 encoded.
     with pytest.raises(SdexecError) as info:
         parse_write(write_payload(data="\ud800"))

@@ -515,12 +515,7 @@ def test_request_connected_follows_the_transport() -> None:
     assert not seen[0].connected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_json_payload (proto/message.py) does not catch RecursionError, so a "
-    "deeply nested JSON payload crashes the handler and is answered EIO instead of EPROTO",
-)
-def test_bug_deeply_nested_json_payload_is_eproto() -> None:
+def test_deeply_nested_json_payload_is_eproto() -> None:
     router = make_router()
     router.register("svc.echo", echo)
     conn = connect(router)
