@@ -39,6 +39,7 @@ from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
+from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState
 from sdexec.systemd import properties
@@ -217,6 +218,7 @@ class Service:
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         fds, theirs = self._make_stdio(proc, spec, req.streaming)
         try:
+            fds = setup_aux(self, proc, spec, fds, theirs)  # channels, msgchans
             props = spec.properties()
         except BaseException:
             for fd in theirs:
@@ -380,6 +382,7 @@ class Service:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+        shutdown_aux(self)  # channels, msgchans (sdexec.server.channels)
 
     def background_alive(self) -> int:
         return sum(
