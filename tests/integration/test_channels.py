@@ -390,7 +390,7 @@ def test_channel_exec_latency_is_measured(
             f"\nexec /bin/true, median of {runs}: {p:.1f} ms plain, {c:.1f} ms with one "
             f"channel (+{c - p:.1f} ms)"
         )
-    assert c - p < 100  # the helper costs a Python start-up, not a second unit
+    assert c - p < 200  # one Python start-up (even on a loaded machine), not a second unit
 
 
 # --- the helper on its own (no systemd) ------------------------------------------------
