@@ -43,6 +43,7 @@ from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Sta
 
 if TYPE_CHECKING:
     from sdexec.broker.router import Request, Sender
+    from sdexec.server.channels import AuxChannels
     from sdexec.server.service import Service
 
 log = structlog.get_logger("sdexec.proc")
@@ -89,6 +90,7 @@ class Process:
         self.waiter: Request | None = None
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
+        self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
 
     # --- identity -------------------------------------------------------------------
 
@@ -162,6 +164,8 @@ class Process:
         for pipe in self.outputs.values():
             pipe.resume()
         self._flow()
+        if self.aux is not None:  # channel credit (sdexec.server.channels)
+            self.aux.started()
 
     def _finished(self, status: int) -> None:
         self.status = status
@@ -244,6 +248,8 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if self.aux is not None and self.aux.write(stream, data, eof):  # a channel
+            return
         if stream != "stdin" or self.stdin is None:
             return  # unknown channels may be ignored (RFC 42 "write")
         if data:
@@ -336,6 +342,8 @@ class Process:
     def release(self) -> None:
         self._unhook_writable()
         self._close_pipes()
+        if self.aux is not None:  # channels, msgchans (sdexec.server.channels)
+            self.aux.close()
 
 
 def proc_state(pid: int) -> str:

@@ -43,6 +43,7 @@ from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
+from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, OutputLog
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
@@ -254,6 +255,7 @@ class Service:
         )
         fds, theirs = self._make_stdio(proc, spec, req.streaming)
         try:
+            fds = setup_aux(self, proc, spec, fds, theirs)  # channels, msgchans
             props = spec.properties()
         except BaseException:
             for fd in theirs:
@@ -542,6 +544,7 @@ class Service:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+        shutdown_aux(self)  # channels, msgchans (sdexec.server.channels)
 
     def background_kept(self) -> int:
         """Background processes whose unit or status must outlive this server.
