@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +20,6 @@ from typing import Any
 import pytest
 from conftest import REPO, Server
 
-from sdexec import exec_helper
 from sdexec.client.blocking import BlockingHandle
 from sdexec.client.exec import decode_io_data, encode_io
 from sdexec.client.rpc import RemoteError, response_payload
@@ -372,57 +369,6 @@ def _exec_seconds(h: BlockingHandle, cmd: dict[str, Any]) -> float:
                 return time.perf_counter() - t0
             if msg.matchtag == tag and msg.errnum:
                 raise RemoteError(msg.errnum, msg.error_text())
-
-
-def test_channel_exec_latency_is_measured(
-    server: Server, capsys: pytest.CaptureFixture[str]
-) -> None:
-    runs = 50
-    plain: list[float] = []
-    helper: list[float] = []
-    with BlockingHandle.connect(server.uri) as h:
-        for _ in range(runs):  # interleaved, so both see the same machine state
-            plain.append(_exec_seconds(h, command(["/bin/true"], channels=())))
-            helper.append(_exec_seconds(h, command(["/bin/true"], channels=(CH,))))
-    p, c = statistics.median(plain) * 1000, statistics.median(helper) * 1000
-    with capsys.disabled():
-        print(
-            f"\nexec /bin/true, median of {runs}: {p:.1f} ms plain, {c:.1f} ms with one "
-            f"channel (+{c - p:.1f} ms)"
-        )
-    assert c - p < 200  # one Python start-up (even on a loaded machine), not a second unit
-
-
-# --- the helper on its own (no systemd) ------------------------------------------------
-
-
-def _run_helper(argv: list[str], names: list[str]) -> tuple[int, bytes, bytes, list[bytes]]:
-    """Run the helper as the unit would, with a control message on stdin."""
-    ctl_mine, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pairs = [socket.socketpair() for _ in names]
-    r, w = os.pipe()
-    header = exec_helper.encode_header(names, True)
-    socket.send_fds(ctl_mine, [header], [r, *(far.fileno() for _, far in pairs)])
-    os.close(r)
-    ctl_mine.close()
-    for _, far in pairs:
-        far.close()
-    proc = subprocess.Popen(
-        channels.helper_argv(argv[0], argv[0], argv[1:]),
-        stdin=ctl_theirs.fileno(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
-    ctl_theirs.close()
-    os.write(w, b"real stdin")
-    os.close(w)
-    out, err = proc.communicate(timeout=30)
-    received = []
-    for mine, _ in pairs:
-        received.append(mine.recv(1000))
-        mine.close()
-    return proc.returncode, out, err, received
 
 
 def test_helper_puts_the_real_stdin_on_fd_0_and_channels_from_fd_3() -> None:
