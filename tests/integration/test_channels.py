@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import REPO, Server
 
+from sdexec import exec_helper
 from sdexec.client.blocking import BlockingHandle
 from sdexec.client.exec import decode_io_data, encode_io
 from sdexec.client.rpc import RemoteError, response_payload
@@ -369,6 +371,35 @@ def _exec_seconds(h: BlockingHandle, cmd: dict[str, Any]) -> float:
                 return time.perf_counter() - t0
             if msg.matchtag == tag and msg.errnum:
                 raise RemoteError(msg.errnum, msg.error_text())
+
+
+def _run_helper(argv: list[str], names: list[str]) -> tuple[int, bytes, bytes, list[bytes]]:
+    """Run the helper as the unit would, with a control message on stdin."""
+    ctl_mine, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pairs = [socket.socketpair() for _ in names]
+    r, w = os.pipe()
+    header = exec_helper.encode_header(names, True)
+    socket.send_fds(ctl_mine, [header], [r, *(far.fileno() for _, far in pairs)])
+    os.close(r)
+    ctl_mine.close()
+    for _, far in pairs:
+        far.close()
+    proc = subprocess.Popen(
+        channels.helper_argv(argv[0], argv[0], argv[1:]),
+        stdin=ctl_theirs.fileno(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    ctl_theirs.close()
+    os.write(w, b"real stdin")
+    os.close(w)
+    out, err = proc.communicate(timeout=30)
+    received = []
+    for mine, _ in pairs:
+        received.append(mine.recv(1000))
+        mine.close()
+    return proc.returncode, out, err, received
 
 
 def test_helper_puts_the_real_stdin_on_fd_0_and_channels_from_fd_3() -> None:
