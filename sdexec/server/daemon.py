@@ -110,8 +110,22 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     gate = Gate(router, security)
     gate.install()
     Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
+    from sdexec.server.outputlog import choose
+
     journal = Journal.for_mode(opts.systemd, journal_dir)
-    service = Service(router, bus, rank=opts.rank, uri=opts.uri, journal=journal)
+    journal_ok = opts.systemd != "private" or (
+        journal_dir is not None and Path(journal_dir).parent.is_dir()
+    )
+    outputlog = choose(journal, journal_ok, opts.state_dir)
+    service = Service(
+        router,
+        bus,
+        rank=opts.rank,
+        uri=opts.uri,
+        journal=journal,
+        state_dir=opts.state_dir,
+        outputlog=outputlog,
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +139,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     async with asyncio.TaskGroup() as tg:
         router.attach(tg)
+        await service.adopt()
         server = await listen_local(
             opts.socket_path,
             router,
@@ -135,6 +150,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             socket_owner=security.owner if security.owner != security.server_uid else None,
         )
         bus_watch = tg.create_task(watch_bus())
+        stopped_watch = tg.create_task(service.watch_stopped())
         log.info(
             "listening",
             uri=opts.uri,
@@ -153,13 +169,14 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         for conn in list(router.connections.values()):
             conn.close()
         bus_watch.cancel()
+        stopped_watch.cancel()
         bus.close()
         gate.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(opts.socket_path)
-    return service.background_alive()
+    return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -88,6 +88,8 @@ class Connection(asyncio.Protocol):
         self.accepted = False
         self.writable = True
         self.write_limit = write_limit
+        self._writable_event = asyncio.Event()
+        self._writable_event.set()
         self._writable_listeners: list[Callable[[bool], None]] = []
         self._holds: set[str] = set()
         self._backlog: collections.deque[Message] = collections.deque()
@@ -134,6 +136,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._backlog.clear()
+        self._writable_event.set()  # wake anyone waiting to write: there is nobody to wait for
         if self.accepted:
             self.accepted = False
             self.acceptor.closed(self)
@@ -141,11 +144,13 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.writable = False
         self.hold(_OUTPUT_HOLD)
+        self._writable_event.clear()
         for fn in list(self._writable_listeners):
             fn(False)
 
     def resume_writing(self) -> None:
         self.writable = True
+        self._writable_event.set()
         for fn in list(self._writable_listeners):
             fn(True)
         self.unhold(_OUTPUT_HOLD)
@@ -179,6 +184,10 @@ class Connection(asyncio.Protocol):
                     limit=self.write_limit,
                 )
                 transport.abort()
+
+    async def wait_writable(self) -> None:
+        """Return once the peer has caught up (or the connection is gone)."""
+        await self._writable_event.wait()
 
     def on_writable(self, fn: Callable[[bool], None]) -> None:
         self._writable_listeners.append(fn)
