@@ -16,7 +16,9 @@ The unit settings a guest may ask for are an allow-list of resource limits
 and cosmetics; everything that systemd would apply with the manager's
 privileges before dropping them (``StandardOutput=file:``, ``Slice=``,
 ``Delegate=``, raised rlimits, negative nice, the unit's name) is EPERM, as
-is stdio fall-through (it would hand the server's own stdio to the guest).
+is stdio fall-through (it would hand the server's own stdio to the guest)
+and message channels (the server would connect to the msgchan's ``uri`` as
+itself, a confused deputy: a guest could reach this very server as root).
 
 :func:`visible` is the rule for ``kill``, ``wait``, ``list`` and ``attach``:
 a trusted client sees every process, a guest only those it started.
@@ -92,6 +94,10 @@ def exec_properties(req: Request, er: ExecRequest) -> list[Property]:
             raise SdexecError(errno.EPERM, f"guests may not set the option {key}")
     if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
         raise SdexecError(errno.EPERM, "guests may not use stdio fall-through")
+    if er.cmd.msgchans:
+        # The server would connect to the msgchan's uri with its own
+        # credentials: a guest could reach this very server as its owner.
+        raise SdexecError(errno.EPERM, "guests may not use message channels")
     if not can_switch_user():
         raise SdexecError(errno.EPERM, "this server cannot run commands as another user")
     gid = req.conn.gid

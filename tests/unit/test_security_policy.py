@@ -341,3 +341,18 @@ def test_munge_signature_without_libmunge_is_eperm(monkeypatch: pytest.MonkeyPat
     (resp,) = answers(transport)
     assert resp.errnum == errno.EPERM
     assert "not available" in (resp.error_text() or "")
+
+
+def test_guest_may_not_use_message_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guest, "can_switch_user", lambda: True)
+    cmd = {
+        "cmdline": ["true"],
+        "env": {},
+        "opts": {},
+        "channels": [],
+        "msgchans": [{"name": "BACKDOOR", "uri": "local:///run/sdexec/local"}],
+    }
+    er = rfc42.parse_exec({"cmd": cmd, "flags": 0})
+    with pytest.raises(SdexecError) as info:
+        guest_props(_Req(GUEST, ROLE_USER), er)
+    assert info.value.errno == errno.EPERM
