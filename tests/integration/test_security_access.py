@@ -215,6 +215,18 @@ def test_guest_gets_eperm_waiting_for_the_owners_process(
     assert b"belongs to another user" in r.stderr
 
 
+@pytest.mark.parametrize("command", ["attach", "logs"])
+def test_guest_gets_eperm_reading_the_owners_process(
+    guest_server: Server,
+    guest: Guest,  # noqa: F811
+    root_job: str,
+    command: str,
+) -> None:
+    r = guest.sdexec(guest_server.uri, command, root_job)
+    assert r.returncode != 0
+    assert b"belongs to another user" in r.stderr
+
+
 def test_guest_may_kill_its_own_process(
     guest_server: Server,
     guest: Guest,  # noqa: F811
