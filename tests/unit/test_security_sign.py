@@ -201,3 +201,19 @@ def test_full_replay_cache_makes_room_from_expired_entries() -> None:
     cache.accept(b"a", expiry=10, now=0)
     cache.accept(b"b", expiry=30, now=20)
     assert b"b" in cache and b"a" not in cache
+
+
+def test_munge_signing_without_a_daemon_is_eperm_with_mungeds_reason() -> None:
+    with pytest.raises(SdexecError) as info:
+        sign.wrap(b"x", sign.MUNGE, munge_socket="/nonexistent/munge.socket")
+    assert info.value.errno == errno.EPERM
+    assert "munge_encode" in info.value.message
+
+
+def test_non_canonical_munge_credential_is_refused_before_munged_is_asked() -> None:
+    p = sign.wrap(b"x").split(".")[1]
+    header = base64.b64encode(kv.encode([("version", 1), ("mechanism", "munge"), ("userid", UID)]))
+    text = f"{header.decode()}.{p}.MUNGE: AAAA:"
+    with pytest.raises(SdexecError) as info:
+        sign.unwrap(text, munge_socket="/nonexistent/munge.socket")
+    assert "canonical" in info.value.message
