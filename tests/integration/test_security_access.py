@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,13 +256,11 @@ def test_guest_may_set_resource_limits(guest_server: Server, guest: Guest) -> No
 def test_connection_flood_from_a_guest_is_capped_and_others_are_served(
     guest_server: Server,
     guest: Guest,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = fd_count(guest_server)
     script = write_script(guest, "flood.py", FLOOD)
-    flood = guest.run  # noqa: F841 (documentation: the flood runs as the guest)
-    import subprocess
-
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # the flood runs as the guest
         guest.argv(GUEST_PYTHON, script, guest_server.socket_path, "1000"),
         env=guest.env(),
         stdin=subprocess.PIPE,
@@ -278,7 +277,8 @@ def test_connection_flood_from_a_guest_is_capped_and_others_are_served(
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(30)
-    print(f"flood: {codes}; server fds {before} -> {during}; ps took {latency:.2f}s")
+    with capsys.disabled():
+        print(f"\nflood: {codes}; server fds {before} -> {during}; ps took {latency:.2f}s")
     assert codes == {0: 16, errno.EAGAIN: 984}
     assert during - before <= 16 + 4
     assert r.returncode == 0
@@ -286,6 +286,7 @@ def test_connection_flood_from_a_guest_is_capped_and_others_are_served(
 
 def test_a_client_that_never_reads_cannot_grow_the_server_and_others_are_served(
     guest_server: Server,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base = rss_kib(guest_server)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -317,10 +318,11 @@ def test_a_client_that_never_reads_cannot_grow_the_server_and_others_are_served(
     finally:
         sock.close()
     requests = sent // len(request)
-    print(
-        f"never-reading client: {requests} requests sent before the server stopped reading; "
-        f"server RSS +{grown} KiB; another client's list took {latency * 1000:.0f} ms"
-    )
+    with capsys.disabled():
+        print(
+            f"\nnever-reading client: {requests} requests sent before the server stopped reading; "
+            f"server RSS +{grown} KiB; another client's list took {latency * 1000:.0f} ms"
+        )
     assert stalled_since is not None, "the server kept reading from a client that never reads"
     assert grown < 64 * 1024
     assert "procs" in answer

@@ -82,7 +82,9 @@ class Client:
         self.sock.close()
 
 
-def test_real_server_survives_fuzz_and_answers_list(fuzz_server: Server) -> None:
+def test_real_server_survives_fuzz_and_answers_list(
+    fuzz_server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
     rng = random.Random(7)
     start = time.monotonic()
     client = Client(fuzz_server.socket_path)
@@ -113,11 +115,13 @@ def test_real_server_survives_fuzz_and_answers_list(fuzz_server: Server) -> None
     collect(client)
     elapsed = time.monotonic() - start
     r = fuzz_server.sdexec("ps", "--json")
-    print(
-        f"\nreal-server fuzz: {INPUTS} inputs in {elapsed:.1f}s, {closed_by_server} connections "
-        f"closed for bad framing, error responses by errno {dict(sorted(errnums.items()))}; "
-        f"list afterwards: exit {r.returncode}"
-    )
+    with capsys.disabled():
+        print(
+            f"\nreal-server fuzz: {INPUTS} inputs in {elapsed:.1f}s, {closed_by_server} "
+            f"connections closed for bad framing, "
+            f"error responses by errno {dict(sorted(errnums.items()))}; "
+            f"list afterwards: exit {r.returncode}"
+        )
     assert r.returncode == 0, r.stderr
     assert "procs" in json.loads(r.stdout)
     assert set(errnums) <= ALLOWED | {errno.ENODATA}, errnums  # ENODATA ends a stream
