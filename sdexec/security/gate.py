@@ -34,6 +34,7 @@ import structlog
 
 from sdexec.errors import SdexecError
 from sdexec.security.policy import Admission, RequestRules, SecurityConfig
+from sdexec.security.sign import Unwrapped
 
 if TYPE_CHECKING:
     from sdexec.broker.router import Request, Router
@@ -114,7 +115,7 @@ class Gate:
         payload: dict[str, Any] = req.msg.json()  # EPROTO if not a JSON object
         return self.rules.precheck(req.topic, payload)
 
-    def _accept(self, req: Request, unwrapped: Any) -> None:
+    def _accept(self, req: Request, unwrapped: Unwrapped) -> None:
         accepted = self.rules.admit(req.topic, req.userid, unwrapped)
         req.signed = accepted.payload
         req.signer = accepted.signer
@@ -142,7 +143,7 @@ class Gate:
             return
         self.router.refuse(req, errnum, exc.message)
 
-    async def _verify_in_thread(self, signature: str) -> Any:
+    async def _verify_in_thread(self, signature: str) -> Unwrapped:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="sdexec-verify"
