@@ -153,9 +153,16 @@ class BlockingHandle:
         return tag
 
     def send(
-        self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
+        self,
+        topic: str,
+        payload: dict[str, Any] | bytes | None = None,
+        *,
+        nodeid: int = NODEID_ANY,
     ) -> None:
-        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``."""
+        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``.
+
+        ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
+        """
         self._write(Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE))
 
     def _write(self, msg: Message) -> None:
@@ -371,7 +378,7 @@ class _ExecLoop:
         if msg.errnum:
             error = ExecFailed if self.session.pid is None else RemoteError
             raise error(msg.errnum, msg.error_text())
-        event = self.session.feed(response_payload(msg))
+        event = self.session.feed_message(msg)
         if event is None:
             return None
         if event.kind == OUTPUT and event.data:
@@ -427,6 +434,6 @@ def _forward_stdin(handle: BlockingHandle, session: ExecSession, tag: int, fd: i
     except OSError:
         data = b""  # EIO from a hung-up tty and the like: treat as EOF
     if data:
-        handle.send(WRITE_TOPIC, session.write_payload(tag, data))
+        handle.send(WRITE_TOPIC, session.write_bytes(tag, data))
     else:
         handle.send(WRITE_TOPIC, session.eof_payload(tag))
