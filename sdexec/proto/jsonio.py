@@ -21,8 +21,8 @@ The decoders accept only the exact layouts the encoders write and return
 None for anything else, so that callers fall back to the ``json`` module:
 correctness never depends on the peer being this implementation.
 
-Sans-IO and cheap to import (it is on the CLI's start-up path): ``json``
-and ``re`` only, both already loaded by then.
+Sans-IO and cheap to import (it is on the CLI's start-up path): ``json``,
+``binascii``, ``codecs`` and ``warnings``, and no regular expression.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import binascii
 import codecs
 import json
-import re
 import warnings
 
 TYPE_CHECKING = False
@@ -117,14 +116,40 @@ def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bo
     return head + data_part + (b',"eof":true}}\0' if eof else b"}}\0")
 
 
-# "output" responses as output_payload writes them; anything else is None.
-_OUTPUT_HEAD = re.compile(
-    rb'\{"type":"output","pid":(-?\d+),"io":\{"stream":"([A-Za-z0-9_.-]+)","rank":"([0-9-]*)"'
-)
-# stdin writes as sdexec.client.exec.write_payload_bytes writes them.
-_WRITE_HEAD = re.compile(
-    rb'\{"matchtag":(\d+),"io":\{"stream":"([A-Za-z0-9_.-]+)","rank":"([0-9-]*)"'
-)
+_OUTPUT_PREFIX = b'{"type":"output","pid":'
+_WRITE_PREFIX = b'{"matchtag":'
+_IO_STREAM = b',"io":{"stream":"'
+_RANK = b'","rank":"'
+
+
+def _head(payload: bytes, prefix: bytes) -> tuple[int, bytes, bytes, int] | None:
+    """(number, stream, rank, end) of ``PREFIX<int>,"io":{"stream":"S","rank":"R"``.
+
+    Plain ``find``/``startswith`` rather than a regular expression: compiling
+    one costs more CLI start-up time than this whole module.
+    """
+    if not payload.startswith(prefix):
+        return None
+    i = len(prefix)
+    j = payload.find(_IO_STREAM, i, i + 24)
+    if j < 0:
+        return None
+    number = payload[i:j]
+    if not (number.isdigit() or (number[:1] == b"-" and number[1:].isdigit())):
+        return None
+    j += len(_IO_STREAM)
+    k = payload.find(_RANK, j, j + 256)
+    if k < 0:
+        return None
+    stream = payload[j:k]
+    k += len(_RANK)
+    end = payload.find(b'"', k, k + 32)
+    if end < 0:
+        return None
+    rank = payload[k:end]
+    if b"\\" in stream + rank or not (stream + rank).isascii():
+        return None
+    return int(number), stream, rank, end + 1
 
 
 def _io_tail(payload: bytes, start: int) -> tuple[bytes | None, str | None, bool] | None:
@@ -182,16 +207,17 @@ def parse_output(payload: bytes) -> dict[str, Any] | None:
 
     Returns the same dict ``json.loads`` would; None for any other layout.
     """
-    m = _OUTPUT_HEAD.match(payload)
-    if m is None:
+    head = _head(payload, _OUTPUT_PREFIX)
+    if head is None:
         return None
-    parsed = _io_tail(payload, m.end())
+    pid, stream, rank, end = head
+    parsed = _io_tail(payload, end)
     if parsed is None:
         return None
-    io = _io_object(m.group(2), m.group(3), parsed)
+    io = _io_object(stream, rank, parsed)
     if io is None:
         return None
-    return {"type": "output", "pid": int(m.group(1)), "io": io}
+    return {"type": "output", "pid": pid, "io": io}
 
 
 def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
@@ -201,10 +227,11 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
     forwarding.  None for any other layout (the caller then uses ``json``).
     Text is passed on as the bytes that were sent, without a UTF-8 check.
     """
-    m = _OUTPUT_HEAD.match(payload)
-    if m is None:
+    head = _head(payload, _OUTPUT_PREFIX)
+    if head is None:
         return None
-    parsed = _io_tail(payload, m.end())
+    pid, stream, _rank, end = head
+    parsed = _io_tail(payload, end)
     if parsed is None:
         return None
     body, encoding, eof = parsed
@@ -220,7 +247,7 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
             if text is None:
                 return None
             data = text
-    return int(m.group(1)), m.group(2).decode(), data, eof
+    return pid, stream.decode(), data, eof
 
 
 def write_payload(matchtag: int, stream: str, rank: str, data: bytes, eof: bool) -> bytes:
@@ -232,10 +259,11 @@ def write_payload(matchtag: int, stream: str, rank: str, data: bytes, eof: bool)
 
 def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
     """(matchtag, stream, data, eof) of a ``write`` in :func:`write_payload`'s layout, or None."""
-    m = _WRITE_HEAD.match(payload)
-    if m is None:
+    head = _head(payload, _WRITE_PREFIX)
+    if head is None:
         return None
-    parsed = _io_tail(payload, m.end())
+    matchtag, stream, _rank, end = head
+    parsed = _io_tail(payload, end)
     if parsed is None:
         return None
     body, encoding, eof = parsed
@@ -256,4 +284,4 @@ def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
                 except UnicodeDecodeError:
                     return None
             data = raw
-    return int(m.group(1)), m.group(2).decode(), data, eof
+    return matchtag, stream.decode(), data, eof
