@@ -36,8 +36,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_SAFE = bytes(b for b in range(256) if b >= 0x20 and b not in (0x22, 0x5C))
-_SIMPLE = {0x0A: b"\\n", 0x09: b"\\t", 0x0D: b"\\r", 0x22: b'\\"'}
+_RARE_CONTROLS = tuple(bytes((c,)) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D))
+_SIMPLE = ((b'"', b'\\"'), (b"\n", b"\\n"), (b"\t", b"\\t"), (b"\r", b"\\r"))
 
 
 def _dumps(value: str) -> bytes:
@@ -55,19 +55,17 @@ def escape_utf8(data: bytes, *, nul: bool = True) -> bytes | None:
             data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    special = data.translate(None, _SAFE)
-    if not special:
-        return data
-    found = set(special)
-    if not nul and 0 in found:
-        return None
-    found.discard(0x5C)
-    if not found.issubset(_SIMPLE):
-        return _dumps(data.decode("utf-8"))[1:-1]
-    if len(found) < len(set(special)):
+    # One memchr per rare control character beats one translate() pass.
+    for ctrl in _RARE_CONTROLS:
+        if ctrl in data:
+            if not nul and b"\0" in data:
+                return None
+            return _dumps(data.decode("utf-8"))[1:-1]
+    if b"\\" in data:
         data = data.replace(b"\\", b"\\\\")  # first, so the escapes below stay single
-    for byte in found:
-        data = data.replace(bytes((byte,)), _SIMPLE[byte])
+    for plain, escaped in _SIMPLE:
+        if plain in data:
+            data = data.replace(plain, escaped)
     return data
 
 
@@ -92,12 +90,16 @@ def unescape(body: bytes) -> bytes | None:
             return None
 
 
-def io_fields(data: bytes, *, nul: bool = True) -> bytes:
-    """``,"data":...`` (and ``"encoding":"base64"`` when not UTF-8) for an io object."""
+def _io_join(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> bytes:
+    """``head`` + the io object's data fields + its end, in one copy of the data."""
+    end = b',"eof":true}}\0' if eof else b"}}\0"
+    if not data:
+        return head + end
     body = escape_utf8(data, nul=nul)
     if body is not None:
-        return b',"data":"' + body + b'"'
-    return b',"data":"' + binascii.b2a_base64(data, newline=False) + b'","encoding":"base64"'
+        return b"".join((head, b',"data":"', body, b'"', end))
+    b64 = binascii.b2a_base64(data, newline=False)
+    return b"".join((head, b',"data":"', b64, b'","encoding":"base64"', end))
 
 
 def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bool) -> bytes:
@@ -112,8 +114,7 @@ def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bo
         _dumps(stream),
         _dumps(rank),
     )
-    data_part = io_fields(data) if data else b""
-    return head + data_part + (b',"eof":true}}\0' if eof else b"}}\0")
+    return _io_join(head, data, eof, nul=True)
 
 
 _OUTPUT_PREFIX = b'{"type":"output","pid":'
@@ -253,8 +254,7 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
 def write_payload(matchtag: int, stream: str, rank: str, data: bytes, eof: bool) -> bytes:
     """An RFC 42 ``write`` request payload, NUL-terminated (see :func:`output_payload`)."""
     head = b'{"matchtag":%d,"io":{"stream":%s,"rank":%s' % (matchtag, _dumps(stream), _dumps(rank))
-    data_part = io_fields(data, nul=False) if data else b""
-    return head + data_part + (b',"eof":true}}\0' if eof else b"}}\0")
+    return _io_join(head, data, eof, nul=False)
 
 
 def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
