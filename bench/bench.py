@@ -498,7 +498,7 @@ async def bench_stdin(env: Env, size: int) -> dict[str, Any]:
     from sdexec.client.exec import build_command
 
     handle = await Handle.connect(env.uri)
-    block = (b"stdin through credits, 0123456789abcdefghijklmnopqrstuvwxyz\n" * 1200)[:65536]
+    block = (b"stdin through credits, 0123456789abcdefghijklmnopqrstuvwxyz\n" * 17000)[:MIB]
     try:
         command = build_command(
             ["/bin/sh", "-c", "cat > /dev/null"],
@@ -507,6 +507,7 @@ async def bench_stdin(env: Env, size: int) -> dict[str, Any]:
         )
         proc = RemoteProcess(handle, command)
         await proc.start()
+        cpu0, own0 = env.cpu_s(), time.process_time()
         t0 = time.perf_counter()
         sent = 0
         while sent < size:
@@ -515,11 +516,18 @@ async def bench_stdin(env: Env, size: int) -> dict[str, Any]:
         proc.close_stdin()
         status = await proc.wait()
         elapsed = time.perf_counter() - t0
+        server_cpu, client_cpu = env.cpu_s() - cpu0, time.process_time() - own0
     finally:
         await handle.close()
     if status != 0:
         raise RuntimeError(f"cat failed: status {status}")
-    return {"bytes": sent, "MBps": sent / elapsed / MB, "stdin_BUFSIZE": STDIN_BUFSIZE}
+    return {
+        "bytes": sent,
+        "MBps": sent / elapsed / MB,
+        "stdin_BUFSIZE": STDIN_BUFSIZE,
+        "server_cpu_s_per_GiB": server_cpu * (1 << 30) / sent,
+        "client_cpu_s_per_GiB": client_cpu * (1 << 30) / sent,
+    }
 
 
 # --- RPC rate ---------------------------------------------------------------------------------
@@ -664,7 +672,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     w = 34
 
     def row(name: str, a: str, b: str = "", c: str = "", d: str = "", e: str = "") -> None:
-        rows.append(f"{name:<{w}}{a:>10}{b:>10}{c:>9}{d:>9}  {e}")
+        rows.append(f"{name:<{w}}{a:>10}{b:>10}{c:>8}{d:>11}  {e}")
 
     lat = results.get("exec_latency")
     if lat:
@@ -708,7 +716,9 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if out:
         mib = out["bytes"] // MIB
         note = " (quick: less than 1 GiB)" if mib < 1024 else ""
-        row(f"3. output, {mib} MiB each{note}", "sdexec", "raw pipe", "x raw", "CPU s/GiB")
+        row(
+            f"3. output, {mib} MiB each{note}", "sdexec", "raw pipe", "x raw", "CPU s/GiB"
+        )  # server+client CPU
         for kind, label in (
             ("text", "UTF-8 text, 1/8 lines multi-byte"),
             ("ascii", "UTF-8 text, ASCII only"),
@@ -730,13 +740,19 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
             )
     si = results.get("stdin")
     if si:
-        row(f"4. stdin, {si['bytes'] // MIB} MiB, stdin_BUFSIZE={si['stdin_BUFSIZE']}", "")
+        row(
+            f"4. stdin, {si['bytes'] // MIB} MiB, stdin_BUFSIZE={si['stdin_BUFSIZE']}",
+            "",
+            "",
+            "",
+            "CPU s/GiB",
+        )
         row(
             "into cat > /dev/null",
             f"{si['MBps']:.0f} MB/s",
             "",
             "",
-            "",
+            f"{si['server_cpu_s_per_GiB']:.1f}+{si['client_cpu_s_per_GiB']:.1f}",
             f">=200 MB/s: {verdict(si['MBps'] >= 200)}",
         )
     if cu:
