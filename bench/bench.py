@@ -361,9 +361,14 @@ async def bench_concurrent(env: Env, raw: RawUnits, n: int) -> dict[str, Any]:
             "local_flags": 0,
         }
         t0 = time.perf_counter()
-        resps = await asyncio.gather(*(handle.rpc("sdexec.exec", payload) for _ in range(n)))
+        resps = await asyncio.gather(
+            *(handle.rpc("sdexec.exec", payload) for _ in range(n)), return_exceptions=True
+        )
         out["sdexec_s"] = time.perf_counter() - t0
-        pids = [r["pid"] for r in resps]
+        pids = [r["pid"] for r in resps if isinstance(r, dict)]
+        errors = [str(r) for r in resps if not isinstance(r, dict)]
+        out["sdexec_failed"] = len(errors)
+        out["sdexec_first_error"] = errors[0] if errors else None
         await asyncio.sleep(0.5)
         out["rss_units_kib"] = env.rss_kib()
         out["rss_per_unit_kib"] = (out["rss_units_kib"] - out["rss_idle_kib"]) / n
@@ -712,6 +717,15 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         )
         row("raw StartTransientUnit", f"{cu['raw_s']:.2f} s", "", "1.00")
         row("all killed and gone", f"{cu['sdexec_all_gone'] and cu['raw_all_gone']}")
+        if cu["sdexec_failed"]:
+            row(
+                "sdexec execs that failed",
+                str(cu["sdexec_failed"]),
+                "",
+                "",
+                "",
+                cu["sdexec_first_error"],
+            )
     out = results.get("output")
     if out:
         mib = out["bytes"] // MIB
