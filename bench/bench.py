@@ -153,6 +153,12 @@ class Env:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.mode == "private":
+            # The server stops its manager on exit; should it have failed to
+            # (a server that lost its bus), nothing of the manager stays behind.
+            from sdexec.systemd.private import PrivateManager
+
+            PrivateManager(self.state).stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
