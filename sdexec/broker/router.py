@@ -21,6 +21,12 @@ A request's *sender* is the connection id followed by the request's route
 stack read from the origin outward, so requests relayed by a proxy on behalf
 of several children are told apart.  When a connection closes, every
 registered disconnect hook is called with its id (RFC 6 "Disconnection").
+
+Events (:mod:`sdexec.broker.events`) and client-registered services
+(:mod:`sdexec.broker.services`) hang off the router: a request no built-in
+handler claims is offered to the client services before ENOSYS, and a
+response from a client is routed back through them.  :meth:`Router.publish`
+sends an event to its subscribers.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Any
 
 import structlog
 
+from sdexec.broker.events import EventBus
+from sdexec.broker.services import ClientServices
 from sdexec.errors import errnum_of, message_of
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgType
 from sdexec.transport.unix import Connection
@@ -139,6 +147,12 @@ class Router:
         self.connections: dict[str, Connection] = {}
         self.disconnect_hooks: list[Callable[[str], None]] = []
         self._tg: asyncio.TaskGroup | None = None
+        self.events = EventBus(self)
+        self.services = ClientServices(self)
+
+    def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
+        """Publish an event to its subscribers; returns its sequence number."""
+        return self.events.publish(topic, payload)
 
     def attach(self, tg: asyncio.TaskGroup) -> None:
         """Give the router the TaskGroup that owns handler tasks."""
@@ -167,8 +181,11 @@ class Router:
         return 0
 
     def received(self, conn: Connection, msg: Message) -> None:
+        if msg.type == MsgType.RESPONSE:
+            self.services.response(conn.id, msg)  # from a client-registered service
+            return
         if msg.type != MsgType.REQUEST:
-            return  # responses and events from plain clients have nowhere to go yet
+            return
         msg.userid = conn.uid
         trusted = conn.uid in (self.owner_uid, self.server_uid)
         msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
@@ -190,6 +207,8 @@ class Router:
 
     def dispatch(self, req: Request) -> None:
         route = self.routes.get(req.topic)
+        if route is None and self.services.forward(req):
+            return
         if route is None:
             service = req.topic.split(".", 1)[0]
             known = any(t.split(".", 1)[0] == service for t in self.routes)

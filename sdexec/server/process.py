@@ -109,6 +109,15 @@ class Process:
     def log_fields(self) -> dict[str, Any]:
         return {"unit": self.unit, "label": self.label, "pid": self.pid, "uid": self.requester_uid}
 
+    def event_payload(self) -> dict[str, Any]:
+        """The payload of this process's lifecycle events (``sdexec.proc.*``)."""
+        return {
+            "pid": self.pid,
+            "label": self.label,
+            "status": self.status,
+            "rank": self.service.rank,
+        }
+
     # --- UnitListener ------------------------------------------------------------------
 
     def service_changed(self, props: dict[str, Any]) -> None:
@@ -150,6 +159,7 @@ class Process:
         self.state = ProcState.RUNNING
         self.service.proc_started(self)
         log.info("started", **self.log_fields())
+        self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
         if client is not None:
             client.respond(rfc42.started(pid))
@@ -172,6 +182,7 @@ class Process:
         self.state = ProcState.EXITED
         self.service.bus.unwatch(self.unit)
         log.info("finished", status=status, **self.log_fields())
+        self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
         if self.attached:
