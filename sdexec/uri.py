@@ -6,16 +6,24 @@ A server is named by a URI, as Flux names its brokers (``FLUX_URI``):
 
 ``local://PATH``
     A UNIX stream socket on this machine (RFC 3 framing, see
-    :mod:`sdexec.proto.framing`).  This is the only scheme the client speaks
-    today.
-``ssh://[user@]host[:port]/PATH``, ``tcp://HOST:PORT``
-    Passed through unchanged for the transports that implement them.
+    :mod:`sdexec.proto.framing`).
+``ssh://[user@]host[:port]/PATH``
+    OpenSSH to ``host``, running ``sdexec relay PATH`` there, which bridges
+    its stdio to that socket (:mod:`sdexec.transport.ssh`).
+``tcp://HOST:PORT``
+    ZeroMQ with CURVE authentication and encryption
+    (:mod:`sdexec.transport.zmq`).
 
 A client that is not told which server to use reads ``$SDEXEC_URI`` (which
 the server sets in the environment of every process it runs), and falls back
 to the per-user default socket.  :func:`resolve` also turns the shorthands
 people type into URIs: a bare absolute path, or ``pid:PID`` (the server of
 the process PID, read from its environment, as ``flux uri pid:`` does).
+Other schemes come from Python entry points in the group
+``sdexec.uri_resolvers``: the entry point named ``SCHEME`` is a callable
+that takes the whole target (``SCHEME:REST``) and returns a URI, which is
+resolved again (as ``flux uri`` plugins do).  Entry points are only looked
+at for a scheme this module does not know, so the common path stays cheap.
 
 This module is imported on the CLI's start-up path: it imports only ``os``,
 ``errno`` and the error type.
@@ -28,9 +36,17 @@ import os
 
 from sdexec.errors import SdexecError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 LOCAL_SCHEME = "local://"
 URI_ENV = "SDEXEC_URI"
-_PASSTHROUGH = ("ssh://", "tcp://")
+SSH_SCHEME = "ssh://"
+TCP_SCHEME = "tcp://"
+_PASSTHROUGH = (SSH_SCHEME, TCP_SCHEME)
+RESOLVER_GROUP = "sdexec.uri_resolvers"
+_MAX_DEPTH = 8
 
 
 def default_local_path() -> str:
@@ -56,18 +72,25 @@ def default_uri() -> str:
     return LOCAL_SCHEME + default_local_path()
 
 
-def resolve(target: str) -> str:
+def resolve(target: str, _depth: int = 0) -> str:
     """Turn what a user typed into a server URI.
 
-    ``local://PATH``, ``ssh://...`` and ``tcp://...`` are returned unchanged;
-    an absolute path becomes ``local://PATH``; ``pid:PID`` is the
-    ``SDEXEC_URI`` in the environment of process PID.  Anything else raises
-    ``SdexecError(EINVAL)``.
+    ``local://PATH``, ``ssh://...`` and ``tcp://...`` are checked and returned
+    unchanged; an absolute path becomes ``local://PATH``; ``pid:PID`` is the
+    ``SDEXEC_URI`` in the environment of process PID; other schemes go to
+    the resolver entry points.  Anything else raises ``SdexecError(EINVAL,
+    "Unable to resolve TARGET to a URI")``.
     """
+    if _depth > _MAX_DEPTH:
+        raise SdexecError(errno.ELOOP, f"Unable to resolve {target} to a URI: too many levels")
     if target.startswith(LOCAL_SCHEME):
         local_path(target)  # validate
         return target
-    if target.startswith(_PASSTHROUGH):
+    if target.startswith(SSH_SCHEME):
+        parse_ssh(target)
+        return target
+    if target.startswith(TCP_SCHEME):
+        parse_tcp(target)
         return target
     if target.startswith("/"):
         return LOCAL_SCHEME + target
@@ -75,8 +98,58 @@ def resolve(target: str) -> str:
         uri = _uri_of_pid(target[4:])
         if uri.startswith("pid:"):
             raise SdexecError(errno.EINVAL, f"Unable to resolve {target} to a URI")
-        return resolve(uri)
+        return resolve(uri, _depth + 1)
+    scheme, sep, _rest = target.partition(":")
+    if sep and scheme:
+        resolver = _plugin(scheme)
+        if resolver is not None:
+            return resolve(resolver(target), _depth + 1)
     raise SdexecError(errno.EINVAL, f"Unable to resolve {target} to a URI")
+
+
+def _plugin(scheme: str) -> Callable[[str], str] | None:
+    from importlib.metadata import entry_points  # only for unknown schemes
+
+    for ep in entry_points(group=RESOLVER_GROUP, name=scheme):
+        fn = ep.load()
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
+def parse_ssh(uri: str) -> tuple[str | None, str, int | None, str]:
+    """``ssh://[user@]host[:port]/PATH`` as (user, host, port, PATH); EINVAL if malformed."""
+    rest = uri[len(SSH_SCHEME) :]
+    authority, slash, path = rest.partition("/")
+    user, at, hostport = authority.rpartition("@")
+    host, port = hostport, None
+    if hostport.startswith("["):  # [v6]:port
+        end = hostport.find("]")
+        host = hostport[1:end] if end > 0 else ""
+        tail = hostport[end + 1 :] if end > 0 else ""
+        if tail.startswith(":"):
+            port = _port(uri, tail[1:])
+    elif ":" in hostport:
+        host, _, p = hostport.rpartition(":")
+        port = _port(uri, p)
+    if not slash or not path or not host or (at and not user):
+        raise SdexecError(errno.EINVAL, f"Unable to resolve {uri} to a URI")
+    return (user or None), host, port, "/" + path
+
+
+def parse_tcp(uri: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` as (HOST, PORT); EINVAL if malformed."""
+    rest = uri[len(TCP_SCHEME) :].rstrip("/")
+    host, colon, p = rest.rpartition(":")
+    if not colon or not host or "/" in rest:
+        raise SdexecError(errno.EINVAL, f"Unable to resolve {uri} to a URI")
+    return host.strip("[]"), _port(uri, p)
+
+
+def _port(uri: str, text: str) -> int:
+    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    raise SdexecError(errno.EINVAL, f"Unable to resolve {uri} to a URI: bad port {text!r}")
 
 
 def local_path(uri: str) -> str:
@@ -89,13 +162,14 @@ def local_path(uri: str) -> str:
 def socket_path(uri: str | None = None) -> str:
     """The UNIX socket a client connects to for ``uri`` (default: :func:`default_uri`).
 
-    Resolves the URI first.  ``ssh://`` and ``tcp://`` have no local socket:
-    EPROTONOSUPPORT until their transports exist.
+    Resolves the URI first.  ``ssh://`` and ``tcp://`` URIs name no local
+    socket (EPROTONOSUPPORT); :func:`sdexec.transport.link.open_link`
+    connects to any URI.
     """
     resolved = resolve(uri if uri else default_uri())
     if resolved.startswith(_PASSTHROUGH):
         scheme = resolved.split(":", 1)[0]
-        raise SdexecError(errno.EPROTONOSUPPORT, f"{scheme}:// URIs are not supported yet")
+        raise SdexecError(errno.EPROTONOSUPPORT, f"{scheme}:// URIs have no local socket")
     return local_path(resolved)
 
 

@@ -41,7 +41,6 @@ import select
 import signal
 import time
 
-from sdexec import uri as _uri
 from sdexec.client.exec import (
     EXEC_TOPIC,
     FINISHED,
@@ -56,6 +55,7 @@ from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_pa
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
+from sdexec.transport.link import Link, open_link
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,9 +72,10 @@ INTERRUPT_WINDOW = 1.0  # seconds: a second SIGINT this soon gives up waiting
 class BlockingHandle:
     """One blocking connection to an sdexec server (see the module docstring)."""
 
-    def __init__(self, sock: _socket.socket, path: str) -> None:
+    def __init__(self, sock: _socket.socket, path: str, link: Link | None = None) -> None:
         self._sock = sock
         self.path = path
+        self._link = link  # ssh:// and tcp:// keep a helper alive behind the socket
         self._decoder = FrameDecoder()
         self._inbox: list[Message] = []
         self._next_matchtag = 1
@@ -87,18 +88,13 @@ class BlockingHandle:
     def connect(cls, uri: str | None = None) -> BlockingHandle:
         """Connect to the server named by ``uri`` (default: ``$SDEXEC_URI``).
 
-        Same errors as :meth:`sdexec.client.handle.Handle.connect`.
+        Any URI :func:`sdexec.transport.link.open_link` knows: ``local://``,
+        ``ssh://``, ``tcp://``, ``pid:``.  Same errors as
+        :meth:`sdexec.client.handle.Handle.connect`.
         """
-        path = _uri.socket_path(uri)
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        link = open_link(uri)
+        sock = link.sock
         try:
-            try:
-                sock.connect(path)
-            except FileNotFoundError:
-                raise SdexecError(errno.ENOENT, f"server socket {path} was not found") from None
-            except OSError as exc:
-                num = exc.errno or errno.ECONNREFUSED
-                raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
             try:
                 byte = sock.recv(1)
             except OSError:
@@ -108,9 +104,9 @@ class BlockingHandle:
             if byte[0] != 0:
                 raise SdexecError(byte[0], f"server refused the connection: {os.strerror(byte[0])}")
         except BaseException:
-            sock.close()
+            link.close()
             raise
-        return cls(sock, path)
+        return cls(sock, link.uri, link)
 
     def fileno(self) -> int:
         """The socket's file descriptor, for poll(2)."""
@@ -121,6 +117,8 @@ class BlockingHandle:
         if not self._closed:
             self._closed = True
             self._sock.close()
+            if self._link is not None:
+                self._link.close()
 
     def __enter__(self) -> BlockingHandle:
         return self

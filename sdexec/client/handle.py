@@ -38,6 +38,9 @@ from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType
 
 if TYPE_CHECKING:
+    from sdexec.transport.link import Link
+
+if TYPE_CHECKING:
     from types import TracebackType
 
 _END = object()  # a Stream queue marker: the stream ended after a final success
@@ -191,24 +194,42 @@ class Handle:
         self._next_matchtag = 1
         self._error: SdexecError | None = None
         self._protocol = _Protocol(self)
+        self._link: Link | None = None
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
+        self._requests: asyncio.Queue[Message] = asyncio.Queue()
 
     @classmethod
     async def connect(cls, uri: str | None = None) -> Handle:
         """Connect to the server named by ``uri`` (default: ``$SDEXEC_URI``).
 
+        ``local://`` (and paths, ``pid:``) connect directly; ``ssh://`` and
+        ``tcp://`` go through :func:`sdexec.transport.link.open_link`.
         Raises SdexecError: ENOENT if the socket does not exist, the server's
         errno if it refuses the connection, ECONNRESET if it hangs up first.
         """
-        path = _uri.socket_path(uri)
+        resolved = _uri.resolve(uri if uri else _uri.default_uri())
         loop = asyncio.get_running_loop()
-        handle = cls(loop, path)
-        try:
-            await loop.create_unix_connection(lambda: handle._protocol, path)
-        except FileNotFoundError:
-            raise SdexecError(errno.ENOENT, f"server socket {path} was not found") from None
-        except OSError as exc:
-            num = exc.errno or errno.ECONNREFUSED
-            raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
+        link = None
+        if resolved.startswith(_uri.LOCAL_SCHEME):
+            path = _uri.local_path(resolved)
+            handle = cls(loop, path)
+            try:
+                await loop.create_unix_connection(lambda: handle._protocol, path)
+            except FileNotFoundError:
+                raise SdexecError(errno.ENOENT, f"server socket {path} was not found") from None
+            except OSError as exc:
+                num = exc.errno or errno.ECONNREFUSED
+                raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
+        else:
+            import socket
+
+            from sdexec.transport.link import open_link
+
+            link = await asyncio.to_thread(open_link, resolved)
+            handle = cls(loop, resolved)
+            handle._link = link
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=link.detach())
+            await loop.create_unix_connection(lambda: handle._protocol, sock=sock)
         try:
             status = await handle._protocol.handshake
         except BaseException:
@@ -280,6 +301,48 @@ class Handle:
         if transport is not None:
             await self._protocol.lost
         self._fail_all(lost_error())
+        await self._release_link()
+
+    async def _release_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await asyncio.to_thread(link.close)
+
+    # --- events and services -------------------------------------------------------
+
+    async def subscribe(self, prefix: str) -> None:
+        """Receive events whose topic starts with ``prefix`` (see :meth:`event`)."""
+        await self.rpc("event.subscribe", {"topic": prefix})
+
+    async def unsubscribe(self, prefix: str) -> None:
+        await self.rpc("event.unsubscribe", {"topic": prefix})
+
+    async def event(self) -> Message:
+        """The next event message (topic, :meth:`Message.json`, sequence)."""
+        return await self._events.get()
+
+    async def service_add(self, name: str) -> None:
+        """Register service ``name``: requests to ``name.*`` come to :meth:`request`."""
+        await self.rpc("service.add", {"service": name})
+
+    async def service_remove(self, name: str) -> None:
+        await self.rpc("service.remove", {"service": name})
+
+    async def request(self) -> Message:
+        """The next request for a service this client registered."""
+        return await self._requests.get()
+
+    def respond(
+        self,
+        request: Message,
+        payload: dict[str, Any] | None = None,
+        *,
+        errnum: int = 0,
+        text: str | None = None,
+    ) -> None:
+        """Answer a request from :meth:`request` (its routes are kept)."""
+        if not request.noresponse:
+            self._write(request.response(payload, errnum=errnum, text=text))
 
     async def __aenter__(self) -> Handle:
         return self
@@ -315,6 +378,10 @@ class Handle:
 
     def _on_message(self, msg: Message) -> None:
         if msg.type != MsgType.RESPONSE:
+            if msg.type == MsgType.EVENT:
+                self._events.put_nowait(msg)
+            elif msg.type == MsgType.REQUEST:
+                self._requests.put_nowait(msg)
             return
         call = self._pending.get(msg.matchtag)
         if call is not None and call.deliver(msg):
@@ -332,3 +399,6 @@ class Handle:
         if transport is not None:
             transport.abort()
         self._fail_all(lost_error())
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()

@@ -17,7 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -44,6 +44,10 @@ class ServeOptions:
     security: SecurityConfig | None = None
     max_message: int = 4 << 20
     max_output_buffer: int = 8 << 20
+    listen: str | None = None  # tcp://HOST:PORT (ZeroMQ with CURVE)
+    curve_key: str | None = None  # the server's secret certificate
+    curve_authorized: str | None = None  # directory of authorized client certificates
+    curve_uid: int | None = None  # uid of keys without their own (default: the owner)
 
 
 def default_state_dir(socket_path: str) -> Path:
@@ -151,6 +155,19 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         )
         bus_watch = tg.create_task(watch_bus())
         stopped_watch = tg.create_task(service.watch_stopped())
+        tcp_task = None
+        if opts.listen:  # proxy/remote access: tcp:// with CURVE
+            from sdexec.transport.zmq import ZmqListener
+
+            tcp = ZmqListener(
+                opts.listen,
+                router,
+                opts.curve_key or "",
+                opts.curve_authorized or "",
+                owner if opts.curve_uid is None else opts.curve_uid,
+            )
+            log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
+            tcp_task = tg.create_task(tcp.run())
         log.info(
             "listening",
             uri=opts.uri,
@@ -170,6 +187,8 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             conn.close()
         bus_watch.cancel()
         stopped_watch.cancel()
+        if tcp_task is not None:
+            tcp_task.cancel()
         bus.close()
         gate.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,6 +196,26 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(opts.socket_path)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
+
+
+def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--listen tcp://...`` and its CURVE key options, checked."""
+    listen = getattr(args, "listen", None)
+    if not listen:
+        return {}
+    from sdexec.uri import TCP_SCHEME, parse_tcp
+
+    if not listen.startswith(TCP_SCHEME):
+        raise SdexecError(22, f"--listen: only tcp:// endpoints are supported, not {listen}")
+    parse_tcp(listen)
+    if not args.curve_key or not args.curve_authorized:
+        raise SdexecError(22, "--listen tcp:// needs --curve-key and --curve-authorized")
+    return {
+        "listen": listen,
+        "curve_key": args.curve_key,
+        "curve_authorized": args.curve_authorized,
+        "curve_uid": args.curve_uid,
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -209,6 +248,7 @@ def main(args: argparse.Namespace) -> int:
             max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
             max_output_buffer=getattr(args, "max_output_buffer", None)
             or security_setup.DEFAULT_MAX_OUTPUT_BUFFER,
+            **_tcp_options(args),
         )
         manager = None
         bus_address: str | None = None
