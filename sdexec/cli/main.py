@@ -36,7 +36,10 @@ server:
   in the environment of every process it runs), else
   local://$XDG_RUNTIME_DIR/sdexec/local (or /run/sdexec/local for root,
   /tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
-  absolute PATH, or pid:PID for the server of process PID.
+  absolute PATH, ssh://[USER@]HOST[:PORT]/PATH (OpenSSH, then "sdexec relay
+  PATH" on HOST), tcp://HOST:PORT (ZeroMQ with CURVE keys, see "sdexec
+  keygen"), or pid:PID for the server of process PID. "sdexec uri TARGET"
+  prints the URI a target resolves to.
 
 examples:
   sdexec serve &                          start a server on the default socket
@@ -45,6 +48,8 @@ examples:
   sdexec ps                               list the server's processes
   sdexec kill -s INT nightly              signal a process by label or pid
   sdexec wait nightly                     its exit status becomes sdexec's
+  sdexec proxy ssh://node12/run/sdexec/local
+                                          a shell whose sdexec commands reach node12
 
 Run "sdexec COMMAND --help" for the options and exit status of a command.
 """
@@ -139,6 +144,39 @@ again, by label, when it restarts with the same --state-dir.
            machines without a user session bus
 """
 
+
+_PROXY_DESCRIPTION = """\
+Connect to the server identified by TARGET, then spawn a shell ($SHELL) or
+COMMAND with SDEXEC_URI (and FLUX_URI) pointing to a local:// socket in a
+private directory managed by the proxy. As long as the child runs, the
+proxy routes messages (requests, responses, events, service requests)
+between the server and that socket; then it removes the socket and exits
+with the child's status. TARGET is anything "sdexec uri" resolves.
+
+If the connection to the server is lost, the proxy prints an error, sends
+SIGHUP and SIGCONT to the child and waits for it before exiting.
+"""
+
+_PROXY_EPILOG = """\
+exit status:
+  the child's exit status, or 128+N if a signal N killed it; 1 if the proxy
+  could not connect (or the server's version differs, without --force).
+
+examples:
+  sdexec proxy local:///run/sdexec/local
+  sdexec proxy ssh://node12/run/sdexec/local sdexec ps
+  sdexec proxy --reconnect tcp://node12:5555
+"""
+
+_KEYGEN_EPILOG = """\
+Writes NAME.key (the public key, to give to the server's administrator) and
+NAME.key_secret (keep it private) in DIR, in ZeroMQ's certificate format.
+A server authorizes a client by having its NAME.key in its
+--curve-authorized directory; "uid" metadata (--uid) says which user the
+key stands for (default: the server's owner). A client finds its keys in
+$SDEXEC_CURVE_CERT and $SDEXEC_CURVE_SERVER, by default client.key_secret
+and server.key in $SDEXEC_CURVE_DIR (~/.config/sdexec/curve).
+"""
 
 _width: int | None = None
 
@@ -377,7 +415,77 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="debug, info, warning or error (default: info)",
     )
     _add_security_options(p)
+    p.add_argument(
+        "--listen",
+        metavar="tcp://HOST:PORT",
+        default=None,
+        help="also listen on a ZeroMQ tcp:// endpoint, with CURVE",
+    )
+    p.add_argument(
+        "--curve-key", metavar="FILE", help="the server's secret key file (NAME.key_secret)"
+    )
+    p.add_argument(
+        "--curve-authorized", metavar="DIR", help="directory of authorized client *.key files"
+    )
+    p.add_argument(
+        "--curve-uid",
+        metavar="UID",
+        type=int,
+        default=None,
+        help="uid of client keys without uid metadata (default: the server's owner)",
+    )
     subs["serve"] = p
+
+    p = sub.add_parser(
+        "proxy",
+        help="share one connection to a server with a shell or command",
+        description=_PROXY_DESCRIPTION,
+        epilog=_PROXY_EPILOG,
+        formatter_class=fmt,
+        usage="%(prog)s [-f] [-n] [--reconnect] TARGET [COMMAND [ARG...]]",
+    )
+    p.add_argument(
+        "-f", "--force", action="store_true", help="connect to another version, with a warning"
+    )
+    p.add_argument(
+        "-n", "--nohup", action="store_true", help="do not signal the child on connection loss"
+    )
+    p.add_argument(
+        "--reconnect", action="store_true", help="on connection loss, reconnect every 2 s"
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    subs["proxy"] = p
+
+    p = sub.add_parser(
+        "relay",
+        help="bridge stdin/stdout to a local server socket (run by ssh://)",
+        description="Copy bytes between stdin/stdout and the server socket PATH.",
+        formatter_class=fmt,
+    )
+    p.add_argument("path", metavar="PATH")
+    subs["relay"] = p
+
+    p = sub.add_parser(
+        "keygen",
+        help="make a CURVE key pair for tcp://",
+        description="Make a CURVE key pair for tcp:// servers and clients.",
+        epilog=_KEYGEN_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("-d", "--dir", metavar="DIR", default=None, help="where to write the keys")
+    p.add_argument("--name", default="client", help="file name stem (default: client)")
+    p.add_argument("--uid", type=int, default=None, help="uid metadata for the public key")
+    subs["keygen"] = p
+
+    p = sub.add_parser(
+        "uri",
+        help="print the URI a target resolves to",
+        description="Resolve TARGET (a URI, a path, pid:PID, or a plugin scheme) and print it.",
+        formatter_class=fmt,
+    )
+    p.add_argument("target", metavar="TARGET")
+    subs["uri"] = p
     return parser, subs
 
 
@@ -542,6 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_logs(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("proxy", "relay", "keygen", "uri"):
+            import importlib
+
+            module = importlib.import_module(f"sdexec.cli.{args.command}")
+            return int(module.run(args))
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checked it

@@ -1,0 +1,100 @@
+"""``sdexec proxy`` end to end against a real server (flux-proxy(1) behaviours)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from conftest import Server
+
+SDEXEC = f"{shlex.quote(sys.executable)} -m sdexec.cli.main"
+
+
+def proxy(server: Server, *args: str, script: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run ``sdexec proxy [ARGS] URI sh -c SCRIPT``; (status, stdout, stderr)."""
+    r = server.sdexec("proxy", *args, server.uri, "sh", "-c", script, timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_child_sees_its_own_sdexec_uri(server: Server) -> None:
+    rc, out, _ = proxy(server, script='echo "$SDEXEC_URI"')
+    assert rc == 0
+    uri = out.strip()
+    assert uri.startswith("local://") and uri.endswith("/local")
+    assert uri != server.uri
+
+
+def test_flux_uri_is_set_too(server: Server) -> None:
+    rc, out, _ = proxy(server, script='echo "$FLUX_URI $SDEXEC_URI"')
+    flux, ours = out.split()
+    assert rc == 0 and flux == ours
+
+
+def test_exec_works_through_the_proxy(server: Server) -> None:
+    rc, out, err = proxy(server, script=f"{SDEXEC} exec -n -- echo hello-through-proxy")
+    assert rc == 0, err
+    assert out == "hello-through-proxy\n"
+
+
+def test_socket_directory_is_private_and_removed_afterwards(server: Server) -> None:
+    script = 'p=${SDEXEC_URI#local://}; stat -c "%a %U" "$(dirname "$p")"; echo "$p"'
+    rc, out, _ = proxy(server, script=script)
+    mode_owner, path = out.splitlines()
+    assert rc == 0
+    assert mode_owner == "700 root"
+    assert not os.path.exists(path)
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_socket_directory_is_under_tmpdir(server: Server, tmp_path: Path) -> None:
+    r = server.sdexec(
+        "proxy", server.uri, "sh", "-c", 'echo "$SDEXEC_URI"', env=server.env(TMPDIR=str(tmp_path))
+    )
+    assert r.stdout.decode().startswith(f"local://{tmp_path}/sdexec-proxy-")
+
+
+def test_missing_tmpdir_falls_back_to_tmp(server: Server) -> None:
+    r = server.sdexec(
+        "proxy", server.uri, "sh", "-c", 'echo "$SDEXEC_URI"', env=server.env(TMPDIR="/nonexistent")
+    )
+    assert r.stdout.decode().startswith("local:///tmp/sdexec-proxy-")
+
+
+def test_exit_codes_of_the_child_are_the_proxys(server: Server) -> None:
+    for code in (0, 1, 7):
+        rc, _, _ = proxy(server, script=f"exit {code}")
+        assert rc == code
+
+
+def test_a_child_killed_by_a_signal_gives_128_plus_signal(server: Server) -> None:
+    rc, _, _ = proxy(server, script="kill -TERM $$")
+    assert rc == 128 + 15
+
+
+def test_shell_is_spawned_without_a_command(server: Server) -> None:
+    r = server.sdexec("proxy", server.uri, input=b'echo "shell:$SDEXEC_URI"\n', env=server.env(SHELL="/bin/sh"))
+    assert r.returncode == 0
+    assert r.stdout.decode().startswith("shell:local://")
+
+
+def test_proxy_of_a_proxy(server: Server) -> None:
+    inner = f"{SDEXEC} proxy \"$SDEXEC_URI\" sh -c '{SDEXEC} exec -n -- echo nested; echo \"$SDEXEC_URI\"'"
+    rc, out, err = proxy(server, script=f'echo "$SDEXEC_URI"; {inner}')
+    assert rc == 0, err
+    outer_uri, nested, inner_uri = out.splitlines()
+    assert nested == "nested"
+    assert inner_uri != outer_uri
+
+
+def test_unresolvable_target_is_an_error(server: Server) -> None:
+    r = server.sdexec("proxy", "bogus:thing", "true")
+    assert r.returncode == 1
+    assert "Unable to resolve bogus:thing to a URI" in r.stderr.decode()
+
+
+def test_missing_server_socket_is_an_error(server: Server, tmp_path: Path) -> None:
+    r = server.sdexec("proxy", f"local://{tmp_path}/nothing", "true")
+    assert r.returncode == 1
+    assert f"server socket {tmp_path}/nothing was not found" in r.stderr.decode()
