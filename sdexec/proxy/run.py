@@ -87,6 +87,7 @@ class Proxy:
         self.router: ProxyRouter | None = None
         self.child: asyncio.subprocess.Process | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self.path = ""
 
     def _spawn(self, work: Awaitable[None]) -> None:
         assert self._tg is not None
@@ -114,7 +115,7 @@ class Proxy:
     async def run(self) -> int:
         up = await self.connect()
         directory = tempfile.mkdtemp(prefix="sdexec-proxy-", dir=socket_parent())
-        path = os.path.join(directory, "local")
+        path = self.path = os.path.join(directory, "local")
         try:
             return await self._run(up, path)
         finally:
@@ -170,6 +171,8 @@ class Proxy:
             warn("lost connection to server")
             if not self.opts.reconnect:
                 server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # new clients fail at once
                 router.close_children()
                 if not self.opts.nohup:
                     self._signal_child(signal.SIGHUP)

@@ -1,0 +1,97 @@
+"""``sdexec proxy`` when the server goes away: version checks, SIGHUP, --nohup."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import OwnServer, own_server
+
+from sdexec.systemd.private import PrivateManager
+
+
+@pytest.fixture
+def other_version(manager: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
+    with own_server(manager, workdir, SDEXEC_TEST_FAKE_VERSION="99.7.0") as srv:
+        yield srv
+
+
+@pytest.fixture
+def doomed(manager: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
+    """A server the test will kill."""
+    with own_server(manager, workdir) as srv:
+        yield srv
+
+
+def test_version_mismatch_fails_without_force(other_version: OwnServer) -> None:
+    r = other_version.sdexec("proxy", other_version.uri, "true")
+    assert r.returncode == 1
+    assert "99.7.0" in r.stderr.decode()
+    assert "--force" in r.stderr.decode()
+
+
+def test_version_mismatch_does_not_run_the_command(other_version: OwnServer, tmp_path: Path) -> None:
+    flag = tmp_path / "ran"
+    other_version.sdexec("proxy", other_version.uri, "touch", str(flag))
+    assert not flag.exists()
+
+
+def test_version_mismatch_with_force_warns_and_runs(other_version: OwnServer) -> None:
+    r = other_version.sdexec("proxy", "--force", other_version.uri, "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    assert "warning" in r.stderr.decode()
+    assert "99.7.0" in r.stderr.decode()
+
+
+def _start_proxy(srv: OwnServer, *args: str, script: str) -> subprocess.Popen[bytes]:
+    p = srv.popen(
+        "proxy", *args, srv.uri, "sh", "-c", script,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
+def test_server_killed_under_the_proxy_hangs_up_on_the_child(doomed: OwnServer) -> None:
+    p = _start_proxy(doomed, script="echo ready; exec sleep 60")
+    doomed.kill()
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 129
+    assert "lost connection" in err.decode()
+
+
+def test_child_gets_sigcont_after_sighup(doomed: OwnServer) -> None:
+    # A stopped child would never see SIGHUP without the SIGCONT that follows it.
+    p = _start_proxy(doomed, script="echo ready; kill -STOP $$; exit 0")
+    time.sleep(0.2)
+    doomed.kill()
+    p.communicate(timeout=30)
+    assert p.returncode == 129
+
+
+def test_nohup_leaves_the_child_alone(doomed: OwnServer, tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    script = (
+        "trap 'echo got-HUP; exit 99' HUP; echo ready; "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 5"
+    )
+    p = _start_proxy(doomed, "--nohup", script=script)
+    doomed.kill()
+    assert p.stderr is not None
+    assert b"lost connection" in p.stderr.readline()
+    flag.touch()
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 5
+    assert b"got-HUP" not in out
+
+
+def test_after_connection_loss_the_proxy_socket_is_closed(doomed: OwnServer) -> None:
+    script = 'echo ready; trap "" HUP; p=${SDEXEC_URI#local://}; sleep 1; test -e "$p"; echo $?'
+    p = _start_proxy(doomed, "--nohup", script=script)
+    doomed.kill()
+    out, _ = p.communicate(timeout=30)
+    assert out.strip() == b"1"
