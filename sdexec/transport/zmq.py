@@ -113,8 +113,8 @@ def read_cert(path: str | Path) -> Cert:
     metadata: dict[str, str] = {}
     section = ""
     for raw in text.splitlines():
-        line = raw.split("#", 1)[0].rstrip()
-        if not line.strip():
+        line = raw.rstrip()
+        if not line.strip() or line.lstrip().startswith("#"):  # Z85 may contain '#'
             continue
         if not line[0].isspace():
             section = line.strip()
@@ -317,6 +317,7 @@ class ZmqPeer(Connection):
         self.routing_id = routing_id
         self.uid = uid
         self.pid = 0
+        self.refusal = 0  # the acceptor's errno, if it refused this peer
         self.transport = _PeerTransport(self)
 
     def send(self, msg: Message) -> None:
@@ -420,9 +421,9 @@ class ZmqListener:
             return
         if not peer.accepted:
             if msg.type == MsgType.REQUEST and not msg.noresponse:
-                peer.listener.send(
-                    routing_id, encode_parts(msg.response(errnum=errno.EPERM, text="refused"))
-                )
+                num = peer.refusal
+                text = f"server refused the connection: {os.strerror(num)}"
+                self.send(routing_id, encode_parts(msg.response(errnum=num, text=text)))
             return
         self.acceptor.received(peer, msg)
 
@@ -432,8 +433,8 @@ class ZmqListener:
             return None  # no ZAP-approved identity: cannot happen with CURVE on
         peer = ZmqPeer(self, fd, routing_id, uid)
         self.by_fd[fd] = peer
-        errnum = self.acceptor.accept(peer)
-        peer.accepted = errnum == 0
+        peer.refusal = self.acceptor.accept(peer)
+        peer.accepted = peer.refusal == 0
         return peer
 
     def _on_monitor(self) -> None:

@@ -74,13 +74,16 @@ def test_a_child_killed_by_a_signal_gives_128_plus_signal(server: Server) -> Non
 
 
 def test_shell_is_spawned_without_a_command(server: Server) -> None:
-    r = server.sdexec("proxy", server.uri, input=b'echo "shell:$SDEXEC_URI"\n', env=server.env(SHELL="/bin/sh"))
+    r = server.sdexec(
+        "proxy", server.uri, input=b'echo "shell:$SDEXEC_URI"\n', env=server.env(SHELL="/bin/sh")
+    )
     assert r.returncode == 0
     assert r.stdout.decode().startswith("shell:local://")
 
 
 def test_proxy_of_a_proxy(server: Server) -> None:
-    inner = f"{SDEXEC} proxy \"$SDEXEC_URI\" sh -c '{SDEXEC} exec -n -- echo nested; echo \"$SDEXEC_URI\"'"
+    nested = f'{SDEXEC} exec -n -- echo nested; echo "$SDEXEC_URI"'
+    inner = f'{SDEXEC} proxy "$SDEXEC_URI" sh -c {shlex.quote(nested)}'
     rc, out, err = proxy(server, script=f'echo "$SDEXEC_URI"; {inner}')
     assert rc == 0, err
     outer_uri, nested, inner_uri = out.splitlines()

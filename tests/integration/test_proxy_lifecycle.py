@@ -33,7 +33,9 @@ def test_version_mismatch_fails_without_force(other_version: OwnServer) -> None:
     assert "--force" in r.stderr.decode()
 
 
-def test_version_mismatch_does_not_run_the_command(other_version: OwnServer, tmp_path: Path) -> None:
+def test_version_mismatch_does_not_run_the_command(
+    other_version: OwnServer, tmp_path: Path
+) -> None:
     flag = tmp_path / "ran"
     other_version.sdexec("proxy", other_version.uri, "touch", str(flag))
     assert not flag.exists()
@@ -48,8 +50,15 @@ def test_version_mismatch_with_force_warns_and_runs(other_version: OwnServer) ->
 
 def _start_proxy(srv: OwnServer, *args: str, script: str) -> subprocess.Popen[bytes]:
     p = srv.popen(
-        "proxy", *args, srv.uri, "sh", "-c", script,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        "proxy",
+        *args,
+        srv.uri,
+        "sh",
+        "-c",
+        script,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
     )
     assert p.stdout is not None
     assert p.stdout.readline() == b"ready\n"
