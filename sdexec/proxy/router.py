@@ -155,10 +155,20 @@ class ProxyRouter:
 
     async def renew(self, up: Upstream) -> None:
         """Re-establish subscriptions and services on a new connection, then use it."""
-        for prefix in list(self.upstream_subs):
-            await up.rpc("event.subscribe", {"topic": prefix})
-        for name in list(self.services):
-            await up.rpc("service.add", {"service": name})
+        subscribed: set[str] = set()
+        added: set[str] = set()
+        # Children may subscribe or register while we wait: go until nothing is new.
+        while True:
+            prefixes = set(self.upstream_subs) - subscribed
+            names = set(self.services) - added
+            if not prefixes and not names:
+                break
+            for prefix in sorted(prefixes):
+                await up.rpc("event.subscribe", {"topic": prefix})
+                subscribed.add(prefix)
+            for name in sorted(names):
+                await up.rpc("service.add", {"service": name})
+                added.add(name)
         self.upstream = up
 
     def close_children(self) -> None:
