@@ -124,7 +124,9 @@ def relay(path: str, in_fd: int = 0, out_fd: int = 1) -> int:
 
     If the server cannot be reached, its errno is written as the handshake
     byte (so the far client reports it) and the error goes to stderr.
-    Returns the exit status: 0 when either side ends the stream.
+    When the client's side ends, the socket is half-closed and the relay
+    waits for the server to hang up, so nothing the server sent is lost.
+    Returns the exit status: 0 once the server has hung up.
     """
     try:
         sock = connect_local(path)
@@ -144,10 +146,13 @@ def relay(path: str, in_fd: int = 0, out_fd: int = 1) -> int:
                 except OSError:
                     data = b""
                 if not data:
-                    if fd == in_fd:
-                        # The client is gone: the server sees us hang up.
-                        return 0
-                    return 0  # the server hung up
+                    if fd == sfd:
+                        return 0  # the server hung up
+                    # The client is done: half-close, so the server still
+                    # delivers what it had sent, then hangs up itself.
+                    poller.unregister(in_fd)
+                    sock.shutdown(_socket.SHUT_WR)
+                    continue
                 _write_all(out_fd if fd == sfd else sfd, data)
     except OSError:
         return 0

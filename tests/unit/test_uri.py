@@ -114,7 +114,7 @@ def test_local_path_of_a_local_uri() -> None:
     assert info.value.errno == errno.EINVAL
 
 
-def test_socket_path_refuses_transports_not_written_yet() -> None:
+def test_socket_path_of_a_remote_uri_is_eprotonosupport() -> None:
     with pytest.raises(SdexecError) as info:
         uri.socket_path("tcp://host:1")
     assert info.value.errno == errno.EPROTONOSUPPORT
