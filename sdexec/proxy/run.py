@@ -216,6 +216,9 @@ async def _guard(work: Awaitable[None]) -> None:
 
 def run(opts: ProxyOptions) -> int:
     """Run the proxy; returns the exit status."""
+    from sdexec import logs
+
+    logs.configure("warning")  # the transport's rare warnings: stderr, never the child's stdout
     try:
         return asyncio.run(Proxy(opts).run())
     except SdexecError as exc:

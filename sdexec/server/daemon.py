@@ -210,6 +210,12 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
     parse_tcp(listen)
     if not args.curve_key or not args.curve_authorized:
         raise SdexecError(22, "--listen tcp:// needs --curve-key and --curve-authorized")
+    from sdexec.transport.zmq import read_cert
+
+    if read_cert(args.curve_key).secret is None:  # fail before starting anything
+        raise SdexecError(22, f"--curve-key {args.curve_key}: no secret key (NAME.key_secret)")
+    if not os.path.isdir(args.curve_authorized):
+        raise SdexecError(2, f"--curve-authorized {args.curve_authorized}: not a directory")
     return {
         "listen": listen,
         "curve_key": args.curve_key,

@@ -485,11 +485,12 @@ class ZmqListener:
         r.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         r.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        host = parse_tcp(self.endpoint)[0]
+        host, port = parse_tcp(self.endpoint)
         if ":" in host:
             r.ipv6 = True
+            host = f"[{host}]"
         try:
-            r.bind(self.endpoint.replace(host, f"[{host}]") if ":" in host else self.endpoint)
+            r.bind(f"tcp://{host}:{port}")
         except zmq.ZMQError as exc:
             raise SdexecError(
                 exc.errno or errno.EADDRINUSE, f"cannot listen on {self.endpoint}: {exc.strerror}"

@@ -87,3 +87,42 @@ loaded = sorted(heavy & set(sys.modules))
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_listen_checks_the_server_key_first(tmp_path: Path) -> None:
+    from sdexec.server import daemon
+
+    parser, _ = cli.build_parser()
+    args = parser.parse_args(
+        [
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:5555",
+            "--curve-key",
+            str(tmp_path / "none"),
+            "--curve-authorized",
+            str(tmp_path),
+        ]
+    )
+    with pytest.raises(OSError, match="cannot read key file"):
+        daemon._tcp_options(args)
+
+
+def test_serve_listen_needs_the_secret_key_file(tmp_path: Path) -> None:
+    from sdexec.server import daemon
+
+    cli.main(["keygen", "-d", str(tmp_path), "--name", "server"])
+    parser, _ = cli.build_parser()
+    args = parser.parse_args(
+        [
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:5555",
+            "--curve-key",
+            str(tmp_path / "server.key"),
+            "--curve-authorized",
+            str(tmp_path),
+        ]
+    )
+    with pytest.raises(OSError, match="no secret key"):
+        daemon._tcp_options(args)
