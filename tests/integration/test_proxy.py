@@ -101,3 +101,19 @@ def test_missing_server_socket_is_an_error(server: Server, tmp_path: Path) -> No
     r = server.sdexec("proxy", f"local://{tmp_path}/nothing", "true")
     assert r.returncode == 1
     assert f"server socket {tmp_path}/nothing was not found" in r.stderr.decode()
+
+
+def test_a_client_leaving_the_proxy_has_its_foreground_process_stopped(server: Server) -> None:
+    # The proxy stays connected, so only its sdexec.disconnect tells the server.
+    script = f"""
+{SDEXEC} exec -n --label pxdisc -- sleep 60 & c=$!
+for i in $(seq 100); do {SDEXEC} ps -n -o '{{label}}' | grep -q pxdisc && break; sleep 0.05; done
+kill -9 $c; wait $c
+for i in $(seq 100); do
+    {SDEXEC} ps -n -o '{{label}}' | grep -q pxdisc || {{ echo gone; exit 0; }}
+    sleep 0.05
+done
+echo still-running
+"""
+    _, out, err = proxy(server, script=script)
+    assert out.strip() == "gone", err

@@ -48,7 +48,10 @@ def test_version_mismatch_with_force_warns_and_runs(other_version: OwnServer) ->
     assert "99.7.0" in r.stderr.decode()
 
 
-def _start_proxy(srv: OwnServer, *args: str, script: str) -> subprocess.Popen[bytes]:
+def _start_proxy(
+    srv: OwnServer, *args: str, script: str
+) -> tuple[subprocess.Popen[bytes], list[bytes]]:
+    """Start a proxy running ``script``, which must first print ``ready [WORDS]``."""
     p = srv.popen(
         "proxy",
         *args,
@@ -61,12 +64,20 @@ def _start_proxy(srv: OwnServer, *args: str, script: str) -> subprocess.Popen[by
         stdin=subprocess.DEVNULL,
     )
     assert p.stdout is not None
-    assert p.stdout.readline() == b"ready\n"
-    return p
+    words = p.stdout.readline().split()
+    assert words[:1] == [b"ready"]
+    return p, words[1:]
+
+
+def _wait_stopped(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the child did not stop"
+        time.sleep(0.01)
 
 
 def test_server_killed_under_the_proxy_hangs_up_on_the_child(doomed: OwnServer) -> None:
-    p = _start_proxy(doomed, script="echo ready; exec sleep 60")
+    p, _ = _start_proxy(doomed, script="echo ready; exec sleep 60")
     doomed.kill()
     _, err = p.communicate(timeout=30)
     assert p.returncode == 129
@@ -75,8 +86,8 @@ def test_server_killed_under_the_proxy_hangs_up_on_the_child(doomed: OwnServer) 
 
 def test_child_gets_sigcont_after_sighup(doomed: OwnServer) -> None:
     # A stopped child would never see SIGHUP without the SIGCONT that follows it.
-    p = _start_proxy(doomed, script="echo ready; kill -STOP $$; exit 0")
-    time.sleep(0.2)
+    p, (pid,) = _start_proxy(doomed, script="echo ready $$; kill -STOP $$; exit 0")
+    _wait_stopped(int(pid))
     doomed.kill()
     p.communicate(timeout=30)
     assert p.returncode == 129
@@ -88,7 +99,7 @@ def test_nohup_leaves_the_child_alone(doomed: OwnServer, tmp_path: Path) -> None
         "trap 'echo got-HUP; exit 99' HUP; echo ready; "
         f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 5"
     )
-    p = _start_proxy(doomed, "--nohup", script=script)
+    p, _ = _start_proxy(doomed, "--nohup", script=script)
     doomed.kill()
     assert p.stderr is not None
     assert b"lost connection" in p.stderr.readline()
@@ -100,7 +111,7 @@ def test_nohup_leaves_the_child_alone(doomed: OwnServer, tmp_path: Path) -> None
 
 def test_after_connection_loss_the_proxy_socket_is_closed(doomed: OwnServer) -> None:
     script = 'echo ready; trap "" HUP; p=${SDEXEC_URI#local://}; sleep 1; test -e "$p"; echo $?'
-    p = _start_proxy(doomed, "--nohup", script=script)
+    p, _ = _start_proxy(doomed, "--nohup", script=script)
     doomed.kill()
     out, _ = p.communicate(timeout=30)
     assert out.strip() == b"1"
