@@ -287,6 +287,7 @@ class Process:
         self.sender = req.sender
         req.respond(rfc42.attached(self.pid, int(self.flags)))
         log.info("attach", requester=req.userid, **self.log_fields())
+        self.service.router.publish("sdexec.proc.attached", self.event_payload())
         # A finished process's output is replayed too, before its EOFs: the
         # RFC's required responses all come, and the operator sees the output.
         return self._follow(req, follow=self.state is not ProcState.EXITED)
@@ -328,11 +329,13 @@ class Process:
         if stopped and self.state is ProcState.RUNNING:
             self.state = ProcState.STOPPED
             log.info("stopped", **self.log_fields())
+            self.service.router.publish("sdexec.proc.stopped", self.event_payload())
             if self.client is not None:
                 self.client.respond(rfc42.stopped(self.pid))
         elif not stopped and self.state is ProcState.STOPPED:
             self.state = ProcState.RUNNING
             log.info("continued", **self.log_fields())
+            self.service.router.publish("sdexec.proc.continued", self.event_payload())
 
     # --- client going away -------------------------------------------------------------
 
@@ -340,6 +343,7 @@ class Process:
         """The streaming client disconnected."""
         if self.attached:
             log.info("detach", **self.log_fields())
+            self.service.router.publish("sdexec.proc.detached", self.event_payload())
         self._unhook_writable()
         self.client = None
         self.attached = False
