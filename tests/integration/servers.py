@@ -1,13 +1,19 @@
-"""Servers of a test's own, next to the session server, sharing its systemd manager.
+"""Servers of a test module's own, free to be killed and restarted.
 
-They are stopped with SIGKILL: on a clean stop ``sdexec serve`` also stops a
-private manager it finds idle, and the manager belongs to the session.
+Each module that needs them gets one private systemd manager of its own
+(:func:`own_manager`), as test_restart.py does: a server adopts the units
+and state records it finds for its rank and state directory, so two servers
+must never share the session server's.  One server runs on a module's
+manager at a time.  Tests kill servers with SIGKILL (a clean stop would also
+stop an idle private manager); the module's fixture stops whatever is left,
+then the manager, and checks nothing remains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -36,11 +42,31 @@ class OwnServer(Server):
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def ensure_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            self.start()
+
+
+@contextlib.contextmanager
+def own_manager(workdir: Path) -> Iterator[PrivateManager]:
+    """A private systemd manager for one test module."""
+    state = workdir / f"own{next(_count)}-state"
+    manager = PrivateManager(state)
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
+        shutil.rmtree(state, ignore_errors=True)
+        assert not manager.slice.exists(), f"cgroup left behind: {manager.slice}"
+
 
 @contextlib.contextmanager
 def own_server(
     manager: PrivateManager, workdir: Path, *args: str, **env: str
 ) -> Iterator[OwnServer]:
+    """A started server on ``manager`` (whose only server it must be)."""
     n = next(_count)
     srv = OwnServer(
         manager,
@@ -56,6 +82,11 @@ def own_server(
     finally:
         if srv.proc is not None:
             srv.kill()
+        left = srv.units()
+        for unit in left:
+            srv.systemctl("stop", unit)
+        srv.systemctl("reset-failed")
+        assert not left, f"units left behind: {left}"
 
 
 def free_port() -> int:

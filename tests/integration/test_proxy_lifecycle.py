@@ -8,21 +8,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import OwnServer, own_server
+from servers import OwnServer, own_manager, own_server
 
 from sdexec.systemd.private import PrivateManager
 
 
+@pytest.fixture(scope="module")
+def own(workdir: Path) -> Iterator[PrivateManager]:
+    with own_manager(workdir) as manager:
+        yield manager
+
+
 @pytest.fixture
-def other_version(manager: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
-    with own_server(manager, workdir, SDEXEC_TEST_FAKE_VERSION="99.7.0") as srv:
+def other_version(own: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
+    with own_server(own, workdir, SDEXEC_TEST_FAKE_VERSION="99.7.0") as srv:
         yield srv
 
 
 @pytest.fixture
-def doomed(manager: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
+def doomed(own: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
     """A server the test will kill."""
-    with own_server(manager, workdir) as srv:
+    with own_server(own, workdir) as srv:
         yield srv
 
 

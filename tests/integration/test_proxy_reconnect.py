@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import own_server
-
-from sdexec.systemd.private import PrivateManager
+from servers import own_manager, own_server
 
 CLIENT = Path(__file__).with_name("reconnect_client.py")
 
@@ -32,8 +30,8 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcome(manager: PrivateManager, workdir: Path) -> Iterator[Outcome]:
-    with own_server(manager, workdir) as srv:
+def outcome(workdir: Path) -> Iterator[Outcome]:
+    with own_manager(workdir) as manager, own_server(manager, workdir) as srv:
         p = srv.popen(
             "proxy",
             "--reconnect",

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Server
-from servers import OwnServer, free_port, own_server
-
-from sdexec.systemd.private import PrivateManager
+from servers import OwnServer, free_port, own_manager, own_server
 
 SDEXEC = f"{shlex.quote(sys.executable)} -m sdexec.cli.main"
 SSHD = "/usr/sbin/sshd"
@@ -160,7 +158,7 @@ def _keygen(server: Server, keys: Path, name: str, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tcp(manager: PrivateManager, workdir: Path, server: Server) -> Iterator[TcpServer]:
+def tcp_server(workdir: Path, server: Server) -> Iterator[TcpServer]:
     keys = workdir / "keys"
     authorized = workdir / "authorized"
     authorized.mkdir()
@@ -179,8 +177,15 @@ def tcp(manager: PrivateManager, workdir: Path, server: Server) -> Iterator[TcpS
         "--curve-authorized",
         str(authorized),
     )
-    with own_server(manager, workdir, *args) as srv:
+    with own_manager(workdir) as manager, own_server(manager, workdir, *args) as srv:
         yield TcpServer(srv, uri, keys)
+
+
+@pytest.fixture
+def tcp(tcp_server: TcpServer) -> TcpServer:
+    """The module's tcp:// server, started again if a test killed it."""
+    tcp_server.server.ensure_running()
+    return tcp_server
 
 
 def test_exec_over_tcp_with_curve(tcp: TcpServer) -> None:
@@ -221,39 +226,26 @@ def test_proxy_over_tcp(tcp: TcpServer) -> None:
     assert r.stdout == b"proxied-over-tcp\n"
 
 
-def test_server_killed_under_a_tcp_proxy_hangs_up(
-    manager: PrivateManager, workdir: Path, tcp: TcpServer
-) -> None:
-    uri = f"tcp://127.0.0.1:{free_port()}"
-    args = (
-        "--listen",
-        uri,
-        "--curve-key",
-        str(tcp.keys / "server.key_secret"),
-        "--curve-authorized",
-        str(workdir / "authorized"),
+def test_server_killed_under_a_tcp_proxy_hangs_up(tcp: TcpServer) -> None:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sdexec.cli.main",
+            "proxy",
+            tcp.uri,
+            "sh",
+            "-c",
+            "echo ready; exec sleep 60",
+        ],
+        env=tcp.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    with own_server(manager, workdir, *args) as srv:
-        env = tcp.env()
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sdexec.cli.main",
-                "proxy",
-                uri,
-                "sh",
-                "-c",
-                "echo ready; exec sleep 60",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert p.stdout is not None
-        assert p.stdout.readline() == b"ready\n"
-        srv.kill()
-        _, err = p.communicate(timeout=30)
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    tcp.server.kill()
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 129
     assert b"lost connection" in err
 
