@@ -157,7 +157,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         stopped_watch = tg.create_task(service.watch_stopped())
         tcp_task = None
         if opts.listen:  # proxy/remote access: tcp:// with CURVE
-            from sdexec.transport.zmq import ZmqListener
+            from sdexec.transport.zmq_server import ZmqListener
 
             tcp = ZmqListener(
                 opts.listen,

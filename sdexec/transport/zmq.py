@@ -1,100 +1,84 @@
-"""``tcp://HOST:PORT``: RFC 3 messages as ZeroMQ multipart messages, with CURVE.
+"""``tcp://HOST:PORT``: RFC 3 messages as ZeroMQ multipart messages, with CURVE (client).
 
 Theory of operation
 -------------------
 RFC 3 was written for ZeroMQ: a message's parts (routes, delimiter, topic,
 payload, PROTO) travel as the frames of one multipart message, so this
 transport needs no framing of its own (:func:`sdexec.proto.message.encode_parts`).
+The server side (ROUTER socket, ZAP handler, per-key uids) is
+:mod:`sdexec.transport.zmq_server`.
 
-**Server.**  A ROUTER socket is bound to the endpoint, as a CURVE server
-with the server's key pair.  Every CURVE handshake is checked by our own
-ZAP handler (RFC 27/ZAP on ``inproc://zeromq.zap.01``): the client's public
-key must be in the *authorized directory*, which is read again for every
-handshake so keys can be added and revoked without a restart.  An accepted
-key is answered with its Z85 text as the ZAP ``User-Id``; libzmq attaches
-that to every message of the connection, and the uid of the connection is
-the one *configured for that key* (the ``uid`` metadata of its file, else
-the default uid, normally the server's owner).  A client's own claims
-(the userid in PROTO) are never read: the router stamps credentials at
-ingress as it does for ``local://``.  A refused handshake is logged
-("auth failure") and the client sees ``HANDSHAKE_FAILED_AUTH``.
-
-libzmq in Debian 12 has no ``ZMQ_ROUTER_NOTIFY``, so connections are found
-with a socket monitor: each message's source fd (``ZMQ_SRCFD``) names its
-connection, and the monitor's ``DISCONNECTED`` event (whose value is that
-fd) ends it, which runs the router's disconnect hooks as for ``local://``.
-Each connection is a :class:`ZmqPeer`, a :class:`~sdexec.transport.unix.
-Connection` whose ``send`` writes to the ROUTER socket instead of a stream.
-The sockets are driven from the event loop with ``add_reader`` on their
-edge-triggered ``FD``, draining while ``EVENTS`` says POLLIN, and
-re-checking after every send (libzmq may consume the edge while sending).
-
-**Client.**  :func:`open_tcp` connects a DEALER socket with the client's
-key pair and the server's public key, and waits for the monitor to report
-the handshake: success, ``EPERM`` for a refused key, ``ECONNREFUSED`` or
-``ETIMEDOUT``.  It then hands the caller one end of a ``socketpair`` and
-runs a bridge thread that converts between ``local://`` framing on the
-other end and multipart messages, writing the ``local://`` handshake byte
-first.  Reconnection is disabled and heartbeats are on, so a lost server
-ends the stream instead of being silently retried.
+:func:`open_tcp` connects a DEALER socket with the client's key pair and
+the server's public key, and waits for the socket monitor to report the
+CURVE handshake: success, ``EPERM`` for a key the server refused,
+``ECONNREFUSED`` or ``ETIMEDOUT``.  It then hands the caller one end of a
+``socketpair`` and runs a bridge thread that converts between ``local://``
+framing on the other end and multipart messages, writing the ``local://``
+handshake byte first.  So the blocking CLI client, the asyncio Handle and
+the proxy all keep speaking ``local://`` framing over a stream socket
+(:mod:`sdexec.transport.link`).  Reconnection is disabled and heartbeats
+are on, so a lost server ends the stream instead of being silently retried.
 
 Key files are ZeroMQ's own certificate format (``zmq.auth``): ``NAME.key``
-holds the public key (and metadata), ``NAME.key_secret`` both keys.
-Clients find their keys in ``$SDEXEC_CURVE_CERT`` (the client's secret
-certificate) and ``$SDEXEC_CURVE_SERVER`` (the server's public
-certificate), by default ``client.key_secret`` and ``server.key`` in
+holds the public key (and metadata such as ``uid``), ``NAME.key_secret``
+both keys.  Clients find their keys in ``$SDEXEC_CURVE_CERT`` (the
+client's secret certificate) and ``$SDEXEC_CURVE_SERVER`` (the server's
+public certificate), by default ``client.key_secret`` and ``server.key`` in
 ``$SDEXEC_CURVE_DIR`` (``$XDG_CONFIG_HOME/sdexec/curve``).
+
+This module is imported by the CLI for ``tcp://`` URIs only, and imports
+neither asyncio nor structlog (nor ``zmq.utils.monitor``, which imports
+asyncio): monitor events are decoded here.
 """
 
 from __future__ import annotations
 
 import _socket
-import asyncio
 import contextlib
 import errno
 import os
+import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import NamedTuple, cast
 
 import zmq
-import zmq.utils.z85
-from zmq.utils.monitor import recv_monitor_message
 
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_parts_stream
-from sdexec.proto.message import MsgType, decode_parts, encode_parts
 from sdexec.transport.link import Link
-from sdexec.transport.unix import Acceptor, Connection
 from sdexec.uri import parse_tcp
 
-if TYPE_CHECKING:
-    from sdexec.proto.message import Message
-
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-ZAP_DOMAIN = b"sdexec"
 CONNECT_TIMEOUT = 10.0
 HEARTBEAT_IVL_MS = 2000
 HEARTBEAT_TIMEOUT_MS = 6000
 _CHUNK = 256 * 1024
 
 
-def _readable(sock: zmq.Socket[bytes]) -> bool:
+_MONITOR_EVENT = struct.Struct("=HI")
+
+
+def monitor_event(sock: zmq.Socket[bytes]) -> tuple[int, int]:
+    """One socket monitor message: (event, value), e.g. the fd for DISCONNECTED."""
+    frames = sock.recv_multipart()
+    event, value = _MONITOR_EVENT.unpack(frames[0][: _MONITOR_EVENT.size])
+    return event, value
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
     """Whether a message is waiting (the FD is edge-triggered: ask, do not assume)."""
     return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
-def _fd(sock: zmq.Socket[bytes]) -> int:
+def socket_fd(sock: zmq.Socket[bytes]) -> int:
     return cast(int, sock.getsockopt(zmq.FD))
 
 
 # --- key files ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Cert:
+class Cert(NamedTuple):
     """A CURVE certificate: Z85 public key, secret key if present, metadata."""
 
     public: bytes
@@ -209,7 +193,7 @@ def _await_handshake(monitor: zmq.Socket[bytes], uri: str, timeout: float) -> No
         left = deadline - time.monotonic()
         if left <= 0 or not monitor.poll(int(left * 1000)):
             raise SdexecError(errno.ETIMEDOUT, f"cannot connect to {uri}: timed out")
-        event = recv_monitor_message(monitor)["event"]
+        event, _ = monitor_event(monitor)
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             return
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -260,10 +244,10 @@ class _Bridge:
             poller.register(fd, zmq.POLLIN | (zmq.POLLOUT if self.out else 0))
             for item, ev in poller.poll():
                 if item is self.dealer:
-                    while _readable(self.dealer):
+                    while readable(self.dealer):
                         self.out += encode_parts_stream(self.dealer.recv_multipart())
                 elif item is self.monitor:
-                    event = recv_monitor_message(self.monitor)["event"]
+                    event, _ = monitor_event(self.monitor)
                     if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                         self._flush_blocking()
                         return
@@ -282,242 +266,3 @@ class _Bridge:
         with contextlib.suppress(OSError):
             self.stream.setblocking(True)
             self.stream.sendall(self.out)
-
-
-# --- server ---------------------------------------------------------------------------------------
-
-
-class _PeerTransport(asyncio.Transport):
-    """Just enough of a transport for :class:`Connection`'s bookkeeping."""
-
-    def __init__(self, peer: ZmqPeer) -> None:
-        super().__init__()
-        self._peer = peer
-        self._closing = False
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._peer.listener.drop(self._peer)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-class ZmqPeer(Connection):
-    """One CURVE-authenticated client of the ROUTER socket."""
-
-    def __init__(self, listener: ZmqListener, fd: int, routing_id: bytes, uid: int) -> None:
-        super().__init__(listener.acceptor)
-        self.listener = listener
-        self.fd = fd
-        self.routing_id = routing_id
-        self.uid = uid
-        self.pid = 0
-        self.refusal = 0  # the acceptor's errno, if it refused this peer
-        self.transport = _PeerTransport(self)
-
-    def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.listener.send(self.routing_id, encode_parts(msg))
-
-
-class ZmqListener:
-    """The ``tcp://`` server: ROUTER + ZAP handler + monitor, driven by the event loop."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        acceptor: Acceptor,
-        server_cert: str | Path,
-        authorized_dir: str | Path,
-        default_uid: int,
-    ) -> None:
-        import structlog
-
-        self.log = structlog.get_logger("sdexec.transport.zmq")
-        self.endpoint = endpoint
-        self.acceptor = acceptor
-        cert = read_cert(server_cert)
-        if cert.secret is None:
-            raise SdexecError(errno.EINVAL, f"{server_cert}: no secret-key (use NAME.key_secret)")
-        self.cert = cert
-        self.authorized_dir = Path(authorized_dir)
-        self.default_uid = default_uid
-        self.key_uid: dict[bytes, int] = {}
-        self.by_fd: dict[int, ZmqPeer] = {}
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.zap = self.ctx.socket(zmq.REP)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.monitor: zmq.Socket[bytes] | None = None
-        self._drain_scheduled = False
-        self.bound = ""
-
-    # --- authorization ----------------------------------------------------------------
-
-    def authorized(self) -> dict[bytes, tuple[int, str]]:
-        """Public key -> (uid, key file name), read from the authorized directory."""
-        keys: dict[bytes, tuple[int, str]] = {}
-        try:
-            paths = sorted(self.authorized_dir.glob("*.key"))
-        except OSError:
-            return keys
-        for path in paths:
-            try:
-                cert = read_cert(path)
-                uid = int(cert.metadata.get("uid", self.default_uid))
-            except (OSError, ValueError):
-                self.log.warning("ignoring unreadable key file", path=str(path))
-                continue
-            keys[cert.public] = (uid, path.name)
-        return keys
-
-    def _on_zap(self) -> None:
-        while _readable(self.zap):
-            req = self.zap.recv_multipart()
-            version, request_id, _domain, address, _identity, mechanism = req[:6]
-            key = zmq.utils.z85.encode(req[6]) if mechanism == b"CURVE" and len(req) > 6 else b""
-            entry = self.authorized().get(key) if key else None
-            if entry is None:
-                self.log.warning(
-                    "auth failure", address=address.decode(errors="replace"), key=key.decode()
-                )
-                reply = [version, request_id, b"400", b"key not authorized", b"", b""]
-            else:
-                uid, name = entry
-                self.key_uid[key] = uid
-                self.log.info("auth", address=address.decode(errors="replace"), key=name, uid=uid)
-                reply = [version, request_id, b"200", b"OK", key, b""]
-            self.zap.send_multipart(reply)
-
-    # --- messages ----------------------------------------------------------------------
-
-    def _on_router(self) -> None:
-        self._drain_scheduled = False
-        while _readable(self.router):
-            frames = self.router.recv_multipart(copy=False)
-            self._received(frames)
-
-    def _received(self, frames: list[zmq.Frame]) -> None:
-        if len(frames) < 2:
-            return
-        last = frames[-1]
-        fd = int(last.get(zmq.SRCFD))
-        peer = self.by_fd.get(fd)
-        routing_id = frames[0].bytes
-        if peer is None or peer.routing_id != routing_id:
-            if peer is not None:  # the fd was reused by a new connection
-                self._closed(peer)
-            peer = self._new_peer(fd, routing_id, str(last.get("User-Id")).encode())
-            if peer is None:
-                return
-        try:
-            msg = decode_parts([f.bytes for f in frames[1:]])
-        except ProtocolError as exc:
-            self.log.warning("protocol error from tcp peer", conn=peer.id, error=exc.message)
-            return
-        if not peer.accepted:
-            if msg.type == MsgType.REQUEST and not msg.noresponse:
-                num = peer.refusal
-                text = f"server refused the connection: {os.strerror(num)}"
-                self.send(routing_id, encode_parts(msg.response(errnum=num, text=text)))
-            return
-        self.acceptor.received(peer, msg)
-
-    def _new_peer(self, fd: int, routing_id: bytes, key: bytes) -> ZmqPeer | None:
-        uid = self.key_uid.get(key)
-        if uid is None:
-            return None  # no ZAP-approved identity: cannot happen with CURVE on
-        peer = ZmqPeer(self, fd, routing_id, uid)
-        self.by_fd[fd] = peer
-        peer.refusal = self.acceptor.accept(peer)
-        peer.accepted = peer.refusal == 0
-        return peer
-
-    def _on_monitor(self) -> None:
-        assert self.monitor is not None
-        while _readable(self.monitor):
-            event = recv_monitor_message(self.monitor)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                peer = self.by_fd.get(int(event["value"]))
-                if peer is not None:
-                    self._closed(peer)
-
-    def _closed(self, peer: ZmqPeer) -> None:
-        if self.by_fd.get(peer.fd) is peer:
-            del self.by_fd[peer.fd]
-        peer.transport = None
-        if peer.accepted:
-            peer.accepted = False
-            self.acceptor.closed(peer)
-
-    def send(self, routing_id: bytes, parts: list[bytes]) -> None:
-        try:
-            self.router.send_multipart([routing_id, *parts], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.log.debug("tcp send failed", error=str(exc))
-        if not self._drain_scheduled:
-            # Sending may have consumed the FD's edge for messages already queued.
-            self._drain_scheduled = True
-            asyncio.get_running_loop().call_soon(self._on_router)
-
-    def drop(self, peer: ZmqPeer) -> None:
-        """Forget a peer the server closes (ZeroMQ has no per-peer close)."""
-        self._closed(peer)
-
-    # --- lifetime ------------------------------------------------------------------------------
-
-    def bind(self) -> str:
-        """Bind the ZAP handler and the ROUTER socket; returns the bound endpoint."""
-        self.zap.bind(ZAP_ENDPOINT)
-        r = self.router
-        r.linger = 0
-        r.curve_server = True
-        r.curve_publickey = self.cert.public
-        assert self.cert.secret is not None
-        r.curve_secretkey = self.cert.secret
-        r.zap_domain = ZAP_DOMAIN
-        r.sndhwm = 0
-        r.rcvhwm = 0
-        r.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        r.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        host, port = parse_tcp(self.endpoint)
-        if ":" in host:
-            r.ipv6 = True
-            host = f"[{host}]"
-        try:
-            r.bind(f"tcp://{host}:{port}")
-        except zmq.ZMQError as exc:
-            raise SdexecError(
-                exc.errno or errno.EADDRINUSE, f"cannot listen on {self.endpoint}: {exc.strerror}"
-            ) from None
-        self.bound = str(r.getsockopt_string(zmq.LAST_ENDPOINT))
-        return self.bound
-
-    async def run(self) -> None:
-        """Serve until cancelled (owned by the daemon's TaskGroup)."""
-        loop = asyncio.get_running_loop()
-        assert self.monitor is not None
-        handlers = (
-            (self.zap, self._on_zap),
-            (self.router, self._on_router),
-            (self.monitor, self._on_monitor),
-        )
-        for sock, fn in handlers:
-            loop.add_reader(_fd(sock), fn)
-            loop.call_soon(fn)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for sock, _ in handlers:
-                loop.remove_reader(_fd(sock))
-            for peer in list(self.by_fd.values()):
-                self._closed(peer)
-            self.monitor.close(0)
-            self.router.close(0)
-            self.zap.close(0)
-            self.ctx.term()

@@ -126,3 +126,13 @@ def test_serve_listen_needs_the_secret_key_file(tmp_path: Path) -> None:
     )
     with pytest.raises(OSError, match="no secret key"):
         daemon._tcp_options(args)
+
+
+def test_the_tcp_client_imports_neither_asyncio_nor_structlog() -> None:
+    code = """
+import sys
+import sdexec.client.blocking, sdexec.transport.zmq
+loaded = sorted({"asyncio", "structlog", "zmq.asyncio"} & set(sys.modules))
+assert not loaded, loaded
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -19,7 +19,8 @@ from sdexec.broker.router import Router
 from sdexec.client.handle import Handle
 from sdexec.client.rpc import RemoteError
 from sdexec.errors import SdexecError
-from sdexec.transport.zmq import ZmqListener, read_cert, write_keypair
+from sdexec.transport.zmq import read_cert, write_keypair
+from sdexec.transport.zmq_server import ZmqListener
 
 OWNER = os.getuid()
 
