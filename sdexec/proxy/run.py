@@ -184,11 +184,15 @@ class Proxy:
     async def _reconnect(self) -> Upstream:
         router = self.router
         assert router is not None
+        said = ""
         while True:
             await asyncio.sleep(RECONNECT_INTERVAL)
             try:
                 up = await self.connect()
-            except SdexecError:
+            except SdexecError as exc:
+                if exc.message != said:  # say why once, not every 2 s
+                    said = exc.message
+                    warn(f"reconnecting: {said}")
                 continue
             try:
                 await router.renew(up)
