@@ -228,3 +228,5 @@ def run(opts: ProxyOptions) -> int:
     except SdexecError as exc:
         warn(exc.message)
         return 1
+    except KeyboardInterrupt:  # before the child ran (after, SIGINT is the child's)
+        return 130

@@ -117,3 +117,12 @@ echo still-running
 """
     _, out, err = proxy(server, script=script)
     assert out.strip() == "gone", err
+
+
+def test_a_command_that_cannot_run_is_an_error(server: Server, tmp_path: Path) -> None:
+    r = server.sdexec(
+        "proxy", server.uri, "/nonexistent/command", env=server.env(TMPDIR=str(tmp_path))
+    )
+    assert r.returncode == 1
+    assert "cannot run /nonexistent/command" in r.stderr.decode()
+    assert list(tmp_path.iterdir()) == []  # the socket directory is gone too
