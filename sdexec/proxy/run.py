@@ -228,6 +228,9 @@ def run(opts: ProxyOptions) -> int:
     from sdexec import logs
 
     logs.configure("warning")  # the transport's rare warnings: stderr, never the child's stdout
+    # An ignored SIGCHLD survives exec(2); with it the kernel reaps our child
+    # before we can, and its status is lost (asyncio reports 255).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         return asyncio.run(Proxy(opts).run())
     except SdexecError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,3 +127,14 @@ def test_a_command_that_cannot_run_is_an_error(server: Server, tmp_path: Path) -
     assert r.returncode == 1
     assert "cannot run /nonexistent/command" in r.stderr.decode()
     assert list(tmp_path.iterdir()) == []  # the socket directory is gone too
+
+
+def test_exit_status_survives_an_inherited_ignored_sigchld(server: Server) -> None:
+    # Started with SIGCHLD ignored, a process's children are reaped by the kernel.
+    code = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'sdexec.cli.main', 'proxy', "
+        f"{server.uri!r}, 'sh', '-c', 'exit 7'])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=server.env(), timeout=60)
+    assert r.returncode == 7

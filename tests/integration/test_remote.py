@@ -246,7 +246,7 @@ def test_server_killed_under_a_tcp_proxy_hangs_up(tcp: TcpServer) -> None:
     assert p.stdout.readline() == b"ready\n"
     tcp.server.kill()
     _, err = p.communicate(timeout=30)
-    assert p.returncode == 129
+    assert p.returncode == 129, err.decode()
     assert b"lost connection" in err
 
 
