@@ -162,8 +162,7 @@ class Proxy:
         return exit_code(returncode)
 
     def _pass_on(self, sig: int) -> None:
-        if self.child is not None and self.child.returncode is None:
-            self.child.send_signal(sig)
+        self._signal_child(sig)
 
     async def _supervise(self, up: Upstream, server: asyncio.Server) -> None:
         """Watch the connection; on loss, hang up on the child or reconnect."""
@@ -209,9 +208,13 @@ class Proxy:
             return up
 
     def _signal_child(self, sig: int) -> None:
+        # os.kill, not Process.send_signal: that polls (waitpid) first, so when
+        # SIGCONT follows the SIGHUP that killed the child it reaps the child
+        # under asyncio's watcher, which then reports 255.  Until the watcher
+        # reaps it, the pid stays ours (a zombie), so it cannot be reused.
         if self.child is not None and self.child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.child.send_signal(sig)
+                os.kill(self.child.pid, sig)
 
 
 async def _guard(work: Awaitable[None]) -> None:
