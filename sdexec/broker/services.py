@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import structlog
+
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.message import ROLE_OWNER, Message, MsgFlag, MsgType
 
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from sdexec.broker.router import Request, Router
 
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_+:-]{0,127}")
+
+log = structlog.get_logger("sdexec.services")
 
 PendingKey = tuple[str, tuple[str, ...], int]  # (provider conn, routes as sent, matchtag)
 
@@ -88,6 +92,7 @@ class ClientServices:
             raise SdexecError(errno.EEXIST, f"service {name} is already registered")
         self.owners[name] = req.conn.id
         self.providers.setdefault(req.conn.id, _Provider()).names.add(name)
+        log.info("service added", service=name, uid=req.userid, conn=req.conn.id)
         req.respond(None)
 
     def remove(self, req: Request) -> None:
@@ -96,6 +101,7 @@ class ClientServices:
             raise SdexecError(errno.ENOENT, f"service {name} is not registered by this client")
         del self.owners[name]
         self.providers[req.conn.id].names.discard(name)
+        log.info("service removed", service=name, uid=req.userid, conn=req.conn.id)
         req.respond(None)
 
     # --- routing ----------------------------------------------------------------------
@@ -142,6 +148,7 @@ class ClientServices:
             for name in provider.names:
                 if self.owners.get(name) == conn_id:
                     del self.owners[name]
+                    log.info("service removed", service=name, conn=conn_id, reason="disconnect")
             for request in provider.pending.values():
                 response = request.response(
                     errnum=errno.ENOSYS, text=f"service {request.topic} went away"

@@ -272,3 +272,11 @@ def test_name_can_be_registered_again_after_its_provider_left(router: Router) ->
     ok(router, first, "service.add", {"service": "svc"})
     router.closed(first)
     ok(router, Peer(router), "service.add", {"service": "svc"})
+
+
+def test_service_registration_is_logged(router: Router) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        ok(router, Peer(router), "service.add", {"service": "svc"})
+    assert [(e["event"], e["service"]) for e in logs] == [("service added", "svc")]
