@@ -279,4 +279,5 @@ def test_service_registration_is_logged(router: Router) -> None:
 
     with structlog.testing.capture_logs() as logs:
         ok(router, Peer(router), "service.add", {"service": "svc"})
-    assert [(e["event"], e["service"]) for e in logs] == [("service added", "svc")]
+    added = [e for e in logs if e["event"] == "service added"]
+    assert [(e["service"], e["uid"]) for e in added] == [("svc", OWNER)]
