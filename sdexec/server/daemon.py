@@ -164,7 +164,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
                 router,
                 opts.curve_key or "",
                 opts.curve_authorized or "",
-                owner if opts.curve_uid is None else opts.curve_uid,
+                router.owner_uid if opts.curve_uid is None else opts.curve_uid,
             )
             log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
             tcp_task = tg.create_task(tcp.run())

@@ -88,6 +88,17 @@ class _PeerTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    # Holding a peer (the security gate's back-pressure) cannot stop one
+    # ZeroMQ peer's reads: its messages are queued by the router instead.
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return True
+
 
 class ZmqPeer(Connection):
     """One CURVE-authenticated client of the ROUTER socket."""
