@@ -215,6 +215,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
     uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
     uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
+    ranks_parent = _ranks_parent(fmt)
 
     parser = argparse.ArgumentParser(
         prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
@@ -226,7 +227,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "exec",
-        parents=[uri_parent],
+        parents=[uri_parent, ranks_parent],
         help="run a command on the server, forwarding its I/O and signals",
         description=_EXEC_DESCRIPTION,
         epilog=_EXEC_EPILOG,
@@ -271,12 +272,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
     )
+    p.add_argument(
+        "-l",
+        "--label-io",
+        action="store_true",
+        help="with -r: prefix each output line with its rank",
+    )
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     subs["exec"] = p
 
     p = sub.add_parser(
         "kill",
-        parents=[uri_parent],
+        parents=[uri_parent, ranks_parent],
         help="send a signal to a process",
         description="Send a signal to a process of the server, by pid or label.",
         epilog=_KILL_EPILOG,
@@ -295,7 +302,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "wait",
-        parents=[uri_parent],
+        parents=[uri_parent, ranks_parent],
         help="wait for a waitable background process and return its status",
         description="Wait for a background process to finish and exit with its status.",
         epilog=_WAIT_EPILOG,
@@ -306,7 +313,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "ps",
-        parents=[uri_parent],
+        parents=[uri_parent, ranks_parent],
         help="list the server's processes",
         description="List the processes of the server: PID LABEL STATE CMD.",
         epilog=_PS_EPILOG,
@@ -341,7 +348,38 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="debug, info, warning or error (default: info)",
     )
     subs["serve"] = p
+
+    from sdexec.cli.perilog import add_parser as add_perilog_parser
+
+    subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
     return parser, subs
+
+
+def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+    """--hosts, -r and -x: address many servers (ranks) of a hosts file at once."""
+    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    group = parent.add_argument_group("many ranks")
+    group.add_argument(
+        "--hosts",
+        metavar="FILE",
+        default=None,
+        help="the hosts file, one server URI per line (default: $SDEXEC_HOSTS)",
+    )
+    group.add_argument(
+        "-r",
+        "--ranks",
+        metavar="IDSET",
+        default=None,
+        help="run on these ranks of the hosts file: an RFC 22 idset (0-3,7) or 'all'",
+    )
+    group.add_argument(
+        "-x",
+        "--exclude",
+        metavar="IDSET",
+        default=None,
+        help="leave out these ranks (implies -r all when -r is not given)",
+    )
+    return parent
 
 
 def _version() -> str:
@@ -363,33 +401,65 @@ def _serve(args: argparse.Namespace) -> int:
     return int(daemon.main(args))
 
 
+def _many_ranks(args: argparse.Namespace, subs: dict[str, argparse.ArgumentParser]) -> bool:
+    """True when -r/-x address the ranks of a hosts file (-x alone means -r all)."""
+    if getattr(args, "ranks", None) is None and getattr(args, "exclude", None) is None:
+        return False
+    if args.ranks is None:
+        args.ranks = "all"
+    if getattr(args, "uri", None) is not None:
+        subs[args.command].error("--uri and -r/-x exclude each other")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sdexec`` command line; returns the exit status."""
     parser, subs = build_parser()
     args = parser.parse_args(argv)
+    many = _many_ranks(args, subs)
     try:
         if args.command == "exec":
             if args.cmdline[:1] == ["--"]:
                 del args.cmdline[0]
             if not args.cmdline:
                 subs["exec"].error("a COMMAND is required")
+            if many:
+                from sdexec.cli.fanout import run_exec as run_exec_many
+
+                return run_exec_many(args)
             from sdexec.cli.exec import run as run_exec
 
             return run_exec(args)
         if args.command == "kill":
+            if many:
+                from sdexec.cli.fanout import run_kill as run_kill_many
+
+                return run_kill_many(args)
             from sdexec.cli.kill import run as run_kill
 
             return run_kill(args)
         if args.command == "wait":
+            if many:
+                from sdexec.cli.fanout import run_wait as run_wait_many
+
+                return run_wait_many(args)
             from sdexec.cli.wait import run as run_wait
 
             return run_wait(args)
         if args.command == "ps":
+            if many:
+                from sdexec.cli.fanout import run_ps as run_ps_many
+
+                return run_ps_many(args)
             from sdexec.cli.ps import run as run_ps
 
             return run_ps(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "perilog":
+            from sdexec.cli.perilog import run as run_perilog
+
+            return run_perilog(args)
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checked it
