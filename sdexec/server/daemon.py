@@ -36,6 +36,9 @@ class ServeOptions:
     rank: int = 0
     size: int = 1
     on_shutdown: str = "keep"
+    # A listening socket inherited through systemd socket activation: used
+    # instead of binding socket_path, and never unlinked (systemd owns it).
+    listen_sock: socket.socket | None = None
 
 
 def default_state_dir(socket_path: str) -> Path:
@@ -107,7 +110,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     async with asyncio.TaskGroup() as tg:
         router.attach(tg)
-        server = await listen_local(opts.socket_path, router)
+        server = await listen_local(opts.socket_path, router, sock=opts.listen_sock)
         bus_watch = tg.create_task(watch_bus())
         log.info(
             "listening",
@@ -116,6 +119,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             rank=opts.rank,
             state_dir=str(opts.state_dir),
             pid=os.getpid(),
+            socket_activated=opts.listen_sock is not None,
         )
         notify("READY=1")
         await stop.wait()
@@ -129,8 +133,9 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         bus.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(opts.socket_path)
+    if opts.listen_sock is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(opts.socket_path)
     return service.background_alive()
 
 
@@ -138,10 +143,15 @@ def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
+        from sdexec.server.activation import listen_fds, local_socket
+
+        inherited = local_socket(listen_fds())
         # Not $SDEXEC_URI: that names the server a client talks to (and is set in
-        # every process we run), not where a new server should listen.
-        uri = args.uri or LOCAL_SCHEME + default_local_path()
-        path = local_path(uri)
+        # every process we run), not where a new server should listen.  A socket
+        # from systemd names itself.
+        default = LOCAL_SCHEME + (inherited[1] if inherited else default_local_path())
+        uri = args.uri or default
+        path = inherited[1] if inherited else local_path(uri)
         state_dir = (
             Path(args.state_dir) if getattr(args, "state_dir", None) else (default_state_dir(path))
         )
@@ -153,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
             systemd=mode,
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
+            listen_sock=inherited[0] if inherited else None,
         )
         manager = None
         bus_address: str | None = None

@@ -24,6 +24,8 @@ from conftest import REPO, Cluster, Server
 
 from sdexec.systemd.private import PrivateManager
 
+CLI = [sys.executable, "-m", "sdexec.cli.main"]
+
 
 def test_exec_all_prints_one_labelled_line_per_rank(cluster: Cluster) -> None:
     r = cluster.sdexec("exec", "-r", "all", "-l", "--", "sh", "-c", "echo host $SDEXEC_RANK")
@@ -81,8 +83,7 @@ def test_missing_command_is_an_error_on_every_rank(cluster: Cluster) -> None:
 
 def test_sigterm_is_forwarded_to_every_rank(cluster: Cluster) -> None:
     cli = subprocess.Popen(
-        [sys.executable, "-m", "sdexec.cli.main", "exec", "-r", "all", "-l", "-n", "--"]
-        + ["sh", "-c", "echo up; exec sleep 60"],
+        [*CLI, "exec", "-r", "all", "-l", "-n", "--", "sh", "-c", "echo up; exec sleep 60"],
         env=cluster.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
