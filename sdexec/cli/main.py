@@ -45,6 +45,8 @@ examples:
   sdexec ps                               list the server's processes
   sdexec kill -s INT nightly              signal a process by label or pid
   sdexec wait nightly                     its exit status becomes sdexec's
+  sdexec exec -r all -l hostname         on every rank of $SDEXEC_HOSTS
+  sdexec perilog run --phase prolog --timeout 30 -- /etc/sdexec/prolog
 
 Run "sdexec COMMAND --help" for the options and exit status of a command.
 """
@@ -84,8 +86,20 @@ exit status:
   With --bg: 0 once the process has started, 1 if it could not be started
   (for example, a label already in use).
 
+many ranks:
+  With -r IDSET (RFC 22: 0-3,7; or all) and/or -x IDSET, COMMAND runs at once
+  on those ranks of a hosts file (--hosts FILE, else $SDEXEC_HOSTS: one server
+  URI per line with an optional hostname; a rank is a line's position among
+  the servers, from 0). -l prefixes each output line with "RANK: "; stdin goes
+  to every rank, SIGINT and SIGTERM too; each command gets SDEXEC_RANK. The
+  exit status is the highest of the ranks' (68 for an unreachable rank, when
+  nothing is worse). If some rank did not succeed, a summary on stderr groups
+  the ranks by outcome: "sdexec: [3,7]: exit 1", "sdexec: 5: unreachable: ...".
+  With --bg, each rank's pid is printed as "RANK: PID".
+
 examples:
   sdexec exec -- uname -a
+  sdexec exec -r all -l -- hostname
   tar cf - src | sdexec exec -d /scratch -- tar xf -
   sdexec exec -n -p MemoryMax=2G -- ./simulate --steps 100
   sdexec exec --bg --waitable --label epilog -- /etc/sdexec/epilog.sh

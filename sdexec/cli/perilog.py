@@ -118,7 +118,12 @@ def add_parser(
         default=None,
         help="show live progress on stderr (default: when stderr is a terminal)",
     )
-    r.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="SCRIPT [ARG...]")
+    r.add_argument(
+        "cmdline",
+        nargs=argparse.REMAINDER,
+        metavar="SCRIPT [ARG...]",
+        help="the script to run on every rank, and its arguments",
+    )
     return {"perilog": p, "perilog run": r}
 
 
