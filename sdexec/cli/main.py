@@ -45,7 +45,7 @@ examples:
   sdexec ps                               list the server's processes
   sdexec kill -s INT nightly              signal a process by label or pid
   sdexec wait nightly                     its exit status becomes sdexec's
-  sdexec exec -r all -l hostname         on every rank of $SDEXEC_HOSTS
+  sdexec exec -r all -l hostname          on every rank of $SDEXEC_HOSTS
   sdexec perilog run --phase prolog --timeout 30 -- /etc/sdexec/prolog
 
 Run "sdexec COMMAND --help" for the options and exit status of a command.
