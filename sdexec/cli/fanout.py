@@ -124,15 +124,18 @@ class _GiveUp(Exception):
 
 
 async def _forward_signals(procs: list[RankProcess], queue: asyncio.Queue[int]) -> None:
+    """Forward each signal to every rank; a delivery that waits (for a rank that
+    has not started yet) does not hold up the next signal."""
     last_sigint = -INTERRUPT_WINDOW
-    while True:
-        signum = await queue.get()
-        if signum == signal.SIGINT:
-            now = asyncio.get_running_loop().time()
-            if now - last_sigint < INTERRUPT_WINDOW:
-                raise _GiveUp
-            last_sigint = now
-        await kill_all(procs, signum)
+    async with asyncio.TaskGroup() as tg:
+        while True:
+            signum = await queue.get()
+            if signum == signal.SIGINT:
+                now = asyncio.get_running_loop().time()
+                if now - last_sigint < INTERRUPT_WINDOW:
+                    raise _GiveUp
+                last_sigint = now
+            tg.create_task(kill_all(procs, signum))
 
 
 async def _exec_attached(
