@@ -320,7 +320,7 @@ class Perilog:
             await r.proc.abandon(SdexecError(errno.ETIMEDOUT, "timed out before it started"))
             return
         for signum in (signal.SIGTERM, signal.SIGKILL):
-            if await r.proc.kill(signum):
+            if await r.proc.kill(signum, within=self.kill_timeout):
                 r.signals_sent.append(signum)
             if await _ended(task, self.kill_timeout):
                 return

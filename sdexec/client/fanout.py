@@ -223,14 +223,19 @@ class RankProcess:
                 await asyncio.gather(*waiters, return_exceptions=True)
         return self.running
 
-    async def kill(self, signum: int) -> bool:
-        """Deliver ``signum`` once the process runs; True if the server did it."""
+    async def kill(self, signum: int, within: float | None = None) -> bool:
+        """Deliver ``signum`` once the process runs; True if the server did it.
+
+        ``within`` bounds the wait for the server's answer (a hung server must
+        not hold up a caller with deadlines of its own).
+        """
         if not await self.wait_started() or self.handle is None:
             return False
         try:
-            await self.handle.rpc(KILL_TOPIC, {"pid": self.session.pid, "signum": signum})
-        except SdexecError:
-            return False  # gone already, or the connection with it
+            async with asyncio.timeout(within):
+                await self.handle.rpc(KILL_TOPIC, {"pid": self.session.pid, "signum": signum})
+        except (SdexecError, TimeoutError):
+            return False  # gone already, the connection with it, or no answer
         return True
 
 

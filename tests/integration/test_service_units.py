@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Server
+
+from sdexec.systemd.private import PrivateManager
 
 UNITS = REPO / "units"
 SHIPPED_EXEC = "/usr/bin/sdexec"
@@ -150,3 +154,35 @@ def test_second_activation_after_stop_serves_again(installed: Installed) -> None
     again = srv.sdexec("exec", "--", "echo", "again", env=env)
     assert again.returncode == 0, again.stderr
     assert again.stdout == b"again\n"
+
+
+def test_server_notifies_ready_after_listening_and_stopping_at_shutdown(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own private manager: a server stopped with SIGTERM stops the manager it used.
+    notify_path = workdir / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(notify_path))
+    receiver.settimeout(60)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    state = workdir / "notify-state"
+    srv = Server(PrivateManager(state), str(workdir / "notify-srv"), state, workdir / "notify.log")
+    log = srv.log_path.open("ab")
+    srv.proc = srv.popen(
+        "serve", "--uri", srv.uri, "--systemd", "private", "--state-dir", str(state),
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+    )  # fmt: skip
+    log.close()
+    try:
+        assert receiver.recv(4096) == b"READY=1"
+        # READY means listening: a client is accepted at once.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(srv.socket_path)
+            assert client.recv(1) == b"\0"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert receiver.recv(4096) == b"STOPPING=1"
+        assert srv.stop() == 0
+    finally:
+        if srv.proc is not None:
+            srv.stop()
+        receiver.close()
