@@ -194,3 +194,49 @@ def test_single_rank_path_does_not_import_asyncio(cluster: Cluster) -> None:
     env = cluster.servers[0].env()
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, cwd=REPO)
     assert r.stdout.split() == [b"False", b"0"], r.stderr
+
+
+def test_stdin_from_a_regular_file_reaches_every_rank(cluster: Cluster, workdir: Path) -> None:
+    data = workdir / "stdin-file"
+    data.write_bytes(b"x" * 100_000)
+    with data.open("rb") as f:
+        r = subprocess.run(
+            [*CLI, "exec", "-r", "all", "-l", "--", "wc", "-c"],
+            stdin=f,
+            env=cluster.env(),
+            capture_output=True,
+            timeout=60,
+        )
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.decode().splitlines()) == [f"{n}: 100000" for n in range(4)]
+
+
+def test_double_ctrl_c_gives_up_on_every_rank(cluster: Cluster) -> None:
+    script = "trap '' INT; echo up; exec sleep 60"
+    cli = subprocess.Popen(
+        [*CLI, "exec", "-r", "0-1", "-l", "-n", "--", "sh", "-c", script],
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert cli.stdout is not None
+        for _ in range(2):
+            assert cli.stdout.readline().endswith(b": up\n")
+        cli.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 130
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert b"interrupted; the servers stop the command" in cli.stderr.read()  # type: ignore[union-attr]
+    # The servers stopped both processes when the connections went away.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ps = cluster.sdexec("ps", "-r", "0-1", "-n", "-o", "{cmd}")
+        if "sh" not in ps.stdout.decode().split():
+            break
+        time.sleep(0.2)
+    assert "sh" not in ps.stdout.decode().split()
