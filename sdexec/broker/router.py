@@ -13,8 +13,9 @@ Handlers are plain functions ``handler(req) -> None | Awaitable[None]``.
 A synchronous handler runs inline (the fast path for ``write``/``list``/
 ``kill`` bookkeeping); a coroutine is run as a task owned by the router's
 TaskGroup.  Either way an exception becomes an RFC 6 error response here,
-and only here: an ``OSError`` keeps its errno and message, anything else is
-logged and answered with EIO.  A request with NORESPONSE never gets one.
+and only here: an ``OSError`` keeps its errno and message, a ``ValueError``
+is EINVAL, anything else is a bug: logged with its traceback, answered EIO.
+A request with NORESPONSE never gets one.
 
 A request's *sender* is the connection id followed by the request's route
 stack read from the origin outward, so requests relayed by a proxy on behalf

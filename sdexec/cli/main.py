@@ -339,6 +339,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     subs["ps"] = p
 
     p = sub.add_parser(
+        "attach",
+        parents=[uri_parent],
+        help="follow a background process and wait for its end",
+        description="Attach to a background process: print what it wrote so far (replayed from "
+        "the journal), follow its output live, and exit with its exit status when it ends.",
+        epilog="Ctrl-C detaches and leaves the process running. A waitable process that has "
+        "finished is reaped by attaching to it.\n\nexit status: the process's, as for exec; "
+        "125 when sdexec itself failed; 130 after Ctrl-C.",
+        formatter_class=fmt,
+    )
+    p.add_argument("target", metavar="PID|LABEL")
+    subs["attach"] = p
+
+    p = sub.add_parser(
+        "logs",
+        parents=[uri_parent],
+        help="print a background process's output",
+        description="Print the output a background process has written, stdout to stdout and "
+        "stderr to stderr, each in order. The output is kept in the journal (SyslogIdentifier "
+        "is the label), or in files in the server's state directory when there is no journald.",
+        formatter_class=fmt,
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
+    p.add_argument("target", metavar="PID|LABEL")
+    subs["logs"] = p
+
+    p = sub.add_parser(
         "serve",
         parents=[uri_parent],
         help="run an sdexec server",
@@ -354,6 +383,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--rank", type=int, default=0, help="this server's rank (default: 0)")
     p.add_argument("--state-dir", metavar="DIR", default=None, help="where state is kept")
+    p.add_argument(
+        "--on-shutdown",
+        choices=("keep", "stop"),
+        default="keep",
+        help="what happens to background processes when the server stops (default: keep)",
+    )
     p.add_argument(
         "--log-level",
         metavar="LEVEL",
@@ -468,6 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdexec.cli.ps import run as run_ps
 
             return run_ps(args)
+        if args.command == "attach":
+            from sdexec.cli.attach import run as run_attach
+
+            return run_attach(args)
+        if args.command == "logs":
+            from sdexec.cli.logs import run as run_logs
+
+            return run_logs(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "perilog":

@@ -85,8 +85,18 @@ class Message:
     every client's start-up path and ``dataclasses`` costs ~10 ms to import.
     """
 
-    __slots__ = ("_json", "aux1", "aux2", "flags", "payload", "rolemask", "routes", "topic",
-                 "type", "userid")
+    __slots__ = (
+        "_json",
+        "aux1",
+        "aux2",
+        "flags",
+        "payload",
+        "rolemask",
+        "routes",
+        "topic",
+        "type",
+        "userid",
+    )
 
     def __init__(
         self,
@@ -111,8 +121,7 @@ class Message:
         self.aux2 = aux2
         self._json: Any = None
 
-    _FIELDS = ("type", "topic", "payload", "flags", "routes", "userid", "rolemask", "aux1",
-               "aux2")
+    _FIELDS = ("type", "topic", "payload", "flags", "routes", "userid", "rolemask", "aux1", "aux2")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -264,7 +273,7 @@ def decode_json_payload(payload: bytes | None) -> dict[str, Any]:
     data = payload[:-1] if payload.endswith(b"\0") else payload
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("payload is not valid JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("JSON payload is not an object")

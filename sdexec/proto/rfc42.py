@@ -226,7 +226,10 @@ def decode_io_data(io: dict[str, Any]) -> bytes:
         return b""
     encoding = _opt(io, "encoding", str, "io")
     if encoding is None or encoding.upper() in ("UTF-8", "UTF8"):
-        return data.encode("utf-8", "surrogateescape")
+        try:
+            return data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
+            raise ProtocolError("io.data is not valid UTF-8") from exc
     if encoding == "base64":
         try:
             return base64.b64decode(data, validate=True)

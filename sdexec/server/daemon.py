@@ -95,8 +95,22 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     owner = os.getuid()
     router = Router(owner_uid=owner)
     Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
+    from sdexec.server.outputlog import choose
+
     journal = Journal.for_mode(opts.systemd, journal_dir)
-    service = Service(router, bus, rank=opts.rank, uri=opts.uri, journal=journal)
+    journal_ok = opts.systemd != "private" or (
+        journal_dir is not None and Path(journal_dir).parent.is_dir()
+    )
+    outputlog = choose(journal, journal_ok, opts.state_dir)
+    service = Service(
+        router,
+        bus,
+        rank=opts.rank,
+        uri=opts.uri,
+        journal=journal,
+        state_dir=opts.state_dir,
+        outputlog=outputlog,
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,8 +124,10 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     async with asyncio.TaskGroup() as tg:
         router.attach(tg)
+        await service.adopt()
         server = await listen_local(opts.socket_path, router, sock=opts.listen_sock)
         bus_watch = tg.create_task(watch_bus())
+        stopped_watch = tg.create_task(service.watch_stopped())
         log.info(
             "listening",
             uri=opts.uri,
@@ -130,13 +146,14 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         for conn in list(router.connections.values()):
             conn.close()
         bus_watch.cancel()
+        stopped_watch.cancel()
         bus.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     if opts.listen_sock is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(opts.socket_path)
-    return service.background_alive()
+    return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -15,18 +15,23 @@ State is a small table (:class:`ProcState`)::
         |                    |
         +--exec failed--> (gone)    +--finished--> EXITED --wait/attach--> (reaped)
 
-A streaming client (the ``exec`` request itself, or later an ``attach``)
-receives ``output`` for each forwarded stream, ``finished``, and ENODATA once
-the process has finished *and* every forwarded stream has reached EOF.
-Background processes keep their output (the last ``KEEP_BYTES`` per stream)
-and log it.
+A streaming ``exec`` client receives ``output`` for each forwarded stream
+from the unit's pipes, ``finished``, and ENODATA once the process has
+finished *and* every forwarded stream has reached EOF.
+
+A background process's output never passes through the server (see
+:mod:`sdexec.server.outputlog`).  An ``attach`` client gets ``attached``,
+then the stored output replayed and followed live, ``stopped`` when the
+process is stopped, and — once the process has finished and its output has
+all been read back — the EOFs, ``finished`` and ENODATA.  When an attached
+client goes away the process simply goes on in the background.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -38,11 +43,10 @@ from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Sta
 
 if TYPE_CHECKING:
     from sdexec.broker.router import Request, Sender
+    from sdexec.server.channels import AuxChannels
     from sdexec.server.service import Service
 
 log = structlog.get_logger("sdexec.proc")
-
-KEEP_BYTES = 1 << 20
 
 
 class ProcState(enum.Enum):
@@ -81,10 +85,12 @@ class Process:
         self.tracker = UnitTracker()
         self.outputs: dict[str, OutputPipe] = {}
         self.stdin: InputPipe | None = None
-        self.kept: dict[str, collections.deque[bytes]] = {}
+        self.ident = cmd.label or unit  # journal identifier of background output
+        self.attached = False  # self.client is an attach stream
         self.waiter: Request | None = None
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
+        self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
 
     # --- identity -------------------------------------------------------------------
 
@@ -130,7 +136,9 @@ class Process:
         """Exit 200-243 before the exec was seen: ask the journal whose code it is."""
         failure = await self.service.journal.spawn_failure(self.unit)
         if failure is not None:
-            self._exec_failed(*failure)
+            errnum, text, step = failure
+            subject = (self.cmd.cwd or "working directory") if step == "CHDIR" else None
+            self._exec_failed(errnum, text, subject)
         else:
             self._started(fin.pid)
             self._finished(fin.status)
@@ -156,6 +164,8 @@ class Process:
         for pipe in self.outputs.values():
             pipe.resume()
         self._flow()
+        if self.aux is not None:  # channel credit (sdexec.server.channels)
+            self.aux.started()
 
     def _finished(self, status: int) -> None:
         self.status = status
@@ -164,16 +174,18 @@ class Process:
         log.info("finished", status=status, **self.log_fields())
         if self.stdin is not None:
             self.stdin.close()
+        if self.attached:
+            return  # the follower sends finished once all output is replayed
         if self.client is not None:
             self.client.respond(rfc42.finished(self.pid, status))
         self._maybe_end()
 
-    def _exec_failed(self, errnum: int, message: str) -> None:
+    def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
         self.service.bus.unwatch(self.unit)
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:
-            self.client.error(errnum, f"{self.cmd.cmdline[0]}: {message}")
+            self.client.error(errnum, f"{subject or self.cmd.cmdline[0]}: {message}")
             self.client = None
         self.service.proc_gone(self)
 
@@ -202,11 +214,7 @@ class Process:
     # --- output ---------------------------------------------------------------------------
 
     def output(self, stream: str, data: bytes, eof: bool) -> None:
-        """Sink for an :class:`OutputPipe`: forward to the client, keep, log."""
-        if data and self.background:
-            kept = self.kept.setdefault(stream, collections.deque())
-            kept.append(data)
-            self.service.kept_bytes(self, stream, data)
+        """Sink for an :class:`OutputPipe`: forward to the streaming client."""
         client = self.client
         if client is not None:
             client.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data, eof)))
@@ -240,6 +248,8 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if self.aux is not None and self.aux.write(stream, data, eof):  # a channel
+            return
         if stream != "stdin" or self.stdin is None:
             return  # unknown channels may be ignored (RFC 42 "write")
         if data:
@@ -256,12 +266,71 @@ class Process:
         else:
             client.respond(rfc42.add_credit({"stdin": n}))
 
+    # --- attach ------------------------------------------------------------------------------
+
+    def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        """Attach a streaming client; returns the follower to run, if any."""
+        self.client = req
+        self.attached = True
+        self.sender = req.sender
+        req.respond(rfc42.attached(self.pid, int(self.flags)))
+        log.info("attach", requester=req.userid, **self.log_fields())
+        # A finished process's output is replayed too, before its EOFs: the
+        # RFC's required responses all come, and the operator sees the output.
+        return self._follow(req, follow=self.state is not ProcState.EXITED)
+
+    async def _follow(self, req: Request, follow: bool) -> None:
+        def sink(stream: str, data: bytes) -> None:
+            if self.client is req:
+                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data)))
+
+        def ended() -> bool:
+            return self.state is ProcState.EXITED or self.client is not req
+
+        async def drain() -> None:
+            await req.conn.wait_writable()
+
+        await self.service.outputlog.follow(
+            self.unit, self.ident, sink, tail=None, ended=ended, follow=follow, drain=drain
+        )
+        if self.client is req:
+            self._attach_done(req)
+
+    def _attach_done(self, req: Request) -> None:
+        assert self.status is not None
+        for stream in ("stdout", "stderr"):
+            req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
+        req.respond(rfc42.finished(self.pid, self.status))
+        req.end()
+        self.client = None
+        self.attached = False
+        self.service.reap(self)  # RFC 42: a finished attach reaps the process
+
+    # --- stopped (SIGSTOP is invisible on D-Bus: read /proc) -------------------------
+
+    def poll_stopped(self) -> None:
+        """Called periodically while a client watches: report SIGSTOP as ``stopped``."""
+        if self.state not in (ProcState.RUNNING, ProcState.STOPPED) or not self.pid:
+            return
+        stopped = proc_state(self.pid) in ("T", "t")
+        if stopped and self.state is ProcState.RUNNING:
+            self.state = ProcState.STOPPED
+            log.info("stopped", **self.log_fields())
+            if self.client is not None:
+                self.client.respond(rfc42.stopped(self.pid))
+        elif not stopped and self.state is ProcState.STOPPED:
+            self.state = ProcState.RUNNING
+            log.info("continued", **self.log_fields())
+
     # --- client going away -------------------------------------------------------------
 
     def detach_client(self) -> None:
         """The streaming client disconnected."""
+        if self.attached:
+            log.info("detach", **self.log_fields())
         self._unhook_writable()
         self.client = None
+        self.attached = False
         self._flow()
 
     def _close_pipes(self) -> None:
@@ -273,3 +342,15 @@ class Process:
     def release(self) -> None:
         self._unhook_writable()
         self._close_pipes()
+        if self.aux is not None:  # channels, msgchans (sdexec.server.channels)
+            self.aux.close()
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of a process from /proc (``?`` if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return "?"
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode() or "?"

@@ -25,22 +25,29 @@ is driven by the unit's signals, in :class:`~sdexec.server.process.Process`.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
 import structlog
+from dbus_fast import Variant
 
 from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
+from sdexec.server.channels import setup_aux, shutdown_aux
+from sdexec.server.outputlog import FileLog, OutputLog
 from sdexec.server.pipes import InputPipe, OutputPipe
-from sdexec.server.process import Process, ProcState
+from sdexec.server.process import Process, ProcState, proc_state
+from sdexec.server.statefile import ProcRecord, StateDir
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
@@ -48,11 +55,13 @@ from sdexec.systemd.journal import Journal
 log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-LOG_LINE_MAX = 1024
+STOPPED_POLL = 0.05
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     """The absolute path ``execvp`` would run, or ENOENT/EACCES like it."""
+    if not argv0:
+        raise SdexecError(errno.ENOENT, ": No such file or directory")
     if "/" in argv0:
         path = argv0 if os.path.isabs(argv0) else os.path.join(cwd or os.getcwd(), argv0)
         _check_executable(argv0, path)
@@ -98,10 +107,15 @@ class Service:
         rank: int = 0,
         uri: str | None = None,
         journal: Journal | None = None,
+        state_dir: Path | None = None,
+        outputlog: OutputLog | None = None,
     ) -> None:
         self.router = router
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
+        root = state_dir if state_dir is not None else Path(tempfile.mkdtemp(prefix="sdexec-"))
+        self.state = StateDir(root)
+        self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
         self.rank_str = str(rank)
@@ -115,6 +129,8 @@ class Service:
         self.shutting_down = False
         for method, handler, streaming_only in (
             ("exec", self.exec, False),
+            ("attach", self.attach, True),
+            ("logs", self.logs, True),
             ("write", self.write, False),
             ("kill", self.kill, False),
             ("wait", self.wait, False),
@@ -131,14 +147,30 @@ class Service:
         self.by_pid[proc.pid] = proc
 
     def proc_gone(self, proc: Process) -> None:
-        """A process that never started (exec failure): forget it."""
+        """A process that never started (exec failure): forget it and its unit."""
         self.starting.discard(proc)
         self._forget(proc)
+        if proc.background:
+            self.state.remove(proc.unit)
+            if proc.waitable:  # CollectMode=inactive keeps even a failed unit
+                self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
-        """The process's status has been delivered: forget it."""
+        """The process's status has been delivered: forget it, and let its unit go."""
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
+        if proc.background:
+            self.state.remove(proc.unit)
+            self.outputlog.forget(proc.unit)
+            if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
+                self.router.spawn(self._release_unit(proc.unit), "release unit")
+
+    async def _release_unit(self, unit: str) -> None:
+        for step in (self.bus.stop, self.bus.reset_failed):
+            try:
+                await step(unit)
+            except OSError as exc:
+                log.debug("releasing unit", unit=unit, step=step.__name__, error=exc.strerror)
 
     def _forget(self, proc: Process) -> None:
         if self.by_pid.get(proc.pid) is proc:
@@ -154,28 +186,18 @@ class Service:
     def processes(self) -> Iterable[Process]:
         return self.by_pid.values()
 
-    def kept_bytes(self, proc: Process, stream: str, data: bytes) -> None:
-        """Bound a background process's kept output and log it."""
-        kept = proc.kept[stream]
-        total = sum(len(c) for c in kept)
-        while total > (1 << 20) and len(kept) > 1:
-            total -= len(kept.popleft())
-        text = data.decode("utf-8", "replace")
-        for line in text.splitlines()[:16]:
-            log.info("output", stream=stream, line=line[:LOG_LINE_MAX], **proc.log_fields())
-
     # --- lookup ---------------------------------------------------------------------------
 
-    def lookup(self, target: rfc42.Target) -> Process:
+    def lookup(self, target: rfc42.Target, errnum: int | None = None) -> Process:
         proc = (
             self.by_label.get(target.label)
             if target.label is not None
             else self.by_pid.get(target.pid)
         )
         if proc is None or proc.state is ProcState.STARTING:
-            raise SdexecError(
-                errno.ESRCH if target.label is None else errno.ENOENT, f"process {target} not found"
-            )
+            if errnum is None:
+                errnum = errno.ESRCH if target.label is None else errno.ENOENT
+            raise SdexecError(errnum, f"process {target} not found")
         return proc
 
     # --- exec -------------------------------------------------------------------------------
@@ -206,17 +228,34 @@ class Service:
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
-        spec = properties.UnitSpec(
-            argv=[exe, *cmd.cmdline[1:]],
-            env=env,
-            cwd=cmd.cwd,
-            argv0=cmd.cmdline[0],
-            extra=properties.opts_properties(cmd.opts),
-        )
+        extra = properties.opts_properties(cmd.opts)
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
+        if proc.background:
+            # Output goes to the journal (or a file), never through us; a
+            # waitable unit is kept after it ends so that its status survives
+            # a server restart until it is waited for.
+            prefix, out_props = self.outputlog.prepare(unit, proc.ident)
+            if prefix:
+                argv, argv0 = [*prefix, *argv], prefix[0]
+            base: list[tuple[str, Variant]] = list(out_props)
+            if proc.waitable:
+                base += [
+                    ("RemainAfterExit", Variant("b", True)),
+                    ("CollectMode", Variant("s", "inactive")),
+                ]
+            extra = base + extra
+        spec = properties.UnitSpec(
+            argv=argv,
+            env=env,
+            cwd=cmd.cwd,
+            argv0=argv0,
+            extra=extra,
+        )
         fds, theirs = self._make_stdio(proc, spec, req.streaming)
         try:
+            fds = setup_aux(self, proc, spec, fds, theirs)  # channels, msgchans
             props = spec.properties()
         except BaseException:
             for fd in theirs:
@@ -227,6 +266,18 @@ class Service:
             self.by_label[cmd.label] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
+        else:
+            self.state.save(
+                ProcRecord(
+                    unit=unit,
+                    label=cmd.label,
+                    cmdline=cmd.cmdline,
+                    flags=int(er.flags),
+                    local_flags=int(er.local_flags),
+                    requester_uid=req.userid,
+                    ident=proc.ident,
+                )
+            )
         self.starting.add(proc)
         self.bus.watch(unit, proc)
         log.info(
@@ -248,6 +299,7 @@ class Service:
             self.bus.unwatch(proc.unit)
             self.starting.discard(proc)
             self._forget(proc)
+            self.state.remove(proc.unit)
             raise
         finally:
             for fd in theirs:
@@ -268,8 +320,10 @@ class Service:
             r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         spec.stdin_fd = len(fds)
         fds.append(r)
+        if not streaming:
+            return fds, list(fds)  # output: see Service.outputlog
         for stream, flag in (("stdout", ExecFlag.STDOUT), ("stderr", ExecFlag.STDERR)):
-            if streaming and not proc.flags & flag:
+            if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
             r, w = os.pipe2(os.O_CLOEXEC)
             proc.outputs[stream] = OutputPipe(stream, r, proc.output)
@@ -279,6 +333,45 @@ class Service:
                 spec.stderr_fd = len(fds)
             fds.append(w)
         return fds, list(fds)
+
+    # --- attach / logs -----------------------------------------------------------------
+
+    def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        target = rfc42.parse_target(req.payload(), "attach")
+        proc = self.lookup(target, errno.ENOENT)
+        if not proc.background:
+            raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
+        if proc.client is not None:
+            raise SdexecError(errno.EBUSY, f"process {target} already has a client attached")
+        if proc.waiter is not None:
+            raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
+        return proc.attach(req)
+
+    async def logs(self, req: Request) -> None:
+        """Stream a background process's stored output (``sdexec logs``)."""
+        payload = req.payload()
+        target = rfc42.parse_target(payload, "logs")
+        proc = self.lookup(target, errno.ENOENT)
+        if not proc.background:
+            raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
+        tail = payload.get("tail")
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            raise SdexecError(errno.EINVAL, "tail must be a non-negative integer")
+        follow = bool(payload.get("follow", False))
+
+        def sink(stream: str, data: bytes) -> None:
+            req.respond(rfc42.output(proc.pid, rfc42.io_object(stream, self.rank_str, data)))
+
+        def ended() -> bool:
+            return proc.state is ProcState.EXITED or not req.connected
+
+        async def drain() -> None:
+            await req.conn.wait_writable()
+
+        await self.outputlog.follow(
+            proc.unit, proc.ident, sink, tail=tail, ended=ended, follow=follow, drain=drain
+        )
+        req.end()
 
     # --- write ------------------------------------------------------------------------------
 
@@ -336,6 +429,26 @@ class Service:
         ]
         req.respond({"rank": self.rank, "procs": procs})
 
+    @staticmethod
+    def _state(proc: Process) -> str:
+        if proc.state is ProcState.RUNNING and proc_state(proc.pid) in ("T", "t"):
+            return ProcState.STOPPED.value
+        return proc.state.value
+
+    async def watch_stopped(self) -> None:
+        """Turn SIGSTOP into ``stopped`` responses for processes a client watches.
+
+        systemd does not report SIGSTOP on D-Bus, so the state letter in
+        /proc/PID/stat is read every STOPPED_POLL seconds, and only for
+        processes with a streaming or attached client: the cost is bounded by
+        the clients that can receive the response.
+        """
+        while True:
+            await asyncio.sleep(STOPPED_POLL)
+            for proc in list(self.by_pid.values()):
+                if proc.client is not None:
+                    proc.poll_stopped()
+
     # --- disconnect -------------------------------------------------------------------------
 
     def disconnect(self, req: Request) -> None:
@@ -362,6 +475,55 @@ class Service:
         except OSError as exc:
             log.debug("kill after disconnect failed", error=str(exc), **proc.log_fields())
 
+    # --- re-adoption ---------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take back the background units a previous server started.
+
+        Units are systemd's, not ours: each background unit has a record in the
+        state directory (see :mod:`sdexec.server.statefile`).  A unit that is
+        still loaded is watched again and its state read; one that is gone ended
+        while no server was running and, not being waitable, needs nothing
+        more.  A waitable one was kept by RemainAfterExit/CollectMode=inactive,
+        so its status is read now and delivered to the next ``wait``.  Units of
+        ours without a record were foreground processes whose client died with
+        the old server: they are stopped.
+        """
+        adopted: set[str] = set()
+        for rec in self.state.load_all():
+            cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
+            proc = Process(
+                self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None
+            )
+            proc.requester_uid = rec.requester_uid
+            proc.ident = rec.ident
+            self.bus.watch(rec.unit, proc)  # before reading: no transition is missed
+            try:
+                props = await self.bus.properties(rec.unit)
+            except OSError:
+                props = {}
+            if props.get("LoadState") != "loaded":
+                self.bus.unwatch(rec.unit)
+                self.state.remove(rec.unit)
+                log.info(
+                    "re-adoption: unit gone", unit=rec.unit, label=rec.label, waitable=proc.waitable
+                )
+                continue
+            adopted.add(rec.unit)
+            if rec.label is not None:
+                self.by_label[rec.label] = proc
+            events = proc.tracker.adopt(props)
+            for ev in events:
+                proc._event(ev)
+            log.info("re-adopted", state=proc.state.value, status=proc.status, **proc.log_fields())
+        for unit, _active, _sub in await self.bus.list_units([f"sdexec-{self.rank}-*.service"]):
+            if unit not in adopted:
+                log.info("re-adoption: stopping orphaned foreground unit", unit=unit)
+                try:
+                    await self.bus.stop(unit)
+                except OSError as exc:
+                    log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+
     # --- shutdown ---------------------------------------------------------------------------
 
     async def shutdown(self, stop_background: bool = False) -> None:
@@ -375,19 +537,19 @@ class Service:
             if proc.client is not None:
                 proc.client.error(errno.ENOSYS, "server is shutting down")
                 proc.detach_client()
+            if stop_background and proc.background:
+                self.state.remove(proc.unit)
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
                 try:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+        shutdown_aux(self)  # channels, msgchans (sdexec.server.channels)
 
-    def background_alive(self) -> int:
-        return sum(
-            1 for p in self.by_pid.values() if p.background and p.state is not ProcState.EXITED
-        )
+    def background_kept(self) -> int:
+        """Background processes whose unit or status must outlive this server.
 
-    def __contains__(self, pid: int) -> bool:
-        return pid in self.by_pid
-
-    def describe(self) -> dict[str, Any]:
-        return {"procs": len(self.by_pid), "labels": len(self.by_label)}
+        A finished waitable process counts: its status is still owed to a
+        ``wait``, and its unit (kept by RemainAfterExit) holds it.
+        """
+        return sum(1 for p in self.by_pid.values() if p.background)

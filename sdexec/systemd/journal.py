@@ -41,8 +41,10 @@ class Journal:
     def argv(self, *match: str) -> list[str]:
         return ["journalctl", "--no-pager", "-q", *self.selector, *match]
 
-    async def spawn_failure(self, unit: str, within: float = 0.5) -> tuple[int, str] | None:
-        """The errno and message of systemd's exec failure for ``unit``, if it logged one.
+    async def spawn_failure(self, unit: str, within: float = 0.5) -> tuple[int, str, str] | None:
+        """(errno, strerror, step) of systemd's exec failure for ``unit``, if it logged one.
+
+        ``step`` is systemd's name for what failed ("EXEC", "CHDIR", "USER", ...).
 
         journald may lag the D-Bus signal slightly, so this polls for up to
         ``within`` seconds.  None means no such record: the process ran.
@@ -66,7 +68,13 @@ class Journal:
                     num = int(rec.get("ERRNO", errno.EIO))
                 except (ValueError, TypeError):
                     continue
-                return num, os.strerror(num)
+                message = str(rec.get("MESSAGE", ""))
+                step = (
+                    message.split("Failed at step ", 1)[-1].split(" ", 1)[0]
+                    if ("Failed at step " in message)
+                    else "EXEC"
+                )
+                return num, os.strerror(num), step
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.05)

@@ -213,23 +213,16 @@ class PrivateManager:
         hybrid = "1" if cgroup2_root() != Path("/sys/fs/cgroup") else "0"
         inner = ["/bin/sh", "-c", _INNER, "sh", str(self.runtime_dir), str(self.state_dir), hybrid]
         if booted_with_systemd():
-            argv = [
-                "systemd-run",
-                "--user",
-                "--scope",
-                "-q",
-                "-p",
-                "Delegate=yes",
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                *inner,
-            ]
+            # A real systemd: no hand-made cgroups; a delegated scope of the
+            # caller's own manager (the system one for root) confines us.
+            scope = ["systemd-run", "--scope", "-q", "-p", "Delegate=yes"]
+            if os.geteuid() != 0:
+                scope.insert(1, "--user")
+            argv = [*scope, "unshare", "--mount", "--propagation", "private", *inner]
         else:
             self.cgroup.mkdir(parents=True, exist_ok=True)
-            # `unshare ... sh -c "$@"` needs the inner script as one word: pass it
-            # through as positional parameters after the cgroup path.
+            # The launcher moves itself into the new cgroup, then becomes
+            # `unshare ... sh -c INNER`, which becomes the manager: one pid.
             argv = [
                 "/bin/sh",
                 "-c",

@@ -68,6 +68,8 @@ class Connection(asyncio.Protocol):
         self.pid = 0
         self.accepted = False
         self.writable = True
+        self._writable_event = asyncio.Event()
+        self._writable_event.set()
         self._writable_listeners: list[Callable[[bool], None]] = []
 
     # --- asyncio.Protocol ---------------------------------------------------------
@@ -106,17 +108,20 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._writable_event.set()  # wake anyone waiting to write: there is nobody to wait for
         if self.accepted:
             self.accepted = False
             self.acceptor.closed(self)
 
     def pause_writing(self) -> None:
         self.writable = False
+        self._writable_event.clear()
         for fn in list(self._writable_listeners):
             fn(False)
 
     def resume_writing(self) -> None:
         self.writable = True
+        self._writable_event.set()
         for fn in list(self._writable_listeners):
             fn(True)
 
@@ -125,6 +130,10 @@ class Connection(asyncio.Protocol):
     def send(self, msg: Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_frame(msg))
+
+    async def wait_writable(self) -> None:
+        """Return once the peer has caught up (or the connection is gone)."""
+        await self._writable_event.wait()
 
     def on_writable(self, fn: Callable[[bool], None]) -> None:
         self._writable_listeners.append(fn)

@@ -1,0 +1,51 @@
+"""``sdexec attach``: follow a background process's output and wait for its end.
+
+The server replays what the process wrote before (from the journal) and then
+follows it live.  Ctrl-C detaches: the process goes on in the background.
+"""
+
+from __future__ import annotations
+
+from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.cli.stream import pump
+from sdexec.client.exec import exit_code
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+ATTACH_TOPIC = "sdexec.attach"
+
+
+def run(args: argparse.Namespace) -> int:
+    status: list[int] = []
+
+    def other(resp: dict[str, Any]) -> None:
+        kind = resp.get("type")
+        if kind == "finished" and isinstance(resp.get("status"), int):
+            status.append(int(resp["status"]))
+        elif kind == "stopped":
+            error(
+                f"attach: {args.target}: stopped (continue it with: sdexec kill -s CONT "
+                f"{args.target})"
+            )
+
+    try:
+        with connect(args.uri) as handle:
+            try:
+                pump(handle, ATTACH_TOPIC, {**target_payload(args.target), "flags": 0}, other)
+            except KeyboardInterrupt:
+                error(
+                    f"attach: detached from {args.target}; it goes on running "
+                    f"(stop it with: sdexec kill {args.target})"
+                )
+                return EXIT_INTERRUPTED
+    except SdexecError as exc:
+        error(f"attach: {args.target}: {exc.message}")
+        return EXIT_SDEXEC_FAILED
+    if not status:
+        error(f"attach: {args.target}: the stream ended without a finished response")
+        return EXIT_SDEXEC_FAILED
+    return exit_code(status[-1])

@@ -1,0 +1,28 @@
+"""``sdexec logs``: print a background process's stored output (``sdexec.logs``)."""
+
+from __future__ import annotations
+
+from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error, target_payload
+from sdexec.cli.stream import pump
+from sdexec.errors import SdexecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+LOGS_TOPIC = "sdexec.logs"
+
+
+def run(args: argparse.Namespace) -> int:
+    payload = {**target_payload(args.target), "follow": bool(args.follow)}
+    if args.tail is not None:
+        payload["tail"] = args.tail
+    try:
+        with connect(args.uri) as handle:
+            pump(handle, LOGS_TOPIC, payload, as_json=args.json)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except SdexecError as exc:
+        error(f"logs: {args.target}: {exc.message}")
+        return EXIT_FAILURE
+    return 0

@@ -1,0 +1,309 @@
+"""Where a background process's output lives: the journal, or an append-only file.
+
+Theory of operation
+-------------------
+A background process must not depend on the server: if its stdout were a
+pipe to the server and the server died, it would get SIGPIPE or block.  So
+its output never passes through the server.
+
+:class:`JournalLog` (when the manager has a journald): the command runs
+behind ``systemd-cat`` (part of systemd), which connects stdout and stderr
+to journald as two streams and then execs the command, so the pid, the
+unit's cgroup (``_SYSTEMD_USER_UNIT``) and the exit status are the
+command's own.  The identifier (``SYSLOG_IDENTIFIER``) is the label, and the
+two streams are told apart by priority: stdout is ``info`` (6), stderr
+``err`` (3), with level prefixes off so a line cannot pose as the other
+stream.  Lines come back exactly: journald marks a line that did not end in
+a newline with ``_LINE_BREAK``, and keeps non-UTF-8 lines as bytes.
+
+:class:`FileLog` (no journald): ``StandardOutput=append:`` and
+``StandardError=append:`` files per unit in the state directory.
+
+Both replay from the start (or the last N lines) and then follow live, each
+stream in order.  Following ends once the process has finished and the log
+has been quiet for a moment (journald may still be writing the last lines
+when systemd reports the exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from dbus_fast import Variant
+
+from sdexec.systemd.journal import Journal
+
+Sink = Callable[[str, bytes], None]  # (stream, data)
+Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
+
+PRIORITY_STDOUT = 6
+PRIORITY_STDERR = 3
+QUIET_AFTER_EXIT = 0.25
+POLL = 0.05
+
+
+class OutputLog(Protocol):
+    """What the service needs from an output store."""
+
+    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
+        """(argv prefix, extra unit properties) for a background unit."""
+        ...
+
+    async def follow(
+        self,
+        unit: str,
+        ident: str,
+        sink: Sink,
+        *,
+        tail: int | None,
+        ended: Callable[[], bool],
+        follow: bool = True,
+        drain: Drain | None = None,
+    ) -> None:
+        """Replay the output, then follow until ``ended()`` and the log is quiet.
+
+        ``drain`` is awaited after each delivery: that is how a slow reader
+        holds the replay back instead of filling the server's memory.
+        """
+        ...
+
+    def forget(self, unit: str) -> None:
+        """The process has been reaped: its stored output may go."""
+        ...
+
+
+def _message_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, list):
+        return bytes(value)
+    return b""
+
+
+class JournalLog:
+    """Background output in the journal, through ``systemd-cat``."""
+
+    def __init__(self, journal: Journal, systemd_cat: str = "/usr/bin/systemd-cat") -> None:
+        self.journal = journal
+        self.systemd_cat = systemd_cat
+        self.unit_field = (
+            "_SYSTEMD_UNIT" if journal.unit_field == "UNIT" else ("_SYSTEMD_USER_UNIT")
+        )
+
+    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
+        prefix = [
+            self.systemd_cat,
+            "-t",
+            ident,
+            f"--priority={PRIORITY_STDOUT}",
+            f"--stderr-priority={PRIORITY_STDERR}",
+            "--level-prefix=false",
+            "--",
+        ]
+        return prefix, [("SyslogIdentifier", Variant("s", ident))]
+
+    def argv(
+        self, unit: str, ident: str, *, tail: int | None, follow: bool, after: str | None = None
+    ) -> list[str]:
+        args = ["-o", "json", "--all", "--output-fields=MESSAGE,PRIORITY,_LINE_BREAK"]
+        if after is not None:
+            args.append(f"--after-cursor={after}")
+        else:
+            args += ["--lines", str(tail)] if tail is not None else ["--lines=all"]
+        if follow:
+            args.append("--follow")
+        return self.journal.argv(
+            *args, f"{self.unit_field}={unit}", f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"
+        )
+
+    async def follow(
+        self,
+        unit: str,
+        ident: str,
+        sink: Sink,
+        *,
+        tail: int | None,
+        ended: Callable[[], bool],
+        follow: bool = True,
+        drain: Drain | None = None,
+    ) -> None:
+        # journalctl --follow learns of new entries through journald's change
+        # notifications, which journald coalesces (up to 250 ms).  So once the
+        # process has ended and the stream has been quiet, one last plain read
+        # after the last cursor seen picks up anything written but not yet
+        # announced.
+        cursor = await self._run(
+            self.argv(unit, ident, tail=tail, follow=follow),
+            sink,
+            ended if follow else None,
+            drain,
+            None,
+        )
+        if follow:
+            await self._run(
+                self.argv(unit, ident, tail=None if cursor else tail, follow=False, after=cursor),
+                sink,
+                None,
+                drain,
+                cursor,
+            )
+
+    async def _run(
+        self,
+        argv: list[str],
+        sink: Sink,
+        ended: Callable[[], bool] | None,
+        drain: Drain | None,
+        cursor: str | None,
+    ) -> str | None:
+        """Deliver journalctl's records until it exits (or, following, until the end)."""
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            limit=1 << 24,
+        )
+        assert proc.stdout is not None
+        try:
+            quiet_since: float | None = None
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), POLL)
+                except TimeoutError:
+                    if ended is not None and ended():
+                        now = loop.time()
+                        quiet_since = quiet_since or now
+                        if now - quiet_since >= QUIET_AFTER_EXIT:
+                            return cursor
+                    continue
+                if not line:
+                    return cursor
+                quiet_since = None
+                cursor = self._deliver(line, sink) or cursor
+                if drain is not None:
+                    await drain()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+
+    @staticmethod
+    def _deliver(line: bytes, sink: Sink) -> str | None:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return None
+        data = _message_bytes(rec.get("MESSAGE"))
+        if not rec.get("_LINE_BREAK"):
+            data += b"\n"
+        stream = "stderr" if str(rec.get("PRIORITY")) == str(PRIORITY_STDERR) else "stdout"
+        sink(stream, data)
+        cursor = rec.get("__CURSOR")
+        return cursor if isinstance(cursor, str) else None
+
+    def forget(self, unit: str) -> None:
+        pass  # the journal keeps it, under its own retention policy
+
+
+class FileLog:
+    """Background output in append-only files: ``<dir>/<unit>.stdout`` / ``.stderr``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def path(self, unit: str, stream: str) -> Path:
+        return self.dir / f"{unit}.{stream}"
+
+    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return [], [
+            ("StandardOutputFileToAppend", Variant("s", str(self.path(unit, "stdout")))),
+            ("StandardErrorFileToAppend", Variant("s", str(self.path(unit, "stderr")))),
+        ]
+
+    async def follow(
+        self,
+        unit: str,
+        ident: str,
+        sink: Sink,
+        *,
+        tail: int | None,
+        ended: Callable[[], bool],
+        follow: bool = True,
+        drain: Drain | None = None,
+    ) -> None:
+        offsets = {s: self._start(self.path(unit, s), tail) for s in ("stdout", "stderr")}
+        quiet = 0.0
+        while True:
+            got = False
+            for stream, off in offsets.items():
+                data = self._read(self.path(unit, stream), off)
+                if data:
+                    offsets[stream] = off + len(data)
+                    sink(stream, data)
+                    got = True
+                    if drain is not None:
+                        await drain()
+            if got:
+                quiet = 0.0
+                continue
+            if not follow:
+                return
+            if ended():
+                quiet += POLL
+                if quiet >= QUIET_AFTER_EXIT:
+                    return
+            await asyncio.sleep(POLL)
+
+    @staticmethod
+    def _read(path: Path, offset: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(1 << 20)
+        except FileNotFoundError:
+            return b""
+
+    @staticmethod
+    def _start(path: Path, tail: int | None) -> int:
+        if tail is None:
+            return 0
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        cut = len(data)
+        for _ in range(tail + (1 if data.endswith(b"\n") else 0)):
+            cut = data.rfind(b"\n", 0, cut)
+            if cut < 0:
+                return 0
+        return cut + 1
+
+    def forget(self, unit: str) -> None:
+        for s in ("stdout", "stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(unit, s))
+
+
+def choose(journal: Journal, journal_ok: bool, state_dir: Path) -> OutputLog:
+    if journal_ok and os.path.exists("/usr/bin/systemd-cat"):
+        return JournalLog(journal)
+    return FileLog(state_dir / "output")
+
+
+def encode_record(stream: str, data: bytes) -> dict[str, Any]:
+    """A log record for ``sdexec logs --json``."""
+    try:
+        return {"stream": stream, "data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"stream": stream, "data": base64.b64encode(data).decode(), "encoding": "base64"}

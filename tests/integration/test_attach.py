@@ -1,0 +1,232 @@
+"""RFC 42 attach and stopped, through the CLI and through raw RPCs."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import signal
+import subprocess
+import time
+
+from conftest import Server
+from rpc import Raw, exec_payload, types
+
+_n = itertools.count()
+
+
+def label(stem: str) -> str:
+    return f"{stem}-{next(_n)}"
+
+
+def bg(server: Server, lab: str, *argv: str, waitable: bool = True) -> int:
+    r = server.sdexec(
+        "exec", "--bg", "--label", lab, *(["--waitable"] if waitable else []), "--", *argv
+    )
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+def test_attach_to_running_process_returns_its_exit_code(server: Server) -> None:
+    lab = label("att")
+    bg(server, lab, "sh", "-c", "sleep 1; exit 5")
+    assert server.sdexec("attach", lab).returncode == 5
+
+
+def test_output_before_attach_is_replayed_then_followed(server: Server) -> None:
+    lab = label("replay")
+    bg(server, lab, "sh", "-c", "echo early; echo early-err >&2; sleep 1; echo late")
+    time.sleep(0.5)
+    r = server.sdexec("attach", lab)
+    assert r.returncode == 0
+    assert r.stdout == b"early\nlate\n"
+    assert r.stderr == b"early-err\n"
+
+
+def test_attach_to_finished_waitable_reaps_it(server: Server) -> None:
+    lab = label("done")
+    bg(server, lab, "sh", "-c", "echo bye; exit 3")
+    time.sleep(0.5)
+    r = server.sdexec("attach", lab)
+    assert r.returncode == 3
+    assert r.stdout == b"bye\n"
+    again = server.sdexec("attach", lab)
+    assert again.returncode != 0
+    assert b"not found" in again.stderr
+
+
+def test_attach_stream_has_the_rfc_shape(server: Server) -> None:
+    lab = label("shape")
+    pid = bg(server, lab, "sh", "-c", "echo hi")
+    time.sleep(0.5)
+    raw = Raw(server.socket_path)
+    msgs = raw.stream(
+        raw.send("sdexec.attach", {"pid": -1, "label": lab, "flags": 0}, streaming=True)
+    )
+    raw.close()
+    assert types(msgs) == [
+        "attached",
+        "output",
+        "output",
+        "output",
+        "finished",
+        f"errno={errno.ENODATA}",
+    ]
+    assert msgs[0].json() == {"type": "attached", "pid": pid, "flags": 19}  # as the CLI sent
+    assert msgs[1].json()["io"]["data"] == "hi\n"
+    assert {m.json()["io"]["stream"] for m in msgs[2:4]} == {"stdout", "stderr"}
+    assert all(m.json()["io"]["eof"] for m in msgs[2:4])
+    assert msgs[4].json()["status"] == 0
+
+
+def test_attach_by_pid_ignores_missing_label(server: Server) -> None:
+    lab = label("bypid")
+    pid = bg(server, lab, "true")
+    time.sleep(0.3)
+    assert server.sdexec("attach", str(pid)).returncode == 0
+
+
+def test_concurrent_attach_is_ebusy(server: Server) -> None:
+    lab = label("busy")
+    bg(server, lab, "sleep", "2")
+    first = server.popen("attach", lab, stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    raw = Raw(server.socket_path)
+    m = raw.rpc("sdexec.attach", {"pid": -1, "label": lab, "flags": 0}, streaming=True)
+    assert m.errnum == errno.EBUSY
+    w = raw.rpc("sdexec.wait", {"pid": -1, "label": lab})
+    assert w.errnum == errno.EBUSY
+    raw.close()
+    assert first.wait(10) == 0
+
+
+def test_non_streaming_attach_is_eproto(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    assert raw.rpc("sdexec.attach", {"pid": 1, "flags": 0}).errnum == errno.EPROTO
+    raw.close()
+
+
+def test_attach_to_unknown_process_is_enoent(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    m = raw.rpc("sdexec.attach", {"pid": 999999, "flags": 0}, streaming=True)
+    assert m.errnum == errno.ENOENT
+    raw.close()
+
+
+def test_attach_to_foreground_process_is_ebusy(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    tag = raw.send("sdexec.exec", exec_payload(["sleep", "5"]), streaming=True)
+    pid = raw.recv(tag).json()["pid"]
+    other = Raw(server.socket_path)
+    assert other.rpc("sdexec.attach", {"pid": pid, "flags": 0}, streaming=True).errnum == (
+        errno.EBUSY
+    )
+    other.close()
+    raw.close()
+
+
+def test_killed_attach_client_leaves_process_running_and_reattachable(server: Server) -> None:
+    lab = label("survive")
+    bg(server, lab, "sh", "-c", "echo start; sleep 2; echo end; exit 9")
+    first = server.popen("attach", lab, stdout=subprocess.PIPE)
+    assert first.stdout is not None
+    assert first.stdout.readline() == b"start\n"
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    r = server.sdexec("attach", lab)
+    assert r.returncode == 9
+    assert r.stdout == b"start\nend\n"
+
+
+def test_ctrl_c_detaches_and_leaves_the_process(server: Server) -> None:
+    lab = label("ctrlc")
+    bg(server, lab, "sh", "-c", "echo up; sleep 2; exit 2")
+    cli = server.popen("attach", lab, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cli.stdout is not None
+    assert cli.stdout.readline() == b"up\n"
+    cli.send_signal(signal.SIGINT)
+    _, err = cli.communicate(timeout=10)
+    assert cli.returncode == 130
+    assert f"sdexec kill {lab}".encode() in err
+    assert server.sdexec("wait", lab).returncode == 2
+
+
+def test_sigstop_gives_stopped_and_sigcont_lets_cat_finish(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    tag = raw.send("sdexec.exec", exec_payload(["cat"]), streaming=True)
+    started = raw.recv(tag).json()
+    assert started["type"] == "started"
+    pid = started["pid"]
+    t0 = time.monotonic()
+    assert raw.rpc("sdexec.kill", {"pid": pid, "signum": signal.SIGSTOP}).errnum == 0
+    while True:
+        m = raw.recv(tag)
+        if m.json()["type"] == "stopped":
+            break
+    delay = time.monotonic() - t0
+    print(f"stopped detected {delay * 1000:.1f} ms after SIGSTOP was sent")
+    listing = raw.rpc("sdexec.list", {}).json()["procs"]
+    assert [p["state"] for p in listing if p["pid"] == pid] == ["T"]
+    assert raw.rpc("sdexec.kill", {"pid": pid, "signum": signal.SIGCONT}).errnum == 0
+    raw.send(
+        "sdexec.write",
+        {"matchtag": tag, "io": {"stream": "stdin", "rank": "0", "data": "x\n", "eof": True}},
+        noresponse=True,
+    )
+    rest = raw.stream(tag)
+    assert "stopped" not in types(rest)
+    fin = [m.json() for m in rest if not m.errnum and m.json()["type"] == "finished"]
+    assert fin == [{"type": "finished", "pid": pid, "status": 0}]
+    out = [
+        m.json()["io"].get("data") for m in rest if not m.errnum and m.json()["type"] == "output"
+    ]
+    assert "x\n" in out
+    raw.close()
+
+
+def test_output_io_rank_is_the_servers_rank_idset(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    msgs = raw.stream(raw.send("sdexec.exec", exec_payload(["echo", "r"]), streaming=True))
+    ranks = {m.json()["io"]["rank"] for m in msgs if not m.errnum and m.json()["type"] == "output"}
+    assert ranks == {"0"}
+    raw.close()
+
+
+def test_stdin_credit_starts_at_buffer_size_option(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    tag = raw.send(
+        "sdexec.exec", exec_payload(["cat"], opts={"stdin_BUFSIZE": "8192"}), streaming=True
+    )
+    first = [raw.recv(tag).json() for _ in range(2)]
+    assert first[1] == {"type": "add-credit", "channels": {"stdin": 8192}}
+    raw.send(
+        "sdexec.write",
+        {"matchtag": tag, "io": {"stream": "stdin", "rank": "0", "eof": True}},
+        noresponse=True,
+    )
+    assert raw.stream(tag)[-1].errnum == errno.ENODATA
+    raw.close()
+
+
+def test_write_to_unknown_channel_is_ignored(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    tag = raw.send("sdexec.exec", exec_payload(["cat"]), streaming=True)
+    assert raw.recv(tag).json()["type"] == "started"
+    for stream, data in (("nosuch", "ignored"), ("stdin", "kept\n")):
+        raw.send(
+            "sdexec.write",
+            {"matchtag": tag, "io": {"stream": stream, "rank": "0", "data": data}},
+            noresponse=True,
+        )
+    raw.send(
+        "sdexec.write",
+        {"matchtag": tag, "io": {"stream": "stdin", "rank": "0", "eof": True}},
+        noresponse=True,
+    )
+    msgs = raw.stream(tag)
+    data = "".join(
+        m.json()["io"].get("data", "")
+        for m in msgs
+        if not m.errnum and m.json()["type"] == "output"
+    )
+    assert data == "kept\n"
+    raw.close()
