@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from conftest import Cluster
@@ -70,6 +72,7 @@ def test_script_ignoring_sigterm_is_killed_after_kill_timeout(cluster: Cluster) 
 
 def test_json_report_names_failing_ranks_with_reason_and_last_lines(cluster: Cluster) -> None:
     script = (
+        "exec 2>&1;"  # one stream, so the order of the lines is the script's
         'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "rank $SDEXEC_RANK line $i"; done;'
         'if [ "$SDEXEC_RANK" = 3 ]; then echo "disk full" >&2; exit 4; fi'
     )
@@ -148,3 +151,51 @@ def test_progress_is_shown_live_on_a_terminal(cluster: Cluster) -> None:
             os.close(tty)
     assert b"prolog: 4 running" in seen
     assert b"\r\x1b[K" in seen
+
+
+def test_output_is_kept_in_the_journal_under_the_run_label(cluster: Cluster) -> None:
+    script = 'echo "kept $SDEXEC_RANK"; echo "to stderr" >&2; exit 1'
+    r = perilog(cluster, "--phase", "epilog", "-r", "2", "--json", "--", "sh", "-c", script)
+    assert r.returncode == 1
+    rep = report(r)
+    assert sorted(rep["drain"][0]["output"]) == ["kept 2", "to stderr"]
+    manager = cluster.servers[2].manager
+    journal = subprocess.run(
+        ["journalctl", f"--directory={manager.journal_dir}", "-t", rep["label"], "-o", "cat"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert sorted(journal.stdout.splitlines()) == ["kept 2", "to stderr"]
+
+
+def test_interrupted_run_stops_the_scripts(cluster: Cluster) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "perilog", "run", "--phase", "prolog", "-r", "1", "--json", "--", "sleep", "60"],
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(cluster, lambda labels: bool(labels))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Killed and reaped: the server keeps neither the process nor its unit.
+    assert wait_for(cluster, lambda labels: not labels)
+    assert not [u for u in cluster.servers[1].units() if u.startswith("sdexec-1-")]
+
+
+def wait_for(cluster: Cluster, check: Callable[[list[str]], bool], timeout: float = 30) -> bool:
+    """Wait until ``check`` holds for the prolog labels in rank 1's process list."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ps = cluster.sdexec("ps", "-r", "1", "--json")
+        procs = json.loads(ps.stdout)[0]["procs"]
+        if check([p["label"] for p in procs if p["label"].startswith("sdexec-prolog-")]):
+            return True
+        time.sleep(0.1)
+    return False
