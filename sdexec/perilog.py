@@ -403,6 +403,7 @@ class Report:
             for r in self.failed:
                 lines.append(f"  {r.host.name} (rank {r.host.rank}): {self.reason(r)}")
                 lines += [f"    | {line}" for line in r.tail]
+            lines.append(f"all output: journalctl -t {self.label} (or sdexec logs) on each node")
         return "".join(line + "\n" for line in lines)
 
 

@@ -36,8 +36,11 @@ alive --kill-timeout seconds after that, it is "unkillable". Each rank ends
 as one of: ok, exit N, signal N, timeout, unkillable, error (the script
 could not be started) or unreachable (no server, or the connection was
 lost). The script gets SDEXEC_RANK and SDEXEC_PERILOG_PHASE in its
-environment, runs in /, and its output is kept so the report can quote the
-last lines of each failing rank.
+environment and runs in /, as a background unit labelled
+sdexec-PHASE-TIME-PID. Its output is kept by the server where background
+output goes (the node's journal, with the label as SYSLOG_IDENTIFIER, so
+"journalctl -t LABEL" finds it later); the report quotes the last lines of
+each failing rank.
 """
 
 _EPILOG = """\
