@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-COMMANDS = ("exec", "kill", "wait", "ps", "serve", "perilog")
+from sdexec.cli.main import build_parser
+
+# Every subcommand the parser has (a man page each), and at least these.
+COMMANDS = tuple(name for name in build_parser()[1] if " " not in name)
+assert {"exec", "kill", "wait", "ps", "serve", "perilog"} <= set(COMMANDS)
 
 
 @pytest.fixture(scope="module")

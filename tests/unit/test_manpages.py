@@ -9,8 +9,12 @@ from types import ModuleType
 
 import pytest
 
+from sdexec.cli.main import build_parser
+
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ("exec", "kill", "wait", "ps", "serve", "perilog")
+# Every subcommand the parser has (a man page each), and at least these.
+COMMANDS = tuple(name for name in build_parser()[1] if " " not in name)
+assert {"exec", "kill", "wait", "ps", "serve", "perilog"} <= set(COMMANDS)
 
 
 def load() -> ModuleType:
