@@ -78,7 +78,9 @@ def test_writers_survive_sigkill_of_the_server_and_replay_exactly(own: Server) -
         assert all(line.split()[0] == lab for line in lines)
         stamps = [int(line.split()[2]) for line in lines]
         worst_gap = max(b - a for a, b in itertools.pairwise(stamps)) / 1e9
-        assert worst_gap < 1.0, f"{lab} stalled for {worst_gap:.2f} s"
+        # A writer blocked on the dead server would show a gap as long as the
+        # server was down (2 s); scheduling noise on a loaded machine stays below.
+        assert worst_gap < 1.9, f"{lab} stalled for {worst_gap:.2f} s"
 
 
 def test_waitable_that_finished_while_down_reports_its_status_once(own: Server) -> None:

@@ -221,9 +221,9 @@ class FakeBus:
 class FakeJournal:
     """The journal always says: systemd could not exec the command."""
 
-    async def spawn_failure(self, unit: str, timeout: float = 0.5) -> tuple[int, str] | None:  # noqa: ASYNC109
+    async def spawn_failure(self, unit: str, within: float = 0.5) -> tuple[int, str, str] | None:
         await asyncio.sleep(0)
-        return errno.ENOENT, "No such file or directory"
+        return errno.ENOENT, "No such file or directory", "EXEC"
 
 
 # --- strategies --------------------------------------------------------------------------------
