@@ -25,15 +25,16 @@ labelled ``sdexec-<phase>-<time>-<pid>``, started by a non-streaming
 (which ends once the process has ended and the log is quiet), its last
 lines are read again until two reads agree (journald may lag behind the
 process's exit on a busy node), and then its status is collected with
-``sdexec.wait``, which lets the server forget the process.  The last 64 KiB are kept for the
-report; all of it stays in the node's journal (``journalctl -t LABEL``), so
-a failed prolog can be examined after the fact.  If the run is interrupted,
-the scripts still running are sent SIGKILL.
+``sdexec.wait``, which lets the server forget the process.  The last 64 KiB
+are kept for the report; all of it stays in the node's journal
+(``journalctl -t LABEL``), so a failed prolog can be examined after the
+fact.  If the run is interrupted, the scripts still running are sent
+SIGKILL.
 
-:class:`Report` is the result: every rank's outcome, elapsed time and last
-lines, and the ranks to drain with a one-line reason each (``node3: prolog
-timeout: still running after 30s, stopped by SIGTERM``).
-:meth:`Report.to_json` is the machine-readable form printed by ``--json``.
+The result is a :class:`~sdexec.perilog_report.Report` (sans-IO): every
+rank's outcome, elapsed time and last lines, and the ranks to drain with a
+one-line reason each (``node3: prolog timeout: still running after 30s,
+stopped by SIGTERM``); ``--json`` prints its ``to_json()``.
 
 Ownership: :meth:`Perilog.run` owns one TaskGroup with a supervisor task per
 rank, which owns that rank's run task, which owns its log reader.
@@ -66,10 +67,10 @@ from sdexec.client.handle import Handle
 from sdexec.client.rpc import RemoteError
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.hosts import Host
-from sdexec.outcome import Kind, Outcome, from_status, signal_name, summary
+from sdexec.outcome import Kind, Outcome, from_status
+from sdexec.perilog_report import RankReport, Report, Tail, classify
 
 PHASES = ("prolog", "epilog")
-TAIL_BYTES = 64 * 1024
 DEFAULT_TAIL_LINES = 10
 RANK_ENV = "SDEXEC_RANK"
 PHASE_ENV = "SDEXEC_PERILOG_PHASE"
@@ -81,34 +82,6 @@ CLEANUP_TIMEOUT = 2.0
 # apart agree, for at most SETTLE_MAX seconds.
 SETTLE_INTERVAL = 0.3
 SETTLE_MAX = 3.0
-
-
-class Tail:
-    """The last :data:`TAIL_BYTES` of a stream of output, and its last lines."""
-
-    __slots__ = ("_buf", "total")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.total = 0
-
-    def replace(self, data: bytes) -> None:
-        """Start again from ``data`` (a later, more complete read of the end)."""
-        self._buf.clear()
-        self.feed(data)
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        self._buf += data
-        if len(self._buf) > TAIL_BYTES:
-            del self._buf[: len(self._buf) - TAIL_BYTES]
-
-    def lines(self, n: int) -> list[str]:
-        """The last ``n`` lines (decoded as UTF-8, bad bytes replaced)."""
-        if n <= 0:
-            return []
-        text = self._buf.decode("utf-8", "replace")
-        return text.splitlines()[-n:]
 
 
 class ScriptRun:
@@ -290,123 +263,6 @@ class RankRun:
         return "running" if self.proc.started.is_set() else "connecting"
 
 
-def classify(run: RankRun, timeout: float | None, kill_timeout: float) -> Outcome:
-    """The outcome of a rank from its process's outcome and the supervision."""
-    base = run.proc.outcome or Outcome(Kind.ERROR, errno.EIO, "no outcome")
-    if run.unkillable:
-        return Outcome(
-            Kind.UNKILLABLE,
-            signal.SIGKILL,
-            f"still running {kill_timeout:g}s after SIGKILL",
-        )
-    if not run.timed_out:
-        return base
-    what = f"still running after {timeout:g}s"
-    if not run.signals_sent:
-        return Outcome(Kind.TIMEOUT, 0, f"{what}, before it started")
-    if base.kind is Kind.UNREACHABLE:
-        return Outcome(Kind.TIMEOUT, 0, f"{what}; then {base.detail}")
-    if signal.SIGKILL in run.signals_sent:
-        how = f"ignored SIGTERM for {kill_timeout:g}s, killed by SIGKILL"
-        return Outcome(Kind.TIMEOUT, signal.SIGKILL, f"{what}, {how}")
-    ended = base.code if base.kind is Kind.SIGNAL else signal.SIGTERM
-    return Outcome(Kind.TIMEOUT, ended, f"{what}, stopped by {signal_name(signal.SIGTERM)}")
-
-
-class RankReport:
-    """One rank's line of the report."""
-
-    __slots__ = ("elapsed", "host", "outcome", "tail")
-
-    def __init__(self, host: Host, outcome: Outcome, elapsed: float | None, tail: list[str]):
-        self.host = host
-        self.outcome = outcome
-        self.elapsed = elapsed
-        self.tail = tail
-
-
-class Report:
-    """The result of a run: each rank's outcome, and the ranks to drain."""
-
-    def __init__(self, phase: str, label: str, ranks: list[RankReport], elapsed: float) -> None:
-        self.phase = phase
-        self.label = label
-        self.ranks = ranks
-        self.elapsed = elapsed
-
-    @property
-    def ok(self) -> bool:
-        return all(r.outcome.ok for r in self.ranks)
-
-    @property
-    def failed(self) -> list[RankReport]:
-        return [r for r in self.ranks if not r.outcome.ok]
-
-    def reason(self, r: RankReport) -> str:
-        """The drain reason: ``prolog timeout: still running after 30s, ...``."""
-        text = f"{self.phase} {r.outcome.label}"
-        if r.outcome.detail and r.outcome.kind is not Kind.ERROR:
-            text += f": {r.outcome.detail}"
-        return text
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.ranks:
-            out[r.outcome.kind.value] = out.get(r.outcome.kind.value, 0) + 1
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        """The machine-readable report (``--json``)."""
-
-        def rank(r: RankReport) -> dict[str, Any]:
-            return {
-                "rank": r.host.rank,
-                "host": r.host.name,
-                "uri": r.host.uri,
-                "outcome": r.outcome.kind.value,
-                "code": r.outcome.code,
-                "status": r.outcome.label,
-                "detail": r.outcome.detail,
-                "exit_code": r.outcome.exit_code(),
-                "elapsed": None if r.elapsed is None else round(r.elapsed, 3),
-                "output": r.tail,
-            }
-
-        return {
-            "phase": self.phase,
-            "label": self.label,
-            "ok": self.ok,
-            "elapsed": round(self.elapsed, 3),
-            "counts": self.counts(),
-            "summary": summary({r.host.rank: r.outcome for r in self.ranks}),
-            "ranks": [rank(r) for r in self.ranks],
-            "drain": [
-                {
-                    "rank": r.host.rank,
-                    "host": r.host.name,
-                    "phase": self.phase,
-                    "outcome": r.outcome.kind.value,
-                    "reason": self.reason(r),
-                    "output": r.tail,
-                }
-                for r in self.failed
-            ],
-        }
-
-    def render(self) -> str:
-        """The report for people: a summary, then each node to drain and why."""
-        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts().items()))
-        lines = [f"{self.phase}: {len(self.ranks)} ranks in {self.elapsed:.1f}s: {counts}"]
-        lines += [f"  {line}" for line in summary({r.host.rank: r.outcome for r in self.ranks})]
-        if self.failed:
-            lines.append("drain:")
-            for r in self.failed:
-                lines.append(f"  {r.host.name} (rank {r.host.rank}): {self.reason(r)}")
-                lines += [f"    | {line}" for line in r.tail]
-            lines.append(f"all output: journalctl -t {self.label} (or sdexec logs) on each node")
-        return "".join(line + "\n" for line in lines)
-
-
 class Perilog:
     """One prolog or epilog run over ``hosts`` (see the module docstring)."""
 
@@ -484,7 +340,14 @@ class Perilog:
             if self.timeout is not None:
                 await self._deadlines(r, task)
         r.elapsed = self.elapsed()
-        r.outcome = classify(r, self.timeout, self.kill_timeout)
+        r.outcome = classify(
+            r.proc.outcome,
+            timed_out=r.timed_out,
+            signals_sent=r.signals_sent,
+            unkillable=r.unkillable,
+            timeout=self.timeout,
+            kill_timeout=self.kill_timeout,
+        )
         self._changed(r.proc)
 
     async def _deadlines(self, r: RankRun, task: asyncio.Task[Outcome]) -> None:

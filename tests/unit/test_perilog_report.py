@@ -4,66 +4,71 @@ from __future__ import annotations
 
 import errno
 import signal
+from typing import Any
 
 from sdexec.hosts import Host
 from sdexec.outcome import Kind, Outcome
-from sdexec.perilog import TAIL_BYTES, RankReport, RankRun, Report, Tail, classify
+from sdexec.perilog_report import TAIL_BYTES, RankReport, Report, Tail, classify
 
 
-class _Proc:
-    """The two attributes of a RankProcess that classify() reads."""
+def run_with(
+    outcome: Outcome,
+    *,
+    timed_out: bool = False,
+    sent: tuple[int, ...] = (),
+    unkillable: bool = False,
+) -> dict[str, Any]:
+    """classify()'s arguments for a run that ended with ``outcome``."""
+    return {
+        "base": outcome,
+        "timed_out": timed_out,
+        "signals_sent": list(sent),
+        "unkillable": unkillable,
+    }
 
-    def __init__(self, outcome: Outcome | None) -> None:
-        self.outcome = outcome
-        self.host = Host(2, "local:///x", "node2")
 
-
-def run_with(outcome: Outcome, *, timed_out: bool = False, sent: tuple[int, ...] = ()) -> RankRun:
-    run = RankRun(_Proc(outcome))  # type: ignore[arg-type]
-    run.timed_out = timed_out
-    run.signals_sent = list(sent)
-    return run
+def classified(args: dict[str, Any], timeout: float, kill_timeout: float) -> Outcome:
+    return classify(**args, timeout=timeout, kill_timeout=kill_timeout)
 
 
 def test_finished_in_time_keeps_its_outcome() -> None:
-    assert classify(run_with(Outcome(Kind.EXIT, 3)), 5, 1) == Outcome(Kind.EXIT, 3)
+    assert classified(run_with(Outcome(Kind.EXIT, 3)), 5, 1) == Outcome(Kind.EXIT, 3)
 
 
 def test_stopped_by_sigterm_is_timeout() -> None:
-    o = classify(run_with(Outcome(Kind.SIGNAL, 15), timed_out=True, sent=(signal.SIGTERM,)), 5, 1)
+    o = classified(run_with(Outcome(Kind.SIGNAL, 15), timed_out=True, sent=(signal.SIGTERM,)), 5, 1)
     assert (o.kind, o.code) == (Kind.TIMEOUT, 15)
     assert o.detail == "still running after 5s, stopped by SIGTERM"
 
 
 def test_exiting_cleanly_on_sigterm_is_still_timeout() -> None:
-    o = classify(run_with(Outcome(Kind.OK), timed_out=True, sent=(signal.SIGTERM,)), 5, 1)
+    o = classified(run_with(Outcome(Kind.OK), timed_out=True, sent=(signal.SIGTERM,)), 5, 1)
     assert o.kind is Kind.TIMEOUT
 
 
 def test_killed_after_kill_timeout_is_timeout_with_sigkill() -> None:
     sent = (signal.SIGTERM, signal.SIGKILL)
-    o = classify(run_with(Outcome(Kind.SIGNAL, 9), timed_out=True, sent=sent), 5, 2)
+    o = classified(run_with(Outcome(Kind.SIGNAL, 9), timed_out=True, sent=sent), 5, 2)
     assert (o.kind, o.code) == (Kind.TIMEOUT, 9)
     assert "ignored SIGTERM for 2s, killed by SIGKILL" in o.detail
 
 
 def test_alive_after_sigkill_is_unkillable() -> None:
-    run = run_with(Outcome(Kind.UNREACHABLE, errno.ETIMEDOUT), timed_out=True)
-    run.unkillable = True
-    o = classify(run, 5, 2)
+    run = run_with(Outcome(Kind.UNREACHABLE, errno.ETIMEDOUT), timed_out=True, unkillable=True)
+    o = classified(run, 5, 2)
     assert o.kind is Kind.UNKILLABLE
     assert o.detail == "still running 2s after SIGKILL"
 
 
 def test_timeout_before_start_is_timeout() -> None:
-    o = classify(run_with(Outcome(Kind.UNREACHABLE, errno.ETIMEDOUT), timed_out=True), 5, 1)
+    o = classified(run_with(Outcome(Kind.UNREACHABLE, errno.ETIMEDOUT), timed_out=True), 5, 1)
     assert o.kind is Kind.TIMEOUT
     assert "before it started" in o.detail
 
 
 def test_unreachable_stays_unreachable() -> None:
     o = Outcome(Kind.UNREACHABLE, errno.ENOENT, "no socket")
-    assert classify(run_with(o), 5, 1) == o
+    assert classified(run_with(o), 5, 1) == o
 
 
 def test_tail_keeps_the_last_lines() -> None:
