@@ -47,12 +47,16 @@ Handler = Callable[["Request"], "Awaitable[None] | None"]
 class Request:
     """A request being served: its message, where it came from, how to answer."""
 
-    __slots__ = ("_done", "conn", "msg")
+    __slots__ = ("_done", "conn", "msg", "signed", "signer")
 
     def __init__(self, conn: Connection, msg: Message) -> None:
         self.conn = conn
         self.msg = msg
         self._done = False
+        # Set by sdexec.security.gate for a verified RFC 42 signed request:
+        # the signature JSON object (the authoritative payload) and the signer.
+        self.signed: dict[str, Any] | None = None
+        self.signer: int | None = None
 
     @property
     def topic(self) -> str:
@@ -84,6 +88,8 @@ class Request:
         return self.conn.transport is not None
 
     def payload(self) -> dict[str, Any]:
+        if self.signed is not None:
+            return self.signed
         return self.msg.json()  # type: ignore[no-any-return]
 
     def respond(self, payload: dict[str, Any] | None = None) -> None:
@@ -117,9 +123,15 @@ class Route:
 class Router:
     """Dispatches requests from all connections to registered handlers."""
 
-    def __init__(self, owner_uid: int, *, allow_guests: bool = False) -> None:
+    def __init__(
+        self, owner_uid: int, *, allow_guests: bool = False, server_uid: int | None = None
+    ) -> None:
         self.owner_uid = owner_uid
+        self.server_uid = owner_uid if server_uid is None else server_uid
         self.allow_guests = allow_guests
+        # sdexec.security hooks: handshake admission and the authentication gate.
+        self.admission: Callable[[Connection], int] | None = None
+        self.gate: Callable[[Request], None] | None = None
         self.routes: dict[str, Route] = {}
         self.connections: dict[str, Connection] = {}
         self.disconnect_hooks: list[Callable[[str], None]] = []
@@ -135,7 +147,11 @@ class Router:
     # --- Acceptor (called by the transport) ---------------------------------------
 
     def accept(self, conn: Connection) -> int:
-        if conn.uid != self.owner_uid and not self.allow_guests:
+        if self.admission is not None:
+            errnum = self.admission(conn)
+            if errnum:
+                return errnum
+        elif conn.uid != self.owner_uid and not self.allow_guests:
             log.warning(
                 "connection refused",
                 uid=conn.uid,
@@ -151,8 +167,12 @@ class Router:
         if msg.type != MsgType.REQUEST:
             return  # responses and events from plain clients have nowhere to go yet
         msg.userid = conn.uid
-        msg.rolemask = ROLE_OWNER if conn.uid == self.owner_uid else ROLE_USER
-        self.dispatch(Request(conn, msg))
+        trusted = conn.uid in (self.owner_uid, self.server_uid)
+        msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
+        if self.gate is not None:
+            self.gate(Request(conn, msg))  # dispatches once the request passes
+        else:
+            self.dispatch(Request(conn, msg))
 
     def closed(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
@@ -209,6 +229,10 @@ class Router:
             raise
         except Exception as exc:
             self._fail(req, exc)
+
+    def refuse(self, req: Request, errnum: int, text: str) -> None:
+        """Answer ``req`` with an error before any handler ran, and log it."""
+        self._refuse(req, errnum, text)
 
     def _refuse(self, req: Request, errnum: int, text: str) -> None:
         log.info("request refused", uid=req.userid, topic=req.topic, errnum=errnum, reason=text)

@@ -7,6 +7,7 @@ follows it live.  Ctrl-C detaches: the process goes on in the background.
 from __future__ import annotations
 
 from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.cli.signing import sign_options
 from sdexec.cli.stream import pump
 from sdexec.client.exec import exit_code
 from sdexec.errors import SdexecError
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             try:
                 pump(handle, ATTACH_TOPIC, {**target_payload(args.target), "flags": 0}, other)
             except KeyboardInterrupt:

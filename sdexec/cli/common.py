@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from sdexec.cli.signing import SignOptions
+
 PROG = "sdexec"
 EXIT_FAILURE = 1
 EXIT_SDEXEC_FAILED = 125
@@ -60,6 +62,18 @@ def exec_error_message(command: str, errnum: int | None, text: str) -> str:
     return text
 
 
-def connect(uri: str | None) -> BlockingHandle:
-    """A blocking connection to the server (see :mod:`sdexec.client.blocking`)."""
-    return BlockingHandle.connect(uri)
+def connect(uri: str | None, sign: SignOptions | None = None) -> BlockingHandle:
+    """A blocking connection to the server (see :mod:`sdexec.client.blocking`).
+
+    With ``sign``, RFC 42 requests are signed as :mod:`sdexec.cli.signing` says.
+    """
+    handle = BlockingHandle.connect(uri)
+    if sign is not None:
+        from sdexec.cli import signing
+
+        try:
+            signing.apply(handle, sign)
+        except BaseException:
+            handle.close()
+            raise
+    return handle

@@ -22,6 +22,7 @@ from sdexec.cli.common import (
     exec_error_exit_code,
     exec_error_message,
 )
+from sdexec.cli.signing import sign_options
 from sdexec.client.blocking import SignalPipe, run_exec
 from sdexec.client.exec import (
     EXEC_TOPIC,
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_background(args: argparse.Namespace, command: dict[str, Any]) -> int:
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             resp = handle.rpc(EXEC_TOPIC, exec_payload(command, exec_flags(args)))
     except RemoteError as exc:
         error(exec_error_message(command["cmdline"][0], exc.errno, exc.message))
@@ -123,7 +124,7 @@ def _stdin_fd(args: argparse.Namespace) -> int | None:
 def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
     session = ExecSession(command, flags=exec_flags(args))
     try:
-        handle = connect(args.uri)
+        handle = connect(args.uri, sign_options(args))
     except SdexecError as exc:
         error(exc.message)
         return EXIT_SDEXEC_FAILED

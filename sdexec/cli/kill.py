@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sdexec.cli.common import EXIT_FAILURE, connect, error, target_payload
+from sdexec.cli.signing import sign_options
 from sdexec.client.exec import KILL_TOPIC
 from sdexec.errors import SdexecError
 
@@ -16,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     payload = target_payload(args.target)
     payload["signum"] = args.signal
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             handle.rpc(KILL_TOPIC, payload)
     except SdexecError as exc:
         error(f"kill: {args.target}: {exc.message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error, target_payload
+from sdexec.cli.signing import sign_options
 from sdexec.cli.stream import pump
 from sdexec.errors import SdexecError
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tail is not None:
         payload["tail"] = args.tail
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             pump(handle, LOGS_TOPIC, payload, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -230,6 +230,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
     uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
     ranks_parent = _ranks_parent(fmt)
+    sign_parent = _sign_parent(fmt)
 
     parser = argparse.ArgumentParser(
         prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
@@ -241,7 +242,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "exec",
-        parents=[uri_parent, ranks_parent],
+        parents=[uri_parent, ranks_parent, sign_parent],
         help="run a command on the server, forwarding its I/O and signals",
         description=_EXEC_DESCRIPTION,
         epilog=_EXEC_EPILOG,
@@ -297,7 +298,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "kill",
-        parents=[uri_parent, ranks_parent],
+        parents=[uri_parent, ranks_parent, sign_parent],
         help="send a signal to a process",
         description="Send a signal to a process of the server, by pid or label.",
         epilog=_KILL_EPILOG,
@@ -316,7 +317,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "wait",
-        parents=[uri_parent, ranks_parent],
+        parents=[uri_parent, ranks_parent, sign_parent],
         help="wait for a waitable background process and return its status",
         description="Wait for a background process to finish and exit with its status.",
         epilog=_WAIT_EPILOG,
@@ -327,7 +328,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "ps",
-        parents=[uri_parent, ranks_parent],
+        parents=[uri_parent, ranks_parent, sign_parent],
         help="list the server's processes",
         description="List the processes of the server: PID LABEL STATE CMD.",
         epilog=_PS_EPILOG,
@@ -340,7 +341,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "attach",
-        parents=[uri_parent],
+        parents=[uri_parent, sign_parent],
         help="follow a background process and wait for its end",
         description="Attach to a background process: print what it wrote so far (replayed from "
         "the journal), follow its output live, and exit with its exit status when it ends.",
@@ -354,7 +355,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "logs",
-        parents=[uri_parent],
+        parents=[uri_parent, sign_parent],
         help="print a background process's output",
         description="Print the output a background process has written, stdout to stdout and "
         "stderr to stderr, each in order. The output is kept in the journal (SyslogIdentifier "
@@ -396,6 +397,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         choices=("debug", "info", "warning", "error"),
         help="debug, info, warning or error (default: info)",
     )
+    _add_security_options(p)
     subs["serve"] = p
 
     from sdexec.cli.perilog import add_parser as add_perilog_parser
@@ -429,6 +431,113 @@ def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
         help="leave out these ranks (implies -r all when -r is not given)",
     )
     return parent
+
+
+def _sign_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+    """Client options for RFC 42 signed requests (see sdexec.cli.signing)."""
+    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    group = parent.add_argument_group(
+        "signing", "RFC 42 signed requests; by default signed when the server's owner is not you"
+    )
+    group.add_argument("--sign", action="store_true", help="always sign requests")
+    group.add_argument("--no-sign", action="store_true", help="never sign requests")
+    group.add_argument(
+        "--sign-mechanism",
+        choices=("none", "munge"),
+        default=None,
+        help="RFC 39 mechanism (default: $SDEXEC_SIGN_MECHANISM, else munge)",
+    )
+    group.add_argument(
+        "--munge-socket",
+        metavar="PATH",
+        default=None,
+        help="munged's socket (default: $SDEXEC_MUNGE_SOCKET, else libmunge's)",
+    )
+    return parent
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _add_security_options(p: argparse.ArgumentParser) -> None:
+    """``sdexec serve`` options for access, signatures and limits (sdexec.security)."""
+    g = p.add_argument_group("security", "who may connect, signed requests, limits")
+    g.add_argument(
+        "--owner",
+        metavar="UID|USER",
+        default=None,
+        help="the instance owner (default: the server's uid); if it differs from the "
+        "server's uid, or cannot be resolved, every request must be signed",
+    )
+    g.add_argument(
+        "--allow-guests",
+        action="store_true",
+        help="let other users connect; they see only their own processes, which run as them",
+    )
+    g.add_argument(
+        "--sign-ttl",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=None,
+        help="how long a signature is valid, and remembered against replay (default: 60)",
+    )
+    g.add_argument(
+        "--sign-mechanisms",
+        metavar="LIST",
+        default=None,
+        help="accepted RFC 39 mechanisms, comma-separated (default: none,munge)",
+    )
+    g.add_argument(
+        "--munge-socket",
+        metavar="PATH",
+        default=None,
+        help="munged's socket (default: $SDEXEC_MUNGE_SOCKET, else libmunge's)",
+    )
+    g.add_argument(
+        "--max-message",
+        metavar="BYTES",
+        type=_positive_int,
+        default=None,
+        help="largest message accepted; a larger one closes the connection (default: 4 MiB)",
+    )
+    g.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="connections at once; more are refused with EAGAIN (default: 512)",
+    )
+    g.add_argument(
+        "--max-connections-per-uid",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="connections at once from one uid (default: 128)",
+    )
+    g.add_argument(
+        "--max-output-buffer",
+        metavar="BYTES",
+        type=_positive_int,
+        default=None,
+        help="unread responses queued for a client before it is disconnected (default: 8 MiB)",
+    )
 
 
 def _version() -> str:

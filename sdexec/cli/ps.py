@@ -12,6 +12,7 @@ import re
 import string
 
 from sdexec.cli.common import EXIT_FAILURE, connect, error
+from sdexec.cli.signing import sign_options
 from sdexec.client.exec import LIST_TOPIC
 from sdexec.errors import SdexecError
 
@@ -98,7 +99,7 @@ def render(resp: dict[str, Any], fmt: str | None = None, *, with_header: bool = 
 def run(args: argparse.Namespace) -> int:
     """Run ``sdexec ps``; returns the exit status."""
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             resp = handle.rpc(LIST_TOPIC, {})
     except SdexecError as exc:
         error(f"ps: {exc.message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sdexec.cli.common import EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.cli.signing import sign_options
 from sdexec.client.exec import WAIT_TOPIC, exit_code
 from sdexec.errors import SdexecError
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     """Run ``sdexec wait``; exits with the process's status, as ``exec`` does."""
     try:
-        with connect(args.uri) as handle:
+        with connect(args.uri, sign_options(args)) as handle:
             resp = handle.rpc(WAIT_TOPIC, target_payload(args.target))
     except SdexecError as exc:
         error(f"wait: {args.target}: {exc.message}")

@@ -80,6 +80,8 @@ class BlockingHandle:
         self._next_matchtag = 1
         self._closed = False
         self._send_failed = False
+        # RFC 42 request signing (sdexec.cli.signing.Signer): payload -> signed form.
+        self.signer: Callable[[str, dict[str, Any] | None], dict[str, Any] | None] | None = None
 
     @classmethod
     def connect(cls, uri: str | None = None) -> BlockingHandle:
@@ -149,6 +151,8 @@ class BlockingHandle:
         tag = self._next_matchtag
         self._next_matchtag = tag + 1 if tag < MATCHTAG_MAX else 1
         flags = MsgFlag.STREAMING if streaming else 0
+        if self.signer is not None:
+            payload = self.signer(topic, payload)
         self._write(Message.request(topic, payload, matchtag=tag, nodeid=nodeid, flags=flags))
         return tag
 
@@ -156,6 +160,8 @@ class BlockingHandle:
         self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
     ) -> None:
         """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``."""
+        if self.signer is not None:
+            payload = self.signer(topic, payload)
         self._write(Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE))
 
     def _write(self, msg: Message) -> None:

@@ -17,12 +17,16 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from sdexec import logs
 from sdexec.errors import SdexecError
 from sdexec.uri import LOCAL_SCHEME, default_local_path, local_path
+
+if TYPE_CHECKING:
+    from sdexec.security.policy import SecurityConfig
 
 log = structlog.get_logger("sdexec.server")
 
@@ -39,6 +43,10 @@ class ServeOptions:
     # A listening socket inherited through systemd socket activation: used
     # instead of binding socket_path, and never unlinked (systemd owns it).
     listen_sock: socket.socket | None = None
+    # sdexec.security: who may connect and sign, and the hostile-input limits.
+    security: SecurityConfig | None = None
+    max_message: int = 4 << 20
+    max_output_buffer: int = 8 << 20
 
 
 def default_state_dir(socket_path: str) -> Path:
@@ -85,6 +93,9 @@ def notify(state: str) -> None:
 async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | None) -> int:
     from sdexec.broker.builtins import Builtins
     from sdexec.broker.router import Router
+    from sdexec.security.gate import Gate
+    from sdexec.security.policy import SecurityConfig
+    from sdexec.security.setup import USERID_UNKNOWN, describe
     from sdexec.server.service import Service
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
@@ -92,8 +103,15 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
 
     bus = SystemdBus(bus_address, system=opts.systemd == "system")
     await bus.connect()
-    owner = os.getuid()
-    router = Router(owner_uid=owner)
+    security = opts.security or SecurityConfig(server_uid=os.getuid(), owner=os.getuid())
+    owner = security.owner if security.owner is not None else USERID_UNKNOWN
+    router = Router(
+        owner_uid=security.owner if security.owner is not None else security.server_uid,
+        server_uid=security.server_uid,
+        allow_guests=security.allow_guests,
+    )
+    gate = Gate(router, security)
+    gate.install()
     Builtins(router, rank=opts.rank, size=opts.size, owner=owner)
     from sdexec.server.outputlog import choose
 
@@ -125,7 +143,16 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     async with asyncio.TaskGroup() as tg:
         router.attach(tg)
         await service.adopt()
-        server = await listen_local(opts.socket_path, router, sock=opts.listen_sock)
+        server = await listen_local(
+            opts.socket_path,
+            router,
+            sock=opts.listen_sock,
+            max_message=opts.max_message,
+            write_limit=opts.max_output_buffer,
+            public=security.allow_guests,
+            # An owner who is not the server's uid must reach the socket too.
+            socket_owner=security.owner if security.owner != security.server_uid else None,
+        )
         bus_watch = tg.create_task(watch_bus())
         stopped_watch = tg.create_task(service.watch_stopped())
         log.info(
@@ -137,6 +164,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             pid=os.getpid(),
             socket_activated=opts.listen_sock is not None,
         )
+        log.info("security", **describe(security))
         notify("READY=1")
         await stop.wait()
         notify("STOPPING=1")
@@ -148,6 +176,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         bus_watch.cancel()
         stopped_watch.cancel()
         bus.close()
+        gate.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     if opts.listen_sock is None:
@@ -173,6 +202,13 @@ def main(args: argparse.Namespace) -> int:
             Path(args.state_dir) if getattr(args, "state_dir", None) else (default_state_dir(path))
         )
         mode = choose_systemd(getattr(args, "systemd", None))
+        from sdexec.security import setup as security_setup
+
+        try:
+            security = security_setup.config_from_args(args)
+        except ValueError as exc:
+            raise SdexecError(22, str(exc)) from None
+        security_setup.fit_fd_limit(security)
         opts = ServeOptions(
             uri=uri,
             socket_path=path,
@@ -181,6 +217,10 @@ def main(args: argparse.Namespace) -> int:
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
             listen_sock=inherited[0] if inherited else None,
+            security=security,
+            max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
+            max_output_buffer=getattr(args, "max_output_buffer", None)
+            or security_setup.DEFAULT_MAX_OUTPUT_BUFFER,
         )
         manager = None
         bus_address: str | None = None

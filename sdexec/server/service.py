@@ -43,6 +43,7 @@ from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
+from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, OutputLog
 from sdexec.server.pipes import InputPipe, OutputPipe
@@ -188,7 +189,10 @@ class Service:
 
     # --- lookup ---------------------------------------------------------------------------
 
-    def lookup(self, target: rfc42.Target, errnum: int | None = None) -> Process:
+    def lookup(
+        self, target: rfc42.Target, errnum: int | None = None, *, requester: Request
+    ) -> Process:
+        """The process ``target`` names; EPERM if ``requester`` may not touch it."""
         proc = (
             self.by_label.get(target.label)
             if target.label is not None
@@ -198,6 +202,8 @@ class Service:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
             raise SdexecError(errnum, f"process {target} not found")
+        if not guest.visible(requester, proc.requester_uid):  # sdexec.security
+            raise SdexecError(errno.EPERM, f"process {target} belongs to another user")
         return proc
 
     # --- exec -------------------------------------------------------------------------------
@@ -220,6 +226,7 @@ class Service:
         if self.shutting_down:
             raise SdexecError(errno.ENOSYS, "server is shutting down")
         er = rfc42.parse_exec(req.payload())
+        confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
@@ -228,7 +235,7 @@ class Service:
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
-        extra = properties.opts_properties(cmd.opts)
+        extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
@@ -286,6 +293,8 @@ class Service:
             cwd=cmd.cwd,
             background=not req.streaming,
             flags=int(er.flags),
+            requester=req.userid,
+            signer=req.signer,
             **proc.log_fields(),
         )
         return self._start(proc, props, fds, theirs)
@@ -338,7 +347,7 @@ class Service:
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
         target = rfc42.parse_target(req.payload(), "attach")
-        proc = self.lookup(target, errno.ENOENT)
+        proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
         if proc.client is not None:
@@ -351,7 +360,7 @@ class Service:
         """Stream a background process's stored output (``sdexec logs``)."""
         payload = req.payload()
         target = rfc42.parse_target(payload, "logs")
-        proc = self.lookup(target, errno.ENOENT)
+        proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
         tail = payload.get("tail")
@@ -397,7 +406,7 @@ class Service:
 
     async def kill(self, req: Request) -> None:
         kr = rfc42.parse_kill(req.payload())
-        proc = self.lookup(kr.target)
+        proc = self.lookup(kr.target, requester=req)
         if proc.state is ProcState.EXITED:
             raise SdexecError(errno.ESRCH, f"process {kr.target} has already exited")
         who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
@@ -409,7 +418,7 @@ class Service:
 
     def wait(self, req: Request) -> None:
         target = rfc42.parse_target(req.payload(), "wait")
-        proc = self.lookup(target)
+        proc = self.lookup(target, requester=req)
         if not proc.waitable:
             raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
         if proc.waiter is not None or (proc.client is not None and not proc.background):
@@ -433,6 +442,7 @@ class Service:
                 "unit": p.unit,
             }
             for p in self.by_pid.values()
+            if guest.visible(req, p.requester_uid)  # sdexec.security: a guest sees its own
         ]
         req.respond({"rank": self.rank, "procs": procs})
 

@@ -13,11 +13,21 @@ Back-pressure: the asyncio transport calls ``pause_writing`` when its write
 buffer passes the high-water mark; the connection records that and tells the
 listeners registered with :meth:`Connection.on_writable`, so output
 producers stop reading their pipes until the peer catches up.
+
+Hostile peers (sdexec.security): while the write buffer is above the
+high-water mark the connection also stops *reading* and stops dispatching
+requests it has already decoded, so a client that sends requests and never
+reads the responses cannot make the server queue more than about one
+buffer's worth for it; and a buffer that still grows past ``write_limit``
+(producers that ignore back-pressure) closes the connection.  Other layers
+may pause reading too (:meth:`Connection.hold`); reading resumes when no
+one holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -38,6 +48,9 @@ log = structlog.get_logger("sdexec.transport")
 
 WRITE_HIGH_WATER = 1 << 20
 WRITE_LOW_WATER = 256 << 10
+#: A write buffer larger than this closes the connection.
+WRITE_HARD_LIMIT = 8 << 20
+_OUTPUT_HOLD = "output"
 _UCRED = struct.Struct("3i")
 
 
@@ -59,18 +72,27 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 class Connection(asyncio.Protocol):
     """One accepted client."""
 
-    def __init__(self, acceptor: Acceptor, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        write_limit: int = WRITE_HARD_LIMIT,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.acceptor = acceptor
         self.decoder = FrameDecoder(max_message)
         self.transport: asyncio.Transport | None = None
         self.uid = -1
+        self.gid = -1
         self.pid = 0
         self.accepted = False
         self.writable = True
+        self.write_limit = write_limit
         self._writable_event = asyncio.Event()
         self._writable_event.set()
         self._writable_listeners: list[Callable[[bool], None]] = []
+        self._holds: set[str] = set()
+        self._backlog: collections.deque[Message] = collections.deque()
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -80,7 +102,7 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
         try:
-            self.pid, self.uid, _gid = peer_credentials(sock)
+            self.pid, self.uid, self.gid = peer_credentials(sock)
         except OSError:
             transport.abort()
             return
@@ -102,12 +124,18 @@ class Connection(asyncio.Protocol):
             )
             self.close()
             return
+        self._backlog.extend(messages)
+        self._dispatch_backlog()
+
+    def _dispatch_backlog(self) -> None:
+        backlog = self._backlog
         received = self.acceptor.received
-        for msg in messages:
-            received(self, msg)
+        while backlog and self.writable and self.accepted:
+            received(self, backlog.popleft())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._backlog.clear()
         self._writable_event.set()  # wake anyone waiting to write: there is nobody to wait for
         if self.accepted:
             self.accepted = False
@@ -115,6 +143,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable = False
+        self.hold(_OUTPUT_HOLD)
         self._writable_event.clear()
         for fn in list(self._writable_listeners):
             fn(False)
@@ -124,12 +153,37 @@ class Connection(asyncio.Protocol):
         self._writable_event.set()
         for fn in list(self._writable_listeners):
             fn(True)
+        self.unhold(_OUTPUT_HOLD)
+        self._dispatch_backlog()
+
+    def hold(self, reason: str) -> None:
+        """Stop reading from the peer until :meth:`unhold` with the same reason."""
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def unhold(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # --- API ------------------------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(msg))
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(encode_frame(msg))
+            if transport.get_write_buffer_size() > self.write_limit:
+                log.warning(
+                    "output limit exceeded, closing connection",
+                    uid=self.uid,
+                    conn=self.id,
+                    buffered=transport.get_write_buffer_size(),
+                    limit=self.write_limit,
+                )
+                transport.abort()
 
     async def wait_writable(self) -> None:
         """Return once the peer has caught up (or the connection is gone)."""
@@ -152,12 +206,18 @@ class Connection(asyncio.Protocol):
 
 
 def prepare_socket_path(path: str, *, dir_mode: int = 0o700) -> None:
-    """Create the socket's directory (mode ``dir_mode``) and remove a stale socket."""
+    """Create the socket's directory (mode ``dir_mode``) and remove a stale socket.
+
+    An existing directory gets ``dir_mode`` too, unless it is shared (sticky,
+    like /tmp) or not ours: those are left alone.
+    """
     p = Path(path)
     parent = p.parent
     if not parent.exists():
         parent.mkdir(mode=dir_mode, parents=True)
-    os.chmod(parent, dir_mode)
+    st_dir = os.stat(parent)
+    if st_dir.st_uid == os.geteuid() and not st_dir.st_mode & stat.S_ISVTX:
+        os.chmod(parent, dir_mode)
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -181,18 +241,34 @@ async def listen_local(
     *,
     sock: socket.socket | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    write_limit: int = WRITE_HARD_LIMIT,
+    public: bool = False,
+    socket_owner: int | None = None,
 ) -> asyncio.Server:
-    """Listen on ``path`` (or an inherited listening ``sock``) for Flux clients."""
+    """Listen on ``path`` (or an inherited listening ``sock``) for Flux clients.
+
+    The socket is 0600 in a 0700 directory, or 0666 in a 0755 directory when
+    ``public`` (guests allowed).  ``socket_owner``, another uid that must be
+    able to connect (an instance owner who is not the server's uid), gets the
+    0600 socket chowned to it in a 0711 directory when the server is root,
+    and a public socket otherwise.  Who may really connect is always the
+    acceptor's call, at the handshake.
+    """
     loop = asyncio.get_running_loop()
     if sock is None:
-        prepare_socket_path(path)
-        old = os.umask(0o177)
+        chown = socket_owner is not None and not public and os.geteuid() == 0
+        public = public or (socket_owner is not None and not chown)
+        dir_mode = 0o755 if public else 0o711 if chown else 0o700
+        prepare_socket_path(path, dir_mode=dir_mode)
+        old = os.umask(0o111 if public else 0o177)
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
         finally:
             os.umask(old)
+        if chown and socket_owner is not None:
+            os.chown(path, socket_owner, -1)
         sock.listen(1024)
     return await loop.create_unix_server(
-        lambda: Connection(acceptor, max_message), sock=sock, backlog=1024
+        lambda: Connection(acceptor, max_message, write_limit), sock=sock, backlog=1024
     )

@@ -57,6 +57,8 @@ def handle(msg, send):
             send(msg.response({}))
         else:
             send(msg.response(errnum=errno.ENOENT, text="not found"))
+    elif topic == "attr.get" and body.get("name") == "security.owner":
+        send(msg.response({"value": str(os.getuid()), "flags": 1}))
     elif topic == "sdexec.wait":
         if procs.pop(body.get("label"), None):
             send(msg.response({"status": wait_status}))

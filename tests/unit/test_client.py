@@ -38,12 +38,18 @@ class Conn:
         self._queue: list[Message] = []
 
     def recv(self) -> Message:
-        while not self._queue:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("client closed the connection")
-            self._queue.extend(self._decoder.feed(data))
-        return self._queue.pop(0)
+        while True:
+            while not self._queue:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError("client closed the connection")
+                self._queue.extend(self._decoder.feed(data))
+            msg = self._queue.pop(0)
+            if msg.topic == "attr.get" and msg.json().get("name") == "security.owner":
+                # As a real server owned by the caller answers the CLI's signing check.
+                self.respond(msg, {"value": str(os.getuid()), "flags": 1})
+                continue
+            return msg
 
     def send(self, msg: Message) -> None:
         self.sock.sendall(encode_frame(msg))

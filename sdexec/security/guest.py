@@ -1,0 +1,106 @@
+"""What a guest may do: its own processes only, run as itself, with safe settings.
+
+Theory of operation
+-------------------
+A *guest* is a client whose uid is neither the server's nor the instance
+owner's (it was let in by ``--allow-guests``; the router gives it the user
+role, not the owner role).  RFC 42 servers run commands with their own
+credentials, and RFC 15 keeps user transitions for the IMP; an sdexec server
+that runs as root can do better with systemd, so a guest's command runs as
+the guest: the unit gets ``User=``/``Group=`` set to the uid and gid the
+kernel reported for the connection, after every other setting, so nothing in
+the request can override them.  A server that cannot switch users (not
+root) refuses a guest's ``exec`` with EPERM rather than run it as itself.
+
+The unit settings a guest may ask for are an allow-list of resource limits
+and cosmetics; everything that systemd would apply with the manager's
+privileges before dropping them (``StandardOutput=file:``, ``Slice=``,
+``Delegate=``, raised rlimits, negative nice, the unit's name) is EPERM, as
+is stdio fall-through (it would hand the server's own stdio to the guest)
+and message channels (the server would connect to the msgchan's ``uri`` as
+itself, a confused deputy: a guest could reach this very server as root).
+
+:func:`visible` is the rule for ``kill``, ``wait``, ``list`` and ``attach``:
+a trusted client sees every process, a guest only those it started.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from dbus_fast import Variant
+
+from sdexec.errors import SdexecError
+from sdexec.proto.message import ROLE_OWNER
+from sdexec.proto.rfc42 import LocalFlag
+from sdexec.systemd.properties import OPTS_PREFIX, Property
+
+if TYPE_CHECKING:
+    from sdexec.broker.router import Request
+    from sdexec.proto.rfc42 import ExecRequest
+
+#: Unit settings (``SDEXEC_PROP_<Name>`` options) a guest may set.
+GUEST_PROPERTIES = frozenset(
+    {
+        "Description",
+        "SyslogIdentifier",
+        "MemoryMax",
+        "MemoryHigh",
+        "MemorySwapMax",
+        "TasksMax",
+        "CPUQuota",
+        "CPUQuotaPerSecUSec",
+        "CPUWeight",
+        "IOWeight",
+        "RuntimeMaxSec",
+        "RuntimeMaxUSec",
+        "RuntimeRandomizedExtraSec",
+        "RuntimeRandomizedExtraUSec",
+        "TimeoutStopSec",
+        "TimeoutStopUSec",
+        "KillMode",
+        "KillSignal",
+        "FinalKillSignal",
+        "SendSIGKILL",
+        "SendSIGHUP",
+    }
+)
+#: Other command options a guest may set.
+GUEST_OPTIONS = frozenset({"stdin_BUFSIZE"})
+
+
+def is_guest(req: Request) -> bool:
+    return not req.rolemask & ROLE_OWNER
+
+
+def visible(req: Request, requester_uid: int) -> bool:
+    """May ``req``'s sender see and touch a process started by ``requester_uid``?"""
+    return not is_guest(req) or requester_uid == req.userid
+
+
+def can_switch_user() -> bool:
+    return os.geteuid() == 0
+
+
+def exec_properties(req: Request, er: ExecRequest) -> list[Property]:
+    """Extra unit properties for ``req``'s exec ([] for a trusted client); EPERM if refused."""
+    if not is_guest(req):
+        return []
+    for key in er.cmd.opts:
+        name = key[len(OPTS_PREFIX) :] if key.startswith(OPTS_PREFIX) else None
+        if key not in GUEST_OPTIONS and name not in GUEST_PROPERTIES:
+            raise SdexecError(errno.EPERM, f"guests may not set the option {key}")
+    if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+        raise SdexecError(errno.EPERM, "guests may not use stdio fall-through")
+    if er.cmd.msgchans:
+        # The server would connect to the msgchan's uri with its own
+        # credentials: a guest could reach this very server as its owner.
+        raise SdexecError(errno.EPERM, "guests may not use message channels")
+    if not can_switch_user():
+        raise SdexecError(errno.EPERM, "this server cannot run commands as another user")
+    gid = req.conn.gid
+    if req.userid < 0 or gid < 0:
+        raise SdexecError(errno.EPERM, "the guest's credentials are unknown")
+    return [("User", Variant("s", str(req.userid))), ("Group", Variant("s", str(gid)))]
