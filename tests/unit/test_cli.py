@@ -452,3 +452,11 @@ def test_exec_with_ranks_but_no_hosts_file(
     monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
     assert cli.main(["exec", "-r", "all", "true"]) == 125
     assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
+
+
+def test_sign_with_ranks_is_refused_until_the_fanout_signs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["exec", "--sign", "-r", "all", "true"])
+    assert "--sign is not supported with -r/-x yet" in capsys.readouterr().err
