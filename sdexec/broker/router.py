@@ -92,8 +92,11 @@ class Request:
             return self.signed
         return self.msg.json()  # type: ignore[no-any-return]
 
-    def respond(self, payload: dict[str, Any] | None = None) -> None:
-        """Send a success response (several, for a streaming request)."""
+    def respond(self, payload: dict[str, Any] | bytes | None = None) -> None:
+        """Send a success response (several, for a streaming request).
+
+        ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
+        """
         if self.msg.noresponse or self._done:
             return
         self.conn.send(self.msg.response(payload if payload is not None else None))

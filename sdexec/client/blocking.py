@@ -55,7 +55,7 @@ from sdexec.client.exec import (
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
-from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType
+from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -157,10 +157,19 @@ class BlockingHandle:
         return tag
 
     def send(
-        self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
+        self,
+        topic: str,
+        payload: dict[str, Any] | bytes | None = None,
+        *,
+        nodeid: int = NODEID_ANY,
     ) -> None:
-        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``."""
+        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``.
+
+        ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
+        """
         if self.signer is not None:
+            if isinstance(payload, bytes):  # the fast path's pre-encoded JSON
+                payload = decode_json_payload(payload)
             payload = self.signer(topic, payload)
         self._write(Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE))
 
@@ -377,7 +386,7 @@ class _ExecLoop:
         if msg.errnum:
             error = ExecFailed if self.session.pid is None else RemoteError
             raise error(msg.errnum, msg.error_text())
-        event = self.session.feed(response_payload(msg))
+        event = self.session.feed_message(msg)
         if event is None:
             return None
         if event.kind == OUTPUT and event.data:
@@ -433,6 +442,6 @@ def _forward_stdin(handle: BlockingHandle, session: ExecSession, tag: int, fd: i
     except OSError:
         data = b""  # EIO from a hung-up tty and the like: treat as EOF
     if data:
-        handle.send(WRITE_TOPIC, session.write_payload(tag, data))
+        handle.send(WRITE_TOPIC, session.write_bytes(tag, data))
     else:
         handle.send(WRITE_TOPIC, session.eof_payload(tag))

@@ -35,13 +35,16 @@ from __future__ import annotations
 import binascii
 import errno
 
-from sdexec.client.rpc import RemoteError
+from sdexec.client.rpc import RemoteError, response_payload
 from sdexec.errors import ProtocolError, SdexecError
+from sdexec.proto.jsonio import parse_output_data, write_payload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
+
+    from sdexec.proto.message import Message
 
 SERVICE = "sdexec"
 EXEC_TOPIC = "sdexec.exec"
@@ -336,6 +339,23 @@ class ExecSession:
             return ExecEvent(FINISHED, status=self.status)
         return None
 
+    def feed_message(self, msg: Message) -> ExecEvent | None:
+        """:meth:`feed` for a whole success response: output data stays bytes.
+
+        An ``output`` response in the layout sdexec servers write is decoded
+        without building a str of its data (output forwarding's hot path);
+        anything else goes through :func:`~sdexec.client.rpc.response_payload`.
+        """
+        raw = msg.payload
+        if raw is not None and raw.startswith(b'{"type":"output"'):
+            fast = parse_output_data(raw)
+            if fast is not None:
+                _pid, stream, data, eof = fast
+                if eof:
+                    self.eof_streams.add(stream)
+                return ExecEvent(OUTPUT, stream=stream, data=data, eof=eof)
+        return self.feed(response_payload(msg))
+
     def finish(self) -> int:
         """The wait status, once the stream has ended with ENODATA.
 
@@ -351,6 +371,13 @@ class ExecSession:
             raise SdexecError(errno.EPIPE, "stdin is already closed")
         self.credit.charge(len(data))
         return {"matchtag": matchtag, "io": encode_io(STDIN, data)}
+
+    def write_bytes(self, matchtag: int, data: bytes) -> bytes:
+        """:meth:`write_payload` already encoded (NUL-terminated JSON): stdin's hot path."""
+        if self.stdin_closed:
+            raise SdexecError(errno.EPIPE, "stdin is already closed")
+        self.credit.charge(len(data))
+        return write_payload(matchtag, STDIN, "0", data, False)
 
     def eof_payload(self, matchtag: int) -> dict[str, Any]:
         """The ``sdexec.write`` payload that closes stdin (needs no credit)."""

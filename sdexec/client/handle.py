@@ -99,6 +99,14 @@ class Stream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        return response_payload(await self.next_message())
+
+    async def next_message(self) -> Message:
+        """The next success response as a message (for decoders of their own).
+
+        Ends and fails like iteration: StopAsyncIteration at the end of the
+        stream, RemoteError for an error response.
+        """
         if self._done:
             raise StopAsyncIteration
         item = await self._queue.get()
@@ -114,7 +122,8 @@ class Stream:
             raise StopAsyncIteration
         if item.errnum:
             self._done = True
-        return response_payload(item)
+            response_payload(item)  # raises RemoteError
+        return item
 
     # --- called by the Handle -------------------------------------------------
 
@@ -243,9 +252,16 @@ class Handle:
         return stream
 
     def send(
-        self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
+        self,
+        topic: str,
+        payload: dict[str, Any] | bytes | None = None,
+        *,
+        nodeid: int = NODEID_ANY,
     ) -> None:
-        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``."""
+        """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``.
+
+        ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
+        """
         msg = Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE)
         self._write(msg)
 

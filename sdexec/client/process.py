@@ -124,7 +124,7 @@ class RemoteProcess:
                 if not await self._pump():
                     raise SdexecError(errno.EPIPE, "the process has finished")
                 continue
-            payload = self.session.write_payload(stream.matchtag, bytes(view[:n]))
+            payload = self.session.write_bytes(stream.matchtag, bytes(view[:n]))
             self.handle.send(WRITE_TOPIC, payload)
             view = view[n:]
 
@@ -158,14 +158,14 @@ class RemoteProcess:
             if self._ended:
                 return False
             try:
-                resp = await anext(stream)
+                msg = await stream.next_message()
             except StopAsyncIteration:
                 self._ended = True
                 return False
             except BaseException:
                 self._ended = True
                 raise
-            event = self.session.feed(resp)
+            event = self.session.feed_message(msg)
             if event is not None and event.kind == OUTPUT and event.data:
                 if self._on_output is not None:
                     self._on_output(event.stream, event.data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 
 from sdexec.errors import SdexecError
+from sdexec.proto.jsonio import parse_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,7 +36,12 @@ def response_payload(msg: Message) -> dict[str, Any]:
     """A response's JSON payload ({} if empty), or its error as :class:`RemoteError`."""
     if msg.errnum:
         raise RemoteError(msg.errnum, msg.error_text())
-    if not msg.payload or msg.payload == b"\0":
+    raw = msg.payload
+    if not raw or raw == b"\0":
         return {}
+    if raw.startswith(b'{"type":"output"'):  # output's hot path; None: not our layout
+        fast = parse_output(raw)
+        if fast is not None:
+            return fast
     payload: dict[str, Any] = msg.json()
     return payload

@@ -31,9 +31,12 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import Any
 
 from sdexec.errors import ProtocolError
+
+TYPE_CHECKING = False  # typing costs the CLI ~4 ms of start-up; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTO_MAGIC = 0x8E
 PROTO_VERSION = 1

@@ -242,10 +242,18 @@ def main(args: argparse.Namespace) -> int:
             journal_dir = str(manager.journal_dir)
         elif mode == "user":
             bus_address = user_bus_address()
-        alive = asyncio.run(serve(opts, bus_address, journal_dir))
-        if manager is not None and alive == 0:
-            manager.stop()
-            log.info("private systemd stopped")
+        kept: int | None = None
+        try:
+            kept = asyncio.run(serve(opts, bus_address, journal_dir))
+        finally:
+            if manager is not None:
+                if kept is None:  # the server failed: what it kept is on disk
+                    from sdexec.server.statefile import StateDir
+
+                    kept = len(StateDir(state_dir).load_all())
+                if kept == 0:
+                    manager.stop()
+                    log.info("private systemd stopped")
         log.info("stopped")
         return 0
     except SdexecError as exc:

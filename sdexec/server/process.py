@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sdexec.proto import rfc42
+from sdexec.proto import jsonio, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
@@ -217,7 +217,8 @@ class Process:
         """Sink for an :class:`OutputPipe`: forward to the streaming client."""
         client = self.client
         if client is not None:
-            client.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data, eof)))
+            # Encoded straight to JSON bytes: the hot path of output forwarding.
+            client.respond(jsonio.output_payload(self.pid, stream, self.rank, data, eof))
         if eof:
             self._maybe_end()
 

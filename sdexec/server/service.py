@@ -41,7 +41,7 @@ from dbus_fast import Variant
 
 from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
-from sdexec.proto import rfc42
+from sdexec.proto import jsonio, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
@@ -392,11 +392,15 @@ class Service:
     # --- write ------------------------------------------------------------------------------
 
     def write(self, req: Request) -> None:
-        try:
-            wr = rfc42.parse_write(req.payload())
-        except OSError as exc:
-            log.info("write dropped", uid=req.userid, reason=str(exc))
-            return  # write has no response (NORESPONSE); drop what cannot be parsed
+        fast = jsonio.parse_write(req.msg.payload or b"")  # stdin's hot path; None: use json
+        if fast is not None:
+            wr = rfc42.WriteRequest(*fast)
+        else:
+            try:
+                wr = rfc42.parse_write(req.payload())
+            except OSError as exc:
+                log.info("write dropped", uid=req.userid, reason=str(exc))
+                return  # write has no response (NORESPONSE); drop what cannot be parsed
         proc = self.by_stream.get((req.sender, wr.matchtag))
         if proc is None:
             return

@@ -19,11 +19,19 @@ for ``JobRemoved``); a listener is registered *before* its
 ``StartTransientUnit`` is sent, so no transition is missed.  Signals of
 units nobody watches are dropped after a dictionary lookup.
 
+At most MAX_IN_FLIGHT calls are outstanding on the connection at once.
+dbus-fast (5.2) treats a send that meets a full socket buffer (EAGAIN) as a
+fatal error and drops the whole connection, failing every pending call with
+EBADF; a thousand concurrent StartTransientUnit calls did exactly that.  A
+window of 32 keeps what is queued far below the socket buffer while still
+keeping systemd, which handles calls one at a time, busy.
+
 D-Bus errors are translated to errnos here, once, from a table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -42,6 +50,7 @@ UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+MAX_IN_FLIGHT = 32
 
 DBUS_ERRNO: dict[str, int] = {
     "org.freedesktop.systemd1.NoSuchUnit": errno.ESRCH,
@@ -97,6 +106,7 @@ class SystemdBus:
         self._bus: MessageBus | None = None
         self._by_path: dict[str, UnitListener] = {}
         self._by_name: dict[str, UnitListener] = {}
+        self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     # --- connection --------------------------------------------------------------
 
@@ -140,7 +150,8 @@ class SystemdBus:
         if self._bus is None:
             raise SdexecError(errno.ECONNRESET, "not connected to systemd")
         try:
-            reply = await self._bus.call(msg)
+            async with self._window:
+                reply = await self._bus.call(msg)
         except Exception as exc:
             raise translate(exc) from exc
         if reply.message_type == MessageType.ERROR:

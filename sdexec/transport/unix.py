@@ -47,6 +47,10 @@ from sdexec.proto.message import Message
 log = structlog.get_logger("sdexec.transport")
 
 WRITE_HIGH_WATER = 1 << 20
+# A socket buffer that holds a whole output response (256 KiB of data, more as
+# JSON or base64): one send per message instead of several, each waiting for
+# the client to read.  The kernel default (about 200 KiB) is smaller.
+SEND_BUFFER = 1 << 20
 WRITE_LOW_WATER = 256 << 10
 #: A write buffer larger than this closes the connection.
 WRITE_HARD_LIMIT = 8 << 20
@@ -101,6 +105,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # capped at net.core.wmem_max; best effort
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             self.pid, self.uid, self.gid = peer_credentials(sock)
         except OSError:
