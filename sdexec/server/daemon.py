@@ -40,6 +40,9 @@ class ServeOptions:
     rank: int = 0
     size: int = 1
     on_shutdown: str = "keep"
+    # A listening socket inherited through systemd socket activation: used
+    # instead of binding socket_path, and never unlinked (systemd owns it).
+    listen_sock: socket.socket | None = None
     # sdexec.security: who may connect and sign, and the hostile-input limits.
     security: SecurityConfig | None = None
     max_message: int = 4 << 20
@@ -147,6 +150,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         server = await listen_local(
             opts.socket_path,
             router,
+            sock=opts.listen_sock,
             max_message=opts.max_message,
             write_limit=opts.max_output_buffer,
             public=security.allow_guests,
@@ -175,6 +179,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             rank=opts.rank,
             state_dir=str(opts.state_dir),
             pid=os.getpid(),
+            socket_activated=opts.listen_sock is not None,
         )
         log.info("security", **describe(security))
         notify("READY=1")
@@ -193,8 +198,9 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
         gate.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(opts.socket_path)
+    if opts.listen_sock is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(opts.socket_path)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
@@ -228,10 +234,15 @@ def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
+        from sdexec.server.activation import listen_fds, local_socket
+
+        inherited = local_socket(listen_fds())
         # Not $SDEXEC_URI: that names the server a client talks to (and is set in
-        # every process we run), not where a new server should listen.
-        uri = args.uri or LOCAL_SCHEME + default_local_path()
-        path = local_path(uri)
+        # every process we run), not where a new server should listen.  A socket
+        # from systemd names itself.
+        default = LOCAL_SCHEME + (inherited[1] if inherited else default_local_path())
+        uri = args.uri or default
+        path = inherited[1] if inherited else local_path(uri)
         state_dir = (
             Path(args.state_dir) if getattr(args, "state_dir", None) else (default_state_dir(path))
         )
@@ -250,6 +261,7 @@ def main(args: argparse.Namespace) -> int:
             systemd=mode,
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
+            listen_sock=inherited[0] if inherited else None,
             security=security,
             max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
             max_output_buffer=getattr(args, "max_output_buffer", None)

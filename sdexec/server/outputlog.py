@@ -66,8 +66,12 @@ class OutputLog(Protocol):
         ended: Callable[[], bool],
         follow: bool = True,
         drain: Drain | None = None,
+        pid: int | None = None,
     ) -> None:
         """Replay the output, then follow until ``ended()`` and the log is quiet.
+
+        ``pid`` (the process's) also finds lines journald could not attribute
+        to the unit (see :meth:`JournalLog.argv`).
 
         ``drain`` is awaited after each delivery: that is how a slow reader
         holds the replay back instead of filling the server's memory.
@@ -110,7 +114,14 @@ class JournalLog:
         return prefix, [("SyslogIdentifier", Variant("s", ident))]
 
     def argv(
-        self, unit: str, ident: str, *, tail: int | None, follow: bool, after: str | None = None
+        self,
+        unit: str,
+        ident: str,
+        *,
+        tail: int | None,
+        follow: bool,
+        after: str | None = None,
+        pid: int | None = None,
     ) -> list[str]:
         args = ["-o", "json", "--all", "--output-fields=MESSAGE,PRIORITY,_LINE_BREAK"]
         if after is not None:
@@ -119,9 +130,16 @@ class JournalLog:
             args += ["--lines", str(tail)] if tail is not None else ["--lines=all"]
         if follow:
             args.append("--follow")
-        return self.journal.argv(
-            *args, f"{self.unit_field}={unit}", f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"
-        )
+        match = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
+        if pid is not None:
+            # journald takes a stream's unit from /proc/PID/cgroup of its
+            # peer; for a process that exits at once that may already be gone,
+            # and the lines carry no unit.  The pid comes from the socket's
+            # credentials and is always there: match it too ("+" is OR).
+            match = [f"{self.unit_field}={unit}", *match, "+", f"_PID={pid}", *match]
+        else:
+            match = [f"{self.unit_field}={unit}", *match]
+        return self.journal.argv(*args, *match)
 
     async def follow(
         self,
@@ -133,6 +151,7 @@ class JournalLog:
         ended: Callable[[], bool],
         follow: bool = True,
         drain: Drain | None = None,
+        pid: int | None = None,
     ) -> None:
         # journalctl --follow learns of new entries through journald's change
         # notifications, which journald coalesces (up to 250 ms).  So once the
@@ -140,7 +159,7 @@ class JournalLog:
         # after the last cursor seen picks up anything written but not yet
         # announced.
         cursor = await self._run(
-            self.argv(unit, ident, tail=tail, follow=follow),
+            self.argv(unit, ident, tail=tail, follow=follow, pid=pid),
             sink,
             ended if follow else None,
             drain,
@@ -148,7 +167,14 @@ class JournalLog:
         )
         if follow:
             await self._run(
-                self.argv(unit, ident, tail=None if cursor else tail, follow=False, after=cursor),
+                self.argv(
+                    unit,
+                    ident,
+                    tail=None if cursor else tail,
+                    follow=False,
+                    after=cursor,
+                    pid=pid,
+                ),
                 sink,
                 None,
                 drain,
@@ -241,6 +267,7 @@ class FileLog:
         ended: Callable[[], bool],
         follow: bool = True,
         drain: Drain | None = None,
+        pid: int | None = None,
     ) -> None:
         offsets = {s: self._start(self.path(unit, s), tail) for s in ("stdout", "stderr")}
         quiet = 0.0

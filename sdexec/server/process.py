@@ -304,7 +304,14 @@ class Process:
             await req.conn.wait_writable()
 
         await self.service.outputlog.follow(
-            self.unit, self.ident, sink, tail=None, ended=ended, follow=follow, drain=drain
+            self.unit,
+            self.ident,
+            sink,
+            tail=None,
+            ended=ended,
+            follow=follow,
+            drain=drain,
+            pid=self.pid,
         )
         if self.client is req:
             self._attach_done(req)

@@ -378,7 +378,14 @@ class Service:
             await req.conn.wait_writable()
 
         await self.outputlog.follow(
-            proc.unit, proc.ident, sink, tail=tail, ended=ended, follow=follow, drain=drain
+            proc.unit,
+            proc.ident,
+            sink,
+            tail=tail,
+            ended=ended,
+            follow=follow,
+            drain=drain,
+            pid=proc.pid,
         )
         req.end()
 

@@ -64,6 +64,9 @@ RateLimitBurst=0
 _INNER = r"""
 set -e
 runtime=$1; state=$2; hybrid=$3
+# Not for journald or the manager: a server run as a Type=notify or
+# socket-activated service keeps these for itself.
+unset DBUS_SESSION_BUS_ADDRESS NOTIFY_SOCKET LISTEN_FDS LISTEN_PID LISTEN_FDNAMES
 if [ "$hybrid" = 1 ]; then mount -t cgroup2 cgroup2 /sys/fs/cgroup; fi
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mkdir -p /run/systemd/system /run/systemd/journal
@@ -80,7 +83,6 @@ if [ -x /lib/systemd/systemd-journald ] && [ -f /etc/systemd/journald.conf ] \
   [ -S /run/systemd/journal/stdout ] && journal=1
 fi
 export XDG_RUNTIME_DIR="$runtime"
-unset DBUS_SESSION_BUS_ADDRESS NOTIFY_SOCKET LISTEN_FDS LISTEN_PID LISTEN_FDNAMES
 if [ $journal = 1 ]; then exec /lib/systemd/systemd --user --log-target=journal; fi
 exec /lib/systemd/systemd --user --log-target=kmsg
 """

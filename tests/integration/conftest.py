@@ -186,3 +186,57 @@ def server(manager: PrivateManager, workdir: Path) -> Iterator[Server]:
         with contextlib.suppress(Exception):
             srv.stop()
         assert not left, f"units left behind: {left}"
+
+
+@dataclass
+class Cluster:
+    """Four servers, ranks 0-3, each on its own socket, and their hosts file."""
+
+    servers: list[Server]
+    hosts_file: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = self.servers[0].env(**{"SDEXEC_HOSTS": str(self.hosts_file), **extra})
+        env.pop("SDEXEC_URI", None)
+        return env
+
+    def sdexec(
+        self, *args: str, input: bytes | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run the real CLI with ``SDEXEC_HOSTS`` naming the cluster's hosts file."""
+        return self.servers[0].sdexec(*args, input=input, timeout=timeout, env=self.env())
+
+
+@pytest.fixture(scope="session")
+def cluster(manager: PrivateManager, workdir: Path, server: Server) -> Iterator[Cluster]:
+    """Ranks 0-3 sharing the session's systemd manager, hosts file ``node0``..``node3``.
+
+    The servers share the manager with the ``server`` fixture, so they are
+    stopped with SIGKILL: a server stopped with SIGTERM also stops the
+    private manager it uses, under everyone else's feet.
+    """
+    servers = [
+        Server(
+            manager,
+            str(workdir / f"r{rank}"),
+            manager.state_dir,
+            workdir / f"r{rank}.log",
+            extra_args=["--rank", str(rank)],
+        )
+        for rank in range(4)
+    ]
+    hosts_file = workdir / "hosts"
+    hosts_file.write_text(
+        "# the test cluster\n"
+        + "".join(f"{srv.uri} node{rank}\n" for rank, srv in enumerate(servers))
+    )
+    try:
+        for srv in servers:
+            srv.start()
+        yield Cluster(servers, hosts_file)
+    finally:
+        left = [u for u in servers[0].units() if u.split("-")[1:2] in (["1"], ["2"], ["3"])]
+        for srv in servers:
+            if srv.proc is not None:
+                srv.stop(signal.SIGKILL)
+        assert not left, f"units left behind by the cluster: {left}"

@@ -403,3 +403,60 @@ loaded = sorted(heavy & set(sys.modules))
 assert not loaded, loaded
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- many ranks (-r/-x) --------------------------------------------------------------
+
+
+def test_ranks_options_on_exec_ps_kill_wait() -> None:
+    parser, _ = cli.build_parser()
+    for argv in (["exec", "-r", "0-3", "-l", "true"], ["ps", "-r", "all"],
+                 ["kill", "-r", "1", "job"], ["wait", "-x", "2", "job"]):  # fmt: skip
+        args = parser.parse_args(argv)
+        assert (args.ranks, args.exclude) != (None, None)
+
+
+def test_exclude_alone_means_all_ranks() -> None:
+    parser, subs = cli.build_parser()
+    args = parser.parse_args(["exec", "-x", "3", "true"])
+    assert cli._many_ranks(args, subs) is True
+    assert args.ranks == "all"
+
+
+def test_without_ranks_the_single_server_path_is_taken() -> None:
+    parser, subs = cli.build_parser()
+    assert cli._many_ranks(parser.parse_args(["exec", "true"]), subs) is False
+
+
+def test_uri_and_ranks_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["exec", "--uri", "local:///x", "-r", "all", "true"])
+    assert "--uri and -r/-x exclude each other" in capsys.readouterr().err
+
+
+def test_perilog_run_needs_a_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["perilog", "run", "--", "true"])
+    assert "--phase" in capsys.readouterr().err
+
+
+def test_perilog_timeouts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["perilog", "run", "--phase", "prolog", "--timeout", "0", "--", "true"])
+    assert "positive number of seconds" in capsys.readouterr().err
+
+
+def test_exec_with_ranks_but_no_hosts_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
+    assert cli.main(["exec", "-r", "all", "true"]) == 125
+    assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
+
+
+def test_sign_with_ranks_is_refused_until_the_fanout_signs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["exec", "--sign", "-r", "all", "true"])
+    assert "--sign is not supported with -r/-x yet" in capsys.readouterr().err

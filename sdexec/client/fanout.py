@@ -1,0 +1,335 @@
+"""Run one command on many ranks at once (asyncio): connections, stdin, signals.
+
+Theory of operation
+-------------------
+A fan-out is one :class:`RankProcess` per selected rank, all driven by one
+event loop, so every connection is opened and every ``sdexec.exec`` request
+sent at once: launching N ranks costs about one round trip, not N.  (The
+single-rank CLI path stays on the blocking client, which starts without
+importing asyncio; only the multi-rank path pays for the event loop.)
+
+A :class:`RankProcess` owns its connection and its exec stream for the span
+of :meth:`RankProcess.run`, which never raises for what happens on the
+remote side: it ends with an :class:`~sdexec.outcome.Outcome` (ok, exit N,
+signal, error, unreachable).  A server that does not answer within the
+connect timeout, refuses the connection or drops it is *unreachable*, which
+is not the same as a command that failed.
+
+Standard input is broadcast with RFC 42 flow control for every rank
+(:func:`broadcast_stdin`): a chunk is read from stdin only when every rank
+that still takes input has credit for it, and the chunk is as large as the
+smallest credit, so no rank is ever sent more than its server can buffer and
+the slowest rank paces the others, as in ``flux exec``.  Ranks that finish
+stop taking input; EOF is sent to all.  Stdin is read with ``add_reader``
+where epoll allows it (pipes, terminals, sockets) and directly otherwise
+(regular files and ``/dev/null``, which are always readable).
+
+Signals are forwarded by :meth:`RankProcess.kill`, which holds a signal that
+arrives before ``started`` until the process has a pid.
+
+Ownership: the caller's ``asyncio.TaskGroup`` owns every task (one per rank,
+the stdin pump, the signal pump); nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sdexec.client.exec import (
+    ADD_CREDIT,
+    EXEC_TOPIC,
+    FINISHED,
+    KILL_TOPIC,
+    OUTPUT,
+    STARTED,
+    STREAMING_FLAGS,
+    WRITE_TOPIC,
+    ExecSession,
+)
+from sdexec.client.handle import Handle, Stream
+from sdexec.client.rpc import RemoteError
+from sdexec.errors import ProtocolError, SdexecError
+from sdexec.hosts import Host
+from sdexec.outcome import Kind, Outcome, from_status
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_READ_SIZE = 64 * 1024
+
+OutputCallback = Callable[["RankProcess", str, bytes, bool], None]
+
+
+async def connect(host: Host, within: float = DEFAULT_CONNECT_TIMEOUT) -> Handle:
+    """A connection to ``host``'s server; SdexecError (ETIMEDOUT, ...) if none."""
+    try:
+        async with asyncio.timeout(within):
+            return await Handle.connect(host.uri)
+    except TimeoutError:
+        raise SdexecError(errno.ETIMEDOUT, f"no answer from {host.uri} in {within:g}s") from None
+
+
+def unreachable(exc: SdexecError) -> Outcome:
+    return Outcome(Kind.UNREACHABLE, exc.errno or errno.EIO, exc.message)
+
+
+class RankProcess:
+    """One rank's remote process: connect, exec, stream I/O, end with an Outcome.
+
+    ``on_output(proc, stream, data, eof)`` is called for each output response.
+    ``on_change(proc)`` is called when the state changes (started, ended).
+    With ``stdin=False`` EOF is sent as soon as the process starts.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        command: Mapping[str, Any],
+        *,
+        flags: int = STREAMING_FLAGS,
+        stdin: bool = True,
+        on_output: OutputCallback | None = None,
+        on_change: Callable[[RankProcess], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.session = ExecSession(command, flags=flags)
+        self.stdin = stdin
+        self.on_output = on_output
+        self.on_change = on_change
+        self.handle: Handle | None = None
+        self.stream: Stream | None = None
+        self.outcome: Outcome | None = None
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        self._credit = asyncio.Event()
+        self._abandoned: SdexecError | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.host.rank
+
+    @property
+    def pid(self) -> int | None:
+        return self.session.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not yet ended."""
+        return self.started.is_set() and not self.done.is_set()
+
+    @property
+    def accepting_stdin(self) -> bool:
+        return self.running and not self.session.stdin_closed and self.stream is not None
+
+    # --- the run ------------------------------------------------------------------------
+
+    async def run(self, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Outcome:
+        """Run to the end; returns (and records) the rank's outcome."""
+        try:
+            self.outcome = await self._run(connect_timeout)
+        finally:
+            if self.outcome is None:  # cancelled
+                self.outcome = Outcome(Kind.ERROR, errno.ECANCELED, "cancelled")
+            self.done.set()
+            self._credit.set()
+            if self.handle is not None:
+                await self.handle.close()
+            self._changed()
+        return self.outcome
+
+    async def _run(self, connect_timeout: float) -> Outcome:
+        try:
+            self.handle = await connect(self.host, connect_timeout)
+        except SdexecError as exc:
+            return unreachable(exc)
+        if self._abandoned is not None:
+            return unreachable(self._abandoned)
+        self.stream = self.handle.stream(EXEC_TOPIC, self.session.request())
+        try:
+            async for resp in self.stream:
+                self._on_response(resp)
+            return from_status(self.session.finish())
+        except RemoteError as exc:
+            if self.session.pid is None:
+                return Outcome(Kind.ERROR, exc.errno or errno.EIO, exc.message)
+            return Outcome(Kind.ERROR, exc.errno or errno.EIO, f"server: {exc.message}")
+        except ProtocolError as exc:
+            return Outcome(Kind.ERROR, errno.EPROTO, exc.message)
+        except SdexecError as exc:
+            return unreachable(self._abandoned or exc)
+
+    def _on_response(self, resp: dict[str, Any]) -> None:
+        event = self.session.feed(resp)
+        if event is None:
+            return
+        if event.kind == OUTPUT:
+            if self.on_output is not None and (event.data or event.eof):
+                self.on_output(self, event.stream, event.data, event.eof)
+        elif event.kind == STARTED:
+            self.started.set()
+            if not self.stdin:
+                self.close_stdin()
+            self._changed()
+        elif event.kind in (ADD_CREDIT, FINISHED):
+            self._credit.set()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    async def abandon(self, reason: SdexecError) -> None:
+        """Give up on this rank: close the connection (the server then kills
+        a foreground process); the run ends with ``reason`` as unreachable."""
+        self._abandoned = reason
+        if self.handle is not None:
+            await self.handle.close()
+
+    # --- stdin --------------------------------------------------------------------------
+
+    async def wait_credit(self) -> None:
+        """Return once stdin credit is available or the rank takes no more input."""
+        while self.accepting_stdin and self.session.credit.available == 0:
+            self._credit.clear()
+            await self._credit.wait()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to stdin; it must fit the credit (see :meth:`wait_credit`)."""
+        if self.accepting_stdin and self.handle is not None and self.stream is not None:
+            payload = self.session.write_payload(self.stream.matchtag, data)
+            with contextlib.suppress(SdexecError):
+                self.handle.send(WRITE_TOPIC, payload)
+
+    def close_stdin(self) -> None:
+        """Send EOF on stdin (once)."""
+        if self.accepting_stdin and self.handle is not None and self.stream is not None:
+            payload = self.session.eof_payload(self.stream.matchtag)
+            with contextlib.suppress(SdexecError):
+                self.handle.send(WRITE_TOPIC, payload)
+
+    # --- signals ------------------------------------------------------------------------
+
+    async def wait_started(self) -> bool:
+        """Wait until the process has started or the run has ended; True if running."""
+        if not self.started.is_set() and not self.done.is_set():
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self.started, self.done)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+        return self.running
+
+    async def kill(self, signum: int, within: float | None = None) -> bool:
+        """Deliver ``signum`` once the process runs; True if the server did it.
+
+        ``within`` bounds the wait for the server's answer (a hung server must
+        not hold up a caller with deadlines of its own).
+        """
+        if not await self.wait_started() or self.handle is None:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                await self.handle.rpc(KILL_TOPIC, {"pid": self.session.pid, "signum": signum})
+        except (SdexecError, TimeoutError):
+            return False  # gone already, the connection with it, or no answer
+        return True
+
+
+# --- stdin broadcast ---------------------------------------------------------------------
+
+
+class StdinReader:
+    """Read a file descriptor from the event loop without changing its flags."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop.add_reader(fd, lambda: None)
+        except (PermissionError, ValueError, OSError):
+            self._pollable = False  # a regular file or /dev/null: always readable
+        else:
+            self._loop.remove_reader(fd)
+            self._pollable = True
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at end of file (or on a read error)."""
+        while True:
+            if self._pollable:
+                ready = asyncio.Event()
+                self._loop.add_reader(self.fd, ready.set)
+                try:
+                    await ready.wait()
+                finally:
+                    self._loop.remove_reader(self.fd)
+            try:
+                return os.read(self.fd, size)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return b""
+
+
+async def broadcast_stdin(procs: Sequence[RankProcess], reader: StdinReader) -> None:
+    """Copy ``reader`` to every rank's stdin, paced by the smallest credit; then EOF."""
+    for proc in procs:
+        await proc.wait_started()
+    while True:
+        targets = [p for p in procs if p.accepting_stdin]
+        if not targets:
+            return
+        for proc in targets:
+            await proc.wait_credit()
+        targets = [p for p in targets if p.accepting_stdin]
+        if not targets:
+            return
+        size = min(min(p.session.credit.available for p in targets), _READ_SIZE)
+        data = await reader.read(size)
+        for proc in targets:
+            if data:
+                proc.write(data)
+            else:
+                proc.close_stdin()
+        if not data:
+            return
+
+
+async def kill_all(procs: Iterable[RankProcess], signum: int) -> None:
+    """Send ``signum`` to every rank's process, concurrently."""
+    async with asyncio.TaskGroup() as tg:
+        for proc in procs:
+            if not proc.done.is_set():
+                tg.create_task(proc.kill(signum))
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+class LineLabeler:
+    """Prefix each line of each rank's output with ``RANK: `` (``--label-io``).
+
+    Output arrives in arbitrary chunks; a partial line is held until its end
+    (or the stream's EOF, when it is completed with a newline) so that lines
+    from different ranks never mix.
+    """
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[int, str], bytes] = {}
+
+    def feed(self, rank: int, stream: str, data: bytes, eof: bool = False) -> bytes:
+        """The labelled complete lines that ``data`` finishes."""
+        key = (rank, stream)
+        buf = self._partial.pop(key, b"") + data
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if eof and rest:
+            lines.append(rest)
+            rest = b""
+        if rest:
+            self._partial[key] = rest
+        prefix = f"{rank}: ".encode()
+        return b"".join(prefix + line + b"\n" for line in lines)

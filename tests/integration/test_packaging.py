@@ -1,0 +1,88 @@
+"""``packaging/``: the Debian package builds, passes lintian, and holds what it must.
+
+This runs the real ``packaging/build-deb`` (``dpkg-buildpackage -us -uc -b``
+on a copy of this tree) once for the module, about 10-20 s.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from sdexec.cli.main import build_parser
+
+# Every subcommand the parser has (a man page each), and at least these.
+COMMANDS = tuple(name for name in build_parser()[1] if " " not in name)
+assert {"exec", "kill", "wait", "ps", "serve", "perilog"} <= set(COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("deb")
+    r = subprocess.run(
+        [str(REPO / "packaging" / "build-deb"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    yield out
+
+
+def deb(out: Path) -> Path:
+    (path,) = out.glob("sdexec_*_all.deb")
+    return path
+
+
+def file_list(out: Path) -> set[str]:
+    r = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(deb(out))], capture_output=True, check=True
+    )
+    names = subprocess.run(["tar", "-t"], input=r.stdout, capture_output=True, check=True)
+    return {line.removeprefix(".") for line in names.stdout.decode().splitlines()}
+
+
+def test_lintian_reports_no_errors(built: Path) -> None:
+    (changes,) = built.glob("sdexec_*.changes")
+    r = subprocess.run(
+        ["lintian", "--fail-on", "error", str(deb(built)), str(changes)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [line for line in r.stdout.splitlines() if line.startswith("E:")]
+
+
+def test_deb_holds_the_sdexec_command(built: Path) -> None:
+    files = file_list(built)
+    assert "/usr/bin/sdexec" in files
+    assert "/usr/lib/python3/dist-packages/sdexec/cli/main.py" in files
+    assert "/usr/lib/python3/dist-packages/sdexec/perilog.py" in files
+
+
+def test_deb_holds_system_and_user_units(built: Path) -> None:
+    files = file_list(built)
+    for variant in ("system", "user"):
+        for unit in ("sdexec.service", "sdexec.socket"):
+            assert f"/usr/lib/systemd/{variant}/{unit}" in files
+
+
+def test_deb_holds_a_man_page_per_command(built: Path) -> None:
+    files = file_list(built)
+    assert "/usr/share/man/man1/sdexec.1.gz" in files
+    for command in COMMANDS:
+        assert f"/usr/share/man/man1/sdexec-{command}.1.gz" in files
+
+
+def test_deb_depends_on_systemd_and_python(built: Path) -> None:
+    r = subprocess.run(
+        ["dpkg-deb", "-f", str(deb(built)), "Depends"], capture_output=True, text=True, check=True
+    )
+    depends = [d.strip().split()[0] for d in r.stdout.split(",")]
+    assert "python3:any" in depends or "python3" in depends
+    assert "systemd" in depends
