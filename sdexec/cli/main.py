@@ -681,6 +681,9 @@ def _many_ranks(args: argparse.Namespace, subs: dict[str, argparse.ArgumentParse
     return True
 
 
+_FANOUT = frozenset({"exec", "kill", "wait", "ps"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sdexec`` command line; returns the exit status."""
     parser, subs = build_parser()
@@ -692,56 +695,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 del args.cmdline[0]
             if not args.cmdline:
                 subs["exec"].error("a COMMAND is required")
-            if many:
-                from sdexec.cli.fanout import run_exec as run_exec_many
-
-                return run_exec_many(args)
-            from sdexec.cli.exec import run as run_exec
-
-            return run_exec(args)
-        if args.command == "kill":
-            if many:
-                from sdexec.cli.fanout import run_kill as run_kill_many
-
-                return run_kill_many(args)
-            from sdexec.cli.kill import run as run_kill
-
-            return run_kill(args)
-        if args.command == "wait":
-            if many:
-                from sdexec.cli.fanout import run_wait as run_wait_many
-
-                return run_wait_many(args)
-            from sdexec.cli.wait import run as run_wait
-
-            return run_wait(args)
-        if args.command == "ps":
-            if many:
-                from sdexec.cli.fanout import run_ps as run_ps_many
-
-                return run_ps_many(args)
-            from sdexec.cli.ps import run as run_ps
-
-            return run_ps(args)
-        if args.command == "attach":
-            from sdexec.cli.attach import run as run_attach
-
-            return run_attach(args)
-        if args.command == "logs":
-            from sdexec.cli.logs import run as run_logs
-
-            return run_logs(args)
         if args.command == "serve":
             return _serve(args)
-        if args.command in ("proxy", "relay", "keygen", "uri"):
-            import importlib
+        # Each command's code is imported only when it runs (start-up time):
+        # sdexec.cli.<command>.run, or sdexec.cli.fanout.run_<command> for -r.
+        import importlib
 
-            module = importlib.import_module(f"sdexec.cli.{args.command}")
-            return int(module.run(args))
-        if args.command == "perilog":
-            from sdexec.cli.perilog import run as run_perilog
-
-            return run_perilog(args)
+        if many and args.command in _FANOUT:
+            fanout = importlib.import_module("sdexec.cli.fanout")
+            return int(getattr(fanout, f"run_{args.command}")(args))
+        module = importlib.import_module(f"sdexec.cli.{args.command}")
+        return int(module.run(args))
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checked it
