@@ -135,8 +135,14 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.info("already shutting down", signal=signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     async def watch_bus() -> None:
         await bus.wait_closed()
@@ -196,12 +202,14 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             tcp_task.cancel()
         bus.close()
         gate.close()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
     if opts.listen_sock is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(opts.socket_path)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
+
+
+def _late_signal(signum: int, _frame: object) -> None:
+    log.info("already shutting down", signal=signal.Signals(signum).name)
 
 
 def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,6 +300,10 @@ def main(args: argparse.Namespace) -> int:
         try:
             kept = asyncio.run(serve(opts, bus_address, journal_dir))
         finally:
+            # The loop's handlers are gone with it; a repeated SIGTERM must not
+            # cut short the rest of the shutdown (stopping the private manager).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _late_signal)
             if manager is not None:
                 if kept is None:  # the server failed: what it kept is on disk
                     from sdexec.server.statefile import StateDir
