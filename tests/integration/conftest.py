@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from remote import Sshd, curve_settings, free_port, keygen, run_sshd
 
 from sdexec.systemd.private import PrivateManager, booted_with_systemd
 
@@ -188,15 +189,31 @@ def server(manager: PrivateManager, workdir: Path) -> Iterator[Server]:
         assert not left, f"units left behind: {left}"
 
 
+@pytest.fixture(scope="session")
+def sshd(workdir: Path) -> Iterator[Sshd]:
+    """A real OpenSSH server on loopback that lets root in with a throwaway key."""
+    with run_sshd(workdir / "sshd") as daemon:
+        yield daemon
+
+
 @dataclass
 class Cluster:
-    """Four servers, ranks 0-3, each on its own socket, and their hosts file."""
+    """Four servers, ranks 0-3, each on its own socket, and their hosts file.
+
+    ``uris[r]`` is how the hosts file reaches rank r: rank 1 through its
+    ``tcp://`` listener (CURVE keys in ``keys``), rank 2 through ``ssh://``,
+    the others on their ``local://`` sockets.
+    """
 
     servers: list[Server]
+    uris: list[str]
     hosts_file: Path
+    remote_env: dict[str, str]
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = self.servers[0].env(**{"SDEXEC_HOSTS": str(self.hosts_file), **extra})
+        env = self.servers[0].env(
+            **{"SDEXEC_HOSTS": str(self.hosts_file), **self.remote_env, **extra}
+        )
         env.pop("SDEXEC_URI", None)
         return env
 
@@ -207,33 +224,53 @@ class Cluster:
         return self.servers[0].sdexec(*args, input=input, timeout=timeout, env=self.env())
 
 
+TCP_RANK, SSH_RANK = 1, 2
+
+
 @pytest.fixture(scope="session")
-def cluster(manager: PrivateManager, workdir: Path, server: Server) -> Iterator[Cluster]:
+def cluster(
+    manager: PrivateManager, workdir: Path, server: Server, sshd: Sshd
+) -> Iterator[Cluster]:
     """Ranks 0-3 sharing the session's systemd manager, hosts file ``node0``..``node3``.
 
-    The servers share the manager with the ``server`` fixture, so they are
+    Rank 1 also listens on ``tcp://`` with CURVE and the hosts file reaches it
+    there; rank 2 is reached through ``ssh://`` and the session's sshd.  The
+    servers share the manager with the ``server`` fixture, so they are
     stopped with SIGKILL: a server stopped with SIGTERM also stops the
     private manager it uses, under everyone else's feet.
     """
+    keys, authorized = workdir / "cluster-keys", workdir / "cluster-authorized"
+    authorized.mkdir()
+    for name in ("server", "client"):
+        keygen(keys, name, env=server.env())
+    shutil.copy(keys / "client.key", authorized / "client.key")
+    tcp_uri = f"tcp://127.0.0.1:{free_port()}"
+    tcp_args = [
+        "--listen", tcp_uri,
+        "--curve-key", str(keys / "server.key_secret"),
+        "--curve-authorized", str(authorized),
+    ]  # fmt: skip
     servers = [
         Server(
             manager,
             str(workdir / f"r{rank}"),
             manager.state_dir,
             workdir / f"r{rank}.log",
-            extra_args=["--rank", str(rank)],
+            extra_args=["--rank", str(rank), *(tcp_args if rank == TCP_RANK else [])],
         )
         for rank in range(4)
     ]
+    uris = [srv.uri for srv in servers]
+    uris[TCP_RANK] = tcp_uri
+    uris[SSH_RANK] = sshd.uri(servers[SSH_RANK].socket_path)
     hosts_file = workdir / "hosts"
     hosts_file.write_text(
-        "# the test cluster\n"
-        + "".join(f"{srv.uri} node{rank}\n" for rank, srv in enumerate(servers))
+        "# the test cluster\n" + "".join(f"{uri} node{rank}\n" for rank, uri in enumerate(uris))
     )
     try:
         for srv in servers:
             srv.start()
-        yield Cluster(servers, hosts_file)
+        yield Cluster(servers, uris, hosts_file, {**sshd.settings(), **curve_settings(keys)})
     finally:
         left = [u for u in servers[0].units() if u.split("-")[1:2] in (["1"], ["2"], ["3"])]
         for srv in servers:

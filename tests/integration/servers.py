@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import shutil
 import signal
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +85,3 @@ def own_server(
         for unit in srv.units():
             srv.systemctl("stop", unit)
         srv.systemctl("reset-failed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

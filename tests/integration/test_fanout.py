@@ -1,13 +1,9 @@
 """``sdexec exec|ps|kill|wait -r``: one command on four real servers (ranks 0-3) at once.
 
 The ``cluster`` fixture runs four ``sdexec serve --rank N`` on their own
-sockets and names them in a hosts file (node0..node3).
-
-Not covered here yet: a rank behind ``tcp://`` and one behind ``ssh://``.
-Those transports are issue 6's and are not on this branch; the fan-out
-reaches every rank through :meth:`sdexec.client.handle.Handle.connect`, so
-a ``tcp://`` or ``ssh://`` line in the hosts file works once that method
-speaks them (see the report of issue 7).
+sockets and names them in a hosts file (node0..node3): rank 1 is reached
+through its ``tcp://`` CURVE listener, rank 2 through ``ssh://`` and a real
+sshd, ranks 0 and 3 on ``local://``.  Every test below crosses all three.
 """
 
 from __future__ import annotations
@@ -39,6 +35,39 @@ def test_exec_all_hostname_prints_four_labelled_lines(cluster: Cluster) -> None:
     lines = r.stdout.decode().splitlines()
     name = os.uname().nodename
     assert sorted(lines) == [f"{n}: {name}" for n in range(4)]
+
+
+def test_hosts_file_reaches_ranks_over_local_tcp_and_ssh(cluster: Cluster) -> None:
+    schemes = [uri.split("://")[0] for uri in cluster.uris]
+    assert schemes == ["local", "tcp", "ssh", "local"]
+    r = cluster.sdexec("exec", "-r", "all", "-l", "--", "sh", "-c", "echo $SDEXEC_RANK")
+    assert sorted(r.stdout.decode().splitlines()) == [f"{n}: {n}" for n in range(4)]
+
+
+def test_tcp_rank_is_really_reached_over_tcp(cluster: Cluster) -> None:
+    # Without the client's CURVE certificate, only the tcp:// rank fails.
+    env = cluster.env()
+    del env["SDEXEC_CURVE_CERT"]
+    r = subprocess.run(
+        [*CLI, "exec", "-r", "all", "-l", "--", "true"], env=env, capture_output=True, timeout=60
+    )
+    assert r.returncode == 68
+    err = r.stderr.decode().splitlines()
+    assert "sdexec: [0,2-3]: ok" in err
+    assert any(line.startswith("sdexec: 1: unreachable: ") for line in err), err
+
+
+def test_ssh_rank_is_really_reached_over_ssh(cluster: Cluster) -> None:
+    # An ssh that cannot log in leaves only the ssh:// rank unreachable.
+    ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    env = cluster.env(SDEXEC_SSH=ssh + " -o IdentitiesOnly=yes -o IdentityFile=/dev/null")
+    r = subprocess.run(
+        [*CLI, "exec", "-r", "all", "-l", "--", "true"], env=env, capture_output=True, timeout=60
+    )
+    assert r.returncode == 68
+    err = r.stderr.decode().splitlines()
+    assert "sdexec: [0-1,3]: ok" in err
+    assert any(line.startswith("sdexec: 2: unreachable: ") for line in err), err
 
 
 def test_exclude_leaves_two_of_ranks_1_to_3(cluster: Cluster) -> None:
@@ -166,7 +195,7 @@ def test_stopped_server_is_reported_unreachable(cluster: Cluster, workdir: Path)
     gone.start()
     assert gone.stop() == 0
     hosts = workdir / "hosts-gone"
-    lines = [f"{s.uri} node{n}" for n, s in enumerate(cluster.servers[:3])]
+    lines = [f"{uri} node{n}" for n, uri in enumerate(cluster.uris[:3])]
     hosts.write_text("\n".join([*lines, f"{gone.uri} node3"]) + "\n")
     env = cluster.env(SDEXEC_HOSTS=str(hosts))
     r = cluster.servers[0].sdexec("exec", "-r", "all", "-l", "--", "echo", "hi", env=env)

@@ -1,9 +1,7 @@
 """Remote servers: ``ssh://`` through a real OpenSSH server, ``tcp://`` with CURVE, ``pid:``.
 
-The sshd is Debian's, started here on a loopback port with a throwaway host
-key and a throwaway user key (see SYSTEMD.md, "OpenSSH"); the tcp:// server
-is an ``sdexec serve --listen`` of this module's own with keys made by
-``sdexec keygen``.
+The sshd is the session's (``remote.run_sshd``); the tcp:// server is an
+``sdexec serve --listen`` of this module's own with keys made by ``sdexec keygen``.
 """
 
 from __future__ import annotations
@@ -13,96 +11,43 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import Server
-from servers import OwnServer, free_port, own_manager, own_server
+from remote import Sshd, curve_settings, free_port, keygen
+from servers import OwnServer, own_manager, own_server
 
 SDEXEC = f"{shlex.quote(sys.executable)} -m sdexec.cli.main"
-SSHD = "/usr/sbin/sshd"
 
 
-@dataclass
-class Sshd:
-    port: int
-    ssh: str  # the SDEXEC_SSH command
-
-    def env(self, server: Server, **extra: str) -> dict[str, str]:
-        settings = {
-            "SDEXEC_SSH": self.ssh,
-            "SDEXEC_SSH_RCMD": f"{sys.executable} -m sdexec.cli.main",
-        }
-        settings.update(extra)
-        return server.env(**settings)
-
-    def uri(self, path: str) -> str:
-        return f"ssh://root@127.0.0.1:{self.port}{path}"
-
-
-@pytest.fixture(scope="module")
-def sshd(workdir: Path) -> Iterator[Sshd]:
-    d = workdir / "sshd"
-    d.mkdir()
-    for name in ("host_key", "user_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-        )
-    shutil.copy(d / "user_key.pub", d / "authorized_keys")
-    port = free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPidFile {d}/sshd.pid\n"
-        "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nLogLevel VERBOSE\n"
-    )
-    made_run_sshd = not os.path.isdir("/run/sshd")
-    if made_run_sshd:
-        os.makedirs("/run/sshd", mode=0o755)
-    with open(d / "sshd.log", "wb") as log:
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log
-        )
-    ssh = (
-        f"ssh -i {d}/user_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-        "-o BatchMode=yes -o LogLevel=ERROR"
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while subprocess.run(
-            [*shlex.split(ssh), "-p", str(port), "root@127.0.0.1", "true"], capture_output=True
-        ).returncode:
-            assert proc.poll() is None, (d / "sshd.log").read_text()
-            assert time.monotonic() < deadline, "sshd did not come up"
-            time.sleep(0.1)
-        yield Sshd(port, ssh)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if made_run_sshd:
-            os.rmdir("/run/sshd")
+def ssh_env(server: Server, sshd: Sshd, **extra: str) -> dict[str, str]:
+    return server.env(**{**sshd.settings(), **extra})
 
 
 def test_exec_over_ssh(server: Server, sshd: Sshd) -> None:
     uri = sshd.uri(server.socket_path)
-    r = server.sdexec("exec", "--uri", uri, "-n", "--", "echo", "over-ssh", env=sshd.env(server))
+    r = server.sdexec(
+        "exec", "--uri", uri, "-n", "--", "echo", "over-ssh", env=ssh_env(server, sshd)
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"over-ssh\n"
 
 
 def test_exit_status_comes_back_over_ssh(server: Server, sshd: Sshd) -> None:
     uri = sshd.uri(server.socket_path)
-    r = server.sdexec("exec", "--uri", uri, "-n", "--", "sh", "-c", "exit 9", env=sshd.env(server))
+    r = server.sdexec(
+        "exec", "--uri", uri, "-n", "--", "sh", "-c", "exit 9", env=ssh_env(server, sshd)
+    )
     assert r.returncode == 9
 
 
 def test_proxy_over_ssh(server: Server, sshd: Sshd) -> None:
     uri = sshd.uri(server.socket_path)
     script = f'{SDEXEC} exec -n -- echo proxied-over-ssh; echo "$SDEXEC_URI"'
-    r = server.sdexec("proxy", uri, "sh", "-c", script, env=sshd.env(server))
+    r = server.sdexec("proxy", uri, "sh", "-c", script, env=ssh_env(server, sshd))
     assert r.returncode == 0, r.stderr.decode()
     first, local = r.stdout.decode().splitlines()
     assert first == "proxied-over-ssh"
@@ -111,7 +56,7 @@ def test_proxy_over_ssh(server: Server, sshd: Sshd) -> None:
 
 def test_ssh_to_a_missing_socket_reports_the_path(server: Server, sshd: Sshd) -> None:
     uri = sshd.uri("/nonexistent/sdexec/local")
-    r = server.sdexec("ps", "--uri", uri, env=sshd.env(server))
+    r = server.sdexec("ps", "--uri", uri, env=ssh_env(server, sshd))
     assert r.returncode != 0
     assert "server socket /nonexistent/sdexec/local was not found" in r.stderr.decode()
 
@@ -119,8 +64,9 @@ def test_ssh_to_a_missing_socket_reports_the_path(server: Server, sshd: Sshd) ->
 def test_ssh_forwards_the_configured_pythonpath_and_path(server: Server, sshd: Sshd) -> None:
     # A remote "sdexec" that only shows the environment it was given.
     uri = sshd.uri(server.socket_path)
-    env = sshd.env(
+    env = ssh_env(
         server,
+        sshd,
         SDEXEC_SSH_RCMD="""sh -c 'echo "remote:$PYTHONPATH:$PATH" >&2' sh""",
         SDEXEC_SSH_PYTHONPATH="/custom/py",
         SDEXEC_SSH_PATH="/custom/bin:/usr/bin:/bin",
@@ -131,7 +77,7 @@ def test_ssh_forwards_the_configured_pythonpath_and_path(server: Server, sshd: S
 
 def test_ssh_forwards_the_local_pythonpath_by_default(server: Server, sshd: Sshd) -> None:
     uri = sshd.uri(server.socket_path)
-    env = sshd.env(server, SDEXEC_SSH_RCMD="""sh -c 'echo "remote:$PYTHONPATH" >&2' sh""")
+    env = ssh_env(server, sshd, SDEXEC_SSH_RCMD="""sh -c 'echo "remote:$PYTHONPATH" >&2' sh""")
     r = server.sdexec("ps", "--uri", uri, env=env)
     assert f"remote:{env['PYTHONPATH']}\n" in r.stderr.decode()
 
@@ -146,15 +92,7 @@ class TcpServer:
     keys: Path
 
     def env(self, client: str = "client") -> dict[str, str]:
-        return self.server.env(
-            SDEXEC_CURVE_CERT=str(self.keys / f"{client}.key_secret"),
-            SDEXEC_CURVE_SERVER=str(self.keys / "server.key"),
-        )
-
-
-def _keygen(server: Server, keys: Path, name: str, *args: str) -> None:
-    r = server.sdexec("keygen", "-d", str(keys), "--name", name, *args)
-    assert r.returncode == 0, r.stderr.decode()
+        return self.server.env(**curve_settings(self.keys, client))
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +100,9 @@ def tcp_server(workdir: Path, server: Server) -> Iterator[TcpServer]:
     keys = workdir / "keys"
     authorized = workdir / "authorized"
     authorized.mkdir()
-    _keygen(server, keys, "server")
-    _keygen(server, keys, "client")
-    _keygen(server, keys, "intruder")
-    _keygen(server, keys, "guest", "--uid", "4242")
+    for name in ("server", "client", "intruder"):
+        keygen(keys, name, env=server.env())
+    keygen(keys, "guest", "--uid", "4242", env=server.env())
     for name in ("client", "guest"):
         shutil.copy(keys / f"{name}.key", authorized / f"{name}.key")
     uri = f"tcp://127.0.0.1:{free_port()}"
