@@ -5,7 +5,7 @@
 
 Writes ``sdexec.1`` and one ``sdexec-COMMAND.1`` per subcommand
 (``sdexec-perilog.1`` documents ``sdexec perilog run``).  Everything comes
-from :func:`sdexec.cli.main.build_parser`, so the pages say exactly what
+from :func:`sdexec.cli.parser.build_parser`, so the pages say exactly what
 ``--help`` says: the description, every option with its help, and the
 epilog's sections (``exit status:``, ``examples:``...) as sections of the
 page.  The date is ``$SOURCE_DATE_EPOCH`` (set by dpkg from
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdexec import __version__
-from sdexec.cli.main import build_parser
+from sdexec.cli.parser import build_parser
 
 WIDTH = 80
 _SECTION = re.compile(r"^([a-z][a-z /-]*[a-z]):\s*$")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 
 from sdexec.cli.common import (
     EXIT_FAILURE,
@@ -43,9 +42,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from typing import Any
+# The C module: ``signal`` imports ``enum``, ~5 ms of every command's start-up.
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 PROPERTY_PREFIX = "SDEXEC_PROP_"
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
 
 
 def command_from_args(args: argparse.Namespace) -> dict[str, Any]:

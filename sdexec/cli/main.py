@@ -1,704 +1,50 @@
-"""The ``sdexec`` command line: argument parsing and dispatch.
+"""The ``sdexec`` command: parse the command line, run one command's module.
 
 Theory of operation
 -------------------
-This module builds the whole argparse tree (so ``sdexec --help`` and every
-``sdexec CMD --help`` need nothing else) and imports a subcommand's module
-only when that subcommand runs.  Start-up time is part of every remote
-command's latency, so at module level it imports only ``argparse``, ``os``
-and ``sys``; the client path never imports asyncio, dbus_fast, zmq or
-structlog (see :mod:`sdexec.client.blocking`).
+Start-up time is part of every remote command's latency: an ``sdexec exec
+/bin/true`` is Python's own start, this module, the client, and one round
+trip to the server.  So a plain ``sdexec exec`` is parsed by
+:mod:`sdexec.cli.quick`, and only other command lines pay for argparse
+(:mod:`sdexec.cli.parser`).  Each command's code is imported only when it
+runs: ``sdexec.cli.<command>.run``, or ``sdexec.cli.fanout.run_<command>``
+for ``-r``.  The client path never imports asyncio, dbus_fast, zmq,
+structlog, ``json``, ``enum`` or ``re`` (see :mod:`sdexec.client.blocking`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-PROG = "sdexec"
-
-_DESCRIPTION = """\
-Run commands as systemd transient units through an sdexec server, a Flux
-RFC 42 subprocess server. Each command becomes its own unit (with its own
-cgroup, resource limits and journal), its output and exit status come back
-to the caller, and background commands survive the caller and can be
-signalled, listed and waited for by pid or by label.
-"""
-
-_EPILOG = """\
-server:
-  The server is named by a URI: --uri, else $SDEXEC_URI (the server sets it
-  in the environment of every process it runs), else
-  local://$XDG_RUNTIME_DIR/sdexec/local (or /run/sdexec/local for root,
-  /tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
-  absolute PATH, ssh://[USER@]HOST[:PORT]/PATH (OpenSSH, then "sdexec relay
-  PATH" on HOST), tcp://HOST:PORT (ZeroMQ with CURVE keys, see "sdexec
-  keygen"), or pid:PID for the server of process PID. "sdexec uri TARGET"
-  prints the URI a target resolves to.
-
-examples:
-  sdexec serve &                          start a server on the default socket
-  sdexec exec -- hostname                 run a command, as flux exec does
-  sdexec exec --bg --waitable --label nightly -- ./backup.sh
-  sdexec ps                               list the server's processes
-  sdexec kill -s INT nightly              signal a process by label or pid
-  sdexec wait nightly                     its exit status becomes sdexec's
-  sdexec proxy ssh://node12/run/sdexec/local
-                                          a shell whose sdexec commands reach node12
-  sdexec exec -r all -l hostname          on every rank of $SDEXEC_HOSTS
-  sdexec perilog run --phase prolog --timeout 30 -- /etc/sdexec/prolog
-
-Run "sdexec COMMAND --help" for the options and exit status of a command.
-"""
-
-_EXEC_DESCRIPTION = """\
-Run COMMAND as a systemd transient unit on the server, with the caller's
-environment (plus --env) in the caller's working directory (or --cwd).
-
-By default sdexec stays attached: COMMAND's stdout and stderr are copied to
-sdexec's own, byte for byte, sdexec's stdin is forwarded to COMMAND (with
-RFC 42 flow control) until end of file, and SIGINT and SIGTERM received by
-sdexec are forwarded to COMMAND. Pressing Ctrl-C twice within a second makes
-sdexec give up; the server then stops COMMAND. If sdexec's stdout is a
-closed pipe, COMMAND gets SIGPIPE, as in a local pipeline.
-
-With --bg the command runs in the background: sdexec prints its pid and
-exits, and the process keeps running under the server. Manage it with
-"sdexec ps", "sdexec kill" and (if --waitable) "sdexec wait", by pid or by
-its --label.
-"""
-
-_EXEC_EPILOG = """\
-unit properties:
-  -p NAME=VALUE sets a systemd unit property, as systemd-run -p does, for
-  example -p MemoryMax=1G -p CPUQuota=50% -p Nice=5. It travels as the RFC 42
-  command option SDEXEC_PROP_NAME; --setopt sets any other command option.
-
-exit status:
-  N        COMMAND exited with status N
-  128+N    COMMAND was killed by signal N (143 for SIGTERM, 137 for SIGKILL)
-  126      COMMAND could not be executed (permission denied)
-  127      COMMAND was not found
-  125      sdexec failed: no server, lost connection, or another error from
-           the server (the message says which)
-  130      sdexec was interrupted before COMMAND started, or gave up after a
-           double Ctrl-C
-  With --bg: 0 once the process has started, 1 if it could not be started
-  (for example, a label already in use).
-
-many ranks:
-  With -r IDSET (RFC 22: 0-3,7; or all) and/or -x IDSET, COMMAND runs at once
-  on those ranks of a hosts file (--hosts FILE, else $SDEXEC_HOSTS: one server
-  URI per line with an optional hostname; a rank is a line's position among
-  the servers, from 0). -l prefixes each output line with "RANK: "; stdin goes
-  to every rank, SIGINT and SIGTERM too; each command gets SDEXEC_RANK. The
-  exit status is the highest of the ranks' (68 for an unreachable rank, when
-  nothing is worse). If some rank did not succeed, a summary on stderr groups
-  the ranks by outcome: "sdexec: [3,7]: exit 1", "sdexec: 5: unreachable: ...".
-  With --bg, each rank's pid is printed as "RANK: PID".
-
-examples:
-  sdexec exec -- uname -a
-  sdexec exec -r all -l -- hostname
-  tar cf - src | sdexec exec -d /scratch -- tar xf -
-  sdexec exec -n -p MemoryMax=2G -- ./simulate --steps 100
-  sdexec exec --bg --waitable --label epilog -- /etc/sdexec/epilog.sh
-"""
-
-_KILL_EPILOG = """\
-SIGNAL is a number or a name, with or without the SIG prefix (TERM, SIGTERM,
-15). An argument of digits only is a pid; anything else is a label.
-
-exit status:
-  0 if the signal was delivered, 1 otherwise (the message says why).
-
-examples:
-  sdexec kill 12345
-  sdexec kill -s KILL nightly
-"""
-
-_WAIT_EPILOG = """\
-Waits for a background process started with "exec --bg --waitable" and exits
-with its status. An argument of digits only is a pid; anything else a label.
-A process can be waited for once.
-
-exit status:
-  N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
-  signal that killed it); 125 if the wait failed (no such waitable process,
-  no server).
-
-example:
-  sdexec exec --bg --waitable --label job -- sleep 10 && sdexec wait job
-"""
-
-_PS_EPILOG = """\
-fields for -o: {pid} {label} {state} {cmd} {rank}, with Python format specs,
-e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's one-letter process
-state, as in "flux sproc ps" (R: running). A process without a label shows "-".
-
-exit status:
-  0 on success, 1 on error.
-"""
-
-_SERVE_EPILOG = """\
-The server listens on the URI's socket (default as for the other commands),
-runs every command as a transient unit of the chosen systemd manager, and
-stops on SIGTERM or SIGINT. Background processes outlive it and are found
-again, by label, when it restarts with the same --state-dir.
-
---systemd:
-  user     the calling user's manager (systemctl --user)
-  system   the system manager (root)
-  private  a private, confined user manager started by the server; for
-           machines without a user session bus
-"""
-
-
-_PROXY_DESCRIPTION = """\
-Connect to the server identified by TARGET, then spawn a shell ($SHELL) or
-COMMAND with SDEXEC_URI (and FLUX_URI) pointing to a local:// socket in a
-private directory managed by the proxy. As long as the child runs, the
-proxy routes messages (requests, responses, events, service requests)
-between the server and that socket; then it removes the socket and exits
-with the child's status. TARGET is anything "sdexec uri" resolves.
-
-If the connection to the server is lost, the proxy prints an error, sends
-SIGHUP and SIGCONT to the child and waits for it before exiting.
-"""
-
-_PROXY_EPILOG = """\
-exit status:
-  the child's exit status, or 128+N if a signal N killed it; 1 if the proxy
-  could not connect (or the server's version differs, without --force).
-
-examples:
-  sdexec proxy local:///run/sdexec/local
-  sdexec proxy ssh://node12/run/sdexec/local sdexec ps
-  sdexec proxy --reconnect tcp://node12:5555
-"""
-
-_KEYGEN_EPILOG = """\
-Writes NAME.key (the public key, to give to the server's administrator) and
-NAME.key_secret (keep it private) in DIR, in ZeroMQ's certificate format.
-A server authorizes a client by having its NAME.key in its
---curve-authorized directory; "uid" metadata (--uid) says which user the
-key stands for (default: the server's owner). A client finds its keys in
-$SDEXEC_CURVE_CERT and $SDEXEC_CURVE_SERVER, by default client.key_secret
-and server.key in $SDEXEC_CURVE_DIR (~/.config/sdexec/curve).
-"""
-
-_width: int | None = None
-
-
-def _terminal_width() -> int:
-    """What shutil.get_terminal_size() gives, less 2, without importing shutil."""
-    global _width
-    if _width is None:
-        try:
-            columns = int(os.environ.get("COLUMNS", "0"))
-        except ValueError:
-            columns = 0
-        if columns <= 0:
-            try:
-                columns = os.get_terminal_size(1).columns
-            except OSError:
-                columns = 80
-        _width = max(columns, 40) - 2
-    return _width
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's formatter, but it does not import shutil (and bz2, lzma...).
-
-    argparse makes a formatter for every ``add_argument``, so its lazy
-    ``import shutil`` would run on every start-up, not only for ``--help``.
-    """
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        super().__init__(prog, indent_increment, max_help_position, width or _terminal_width())
-
-
-def _name_value(text: str) -> tuple[str, str]:
-    """argparse type for NAME=VALUE arguments."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
-
-
-def _label(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("a label must not be empty")
-    return text
-
-
-def signal_number(text: str) -> int:
-    """argparse type for a signal given by number or name (TERM, SIGTERM, 15)."""
-    if text.isascii() and text.isdigit():
-        num = int(text)
-        if 0 < num < 65:
-            return num
-        raise argparse.ArgumentTypeError(f"invalid signal number: {text}")
-    import signal  # only when a name is given
-
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    value = getattr(signal.Signals, name, None) if name.isidentifier() else None
-    if not isinstance(value, signal.Signals):
-        raise argparse.ArgumentTypeError(f"unknown signal: {text}")
-    return int(value)
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top-level parser and the subparsers by name."""
-    fmt = _Formatter
-    uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
-    uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
-    uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
-    ranks_parent = _ranks_parent(fmt)
-    sign_parent = _sign_parent(fmt)
-
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
-    )
-    parser.add_argument("--uri", metavar="URI", default=None, help=uri_help)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    subs: dict[str, argparse.ArgumentParser] = {}
-
-    p = sub.add_parser(
-        "exec",
-        parents=[uri_parent, ranks_parent, sign_parent],
-        help="run a command on the server, forwarding its I/O and signals",
-        description=_EXEC_DESCRIPTION,
-        epilog=_EXEC_EPILOG,
-        formatter_class=fmt,
-        usage="%(prog)s [options] [--] COMMAND [ARG...]",
-    )
-    p.add_argument("--bg", action="store_true", help="run in the background; print the pid")
-    p.add_argument(
-        "--waitable",
-        action="store_true",
-        help="let 'sdexec wait' collect the exit status (with --bg)",
-    )
-    p.add_argument("--label", metavar="NAME", type=_label, help="name the process (unique)")
-    p.add_argument(
-        "-d", "--cwd", metavar="DIR", help="working directory (default: the current one)"
-    )
-    p.add_argument(
-        "--env",
-        metavar="NAME=VALUE",
-        type=_name_value,
-        action="append",
-        default=[],
-        help="set an environment variable (repeatable; default: the whole environment)",
-    )
-    p.add_argument(
-        "--setopt",
-        metavar="NAME=VALUE",
-        type=_name_value,
-        action="append",
-        default=[],
-        help="set an RFC 42 command option (repeatable)",
-    )
-    p.add_argument(
-        "-p",
-        "--property",
-        metavar="NAME=VALUE",
-        type=_name_value,
-        action="append",
-        default=[],
-        help="set a systemd unit property, e.g. MemoryMax=1G (repeatable)",
-    )
-    p.add_argument(
-        "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
-    )
-    p.add_argument(
-        "-l",
-        "--label-io",
-        action="store_true",
-        help="with -r: prefix each output line with its rank",
-    )
-    p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
-    subs["exec"] = p
-
-    p = sub.add_parser(
-        "kill",
-        parents=[uri_parent, ranks_parent, sign_parent],
-        help="send a signal to a process",
-        description="Send a signal to a process of the server, by pid or label.",
-        epilog=_KILL_EPILOG,
-        formatter_class=fmt,
-    )
-    p.add_argument(
-        "-s",
-        "--signal",
-        metavar="SIGNAL",
-        type=signal_number,
-        default=15,
-        help="the signal (default: SIGTERM)",
-    )
-    p.add_argument("target", metavar="PID|LABEL")
-    subs["kill"] = p
-
-    p = sub.add_parser(
-        "wait",
-        parents=[uri_parent, ranks_parent, sign_parent],
-        help="wait for a waitable background process and return its status",
-        description="Wait for a background process to finish and exit with its status.",
-        epilog=_WAIT_EPILOG,
-        formatter_class=fmt,
-    )
-    p.add_argument("target", metavar="PID|LABEL")
-    subs["wait"] = p
-
-    p = sub.add_parser(
-        "ps",
-        parents=[uri_parent, ranks_parent, sign_parent],
-        help="list the server's processes",
-        description="List the processes of the server: PID LABEL STATE CMD.",
-        epilog=_PS_EPILOG,
-        formatter_class=fmt,
-    )
-    p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
-    p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
-    p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
-    subs["ps"] = p
-
-    p = sub.add_parser(
-        "attach",
-        parents=[uri_parent, sign_parent],
-        help="follow a background process and wait for its end",
-        description="Attach to a background process: print what it wrote so far (replayed from "
-        "the journal), follow its output live, and exit with its exit status when it ends.",
-        epilog="Ctrl-C detaches and leaves the process running. A waitable process that has "
-        "finished is reaped by attaching to it.\n\nexit status: the process's, as for exec; "
-        "125 when sdexec itself failed; 130 after Ctrl-C.",
-        formatter_class=fmt,
-    )
-    p.add_argument("target", metavar="PID|LABEL")
-    subs["attach"] = p
-
-    p = sub.add_parser(
-        "logs",
-        parents=[uri_parent, sign_parent],
-        help="print a background process's output",
-        description="Print the output a background process has written, stdout to stdout and "
-        "stderr to stderr, each in order. The output is kept in the journal (SyslogIdentifier "
-        "is the label), or in files in the server's state directory when there is no journald.",
-        formatter_class=fmt,
-    )
-    p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
-    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
-    p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
-    p.add_argument("target", metavar="PID|LABEL")
-    subs["logs"] = p
-
-    p = sub.add_parser(
-        "serve",
-        parents=[uri_parent],
-        help="run an sdexec server",
-        description="Run an sdexec server in the foreground.",
-        epilog=_SERVE_EPILOG,
-        formatter_class=fmt,
-    )
-    p.add_argument(
-        "--systemd",
-        choices=("user", "system", "private"),
-        default=None,
-        help="which systemd manager runs the units (default: chosen by the server)",
-    )
-    p.add_argument("--rank", type=int, default=0, help="this server's rank (default: 0)")
-    p.add_argument("--state-dir", metavar="DIR", default=None, help="where state is kept")
-    p.add_argument(
-        "--on-shutdown",
-        choices=("keep", "stop"),
-        default="keep",
-        help="what happens to background processes when the server stops (default: keep)",
-    )
-    p.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="debug, info, warning or error (default: info)",
-    )
-    _add_security_options(p)
-    p.add_argument(
-        "--listen",
-        metavar="tcp://HOST:PORT",
-        default=None,
-        help="also listen on a ZeroMQ tcp:// endpoint, with CURVE",
-    )
-    p.add_argument(
-        "--curve-key", metavar="FILE", help="the server's secret key file (NAME.key_secret)"
-    )
-    p.add_argument(
-        "--curve-authorized", metavar="DIR", help="directory of authorized client *.key files"
-    )
-    p.add_argument(
-        "--curve-uid",
-        metavar="UID",
-        type=int,
-        default=None,
-        help="uid of client keys without uid metadata (default: the server's owner)",
-    )
-    subs["serve"] = p
-
-    p = sub.add_parser(
-        "proxy",
-        help="share one connection to a server with a shell or command",
-        description=_PROXY_DESCRIPTION,
-        epilog=_PROXY_EPILOG,
-        formatter_class=fmt,
-        usage="%(prog)s [-f] [-n] [--reconnect] TARGET [COMMAND [ARG...]]",
-    )
-    p.add_argument(
-        "-f", "--force", action="store_true", help="connect to another version, with a warning"
-    )
-    p.add_argument(
-        "-n", "--nohup", action="store_true", help="do not signal the child on connection loss"
-    )
-    p.add_argument(
-        "--reconnect", action="store_true", help="on connection loss, reconnect every 2 s"
-    )
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
-    subs["proxy"] = p
-
-    p = sub.add_parser(
-        "relay",
-        help="bridge stdin/stdout to a local server socket (run by ssh://)",
-        description="Copy bytes between stdin/stdout and the server socket PATH.",
-        formatter_class=fmt,
-    )
-    p.add_argument("path", metavar="PATH")
-    subs["relay"] = p
-
-    p = sub.add_parser(
-        "keygen",
-        help="make a CURVE key pair for tcp://",
-        description="Make a CURVE key pair for tcp:// servers and clients.",
-        epilog=_KEYGEN_EPILOG,
-        formatter_class=fmt,
-    )
-    p.add_argument("-d", "--dir", metavar="DIR", default=None, help="where to write the keys")
-    p.add_argument("--name", default="client", help="file name stem (default: client)")
-    p.add_argument("--uid", type=int, default=None, help="uid metadata for the public key")
-    subs["keygen"] = p
-
-    p = sub.add_parser(
-        "uri",
-        help="print the URI a target resolves to",
-        description="Resolve TARGET (a URI, a path, pid:PID, or a plugin scheme) and print it.",
-        formatter_class=fmt,
-    )
-    p.add_argument("target", metavar="TARGET")
-    subs["uri"] = p
-    from sdexec.cli.perilog import add_parser as add_perilog_parser
-
-    subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
-    return parser, subs
-
-
-def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
-    """--hosts, -r and -x: address many servers (ranks) of a hosts file at once."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
-    group = parent.add_argument_group("many ranks")
-    group.add_argument(
-        "--hosts",
-        metavar="FILE",
-        default=None,
-        help="the hosts file, one server URI per line (default: $SDEXEC_HOSTS)",
-    )
-    group.add_argument(
-        "-r",
-        "--ranks",
-        metavar="IDSET",
-        default=None,
-        help="run on these ranks of the hosts file: an RFC 22 idset (0-3,7) or 'all'",
-    )
-    group.add_argument(
-        "-x",
-        "--exclude",
-        metavar="IDSET",
-        default=None,
-        help="leave out these ranks (implies -r all when -r is not given)",
-    )
-    return parent
-
-
-def _sign_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
-    """Client options for RFC 42 signed requests (see sdexec.cli.signing)."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
-    group = parent.add_argument_group(
-        "signing", "RFC 42 signed requests; by default signed when the server's owner is not you"
-    )
-    group.add_argument("--sign", action="store_true", help="always sign requests")
-    group.add_argument("--no-sign", action="store_true", help="never sign requests")
-    group.add_argument(
-        "--sign-mechanism",
-        choices=("none", "munge"),
-        default=None,
-        help="RFC 39 mechanism (default: $SDEXEC_SIGN_MECHANISM, else munge)",
-    )
-    group.add_argument(
-        "--munge-socket",
-        metavar="PATH",
-        default=None,
-        help="munged's socket (default: $SDEXEC_MUNGE_SOCKET, else libmunge's)",
-    )
-    return parent
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _add_security_options(p: argparse.ArgumentParser) -> None:
-    """``sdexec serve`` options for access, signatures and limits (sdexec.security)."""
-    g = p.add_argument_group("security", "who may connect, signed requests, limits")
-    g.add_argument(
-        "--owner",
-        metavar="UID|USER",
-        default=None,
-        help="the instance owner (default: the server's uid); if it differs from the "
-        "server's uid, or cannot be resolved, every request must be signed",
-    )
-    g.add_argument(
-        "--allow-guests",
-        action="store_true",
-        help="let other users connect; they see only their own processes, which run as them",
-    )
-    g.add_argument(
-        "--sign-ttl",
-        metavar="SECONDS",
-        type=_positive_float,
-        default=None,
-        help="how long a signature is valid, and remembered against replay (default: 60)",
-    )
-    g.add_argument(
-        "--sign-mechanisms",
-        metavar="LIST",
-        default=None,
-        help="accepted RFC 39 mechanisms, comma-separated (default: none,munge)",
-    )
-    g.add_argument(
-        "--munge-socket",
-        metavar="PATH",
-        default=None,
-        help="munged's socket (default: $SDEXEC_MUNGE_SOCKET, else libmunge's)",
-    )
-    g.add_argument(
-        "--max-message",
-        metavar="BYTES",
-        type=_positive_int,
-        default=None,
-        help="largest message accepted; a larger one closes the connection (default: 4 MiB)",
-    )
-    g.add_argument(
-        "--max-connections",
-        metavar="N",
-        type=_positive_int,
-        default=None,
-        help="connections at once; more are refused with EAGAIN (default: 512)",
-    )
-    g.add_argument(
-        "--max-connections-per-uid",
-        metavar="N",
-        type=_positive_int,
-        default=None,
-        help="connections at once from one uid (default: 128)",
-    )
-    g.add_argument(
-        "--max-output-buffer",
-        metavar="BYTES",
-        type=_positive_int,
-        default=None,
-        help="unread responses queued for a client before it is disconnected (default: 8 MiB)",
-    )
-
-
-def _version() -> str:
-    from sdexec import __version__
-
-    return __version__
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import importlib
-
-    try:
-        daemon = importlib.import_module("sdexec.server.daemon")
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("sdexec"):
-            raise
-        sys.stderr.write(f"{PROG}: serve: the server is not available ({exc.name})\n")
-        return 1
-    return int(daemon.main(args))
-
-
-def _many_ranks(args: argparse.Namespace, subs: dict[str, argparse.ArgumentParser]) -> bool:
-    """True when -r/-x address the ranks of a hosts file (-x alone means -r all)."""
-    if getattr(args, "ranks", None) is None and getattr(args, "exclude", None) is None:
-        return False
-    if args.ranks is None:
-        args.ranks = "all"
-    if getattr(args, "uri", None) is not None:
-        subs[args.command].error("--uri and -r/-x exclude each other")
-    if getattr(args, "sign", False):
-        # The multi-rank path speaks through the asyncio client, which has no
-        # request signer yet: refuse rather than send unsigned requests.
-        subs[args.command].error("--sign is not supported with -r/-x yet")
-    return True
-
+    from typing import Any
 
 _FANOUT = frozenset({"exec", "kill", "wait", "ps"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sdexec`` command line; returns the exit status."""
-    parser, subs = build_parser()
-    args = parser.parse_args(argv)
-    many = _many_ranks(args, subs)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args: Any = None
+    many = False
+    if words[:1] == ["exec"]:
+        from sdexec.cli.quick import parse_exec
+
+        args = parse_exec(words[1:])
+    if args is None:
+        from sdexec.cli.parser import parse
+
+        args, many = parse(words)
     try:
-        if args.command == "exec":
-            if args.cmdline[:1] == ["--"]:
-                del args.cmdline[0]
-            if not args.cmdline:
-                subs["exec"].error("a COMMAND is required")
+        if args.command == "exec" and not many:
+            from sdexec.cli import exec as exec_command
+
+            return exec_command.run(args)
         if args.command == "serve":
             return _serve(args)
-        # Each command's code is imported only when it runs (start-up time):
-        # sdexec.cli.<command>.run, or sdexec.cli.fanout.run_<command> for -r.
         import importlib
 
         if many and args.command in _FANOUT:
@@ -708,8 +54,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args))
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checked it
+
+
+def run() -> None:
+    """The ``sdexec`` program: :func:`main`, then exit at once.
+
+    The interpreter's teardown (module and object finalization) would add
+    ~4 ms to every command after its work is done; a command has nothing
+    left to clean up but its standard streams, so they are flushed and the
+    process exits.  ``serve`` and a failed flush take the usual way out.
+    """
+    status = main()
+    if sys.argv[1:2] == ["serve"]:
+        sys.exit(status)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        sys.exit(status)  # Python reports what it can as usual
+    os._exit(status)
+
+
+def _serve(args: Any) -> int:
+    import importlib
+
+    try:
+        daemon = importlib.import_module("sdexec.server.daemon")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("sdexec"):
+            raise
+        sys.stderr.write(f"sdexec: serve: the server is not available ({exc.name})\n")
+        return 1
+    return int(daemon.main(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -38,7 +38,6 @@ import _socket
 import errno
 import os
 import select
-import signal
 import time
 
 from sdexec.client.exec import (
@@ -62,6 +61,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import FrameType, TracebackType
     from typing import Any
+# The C module: ``signal`` imports ``enum``, ~5 ms of every command's start-up.
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 _RECV_SIZE = 256 * 1024
 _READ_SIZE = 64 * 1024
@@ -242,9 +246,9 @@ class SignalPipe:
     def __init__(self, signums: Sequence[int]) -> None:
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous: dict[int, Any] = {}
-        self._old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+        self._old_wakeup = _signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
         for signum in signums:
-            self._previous[signum] = signal.signal(signum, _ignore_signal)
+            self._previous[signum] = _signal.signal(signum, _ignore_signal)
 
     def fileno(self) -> int:
         return self._rfd
@@ -258,9 +262,9 @@ class SignalPipe:
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         self._previous.clear()
-        signal.set_wakeup_fd(self._old_wakeup)
+        _signal.set_wakeup_fd(self._old_wakeup)
         os.close(self._rfd)
         os.close(self._wfd)
 
@@ -407,13 +411,13 @@ class _ExecLoop:
             _write_all(fd, data)
         except BrokenPipeError:
             del self.outputs[stream]
-            self._kill(signal.SIGPIPE)
+            self._kill(_signal.SIGPIPE)
         except OSError as exc:
             num = exc.errno or errno.EIO
             raise SdexecError(num, f"cannot write {stream}: {os.strerror(num)}") from None
 
     def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGINT:
+        if signum == _signal.SIGINT:
             now = time.monotonic()
             if now - self.last_sigint < INTERRUPT_WINDOW:
                 raise SdexecError(errno.EINTR, "interrupted")

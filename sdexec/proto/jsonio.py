@@ -21,16 +21,18 @@ The decoders accept only the exact layouts the encoders write and return
 None for anything else, so that callers fall back to the ``json`` module:
 correctness never depends on the peer being this implementation.
 
-Sans-IO and cheap to import (it is on the CLI's start-up path): ``json``,
-``binascii``, ``codecs`` and ``warnings``, and no regular expression.
+Sans-IO and cheap to import (it is on the CLI's start-up path):
+:mod:`sdexec.proto.cjson` rather than ``json``, ``binascii``, ``codecs`` and
+``warnings``, and no regular expression.
 """
 
 from __future__ import annotations
 
 import binascii
 import codecs
-import json
 import warnings
+
+from sdexec.proto import cjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ _SIMPLE = ((b'"', b'\\"'), (b"\n", b"\\n"), (b"\t", b"\\t"), (b"\r", b"\\r"))
 
 
 def _dumps(value: str) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode()
+    return cjson.dumps(value).encode()
 
 
 def escape_utf8(data: bytes, *, nul: bool = True) -> bytes | None:

@@ -234,7 +234,7 @@ protos = st.builds(
     ),
     st.sampled_from([PROTO_MAGIC] * 9 + [0]),
     st.sampled_from([PROTO_VERSION] * 9 + [2]),
-    st.sampled_from([int(t) for t in MsgType] + [0, 3, 0xFF]),
+    st.sampled_from([*MsgType.ALL, 0, 3, 0xFF]),
     st.integers(0, 255),
     u32,
     u32,

@@ -6,14 +6,16 @@ on a copy of this tree) once for the module, about 10-20 s.
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from sdexec.cli.main import build_parser
+from sdexec.cli.parser import build_parser
 
 # Every subcommand the parser has (a man page each), and at least these.
 COMMANDS = tuple(name for name in build_parser()[1] if " " not in name)
@@ -63,6 +65,21 @@ def test_deb_holds_the_sdexec_command(built: Path) -> None:
     assert "/usr/bin/sdexec" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cli/main.py" in files
     assert "/usr/lib/python3/dist-packages/sdexec/perilog.py" in files
+
+
+def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None:
+    r = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(deb(built))], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+        member = tar.getmember("./usr/bin/sdexec")
+        script = tar.extractfile(member)
+        assert script is not None
+        text = script.read().decode()
+    assert member.mode & 0o111
+    assert text.splitlines()[0] == "#!/usr/bin/python3"
+    assert "from sdexec.cli.main import run" in text
+    assert "import re" not in text  # not a generated wrapper: see bin/sdexec
 
 
 def test_deb_holds_system_and_user_units(built: Path) -> None:

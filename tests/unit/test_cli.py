@@ -17,6 +17,7 @@ import pytest
 from test_client import Conn, ScriptedServer, short_path
 
 from sdexec.cli import main as cli
+from sdexec.cli import parser as cli_parser
 from sdexec.cli.common import target_payload
 from sdexec.cli.exec import command_from_args
 from sdexec.cli.ps import header, render
@@ -26,11 +27,7 @@ ENODATA = errno.ENODATA
 
 
 def exec_args(*argv: str) -> argparse.Namespace:
-    parser, _ = cli.build_parser()
-    args = parser.parse_args(["exec", *argv])
-    if args.cmdline[:1] == ["--"]:
-        del args.cmdline[0]
-    return args
+    return cli_parser.parse(["exec", *argv])[0]
 
 
 def finished(conn: Conn, req: Message, status: int) -> None:
@@ -110,13 +107,13 @@ def test_bad_exec_arguments_are_usage_errors(bad: list[str]) -> None:
     ("text", "num"), [("TERM", 15), ("SIGTERM", 15), ("term", 15), ("kill", 9), ("2", 2)]
 )
 def test_signals_by_name_or_number(text: str, num: int) -> None:
-    assert cli.signal_number(text) == num
+    assert cli_parser.signal_number(text) == num
 
 
 @pytest.mark.parametrize("text", ["FOO", "0", "99", "SIG"])
 def test_unknown_signals_are_rejected(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        cli.signal_number(text)
+        cli_parser.signal_number(text)
 
 
 @pytest.mark.parametrize("command", [[], ["exec"], ["kill"], ["wait"], ["ps"], ["serve"]])
@@ -394,9 +391,9 @@ def test_ps_unknown_field(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> 
 def test_the_cli_never_imports_asyncio_dbus_zmq_or_structlog() -> None:
     code = """
 import sys
-import sdexec.cli.main as m
+import sdexec.cli.main, sdexec.cli.parser
 assert "sdexec.cli.exec" not in sys.modules, "subcommands load lazily"
-m.build_parser()
+sdexec.cli.parser.build_parser()
 import sdexec.cli.exec, sdexec.cli.kill, sdexec.cli.wait, sdexec.cli.ps
 heavy = {"asyncio", "dbus_fast", "zmq", "structlog", "socket", "selectors"}
 loaded = sorted(heavy & set(sys.modules))
@@ -405,11 +402,27 @@ assert not loaded, loaded
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_plain_exec_imports_no_argparse_json_enum_or_re() -> None:
+    # What a plain "sdexec exec" loads beyond the interpreter's own start-up.
+    code = """
+import sys
+before = set(sys.modules)
+from sdexec.cli.main import main
+from sdexec.cli.quick import parse_exec
+assert parse_exec(["-n", "--", "true"]) is not None
+import sdexec.cli.exec
+heavy = {"argparse", "json", "enum", "re", "signal", "socket", "typing", "gettext", "asyncio"}
+print(sorted(heavy & (set(sys.modules) - before)))
+"""
+    r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert r.stdout == "[]\n"
+
+
 # --- many ranks (-r/-x) --------------------------------------------------------------
 
 
 def test_ranks_options_on_exec_ps_kill_wait() -> None:
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     for argv in (["exec", "-r", "0-3", "-l", "true"], ["ps", "-r", "all"],
                  ["kill", "-r", "1", "job"], ["wait", "-x", "2", "job"]):  # fmt: skip
         args = parser.parse_args(argv)
@@ -417,15 +430,15 @@ def test_ranks_options_on_exec_ps_kill_wait() -> None:
 
 
 def test_exclude_alone_means_all_ranks() -> None:
-    parser, subs = cli.build_parser()
+    parser, subs = cli_parser.build_parser()
     args = parser.parse_args(["exec", "-x", "3", "true"])
-    assert cli._many_ranks(args, subs) is True
+    assert cli_parser.many_ranks(args, subs) is True
     assert args.ranks == "all"
 
 
 def test_without_ranks_the_single_server_path_is_taken() -> None:
-    parser, subs = cli.build_parser()
-    assert cli._many_ranks(parser.parse_args(["exec", "true"]), subs) is False
+    parser, subs = cli_parser.build_parser()
+    assert cli_parser.many_ranks(parser.parse_args(["exec", "true"]), subs) is False
 
 
 def test_uri_and_ranks_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from sdexec.cli import main as cli
+from sdexec.cli import parser as cli_parser
 
 
 def test_proxy_options_follow_flux_proxy() -> None:
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(["proxy", "-f", "-n", "--reconnect", "local:///x", "ls", "-l"])
     assert (args.force, args.nohup, args.reconnect) == (True, True, True)
     assert args.target == "local:///x"
@@ -20,7 +21,7 @@ def test_proxy_options_follow_flux_proxy() -> None:
 
 
 def test_proxy_long_options() -> None:
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(["proxy", "--force", "--nohup", "ssh://h/p"])
     assert (args.force, args.nohup, args.reconnect, args.cmdline) == (True, True, False, [])
 
@@ -59,7 +60,7 @@ def test_keygen_defaults_to_the_client_key_directory(
 def test_serve_listen_requires_keys() -> None:
     from sdexec.server import daemon
 
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(["serve", "--listen", "tcp://127.0.0.1:5555"])
     with pytest.raises(OSError, match="--curve-key and --curve-authorized"):
         daemon._tcp_options(args)
@@ -68,7 +69,7 @@ def test_serve_listen_requires_keys() -> None:
 def test_serve_listen_takes_only_tcp() -> None:
     from sdexec.server import daemon
 
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(["serve", "--listen", "local:///x", "--curve-key", "k"])
     with pytest.raises(OSError, match="only tcp://"):
         daemon._tcp_options(args)
@@ -92,7 +93,7 @@ assert not loaded, loaded
 def test_serve_listen_checks_the_server_key_first(tmp_path: Path) -> None:
     from sdexec.server import daemon
 
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(
         [
             "serve",
@@ -112,7 +113,7 @@ def test_serve_listen_needs_the_secret_key_file(tmp_path: Path) -> None:
     from sdexec.server import daemon
 
     cli.main(["keygen", "-d", str(tmp_path), "--name", "server"])
-    parser, _ = cli.build_parser()
+    parser, _ = cli_parser.build_parser()
     args = parser.parse_args(
         [
             "serve",

@@ -244,7 +244,7 @@ non_structural = st.sets(
 ).map(lambda fs: sum(int(f) for f in fs))
 messages = st.builds(
     Message,
-    type=st.sampled_from(list(MsgType)),
+    type=st.sampled_from(list(MsgType.ALL)),
     topic=st.none() | st.text(max_size=300).filter(lambda t: not t.endswith("\0")),
     payload=st.none() | st.binary(max_size=600),
     flags=non_structural,

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from sdexec.cli.main import build_parser
+from sdexec.cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 # Every subcommand the parser has (a man page each), and at least these.

@@ -54,8 +54,8 @@ def protocol_error(parts: list[bytes]) -> ProtocolError:
 # --- round trips -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mtype", list(MsgType))
-def test_round_trip_each_message_type(mtype: MsgType) -> None:
+@pytest.mark.parametrize("mtype", list(MsgType.ALL))
+def test_round_trip_each_message_type(mtype: int) -> None:
     msg = Message(
         mtype,
         topic="svc.method",
@@ -70,7 +70,7 @@ def test_round_trip_each_message_type(mtype: MsgType) -> None:
 
 
 @pytest.mark.parametrize("flag", NON_STRUCTURAL)
-def test_round_trip_each_flag(flag: MsgFlag) -> None:
+def test_round_trip_each_flag(flag: int) -> None:
     msg = Message(MsgType.REQUEST, topic="t", flags=flag)
     decoded = round_trip(msg)
     assert decoded.flags == flag
@@ -459,7 +459,7 @@ topics = st.none() | st.text(max_size=30).filter(lambda t: not t.endswith("\0"))
 routes = st.none() | st.lists(st.text(min_size=1, max_size=12), max_size=4)
 messages = st.builds(
     Message,
-    type=st.sampled_from(list(MsgType)),
+    type=st.sampled_from(list(MsgType.ALL)),
     topic=topics,
     payload=st.none() | st.binary(max_size=300),
     flags=flags,
@@ -489,11 +489,11 @@ def test_decode_of_arbitrary_parts_is_a_message_or_protocol_error(parts: list[by
 @settings(max_examples=300)
 @given(
     st.lists(st.binary(max_size=8), max_size=5),
-    st.sampled_from(list(MsgType)),
+    st.sampled_from(list(MsgType.ALL)),
     st.integers(min_value=0, max_value=255),
 )
 def test_decode_with_valid_proto_and_arbitrary_parts_never_crashes(
-    body: list[bytes], mtype: MsgType, wire_flags: int
+    body: list[bytes], mtype: int, wire_flags: int
 ) -> None:
     try:
         msg = decode_parts([*body, proto(int(mtype), wire_flags)])
