@@ -128,6 +128,8 @@ class Service:
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
+        # Set while some process may have a client: watch_stopped polls only then.
+        self._clients_present = asyncio.Event()
         for method, handler, streaming_only in (
             ("exec", self.exec, False),
             ("attach", self.attach, True),
@@ -238,6 +240,8 @@ class Service:
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        if proc.client is not None:
+            self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
         if proc.background:
             # Output goes to the journal (or a file), never through us; a
@@ -354,6 +358,7 @@ class Service:
             raise SdexecError(errno.EBUSY, f"process {target} already has a client attached")
         if proc.waiter is not None:
             raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
+        self._clients_present.set()
         return proc.attach(req)
 
     async def logs(self, req: Request) -> None:
@@ -462,13 +467,19 @@ class Service:
         systemd does not report SIGSTOP on D-Bus, so the state letter in
         /proc/PID/stat is read every STOPPED_POLL seconds, and only for
         processes with a streaming or attached client: the cost is bounded by
-        the clients that can receive the response.
+        the clients that can receive the response, and an idle server does
+        not wake up at all.
         """
         while True:
+            await self._clients_present.wait()
             await asyncio.sleep(STOPPED_POLL)
-            for proc in list(self.by_pid.values()):
+            watched = False
+            for proc in [*self.by_pid.values(), *self.starting]:
                 if proc.client is not None:
+                    watched = True
                     proc.poll_stopped()
+            if not watched:
+                self._clients_present.clear()
 
     # --- disconnect -------------------------------------------------------------------------
 

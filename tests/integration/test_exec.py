@@ -177,3 +177,25 @@ def test_sigkill_of_streaming_client_ends_its_unit_within_a_second(server: Serve
 def test_relative_command_is_found_on_the_commands_path(server: Server) -> None:
     r = server.sdexec("exec", "--env", f"PATH=/usr/bin:{os.environ.get('PATH', '')}", "--", "true")
     assert r.returncode == 0
+
+
+def _wakeups(pid: int) -> int:
+    """How many times the process has gone to sleep and been woken (all threads)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_server_does_not_wake_up(server: Server) -> None:
+    # After a command with a client has come and gone, nothing is polled: the
+    # SIGSTOP watch sleeps until a process has a client again.
+    assert server.sdexec("exec", "-n", "true").returncode == 0
+    assert server.proc is not None
+    time.sleep(0.3)
+    before = _wakeups(server.proc.pid)
+    time.sleep(1.0)
+    assert _wakeups(server.proc.pid) - before <= 2  # a 50 ms poll would be ~20
