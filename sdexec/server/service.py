@@ -257,6 +257,10 @@ class Service:
                     ("CollectMode", Variant("s", "inactive")),
                 ]
             extra = base + extra
+        else:
+            # As in a shell: SIGPIPE ends a foreground command (systemd's
+            # default ignores it).  The CLI forwards it when its reader is gone.
+            extra = [("IgnoreSIGPIPE", Variant("b", False)), *extra]
         spec = properties.UnitSpec(
             argv=argv,
             env=env,

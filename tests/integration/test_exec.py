@@ -65,6 +65,20 @@ def test_sigterm_to_cli_reaches_process_and_cli_exits_143(server: Server) -> Non
     assert cli.wait(10) == 143
 
 
+def test_a_closed_reader_ends_the_command_with_sigpipe_as_in_a_shell(server: Server) -> None:
+    # "sdexec exec yes | head -1": yes must die of SIGPIPE, not run forever.
+    cli = server.popen("exec", "yes", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        assert cli.stdout is not None
+        assert cli.stdout.readline() == b"y\n"
+        cli.stdout.close()
+        assert cli.wait(30) == 128 + signal.SIGPIPE
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
 def test_hello_world_on_stdout(server: Server) -> None:
     r = server.sdexec("exec", "--", "echo", "Hello world!")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"Hello world!\n", b"")
