@@ -44,30 +44,29 @@ def test_hosts_file_reaches_ranks_over_local_tcp_and_ssh(cluster: Cluster) -> No
     assert sorted(r.stdout.decode().splitlines()) == [f"{n}: {n}" for n in range(4)]
 
 
-def test_tcp_rank_is_really_reached_over_tcp(cluster: Cluster) -> None:
-    # Without the client's CURVE certificate, only the tcp:// rank fails.
-    env = cluster.env()
-    del env["SDEXEC_CURVE_CERT"]
+def assert_only_unreachable(env: dict[str, str], rank: int, ok: str) -> None:
+    """``exec -r all`` with ``env`` fails on ``rank`` alone, as unreachable."""
     r = subprocess.run(
         [*CLI, "exec", "-r", "all", "-l", "--", "true"], env=env, capture_output=True, timeout=60
     )
     assert r.returncode == 68
     err = r.stderr.decode().splitlines()
-    assert "sdexec: [0,2-3]: ok" in err
-    assert any(line.startswith("sdexec: 1: unreachable: ") for line in err), err
+    assert f"sdexec: {ok}: ok" in err
+    assert any(line.startswith(f"sdexec: {rank}: unreachable: ") for line in err), err
+
+
+def test_tcp_rank_is_really_reached_over_tcp(cluster: Cluster) -> None:
+    # Without the client's CURVE certificate, only the tcp:// rank fails.
+    env = cluster.env()
+    del env["SDEXEC_CURVE_CERT"]
+    assert_only_unreachable(env, 1, "[0,2-3]")
 
 
 def test_ssh_rank_is_really_reached_over_ssh(cluster: Cluster) -> None:
     # An ssh that cannot log in leaves only the ssh:// rank unreachable.
     ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
     env = cluster.env(SDEXEC_SSH=ssh + " -o IdentitiesOnly=yes -o IdentityFile=/dev/null")
-    r = subprocess.run(
-        [*CLI, "exec", "-r", "all", "-l", "--", "true"], env=env, capture_output=True, timeout=60
-    )
-    assert r.returncode == 68
-    err = r.stderr.decode().splitlines()
-    assert "sdexec: [0-1,3]: ok" in err
-    assert any(line.startswith("sdexec: 2: unreachable: ") for line in err), err
+    assert_only_unreachable(env, 2, "[0-1,3]")
 
 
 def test_exclude_leaves_two_of_ranks_1_to_3(cluster: Cluster) -> None:
