@@ -56,14 +56,12 @@ from sdexec.client.exec import (
     FLAG_STDERR,
     FLAG_STDOUT,
     FLAG_WAITABLE,
-    KILL_TOPIC,
     WAIT_TOPIC,
     build_command,
     decode_io_data,
     exec_payload,
 )
-from sdexec.client.fanout import DEFAULT_CONNECT_TIMEOUT, connect, unreachable
-from sdexec.client.handle import Handle
+from sdexec.client.fanout import DEFAULT_CONNECT_TIMEOUT, RankJob
 from sdexec.client.rpc import RemoteError
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.hosts import Host
@@ -84,7 +82,7 @@ SETTLE_INTERVAL = 0.3
 SETTLE_MAX = 3.0
 
 
-class ScriptRun:
+class ScriptRun(RankJob):
     """One rank's script: a background waitable unit, its logs, then its status.
 
     :attr:`tail` holds the end of the script's output as the server's log
@@ -99,52 +97,32 @@ class ScriptRun:
         tail_lines: int = DEFAULT_TAIL_LINES,
         on_change: Callable[[ScriptRun], None] | None = None,
     ) -> None:
-        self.host = host
+        super().__init__(host, on_change)
         self.command = command
         self.tail = Tail()
         self.tail_lines = tail_lines
-        self.on_change = on_change
-        self.handle: Handle | None = None
         self.pid: int | None = None
-        self.outcome: Outcome | None = None
-        self.started = asyncio.Event()
         self.exited = asyncio.Event()  # the script has ended; its log may still be read
-        self.done = asyncio.Event()
-        self._abandoned: SdexecError | None = None
 
     @property
     def running(self) -> bool:
         return self.started.is_set() and not self.exited.is_set() and not self.done.is_set()
 
-    async def run(self, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Outcome:
-        """Run to the end; returns (and records) the rank's outcome."""
-        try:
-            self.outcome = await self._run(connect_timeout)
-        except BaseException:
-            if self.running and self._abandoned is None:
-                await self._kill_quietly()
-            raise
-        finally:
-            if self.outcome is None:
-                self.outcome = Outcome(Kind.ERROR, errno.ECANCELED, "cancelled")
-            self.done.set()
-            if self.handle is not None:
-                await self.handle.close()
-            self._changed()
-        return self.outcome
+    async def _interrupted(self) -> None:
+        if self.running and self._abandoned is None:
+            await self._kill_quietly()
 
     async def _run(self, connect_timeout: float) -> Outcome:
-        try:
-            self.handle = await connect(self.host, connect_timeout)
-        except SdexecError as exc:
-            return unreachable(exc)
+        handle = await self._connect(connect_timeout)
+        if isinstance(handle, Outcome):
+            return handle
         flags = FLAG_STDOUT | FLAG_STDERR | FLAG_WAITABLE
         try:
-            resp = await self.handle.rpc(EXEC_TOPIC, exec_payload(self.command, flags))
+            resp = await handle.rpc(EXEC_TOPIC, exec_payload(self.command, flags))
         except RemoteError as exc:
             return Outcome(Kind.ERROR, exc.errno or errno.EIO, exc.message)
         except SdexecError as exc:
-            return unreachable(self._abandoned or exc)
+            return self._lost(exc)
         pid = resp.get("pid")
         if resp.get("type") != "started" or not isinstance(pid, int):
             return Outcome(Kind.ERROR, errno.EPROTO, "the exec response has no pid")
@@ -157,12 +135,12 @@ class ScriptRun:
             if await self._follow_log():
                 self.exited.set()  # the server's follow ends when the process has
                 await self._settle_log()
-            resp = await self.handle.rpc(WAIT_TOPIC, {"pid": pid})
+            resp = await handle.rpc(WAIT_TOPIC, {"pid": pid})
             self.exited.set()
         except RemoteError as exc:
             return Outcome(Kind.ERROR, exc.errno or errno.EIO, f"server: {exc.message}")
         except SdexecError as exc:
-            return unreachable(self._abandoned or exc)
+            return self._lost(exc)
         status = resp.get("status")
         if not isinstance(status, int) or isinstance(status, bool):
             return Outcome(Kind.ERROR, errno.EPROTO, "the wait response has no status")
@@ -209,26 +187,11 @@ class ScriptRun:
         if previous:
             self.tail.replace(previous)
 
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
-
     async def kill(self, signum: int, within: float | None = None) -> bool:
         """Send ``signum`` to the script; True if the server did it."""
-        if not self.running or self.handle is None:
+        if not self.running:
             return False
-        try:
-            async with asyncio.timeout(within):
-                await self.handle.rpc(KILL_TOPIC, {"pid": self.pid, "signum": signum})
-        except (SdexecError, TimeoutError):
-            return False
-        return True
-
-    async def abandon(self, reason: SdexecError) -> None:
-        """Stop waiting for this rank: close the connection; the run ends with ``reason``."""
-        self._abandoned = reason
-        if self.handle is not None:
-            await self.handle.close()
+        return await self._kill_pid(self.pid, signum, within)
 
     async def _kill_quietly(self) -> None:
         """Interrupted: a background script would outlive us, so stop it, and

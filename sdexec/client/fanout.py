@@ -76,7 +76,97 @@ def unreachable(exc: SdexecError) -> Outcome:
     return Outcome(Kind.UNREACHABLE, exc.errno or errno.EIO, exc.message)
 
 
-class RankProcess:
+class RankJob:
+    """What every per-rank job of a many-rank command shares.
+
+    A job owns its connection (``handle``) for the span of :meth:`run`,
+    which calls the subclass's ``_run`` and never raises for what happens on
+    the remote side: it records an :class:`~sdexec.outcome.Outcome`, sets
+    ``done``, closes the connection and calls ``on_change(job)``.
+    :meth:`abandon` gives up on a rank from outside (a deadline); the run
+    then ends as unreachable with the reason given.
+    """
+
+    def __init__(self, host: Host, on_change: Callable[[Any], None] | None) -> None:
+        self.host = host
+        self.on_change = on_change
+        self.handle: Handle | None = None
+        self.outcome: Outcome | None = None
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        self._abandoned: SdexecError | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.host.rank
+
+    async def run(self, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Outcome:
+        """Run to the end; returns (and records) the rank's outcome."""
+        try:
+            self.outcome = await self._run(connect_timeout)
+        except BaseException:
+            await self._interrupted()
+            raise
+        finally:
+            if self.outcome is None:  # cancelled
+                self.outcome = Outcome(Kind.ERROR, errno.ECANCELED, "cancelled")
+            self.done.set()
+            self._ended()
+            if self.handle is not None:
+                await self.handle.close()
+            self._changed()
+        return self.outcome
+
+    async def _run(self, connect_timeout: float) -> Outcome:
+        raise NotImplementedError
+
+    async def _interrupted(self) -> None:
+        """Called when :meth:`run` is cancelled or fails, before the connection closes."""
+
+    def _ended(self) -> None:
+        """Called when :meth:`run` ends, however it ends."""
+
+    async def _connect(self, connect_timeout: float) -> Handle | Outcome:
+        """Open :attr:`handle`; the unreachable outcome if that fails or the job
+        was abandoned meanwhile."""
+        try:
+            self.handle = await connect(self.host, connect_timeout)
+        except SdexecError as exc:
+            return unreachable(exc)
+        if self._abandoned is not None:
+            return unreachable(self._abandoned)
+        return self.handle
+
+    def _lost(self, exc: SdexecError) -> Outcome:
+        """The outcome of a connection lost mid-run: unreachable, for the reason
+        the job was abandoned if it was."""
+        return unreachable(self._abandoned or exc)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    async def abandon(self, reason: SdexecError) -> None:
+        """Give up on this rank: close the connection (the server then kills a
+        foreground process); the run ends with ``reason`` as unreachable."""
+        self._abandoned = reason
+        if self.handle is not None:
+            await self.handle.close()
+
+    async def _kill_pid(self, pid: int | None, signum: int, within: float | None) -> bool:
+        """``sdexec.kill`` of ``pid``, waiting at most ``within`` for the answer
+        (a hung server must not hold up a caller with deadlines of its own)."""
+        if pid is None or self.handle is None:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                await self.handle.rpc(KILL_TOPIC, {"pid": pid, "signum": signum})
+        except (SdexecError, TimeoutError):
+            return False  # gone already, the connection with it, or no answer
+        return True
+
+
+class RankProcess(RankJob):
     """One rank's remote process: connect, exec, stream I/O, end with an Outcome.
 
     ``on_output(proc, stream, data, eof)`` is called for each output response.
@@ -94,22 +184,12 @@ class RankProcess:
         on_output: OutputCallback | None = None,
         on_change: Callable[[RankProcess], None] | None = None,
     ) -> None:
-        self.host = host
+        super().__init__(host, on_change)
         self.session = ExecSession(command, flags=flags)
         self.stdin = stdin
         self.on_output = on_output
-        self.on_change = on_change
-        self.handle: Handle | None = None
         self.stream: Stream | None = None
-        self.outcome: Outcome | None = None
-        self.started = asyncio.Event()
-        self.done = asyncio.Event()
         self._credit = asyncio.Event()
-        self._abandoned: SdexecError | None = None
-
-    @property
-    def rank(self) -> int:
-        return self.host.rank
 
     @property
     def pid(self) -> int | None:
@@ -126,28 +206,14 @@ class RankProcess:
 
     # --- the run ------------------------------------------------------------------------
 
-    async def run(self, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Outcome:
-        """Run to the end; returns (and records) the rank's outcome."""
-        try:
-            self.outcome = await self._run(connect_timeout)
-        finally:
-            if self.outcome is None:  # cancelled
-                self.outcome = Outcome(Kind.ERROR, errno.ECANCELED, "cancelled")
-            self.done.set()
-            self._credit.set()
-            if self.handle is not None:
-                await self.handle.close()
-            self._changed()
-        return self.outcome
+    def _ended(self) -> None:
+        self._credit.set()
 
     async def _run(self, connect_timeout: float) -> Outcome:
-        try:
-            self.handle = await connect(self.host, connect_timeout)
-        except SdexecError as exc:
-            return unreachable(exc)
-        if self._abandoned is not None:
-            return unreachable(self._abandoned)
-        self.stream = self.handle.stream(EXEC_TOPIC, self.session.request())
+        handle = await self._connect(connect_timeout)
+        if isinstance(handle, Outcome):
+            return handle
+        self.stream = handle.stream(EXEC_TOPIC, self.session.request())
         try:
             async for resp in self.stream:
                 self._on_response(resp)
@@ -159,7 +225,7 @@ class RankProcess:
         except ProtocolError as exc:
             return Outcome(Kind.ERROR, errno.EPROTO, exc.message)
         except SdexecError as exc:
-            return unreachable(self._abandoned or exc)
+            return self._lost(exc)
 
     def _on_response(self, resp: dict[str, Any]) -> None:
         event = self.session.feed(resp)
@@ -175,17 +241,6 @@ class RankProcess:
             self._changed()
         elif event.kind in (ADD_CREDIT, FINISHED):
             self._credit.set()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
-
-    async def abandon(self, reason: SdexecError) -> None:
-        """Give up on this rank: close the connection (the server then kills
-        a foreground process); the run ends with ``reason`` as unreachable."""
-        self._abandoned = reason
-        if self.handle is not None:
-            await self.handle.close()
 
     # --- stdin --------------------------------------------------------------------------
 
@@ -224,19 +279,10 @@ class RankProcess:
         return self.running
 
     async def kill(self, signum: int, within: float | None = None) -> bool:
-        """Deliver ``signum`` once the process runs; True if the server did it.
-
-        ``within`` bounds the wait for the server's answer (a hung server must
-        not hold up a caller with deadlines of its own).
-        """
-        if not await self.wait_started() or self.handle is None:
+        """Deliver ``signum`` once the process runs; True if the server did it."""
+        if not await self.wait_started():
             return False
-        try:
-            async with asyncio.timeout(within):
-                await self.handle.rpc(KILL_TOPIC, {"pid": self.session.pid, "signum": signum})
-        except (SdexecError, TimeoutError):
-            return False  # gone already, the connection with it, or no answer
-        return True
+        return await self._kill_pid(self.session.pid, signum, within)
 
 
 # --- stdin broadcast ---------------------------------------------------------------------
