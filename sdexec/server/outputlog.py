@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +50,27 @@ QUIET_AFTER_EXIT = 0.25
 POLL = 0.05
 
 
+@dataclass(frozen=True)
+class LogRequest:
+    """Whose stored output to read, how much, and where it goes.
+
+    ``tail``: only the last lines (None: all).  ``follow``: keep reading until
+    ``ended()`` and the log is quiet.  ``pid`` (the process's) also finds lines
+    journald could not attribute to the unit (see :meth:`JournalLog.argv`).
+    ``drain`` is awaited after each delivery: that is how a slow reader holds
+    the replay back instead of filling the server's memory.
+    """
+
+    unit: str
+    ident: str
+    sink: Sink
+    ended: Callable[[], bool]
+    tail: int | None = None
+    follow: bool = True
+    drain: Drain | None = None
+    pid: int | None = None
+
+
 class OutputLog(Protocol):
     """What the service needs from an output store."""
 
@@ -56,26 +78,9 @@ class OutputLog(Protocol):
         """(argv prefix, extra unit properties) for a background unit."""
         ...
 
-    async def follow(
-        self,
-        unit: str,
-        ident: str,
-        sink: Sink,
-        *,
-        tail: int | None,
-        ended: Callable[[], bool],
-        follow: bool = True,
-        drain: Drain | None = None,
-        pid: int | None = None,
-    ) -> None:
-        """Replay the output, then follow until ``ended()`` and the log is quiet.
-
-        ``pid`` (the process's) also finds lines journald could not attribute
-        to the unit (see :meth:`JournalLog.argv`).
-
-        ``drain`` is awaited after each delivery: that is how a slow reader
-        holds the replay back instead of filling the server's memory.
-        """
+    async def follow(self, req: LogRequest) -> None:
+        """Replay the output, then (``req.follow``) follow until ``req.ended()``
+        and the log is quiet."""
         ...
 
     def forget(self, unit: str) -> None:
@@ -141,43 +146,32 @@ class JournalLog:
             match = [f"{self.unit_field}={unit}", *match]
         return self.journal.argv(*args, *match)
 
-    async def follow(
-        self,
-        unit: str,
-        ident: str,
-        sink: Sink,
-        *,
-        tail: int | None,
-        ended: Callable[[], bool],
-        follow: bool = True,
-        drain: Drain | None = None,
-        pid: int | None = None,
-    ) -> None:
+    async def follow(self, req: LogRequest) -> None:
         # journalctl --follow learns of new entries through journald's change
         # notifications, which journald coalesces (up to 250 ms).  So once the
         # process has ended and the stream has been quiet, one last plain read
         # after the last cursor seen picks up anything written but not yet
         # announced.
         cursor = await self._run(
-            self.argv(unit, ident, tail=tail, follow=follow, pid=pid),
-            sink,
-            ended if follow else None,
-            drain,
+            self.argv(req.unit, req.ident, tail=req.tail, follow=req.follow, pid=req.pid),
+            req.sink,
+            req.ended if req.follow else None,
+            req.drain,
             None,
         )
-        if follow:
+        if req.follow:
             await self._run(
                 self.argv(
-                    unit,
-                    ident,
-                    tail=None if cursor else tail,
+                    req.unit,
+                    req.ident,
+                    tail=None if cursor else req.tail,
                     follow=False,
                     after=cursor,
-                    pid=pid,
+                    pid=req.pid,
                 ),
-                sink,
+                req.sink,
                 None,
-                drain,
+                req.drain,
                 cursor,
             )
 
@@ -257,36 +251,26 @@ class FileLog:
             ("StandardErrorFileToAppend", Variant("s", str(self.path(unit, "stderr")))),
         ]
 
-    async def follow(
-        self,
-        unit: str,
-        ident: str,
-        sink: Sink,
-        *,
-        tail: int | None,
-        ended: Callable[[], bool],
-        follow: bool = True,
-        drain: Drain | None = None,
-        pid: int | None = None,
-    ) -> None:
-        offsets = {s: self._start(self.path(unit, s), tail) for s in ("stdout", "stderr")}
+    async def follow(self, req: LogRequest) -> None:
+        paths = {s: self.path(req.unit, s) for s in ("stdout", "stderr")}
+        offsets = {s: self._start(path, req.tail) for s, path in paths.items()}
         quiet = 0.0
         while True:
             got = False
             for stream, off in offsets.items():
-                data = self._read(self.path(unit, stream), off)
+                data = self._read(paths[stream], off)
                 if data:
                     offsets[stream] = off + len(data)
-                    sink(stream, data)
+                    req.sink(stream, data)
                     got = True
-                    if drain is not None:
-                        await drain()
+                    if req.drain is not None:
+                        await req.drain()
             if got:
                 quiet = 0.0
                 continue
-            if not follow:
+            if not req.follow:
                 return
-            if ended():
+            if req.ended():
                 quiet += POLL
                 if quiet >= QUIET_AFTER_EXIT:
                     return

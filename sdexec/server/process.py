@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sdexec.proto import jsonio, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
 
@@ -278,6 +279,32 @@ class Process:
         else:
             client.respond(rfc42.add_credit({"stdin": n}))
 
+    # --- stored output ----------------------------------------------------------------------
+
+    async def send_log(
+        self,
+        req: Request,
+        *,
+        tail: int | None,
+        follow: bool,
+        ended: Callable[[], bool],
+        current: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Send the stored output to ``req`` as ``output`` responses (while
+        ``current()``), at the pace its connection drains; following, until
+        ``ended()`` and the log is quiet."""
+
+        def sink(stream: str, data: bytes) -> None:
+            if current():
+                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data)))
+
+        async def drain() -> None:
+            await req.conn.wait_writable()
+
+        await self.service.outputlog.follow(
+            LogRequest(self.unit, self.ident, sink, ended, tail, follow, drain, self.pid)
+        )
+
     # --- attach ------------------------------------------------------------------------------
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
@@ -293,25 +320,12 @@ class Process:
         return self._follow(req, follow=self.state is not ProcState.EXITED)
 
     async def _follow(self, req: Request, follow: bool) -> None:
-        def sink(stream: str, data: bytes) -> None:
-            if self.client is req:
-                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data)))
-
-        def ended() -> bool:
-            return self.state is ProcState.EXITED or self.client is not req
-
-        async def drain() -> None:
-            await req.conn.wait_writable()
-
-        await self.service.outputlog.follow(
-            self.unit,
-            self.ident,
-            sink,
+        await self.send_log(
+            req,
             tail=None,
-            ended=ended,
             follow=follow,
-            drain=drain,
-            pid=self.pid,
+            ended=lambda: self.state is ProcState.EXITED or self.client is not req,
+            current=lambda: self.client is req,
         )
         if self.client is req:
             self._attach_done(req)

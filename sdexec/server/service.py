@@ -377,24 +377,11 @@ class Service:
             raise SdexecError(errno.EINVAL, "tail must be a non-negative integer")
         follow = bool(payload.get("follow", False))
 
-        def sink(stream: str, data: bytes) -> None:
-            req.respond(rfc42.output(proc.pid, rfc42.io_object(stream, self.rank_str, data)))
-
-        def ended() -> bool:
-            return proc.state is ProcState.EXITED or not req.connected
-
-        async def drain() -> None:
-            await req.conn.wait_writable()
-
-        await self.outputlog.follow(
-            proc.unit,
-            proc.ident,
-            sink,
+        await proc.send_log(
+            req,
             tail=tail,
-            ended=ended,
             follow=follow,
-            drain=drain,
-            pid=proc.pid,
+            ended=lambda: proc.state is ProcState.EXITED or not req.connected,
         )
         req.end()
 

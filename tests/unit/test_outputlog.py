@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sdexec.server.outputlog import PRIORITY_STDERR, FileLog, JournalLog, encode_record
+from sdexec.server.outputlog import (
+    PRIORITY_STDERR,
+    FileLog,
+    JournalLog,
+    LogRequest,
+    encode_record,
+)
 from sdexec.server.statefile import ProcRecord, StateDir
 from sdexec.systemd.journal import Journal
 
@@ -16,12 +22,7 @@ def collect(
     got: list[tuple[str, bytes]] = []
     asyncio.run(
         log.follow(
-            unit,
-            unit,
-            lambda s, d: got.append((s, d)),
-            tail=tail,
-            ended=lambda: True,
-            follow=follow,
+            LogRequest(unit, unit, lambda s, d: got.append((s, d)), lambda: True, tail, follow)
         )
     )
     return got
@@ -65,7 +66,7 @@ def test_file_log_follow_sees_data_written_later(tmp_path: Path) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer())
             tg.create_task(
-                log.follow("u", "u", lambda s, d: got.append(d), tail=None, ended=lambda: done)
+                log.follow(LogRequest("u", "u", lambda s, d: got.append(d), lambda: done))
             )
 
     asyncio.run(main())
