@@ -20,7 +20,6 @@ Run with ``-s`` to see how many inputs were tried.
 from __future__ import annotations
 
 import errno
-import json
 import socket
 import struct
 import time
@@ -29,8 +28,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import fuzzstrategies
 import pytest
 from conftest import Server
+from fuzzstrategies import ALLOWED_ERRNOS, request_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,20 +52,6 @@ EXAMPLES = 800  # per input kind: three kinds, 2,400 inputs in all
 MIN_INPUTS = 700  # hypothesis may discard a few examples; still > 2,000 in all
 TIMEOUT = 10.0
 SENTINEL_TAG = 0x7FFFFF01
-ALLOWED_ERRNOS = frozenset(
-    {
-        errno.EPROTO,
-        errno.EINVAL,
-        errno.ENOENT,
-        errno.ESRCH,
-        errno.EEXIST,
-        errno.EACCES,
-        errno.EBUSY,
-        errno.ENOSYS,
-        errno.ENOTDIR,
-        errno.ENODATA,
-    }
-)
 # Signals that would leave a /bin/true unit stopped forever if they hit it at the
 # wrong moment; they are valid requests, but not ones this test can clean up after.
 STOP_SIGNALS = frozenset({19, 20, 21, 22})
@@ -286,16 +273,13 @@ def test_random_well_framed_messages_never_hurt_the_server(server: Server) -> No
 # --- (c) valid requests with random payloads -------------------------------------------------
 
 texts = st.text(max_size=8)
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | texts,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-    max_leaves=8,
+json_values = fuzzstrategies.json_values(
+    texts, st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | texts, 3
 )
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any] = json_values) -> Any:
-    """Well-formed nine times out of ten, so requests get past the first check."""
-    return st.integers(0, 9).flatmap(lambda i: bad if i == 9 else good)
+    return fuzzstrategies.mostly(good, bad)
 
 
 not_absolute = json_values.filter(lambda v: not (isinstance(v, str) and v.startswith("/")))
@@ -356,16 +340,6 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "tail": mostly(st.integers(-1, 3)),
     "follow": mostly(st.booleans()),
 }
-# The keys each method reads: (present nearly always, present sometimes).
-TOPIC_FIELDS: dict[str, tuple[list[str], list[str]]] = {
-    "sdexec.exec": (["cmd", "flags"], ["local_flags"]),
-    "sdexec.write": (["matchtag", "io"], []),
-    "sdexec.kill": (["signum"], ["pid", "label"]),
-    "sdexec.wait": ([], ["pid", "label"]),
-    "sdexec.attach": ([], ["pid", "label"]),
-    "sdexec.logs": ([], ["pid", "label", "tail", "follow"]),
-    "attr.get": (["name"], []),
-}
 TOPICS = [
     *["sdexec.exec"] * 4,
     *["sdexec.write", "sdexec.kill", "sdexec.wait"] * 2,
@@ -380,31 +354,13 @@ TOPICS = [
 
 
 @st.composite
-def request_payloads(draw: st.DrawFn, topic: str) -> bytes | None:
-    kind = draw(st.sampled_from(["object"] * 17 + ["json", "raw", "none"]))
-    if kind == "none":
-        return None
-    if kind == "raw":
-        return draw(st.binary(max_size=16))
-    if kind == "json":
-        return json.dumps(draw(json_values)).encode() + b"\0"
-    required, optional = TOPIC_FIELDS.get(topic, ([], []))
-    keys = [k for k in required if draw(st.integers(0, 19)) != 19]
-    keys += [k for k in optional if draw(st.booleans())]
-    keys += draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=1))
-    obj = {k: draw(FIELDS[k]) for k in keys}
-    obj.update(draw(st.dictionaries(texts, json_values, max_size=1)))
-    # Surrogates are escaped (ensure_ascii), so they reach the server as \udXXX.
-    return json.dumps(obj).encode() + (b"\0" if draw(st.integers(0, 3)) != 3 else b"")
-
-
-@st.composite
 def requests(draw: st.DrawFn) -> Message:
     """A request frame's message (the test numbers the matchtags)."""
     topic = draw(st.sampled_from(TOPICS))
     flags = draw(st.sampled_from([0, 0, MsgFlag.STREAMING, MsgFlag.NORESPONSE]))
     msg = Message.request(topic, flags=int(flags), nodeid=draw(st.sampled_from([0xFFFFFFFF, 0, 7])))
-    msg.payload = draw(request_payloads(topic))
+    method = topic.removeprefix("sdexec.")
+    msg.payload = draw(request_payloads(method, FIELDS, json_values, texts, []))
     msg.userid = draw(st.sampled_from([0, 0xFFFFFFFF, 1234]))  # never trusted
     return msg
 

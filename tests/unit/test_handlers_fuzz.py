@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 from unittest import mock
 
+import fuzzstrategies
 import structlog
+from fuzzstrategies import ALLOWED_ERRNOS, request_payloads
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -47,21 +49,6 @@ from sdexec.transport.unix import Connection
 
 TOPICS = ["exec", "attach", "logs", "write", "kill", "wait", "list", "disconnect"]
 
-# What a well-behaved handler may answer with.  ENODATA ends a stream.
-ALLOWED_ERRNOS = frozenset(
-    {
-        errno.EPROTO,
-        errno.EINVAL,
-        errno.ENOENT,
-        errno.ESRCH,
-        errno.EEXIST,
-        errno.EACCES,
-        errno.EBUSY,
-        errno.ENOSYS,
-        errno.ENOTDIR,
-        errno.ENODATA,
-    }
-)
 CRASH_EVENTS = frozenset({"handler crashed", "task failed", "disconnect hook failed"})
 FIRST_PID = 10001
 
@@ -238,16 +225,11 @@ scalars = (
     | st.floats()
     | texts
 )
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=10,
-)
+json_values = fuzzstrategies.json_values(texts, scalars, 4)
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any] = json_values) -> Any:
-    """Well-formed values nine times out of ten, so requests get past the first check."""
-    return st.integers(0, 9).flatmap(lambda i: bad if i == 9 else good)  # good is simplest
+    return fuzzstrategies.mostly(good, bad)
 
 
 labels = mostly(st.sampled_from(["a", "b", "c", ""]))
@@ -323,36 +305,6 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "tail": mostly(st.integers(-1, 3)),
     "follow": mostly(st.booleans()),
 }
-# The keys each method reads: (present nearly always, present sometimes).
-TOPIC_FIELDS: dict[str, tuple[list[str], list[str]]] = {
-    "exec": (["cmd", "flags"], ["local_flags"]),
-    "write": (["matchtag", "io"], []),
-    "kill": (["signum"], ["pid", "label"]),
-    "wait": ([], ["pid", "label"]),
-    "attach": ([], ["pid", "label"]),
-    "logs": ([], ["pid", "label", "tail", "follow"]),
-    "list": ([], []),
-    "disconnect": ([], []),
-}
-
-
-@st.composite
-def payloads(draw: st.DrawFn, method: str) -> bytes | None:
-    kind = draw(st.sampled_from(["object"] * 17 + ["json", "raw", "none"]))
-    if kind == "none":
-        return None
-    if kind == "raw":
-        return draw(st.binary(max_size=20))
-    if kind == "json":
-        return json.dumps(draw(json_values)).encode() + b"\0"
-    required, optional = TOPIC_FIELDS.get(method, ([], list(FIELDS)))
-    keys = [k for k in required if draw(st.integers(0, 19)) != 19]  # each dropped 1 in 20
-    keys += [k for k in optional if draw(st.booleans())]
-    keys += draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=1))
-    obj: dict[str, Any] = {k: draw(FIELDS[k]) for k in keys}
-    obj.update(draw(st.dictionaries(texts, json_values, max_size=1)))
-    # Flux payloads end with NUL; a payload without one is accepted too.
-    return json.dumps(obj).encode() + (b"\0" if draw(st.integers(0, 3)) != 3 else b"")
 
 
 @dataclass(frozen=True)
@@ -389,7 +341,7 @@ def requests(draw: st.DrawFn) -> Req:
     topic = draw(st.sampled_from([f"sdexec.{method}"] * 9 + [method]))
     return Req(
         topic,
-        draw(payloads(method)),
+        draw(request_payloads(method, FIELDS, json_values, texts, list(FIELDS))),
         streaming=draw(st.booleans()),
         noresponse=draw(st.integers(0, 4)) == 4,
     )
