@@ -39,6 +39,7 @@ from sdexec.cli.common import (
 )
 from sdexec.cli.exec import FORWARDED_SIGNALS, command_from_args, exec_flags
 from sdexec.cli.ps import FIELDS, header, rows
+from sdexec.cli.signing import NEVER, apply_async, sign_options
 from sdexec.client.exec import (
     EXEC_TOPIC,
     KILL_TOPIC,
@@ -48,12 +49,14 @@ from sdexec.client.exec import (
 )
 from sdexec.client.fanout import (
     LineLabeler,
+    Prepare,
     RankProcess,
     StdinReader,
     broadcast_stdin,
     connect,
     kill_all,
 )
+from sdexec.client.handle import Handle
 from sdexec.errors import SdexecError
 from sdexec.hosts import Host, load
 from sdexec.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
@@ -153,6 +156,7 @@ async def _exec_attached(
 
     output = _Output(args.label_io, broken_pipe)
     stdin_fd = _stdin_fd(args)
+    prepare = _prepare(args)
     procs = [
         RankProcess(
             host,
@@ -160,6 +164,7 @@ async def _exec_attached(
             flags=exec_flags(args),
             stdin=stdin_fd is not None,
             on_output=output,
+            prepare=prepare,
         )
         for host in hosts
     ]
@@ -198,14 +203,30 @@ def _stdin_fd(args: argparse.Namespace) -> int | None:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> Prepare | None:
+    """What each rank's connection needs before use: RFC 42 request signing, as
+    ``--sign``/``--no-sign`` say (by default, where the server asks for it)."""
+    options = sign_options(args)
+    if options.mode == NEVER:
+        return None
+
+    async def prepare(handle: Handle) -> None:
+        await apply_async(handle, options)
+
+    return prepare
+
+
 async def _rpc_all(
-    hosts: list[Host], call: Callable[[Any, Host], Awaitable[dict[str, Any]]]
+    args: argparse.Namespace,
+    hosts: list[Host],
+    call: Callable[[Any, Host], Awaitable[dict[str, Any]]],
 ) -> dict[int, dict[str, Any] | SdexecError]:
     """``call(handle, host)`` on every host at once: each rank's response or error."""
+    prepare = _prepare(args)
 
     async def one(host: Host) -> dict[str, Any] | SdexecError:
         try:
-            handle = await connect(host)
+            handle = await connect(host, prepare=prepare)
         except SdexecError as exc:
             return Unreachable(exc.errno or errno.EIO, exc.message)
         try:
@@ -227,7 +248,7 @@ async def _exec_background(
         payload = exec_payload(rank_command(command, host), exec_flags(args))
         return handle.rpc(EXEC_TOPIC, payload)  # type: ignore[no-any-return]
 
-    results = await _rpc_all(hosts, call)
+    results = await _rpc_all(args, hosts, call)
     rc = 0
     for rank, result in sorted(results.items()):
         pid = result.get("pid") if isinstance(result, dict) else None
@@ -269,7 +290,7 @@ def run_ps(args: argparse.Namespace) -> int:
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
         return handle.rpc(LIST_TOPIC, {})  # type: ignore[no-any-return]
 
-    results = asyncio.run(_rpc_all(hosts, call))
+    results = asyncio.run(_rpc_all(args, hosts, call))
     rc = 0
     procs: list[dict[str, Any]] = []
     responses = []
@@ -316,7 +337,7 @@ def run_kill(args: argparse.Namespace) -> int:
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
         return handle.rpc(KILL_TOPIC, payload)  # type: ignore[no-any-return]
 
-    results = asyncio.run(_rpc_all(hosts, call))
+    results = asyncio.run(_rpc_all(args, hosts, call))
     rc = 0
     for rank, result in sorted(results.items()):
         if isinstance(result, SdexecError):
@@ -337,7 +358,7 @@ def run_wait(args: argparse.Namespace) -> int:
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
         return handle.rpc(WAIT_TOPIC, payload)  # type: ignore[no-any-return]
 
-    results = asyncio.run(_rpc_all(hosts, call))
+    results = asyncio.run(_rpc_all(args, hosts, call))
     outcomes: dict[int, Outcome] = {}
     for rank, result in results.items():
         if isinstance(result, SdexecError):

@@ -657,10 +657,6 @@ def many_ranks(args: argparse.Namespace, subs: dict[str, argparse.ArgumentParser
         args.ranks = "all"
     if getattr(args, "uri", None) is not None:
         subs[args.command].error("--uri and -r/-x exclude each other")
-    if getattr(args, "sign", False):
-        # The multi-rank path speaks through the asyncio client, which has no
-        # request signer yet: refuse rather than send unsigned requests.
-        subs[args.command].error("--sign is not supported with -r/-x yet")
     return True
 
 

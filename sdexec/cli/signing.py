@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sdexec.client.blocking import BlockingHandle
+    from sdexec.client.handle import Handle
 
 AUTO = "auto"
 ALWAYS = "always"
@@ -78,12 +79,15 @@ class Signer:
         return sign.signed_request(topic, payload, self.mechanism, munge_socket=self.munge_socket)
 
 
-def peer_uid(handle: BlockingHandle) -> int | None:
+def peer_uid(handle: BlockingHandle | Handle) -> int | None:
     """The uid of the process at the other end of the socket (None if unknown)."""
     import _socket
     import sys
 
-    sock = _socket.socket(fileno=os.dup(handle.fileno()))
+    try:
+        sock = _socket.socket(fileno=os.dup(handle.fileno()))
+    except OSError:
+        return None
     try:
         raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     except OSError:
@@ -93,19 +97,26 @@ def peer_uid(handle: BlockingHandle) -> int | None:
     return int.from_bytes(raw[4:8], sys.byteorder)
 
 
+def _wants_signature(handle: BlockingHandle | Handle, owner: object) -> bool:
+    """Whether a server whose ``security.owner`` is ``owner`` wants signatures
+    that the caller can make: the owner is someone else, and the server runs
+    as the caller (RFC 42 "Request Authentication")."""
+    uid = os.getuid()
+    if owner == str(uid):
+        return False
+    server = peer_uid(handle)
+    return server is None or server == uid
+
+
 def should_sign(handle: BlockingHandle) -> bool:
     """Whether this server wants signatures that the caller can make."""
     from sdexec.errors import SdexecError
 
     try:
-        value = handle.rpc("attr.get", {"name": "security.owner"}).get("value")
+        owner = handle.rpc("attr.get", {"name": "security.owner"}).get("value")
     except SdexecError:
         return False  # a server without the attribute does not ask for signatures
-    uid = os.getuid()
-    if value == str(uid):
-        return False
-    server = peer_uid(handle)
-    return server is None or server == uid
+    return _wants_signature(handle, owner)
 
 
 def apply(handle: BlockingHandle, options: SignOptions | None) -> None:
@@ -113,4 +124,21 @@ def apply(handle: BlockingHandle, options: SignOptions | None) -> None:
     if options is None or options.mode == NEVER:
         return
     if options.mode == ALWAYS or should_sign(handle):
+        handle.signer = Signer(options.mechanism, options.munge_socket)
+
+
+async def apply_async(handle: Handle, options: SignOptions | None) -> None:
+    """:func:`apply` for the asyncio client (the many-rank commands)."""
+    from sdexec.errors import SdexecError
+
+    if options is None or options.mode == NEVER:
+        return
+    wanted = options.mode == ALWAYS
+    if not wanted:
+        try:
+            owner = (await handle.rpc("attr.get", {"name": "security.owner"})).get("value")
+        except SdexecError:
+            return
+        wanted = _wants_signature(handle, owner)
+    if wanted:
         handle.signer = Signer(options.mechanism, options.munge_socket)

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sdexec.client.exec import (
@@ -63,13 +63,32 @@ _READ_SIZE = 64 * 1024
 OutputCallback = Callable[["RankProcess", str, bytes, bool], None]
 
 
-async def connect(host: Host, within: float = DEFAULT_CONNECT_TIMEOUT) -> Handle:
-    """A connection to ``host``'s server; SdexecError (ETIMEDOUT, ...) if none."""
+Prepare = Callable[[Handle], Awaitable[None]]
+
+
+async def connect(
+    host: Host, within: float = DEFAULT_CONNECT_TIMEOUT, prepare: Prepare | None = None
+) -> Handle:
+    """A connection to ``host``'s server; SdexecError (ETIMEDOUT, ...) if none.
+
+    ``prepare(handle)`` (request signing, for one) runs within the same time
+    limit; if it fails, the connection is closed and the error raised.
+    """
+    handle = None
     try:
         async with asyncio.timeout(within):
-            return await Handle.connect(host.uri)
-    except TimeoutError:
-        raise SdexecError(errno.ETIMEDOUT, f"no answer from {host.uri} in {within:g}s") from None
+            handle = await Handle.connect(host.uri)
+            if prepare is not None:
+                await prepare(handle)
+            return handle
+    except BaseException as exc:
+        if handle is not None:
+            await handle.close()
+        if isinstance(exc, TimeoutError):
+            raise SdexecError(
+                errno.ETIMEDOUT, f"no answer from {host.uri} in {within:g}s"
+            ) from None
+        raise
 
 
 def unreachable(exc: SdexecError) -> Outcome:
@@ -87,9 +106,12 @@ class RankJob:
     then ends as unreachable with the reason given.
     """
 
-    def __init__(self, host: Host, on_change: Callable[[Any], None] | None) -> None:
+    def __init__(
+        self, host: Host, on_change: Callable[[Any], None] | None, prepare: Prepare | None = None
+    ) -> None:
         self.host = host
         self.on_change = on_change
+        self.prepare = prepare
         self.handle: Handle | None = None
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()
@@ -130,7 +152,7 @@ class RankJob:
         """Open :attr:`handle`; the unreachable outcome if that fails or the job
         was abandoned meanwhile."""
         try:
-            self.handle = await connect(self.host, connect_timeout)
+            self.handle = await connect(self.host, connect_timeout, self.prepare)
         except SdexecError as exc:
             return unreachable(exc)
         if self._abandoned is not None:
@@ -183,8 +205,9 @@ class RankProcess(RankJob):
         stdin: bool = True,
         on_output: OutputCallback | None = None,
         on_change: Callable[[RankProcess], None] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
-        super().__init__(host, on_change)
+        super().__init__(host, on_change, prepare)
         self.session = ExecSession(command, flags=flags)
         self.stdin = stdin
         self.on_output = on_output

@@ -35,13 +35,13 @@ from sdexec import uri as _uri
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
 from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
-from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType
+from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 
 if TYPE_CHECKING:
-    from sdexec.transport.link import Link
-
-if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
+
+    from sdexec.transport.link import Link
 
 _END = object()  # a Stream queue marker: the stream ended after a final success
 
@@ -197,6 +197,9 @@ class Handle:
         self._link: Link | None = None
         self._events: asyncio.Queue[Message] = asyncio.Queue()
         self._requests: asyncio.Queue[Message] = asyncio.Queue()
+        # Set by sdexec.cli.signing: turns a request payload into its RFC 42
+        # signed form (it leaves the methods that need no signature alone).
+        self.signer: Callable[[str, dict[str, Any] | None], dict[str, Any] | None] | None = None
 
     @classmethod
     async def connect(cls, uri: str | None = None) -> Handle:
@@ -252,6 +255,7 @@ class Handle:
         """
         future: asyncio.Future[Message] = self._loop.create_future()
         tag = self._register(_Rpc(future))
+        payload = self._signed(topic, payload)
         self._write(Message.request(topic, payload, matchtag=tag, nodeid=nodeid))
         return response_payload(await future)
 
@@ -267,7 +271,11 @@ class Handle:
         stream = Stream(topic, 0)
         stream.matchtag = self._register(stream)
         msg = Message.request(
-            topic, payload, matchtag=stream.matchtag, nodeid=nodeid, flags=MsgFlag.STREAMING
+            topic,
+            self._signed(topic, payload),
+            matchtag=stream.matchtag,
+            nodeid=nodeid,
+            flags=MsgFlag.STREAMING,
         )
         self._write(msg)
         return stream
@@ -283,8 +291,21 @@ class Handle:
 
         ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
         """
-        msg = Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE)
+        if self.signer is not None and isinstance(payload, bytes):  # pre-encoded JSON
+            payload = decode_json_payload(payload)
+        msg = Message.request(
+            topic, self._signed(topic, payload), nodeid=nodeid, flags=MsgFlag.NORESPONSE
+        )
         self._write(msg)
+
+    def _signed(self, topic: str, payload: Any) -> Any:
+        return payload if self.signer is None else self.signer(topic, payload)
+
+    def fileno(self) -> int:
+        """The connection's socket (for SO_PEERCRED); -1 once closed."""
+        transport = self._protocol.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     # --- lifetime ---------------------------------------------------------------------
 

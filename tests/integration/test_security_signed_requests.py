@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +134,48 @@ def test_cli_signs_by_itself_when_the_owner_is_not_the_caller(
 ) -> None:
     r = cli(signed, munged, mech, "exec", "--", "true")
     assert r.returncode == 0, r.stderr
+
+
+def fanout(srv: Server, munge_socket: str, mech: str, hosts: Path, *args: str) -> Any:
+    env = srv.env(
+        SDEXEC_MUNGE_SOCKET=munge_socket, SDEXEC_SIGN_MECHANISM=mech, SDEXEC_HOSTS=str(hosts)
+    )
+    env.pop("SDEXEC_URI", None)
+    return srv.sdexec(*args, env=env)
+
+
+@pytest.mark.parametrize("how", [[], ["--sign"]])
+def test_many_ranks_sign_each_request(
+    signed: Server,
+    munged: str,  # noqa: F811
+    mech: str,
+    tmp_path: Path,
+    how: list[str],
+) -> None:
+    # Two ranks, both this server: exec, kill and wait through the asyncio client.
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{signed.uri}\n{signed.uri}\n")
+    r = fanout(signed, munged, mech, hosts, "exec", "-r", "all", "-l", *how, "--", "echo", "hi")
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, [b"0: hi", b"1: hi"]), r.stderr
+    label = f"fan-signed-{mech}-{len(how)}"
+    bg = fanout(signed, munged, mech, hosts, "exec", "-r", "0", "--bg", "--waitable",
+                "--label", label, "--", "sleep", "60")  # fmt: skip
+    assert bg.returncode == 0, bg.stderr
+    assert fanout(signed, munged, mech, hosts, "kill", "-r", "0", label).returncode == 0
+    assert fanout(signed, munged, mech, hosts, "wait", "-r", "0", label).returncode == 143
+
+
+def test_many_ranks_unsigned_get_eperm_on_every_rank(
+    signed: Server,
+    munged: str,  # noqa: F811
+    mech: str,
+    tmp_path: Path,
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{signed.uri}\n{signed.uri}\n")
+    r = fanout(signed, munged, mech, hosts, "exec", "-r", "all", "--no-sign", "--", "true")
+    assert r.returncode != 0
+    assert "[0-1]: error: " in r.stderr.decode()
 
 
 def test_unsigned_exec_gets_eperm(signed: Server, munged: str, mech: str) -> None:  # noqa: F811

@@ -467,9 +467,6 @@ def test_exec_with_ranks_but_no_hosts_file(
     assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
 
 
-def test_sign_with_ranks_is_refused_until_the_fanout_signs(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    with pytest.raises(SystemExit):
-        cli.main(["exec", "--sign", "-r", "all", "true"])
-    assert "--sign is not supported with -r/-x yet" in capsys.readouterr().err
+def test_sign_goes_with_ranks() -> None:
+    args, many = cli_parser.parse(["exec", "--sign", "-r", "all", "true"])
+    assert many and args.sign
