@@ -723,8 +723,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         rows.append(f"{name:<{w}}{a:>10}{b:>10}{c:>8}{d:>11}  {e}")
 
     for key, title in (
-        ("exec_latency", "1. exec /bin/true, back to back"),
-        ("exec_latency_idle", f"1b. the same, {IDLE_S * 1000:.0f} ms idle before each"),
+        ("exec_latency", "1. exec true, back to back"),
+        ("exec_latency_idle", f"1b. exec true, {IDLE_S * 1000:.0f} ms idle"),
     ):
         lat = results.get(key)
         if lat:
