@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _RECV_SIZE = 256 * 1024
-_READ_SIZE = 64 * 1024
+_READ_SIZE = 256 * 1024
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 INTERRUPT_WINDOW = 1.0  # seconds: a second SIGINT this soon gives up waiting
 

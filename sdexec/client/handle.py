@@ -27,8 +27,10 @@ response arrives, so a late response can never be mistaken for another's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from sdexec import uri as _uri
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 _END = object()  # a Stream queue marker: the stream ended after a final success
+# A socket buffer that holds a few stdin writes of 256 KiB: without it (the
+# default is about 200 KiB) each write waits for the server to read part of
+# the one before, and asyncio moves its whole write buffer along each time.
+SEND_BUFFER = 1 << 20
 
 __all__ = ["Handle", "RemoteError", "Stream"]
 
@@ -156,6 +162,10 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # capped at net.core.wmem_max; best effort
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         if not self.handshake.done():
@@ -221,8 +231,6 @@ class Handle:
                 num = exc.errno or errno.ECONNREFUSED
                 raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
         else:
-            import socket
-
             from sdexec.transport.link import open_link
 
             link = await asyncio.to_thread(open_link, resolved)

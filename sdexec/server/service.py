@@ -324,7 +324,7 @@ class Service:
         fds: list[int] = []
         if streaming:
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.stdin = InputPipe(w, proc.credit)
+            proc.stdin = InputPipe(w, proc.credit, size=proc.cmd.stdin_bufsize())
         else:
             r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         spec.stdin_fd = len(fds)
