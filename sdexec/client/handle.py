@@ -5,9 +5,9 @@ Theory of operation
 :meth:`Handle.connect` opens the server's UNIX socket and reads the one
 handshake byte Flux's ``local`` connector expects (0 = accepted, otherwise
 an errno).  After that the socket carries RFC 3 messages in ``local://``
-framing (:mod:`sdexec.proto.framing`); a lean :class:`asyncio.Protocol`
-feeds received bytes to a :class:`~sdexec.proto.framing.FrameDecoder` and
-writes encoded requests straight to the transport.
+framing (:mod:`sdexec.proto.framing`); a lean :class:`asyncio.BufferedProtocol`
+receives straight into a :class:`~sdexec.proto.framing.FrameDecoder`'s
+buffer and writes encoded requests straight to the transport.
 
 Requests carry an empty route stack (a delimiter and no routes), as the
 Flux local connector sends them; the server pushes the connection's identity.
@@ -149,12 +149,17 @@ class Stream:
             self._queue.put_nowait(exc)
 
 
-class _Protocol(asyncio.Protocol):
-    """Bytes in and out for one Handle: the handshake byte, then framed messages."""
+class _Protocol(asyncio.BufferedProtocol):
+    """Bytes in and out for one Handle: the handshake byte, then framed messages.
+
+    Received straight into the frame decoder's buffer (no copy per read),
+    in reads as large as the frame being received.
+    """
 
     def __init__(self, handle: Handle) -> None:
         self._handle = handle
         self._decoder = FrameDecoder()
+        self._handshake_byte = bytearray(1)
         self.handshake: asyncio.Future[int] = handle._loop.create_future()
         self.lost: asyncio.Future[None] = handle._loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -167,14 +172,17 @@ class _Protocol(asyncio.Protocol):
             with contextlib.suppress(OSError):  # capped at net.core.wmem_max; best effort
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
         if not self.handshake.done():
-            self.handshake.set_result(data[0])
-            data = data[1:]
-            if not data:
-                return
+            return memoryview(self._handshake_byte)  # the handshake byte on its own
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.handshake.done():
+            self.handshake.set_result(self._handshake_byte[0])
+            return
         try:
-            messages = self._decoder.feed(data)
+            messages = self._decoder.buffer_updated(nbytes)
         except ProtocolError as exc:
             self._handle._fail_all(SdexecError(errno.EPROTO, f"bad data from server: {exc}"))
             assert self.transport is not None
