@@ -125,6 +125,15 @@ class Request:
             return
         self.conn.send(self.msg.response(payload if payload is not None else None))
 
+    def respond_pieces(self, payload: list[bytes]) -> None:
+        """:meth:`respond` with the JSON payload ``b"".join(payload)``, never joined here.
+
+        The hot path of output forwarding: see :meth:`Connection.send_pieces`.
+        """
+        if self.msg.noresponse or self._done:
+            return
+        self.conn.send_pieces(self.msg.response(b""), payload)
+
     def error(self, errnum: int, text: str | None = None) -> None:
         """Send the final error response (ENODATA ends a stream successfully)."""
         if self.msg.noresponse or self._done:

@@ -26,6 +26,10 @@ import sys
 from sdexec.errors import ProtocolError
 from sdexec.proto.message import Message, decode_parts, encode_parts
 
+TYPE_CHECKING = False  # typing costs the CLI start-up time; only mypy needs it
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 FRAME_MAGIC = 0xFFEE0012
 _HEADER = struct.Struct("=I" if sys.byteorder == "little" else ">I")
 HEADER_SIZE = 8
@@ -59,6 +63,28 @@ def encode_parts_stream(parts: list[bytes]) -> bytes:
 def encode_frame(msg: Message) -> bytes:
     """One message as the bytes that go on a ``local://`` stream."""
     return encode_parts_stream(encode_parts(msg))
+
+
+def _part_size(n: int) -> bytes:
+    return bytes((n,)) if n < 255 else b"\xff" + _LEN.pack(n)
+
+
+def encode_frame_pieces(msg: Message, payload: Sequence[bytes]) -> list[bytes]:
+    """:func:`encode_frame` of ``msg`` carrying ``b"".join(payload)``, as buffers.
+
+    ``msg.payload`` is a placeholder (``b""``).  The frame is the returned
+    buffers in order; the payload's pieces are among them as they are, so a
+    ``writev`` sends a large payload without a copy into the frame.
+    """
+    parts = encode_parts(msg)  # [routes..., topic, b"" (the payload), PROTO]
+    size = 0
+    for piece in payload:
+        size += len(piece)
+    head = b"".join([_part_size(len(p)) + p for p in parts[:-2]]) + _part_size(size)
+    proto = parts[-1]
+    end = _part_size(len(proto)) + proto
+    total = len(head) + size + len(end)
+    return [_MAGIC_BYTES + _LEN.pack(total) + head, *payload, end]
 
 
 def split_parts(body: bytes | memoryview) -> list[bytes]:

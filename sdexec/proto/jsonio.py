@@ -87,16 +87,35 @@ def escape_utf8(data: bytes, *, nul: bool = True) -> bytes | None:
     return data
 
 
-def _io_join(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> bytes:
-    """``head`` + the io object's data fields + its end, in one copy of the data."""
+def _io_pieces(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> list[bytes]:
+    """``head`` + the io object's data fields + its end, as pieces to join or write."""
     end = b',"eof":true}}\0' if eof else b"}}\0"
     if not data:
-        return head + end
+        return [head + end]
     body = escape_utf8(data, nul=nul)
     if body is not None:
-        return b"".join((head, b',"data":"', body, b'"', end))
+        return [head + b',"data":"', body, b'"' + end]
     b64 = binascii.b2a_base64(data, newline=False)
-    return b"".join((head, b',"data":"', b64, b'","encoding":"base64"', end))
+    return [head + b',"data":"', b64, b'","encoding":"base64"' + end]
+
+
+def _io_join(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> bytes:
+    """``head`` + the io object's data fields + its end, in one copy of the data."""
+    return b"".join(_io_pieces(head, data, eof, nul=nul))
+
+
+def output_pieces(pid: int, stream: str, rank: str, data: bytes | None, eof: bool) -> list[bytes]:
+    """:func:`output_payload` in pieces whose concatenation it is.
+
+    The data (escaped, or base64) is one piece of its own, so that it can go
+    to the socket without being copied into a payload (``writev``).
+    """
+    head = b'{"type":"output","pid":%d,"io":{"stream":%s,"rank":%s' % (
+        pid,
+        _quoted(stream),
+        _quoted(rank),
+    )
+    return _io_pieces(head, data, eof, nul=True)
 
 
 def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bool) -> bytes:
@@ -106,12 +125,7 @@ def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bo
     :func:`sdexec.proto.message.encode_payload`, with the io object of
     :func:`sdexec.proto.rfc42.io_object`.
     """
-    head = b'{"type":"output","pid":%d,"io":{"stream":%s,"rank":%s' % (
-        pid,
-        _quoted(stream),
-        _quoted(rank),
-    )
-    return _io_join(head, data, eof, nul=True)
+    return b"".join(output_pieces(pid, stream, rank, data, eof))
 
 
 _OUTPUT_PREFIX = b'{"type":"output","pid":'

@@ -19,6 +19,7 @@ from sdexec.proto.framing import (
     HEADER_SIZE,
     FrameDecoder,
     encode_frame,
+    encode_frame_pieces,
     encode_parts_stream,
     split_parts,
 )
@@ -397,3 +398,12 @@ def test_a_view_kept_across_buffer_updated_stays_valid() -> None:
         out += decoder.buffer_updated(n)
         i += n
     assert out == msgs
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, st.lists(st.binary(max_size=400), max_size=4))
+def test_frame_pieces_join_to_the_frame(msg: Message, pieces: list[bytes]) -> None:
+    whole = Message(**{f: getattr(msg, f) for f in Message._FIELDS})
+    whole.payload = b"".join(pieces)
+    msg.payload = b""  # the placeholder
+    assert b"".join(encode_frame_pieces(msg, pieces)) == encode_frame(whole)
