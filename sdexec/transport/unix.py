@@ -52,7 +52,7 @@ from sdexec.proto.message import Message
 log = structlog.get_logger("sdexec.transport")
 
 WRITE_HIGH_WATER = 1 << 20
-# A socket buffer that holds a whole output response (256 KiB of data, more as
+# A socket buffer that holds a whole output response (512 KiB of data, more as
 # JSON or base64): one send per message instead of several, each waiting for
 # the client to read.  The kernel default (about 200 KiB) is smaller.
 SEND_BUFFER = 1 << 20
