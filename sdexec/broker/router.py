@@ -43,6 +43,7 @@ import structlog
 from sdexec.broker.events import EventBus
 from sdexec.broker.services import ClientServices
 from sdexec.errors import errnum_of, message_of
+from sdexec.proto import jsonio
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgType
 from sdexec.transport.unix import Connection
 
@@ -55,12 +56,14 @@ Handler = Callable[["Request"], "Awaitable[None] | None"]
 class Request:
     """A request being served: its message, where it came from, how to answer."""
 
-    __slots__ = ("_done", "conn", "msg", "signed", "signer")
+    __slots__ = ("_done", "_write", "_write_parsed", "conn", "msg", "signed", "signer")
 
     def __init__(self, conn: Connection, msg: Message) -> None:
         self.conn = conn
         self.msg = msg
         self._done = False
+        self._write: tuple[int, str, bytes, bool] | None = None
+        self._write_parsed = False
         # Set by sdexec.security.gate for a verified RFC 42 signed request:
         # the signature JSON object (the authoritative payload) and the signer.
         self.signed: dict[str, Any] | None = None
@@ -100,6 +103,19 @@ class Request:
             return self.signed
         return self.msg.json()  # type: ignore[no-any-return]
 
+    def fast_write(self) -> tuple[int, str, bytes, bool] | None:
+        """The payload read by :func:`sdexec.proto.jsonio.parse_write`, parsed once.
+
+        (matchtag, stream, data, eof) of an RFC 42 ``write`` in the layout
+        clients write, for both the security gate and the service: stdin's
+        hot path.  None for any other payload (read it with :meth:`payload`).
+        """
+        if not self._write_parsed:
+            self._write_parsed = True
+            if self.msg.payload is not None:
+                self._write = jsonio.parse_write(self.msg.payload)
+        return self._write
+
     def respond(self, payload: dict[str, Any] | bytes | None = None) -> None:
         """Send a success response (several, for a streaming request).
 
@@ -108,6 +124,15 @@ class Request:
         if self.msg.noresponse or self._done:
             return
         self.conn.send(self.msg.response(payload if payload is not None else None))
+
+    def respond_pieces(self, payload: list[bytes]) -> None:
+        """:meth:`respond` with the JSON payload ``b"".join(payload)``, never joined here.
+
+        The hot path of output forwarding: see :meth:`Connection.send_pieces`.
+        """
+        if self.msg.noresponse or self._done:
+            return
+        self.conn.send_pieces(self.msg.response(b""), payload)
 
     def error(self, errnum: int, text: str | None = None) -> None:
         """Send the final error response (ENODATA ends a stream successfully)."""

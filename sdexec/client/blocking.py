@@ -67,8 +67,7 @@ if TYPE_CHECKING:
 else:
     import _signal
 
-_RECV_SIZE = 256 * 1024
-_READ_SIZE = 64 * 1024
+_READ_SIZE = 256 * 1024
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 INTERRUPT_WINDOW = 1.0  # seconds: a second SIGINT this soon gives up waiting
 
@@ -196,17 +195,20 @@ class BlockingHandle:
         raises SdexecError(ECONNRESET).
         """
         while not self._inbox:
+            buf = self._decoder.get_buffer()  # received into in place, a frame at a time
             try:
-                data = self._sock.recv(_RECV_SIZE)
+                n = self._sock.recv_into(buf)
             except InterruptedError:
                 continue
             except OSError:
-                data = b""
-            if not data:
+                n = 0
+            finally:
+                buf.release()
+            if not n:
                 self.close()
                 raise lost_error()
             try:
-                messages = self._decoder.feed(data)
+                messages = self._decoder.buffer_updated(n)
             except ProtocolError as exc:
                 self.close()
                 raise SdexecError(errno.EPROTO, f"bad data from server: {exc}") from None

@@ -5,9 +5,9 @@ Theory of operation
 :meth:`Handle.connect` opens the server's UNIX socket and reads the one
 handshake byte Flux's ``local`` connector expects (0 = accepted, otherwise
 an errno).  After that the socket carries RFC 3 messages in ``local://``
-framing (:mod:`sdexec.proto.framing`); a lean :class:`asyncio.Protocol`
-feeds received bytes to a :class:`~sdexec.proto.framing.FrameDecoder` and
-writes encoded requests straight to the transport.
+framing (:mod:`sdexec.proto.framing`); a lean :class:`asyncio.BufferedProtocol`
+receives straight into a :class:`~sdexec.proto.framing.FrameDecoder`'s
+buffer and writes encoded requests straight to the transport.
 
 Requests carry an empty route stack (a delimiter and no routes), as the
 Flux local connector sends them; the server pushes the connection's identity.
@@ -27,8 +27,10 @@ response arrives, so a late response can never be mistaken for another's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from sdexec import uri as _uri
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
     from sdexec.transport.link import Link
 
 _END = object()  # a Stream queue marker: the stream ended after a final success
+# A socket buffer that holds a few stdin writes of 256 KiB: without it (the
+# default is about 200 KiB) each write waits for the server to read part of
+# the one before, and asyncio moves its whole write buffer along each time.
+SEND_BUFFER = 1 << 20
 
 __all__ = ["Handle", "RemoteError", "Stream"]
 
@@ -143,12 +149,17 @@ class Stream:
             self._queue.put_nowait(exc)
 
 
-class _Protocol(asyncio.Protocol):
-    """Bytes in and out for one Handle: the handshake byte, then framed messages."""
+class _Protocol(asyncio.BufferedProtocol):
+    """Bytes in and out for one Handle: the handshake byte, then framed messages.
+
+    Received straight into the frame decoder's buffer (no copy per read),
+    in reads as large as the frame being received.
+    """
 
     def __init__(self, handle: Handle) -> None:
         self._handle = handle
         self._decoder = FrameDecoder()
+        self._handshake_byte = bytearray(1)
         self.handshake: asyncio.Future[int] = handle._loop.create_future()
         self.lost: asyncio.Future[None] = handle._loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -156,15 +167,22 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # capped at net.core.wmem_max; best effort
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
         if not self.handshake.done():
-            self.handshake.set_result(data[0])
-            data = data[1:]
-            if not data:
-                return
+            return memoryview(self._handshake_byte)  # the handshake byte on its own
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.handshake.done():
+            self.handshake.set_result(self._handshake_byte[0])
+            return
         try:
-            messages = self._decoder.feed(data)
+            messages = self._decoder.buffer_updated(nbytes)
         except ProtocolError as exc:
             self._handle._fail_all(SdexecError(errno.EPROTO, f"bad data from server: {exc}"))
             assert self.transport is not None
@@ -224,8 +242,6 @@ class Handle:
                 num = exc.errno or errno.ECONNREFUSED
                 raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
         else:
-            import socket
-
             from sdexec.transport.link import open_link
 
             link = await asyncio.to_thread(open_link, resolved)

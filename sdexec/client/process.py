@@ -41,7 +41,7 @@ from sdexec.client.rpc import RemoteError
 from sdexec.errors import SdexecError
 
 OutputCallback = Callable[[str, bytes], None]
-_MAX_WRITE = 64 * 1024
+_MAX_WRITE = 256 * 1024
 
 
 class Completed(NamedTuple):

@@ -19,7 +19,12 @@ which bounds the speed of text dense in multi-byte characters.
 
 The decoders accept only the exact layouts the encoders write and return
 None for anything else, so that callers fall back to the ``json`` module:
-correctness never depends on the peer being this implementation.
+correctness never depends on the peer being this implementation.  Data is
+decoded straight out of the message payload (through a ``memoryview``), so
+the JSON form of a chunk is never copied before it is decoded.  The one
+place the fast path trusts its peer is the quotes inside output text, from
+the server the client chose (see :func:`parse_output_data`); ``write``
+payloads, from clients, are checked exactly.
 
 Sans-IO and cheap to import (it is on the CLI's start-up path):
 :mod:`sdexec.proto.cjson` rather than ``json``, ``binascii``, ``codecs`` and
@@ -44,6 +49,19 @@ _SIMPLE = ((b'"', b'\\"'), (b"\n", b"\\n"), (b"\t", b"\\t"), (b"\r", b"\\r"))
 
 def _dumps(value: str) -> bytes:
     return cjson.dumps(value).encode()
+
+
+_QUOTED: dict[str, bytes] = {}
+
+
+def _quoted(name: str) -> bytes:
+    """A stream name or rank as a JSON string; the few in use are remembered."""
+    quoted = _QUOTED.get(name)
+    if quoted is None:
+        quoted = _dumps(name)
+        if len(_QUOTED) < 256:
+            _QUOTED[name] = quoted
+    return quoted
 
 
 def escape_utf8(data: bytes, *, nul: bool = True) -> bytes | None:
@@ -71,37 +89,35 @@ def escape_utf8(data: bytes, *, nul: bool = True) -> bytes | None:
     return data
 
 
-def unescape(body: bytes) -> bytes | None:
-    """The bytes of a JSON string body, or None if it uses ``\\u`` or ``\\/``.
-
-    Within a valid JSON string, every other escape (``\\"`` ``\\\\``
-    ``\\b`` ``\\f`` ``\\n`` ``\\r`` ``\\t``) means the same as in a
-    Python bytes literal, so the C ``escape_decode`` does the work in one
-    pass; it warns about the two it does not know, and a warning turned
-    into an error sends the body to ``json``.  The body is trusted to be a
-    JSON string body (no bare quote): this is a fast path for a known layout,
-    not a validator.
-    """
-    if b"\\" not in body:
-        return body
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            return codecs.escape_decode(body)[0]
-        except (Warning, ValueError):
-            return None
+def _io_pieces(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> list[bytes]:
+    """``head`` + the io object's data fields + its end, as pieces to join or write."""
+    end = b',"eof":true}}\0' if eof else b"}}\0"
+    if not data:
+        return [head + end]
+    body = escape_utf8(data, nul=nul)
+    if body is not None:
+        return [head + b',"data":"', body, b'"' + end]
+    b64 = binascii.b2a_base64(data, newline=False)
+    return [head + b',"data":"', b64, b'","encoding":"base64"' + end]
 
 
 def _io_join(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> bytes:
     """``head`` + the io object's data fields + its end, in one copy of the data."""
-    end = b',"eof":true}}\0' if eof else b"}}\0"
-    if not data:
-        return head + end
-    body = escape_utf8(data, nul=nul)
-    if body is not None:
-        return b"".join((head, b',"data":"', body, b'"', end))
-    b64 = binascii.b2a_base64(data, newline=False)
-    return b"".join((head, b',"data":"', b64, b'","encoding":"base64"', end))
+    return b"".join(_io_pieces(head, data, eof, nul=nul))
+
+
+def output_pieces(pid: int, stream: str, rank: str, data: bytes | None, eof: bool) -> list[bytes]:
+    """:func:`output_payload` in pieces whose concatenation it is.
+
+    The data (escaped, or base64) is one piece of its own, so that it can go
+    to the socket without being copied into a payload (``writev``).
+    """
+    head = b'{"type":"output","pid":%d,"io":{"stream":%s,"rank":%s' % (
+        pid,
+        _quoted(stream),
+        _quoted(rank),
+    )
+    return _io_pieces(head, data, eof, nul=True)
 
 
 def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bool) -> bytes:
@@ -111,18 +127,16 @@ def output_payload(pid: int, stream: str, rank: str, data: bytes | None, eof: bo
     :func:`sdexec.proto.message.encode_payload`, with the io object of
     :func:`sdexec.proto.rfc42.io_object`.
     """
-    head = b'{"type":"output","pid":%d,"io":{"stream":%s,"rank":%s' % (
-        pid,
-        _dumps(stream),
-        _dumps(rank),
-    )
-    return _io_join(head, data, eof, nul=True)
+    return b"".join(output_pieces(pid, stream, rank, data, eof))
 
 
 _OUTPUT_PREFIX = b'{"type":"output","pid":'
 _WRITE_PREFIX = b'{"matchtag":'
 _IO_STREAM = b',"io":{"stream":"'
 _RANK = b'","rank":"'
+_DATA = b',"data":"'
+_EOF_END = b',"eof":true}}'
+_BASE64_END = b'","encoding":"base64"'
 
 
 def _head(payload: bytes, prefix: bytes) -> tuple[int, bytes, bytes, int] | None:
@@ -150,57 +164,120 @@ def _head(payload: bytes, prefix: bytes) -> tuple[int, bytes, bytes, int] | None
     if end < 0:
         return None
     rank = payload[k:end]
-    if b"\\" in stream + rank or not (stream + rank).isascii():
+    names = stream + rank
+    if b"\\" in names or b'"' in names or not names.isascii():
         return None
     return int(number), stream, rank, end + 1
 
 
-def _io_tail(payload: bytes, start: int) -> tuple[bytes | None, str | None, bool] | None:
-    """(data, encoding, eof) from the rest of an io object ending in ``}}``, or None."""
+class _Tail:
+    """Where the data of an io object lies in its payload: ``payload[begin:end]``.
+
+    ``begin == end == -1`` when the object has no ``data``; ``base64`` for
+    ``"encoding":"base64"``.  Indices rather than a slice: the data is
+    decoded straight from the payload, without a copy of its JSON form.
+    """
+
+    __slots__ = ("base64", "begin", "end", "eof")
+
+    def __init__(self, begin: int, end: int, base64: bool, eof: bool) -> None:
+        self.begin = begin
+        self.end = end
+        self.base64 = base64
+        self.eof = eof
+
+
+def _io_tail(payload: bytes, start: int) -> _Tail | None:
+    """The rest of an io object from ``start``, ending in ``}}`` (and a NUL), or None."""
     end = len(payload) - 1 if payload.endswith(b"\0") else len(payload)
     eof = False
-    if payload.endswith(b',"eof":true}}', start, end):
+    if payload.endswith(_EOF_END, start, end):
         eof = True
-        end -= len(b',"eof":true}}')
+        end -= len(_EOF_END)
     elif payload.endswith(b"}}", start, end):
         end -= 2
     else:
         return None
     if end == start:
-        return None, None, eof
-    if not payload.startswith(b',"data":"', start, end):
+        return _Tail(-1, -1, False, eof)
+    if not payload.startswith(_DATA, start, end):
         return None
-    start += len(b',"data":"')
-    if payload.endswith(b'","encoding":"base64"', start, end):
-        return payload[start : end - len(b'","encoding":"base64"')], "base64", eof
+    start += len(_DATA)
+    if payload.endswith(_BASE64_END, start, end):
+        end -= len(_BASE64_END)
+        # The base64 alphabet has neither: a body with one is not this layout.
+        if payload.find(b'"', start, end) >= 0 or payload.find(b"\\", start, end) >= 0:
+            return None
+        return _Tail(start, end, True, eof)
     if not payload.endswith(b'"', start, end):
         return None
-    body = payload[start : end - 1]
-    if body.endswith(b"\\") and (len(body) - len(body.rstrip(b"\\"))) % 2:
-        return None  # the closing quote was escaped: not our layout
-    return body, None, eof
+    end -= 1
+    if payload.endswith(b"\\", start, end):
+        stripped = len(payload[start:end].rstrip(b"\\"))
+        if (end - start - stripped) % 2:
+            return None  # the closing quote was escaped: not our layout
+    return _Tail(start, end, False, eof)
 
 
-def _io_object(
-    stream: bytes, rank: bytes, parsed: tuple[bytes | None, str | None, bool]
-) -> dict[str, Any] | None:
-    body, encoding, eof = parsed
+def _quotes_escaped(payload: bytes, begin: int, end: int) -> bool:
+    """True if no ``"`` in ``payload[begin:end]`` ends the JSON string early.
+
+    A bare quote would mean another layout: the body would hold more members
+    of the object (``x","signature":"...``), which ``json`` reads as such.
+    Exact when the body has no quote, or quotes but no escaped backslash
+    (then every backslash starts an escape, and a quote is escaped exactly
+    when a backslash precedes it); False leaves the rare rest to ``json``.
+    """
+    if payload.find(b'"', begin, end) < 0:
+        return True
+    if payload.find(b"\\\\", begin, end) >= 0:
+        return False
+    return payload.count(b'"', begin, end) == payload.count(b'\\"', begin, end)
+
+
+def _unescape_range(payload: bytes, begin: int, end: int) -> bytes | None:
+    """:func:`unescape` of ``payload[begin:end]``, decoded in place (one copy)."""
+    if payload.find(b"\\", begin, end) < 0:
+        return payload[begin:end]
+    return unescape(memoryview(payload)[begin:end])
+
+
+def unescape(body: bytes | memoryview) -> bytes | None:
+    """The bytes of a JSON string body, or None if it uses ``\\u`` or ``\\/``.
+
+    Within a valid JSON string, every other escape (``\\"`` ``\\\\``
+    ``\\b`` ``\\f`` ``\\n`` ``\\r`` ``\\t``) means the same as in a
+    Python bytes literal, so the C ``escape_decode`` does the work in one
+    pass; it warns about the two it does not know, and a warning turned
+    into an error sends the body to ``json``.  The body is trusted to be a
+    JSON string body (no bare quote; see :func:`_quotes_escaped`): this is a
+    fast path for a known layout, not a validator.
+    """
+    if isinstance(body, bytes) and b"\\" not in body:
+        return body
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return codecs.escape_decode(body)[0]
+        except (Warning, ValueError):
+            return None
+
+
+def _io_object(stream: bytes, rank: bytes, payload: bytes, tail: _Tail) -> dict[str, Any] | None:
     io: dict[str, Any] = {"stream": stream.decode(), "rank": rank.decode()}
-    if body is not None:
-        if encoding == "base64":
-            if b"\\" in body or b'"' in body:
-                return None
-            io["data"] = body.decode("ascii")
+    if tail.begin >= 0:
+        if tail.base64:
+            io["data"] = payload[tail.begin : tail.end].decode("ascii")
             io["encoding"] = "base64"
         else:
-            raw = unescape(body)
+            raw = _unescape_range(payload, tail.begin, tail.end)
             if raw is None:
                 return None
             try:
                 io["data"] = raw.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-    if eof:
+    if tail.eof:
         io["eof"] = True
     return io
 
@@ -214,10 +291,12 @@ def parse_output(payload: bytes) -> dict[str, Any] | None:
     if head is None:
         return None
     pid, stream, rank, end = head
-    parsed = _io_tail(payload, end)
-    if parsed is None:
+    tail = _io_tail(payload, end)
+    if tail is None:
         return None
-    io = _io_object(stream, rank, parsed)
+    if tail.begin >= 0 and not tail.base64 and not _quotes_escaped(payload, tail.begin, tail.end):
+        return None
+    io = _io_object(stream, rank, payload, tail)
     if io is None:
         return None
     return {"type": "output", "pid": pid, "io": io}
@@ -228,62 +307,72 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
 
     The data as bytes, never as a str: the receiving end of output
     forwarding.  None for any other layout (the caller then uses ``json``).
-    Text is passed on as the bytes that were sent, without a UTF-8 check.
+    Text is passed on as the bytes that were sent, without a UTF-8 check,
+    and the layout is trusted to be the server's: quotes inside the text
+    are not checked for being escaped (:func:`_quotes_escaped` would cost
+    more than the rest of the decoding for text full of quotes).
     """
     head = _head(payload, _OUTPUT_PREFIX)
     if head is None:
         return None
     pid, stream, _rank, end = head
-    parsed = _io_tail(payload, end)
-    if parsed is None:
+    tail = _io_tail(payload, end)
+    if tail is None:
         return None
-    body, encoding, eof = parsed
     data = b""
-    if body is not None:
-        if encoding == "base64":
-            try:  # not strict_mode, which halves the speed: the layout is checked
-                data = binascii.a2b_base64(body)
-            except (binascii.Error, ValueError):
-                return None
-        else:
-            text = unescape(body)
-            if text is None:
-                return None
-            data = text
-    return pid, stream.decode(), data, eof
+    if tail.base64:
+        try:  # not strict_mode, which is slower: the alphabet was checked
+            data = binascii.a2b_base64(memoryview(payload)[tail.begin : tail.end])
+        except (binascii.Error, ValueError):
+            return None
+    elif tail.begin >= 0:
+        text = _unescape_range(payload, tail.begin, tail.end)
+        if text is None:
+            return None
+        data = text
+    return pid, stream.decode(), data, tail.eof
 
 
 def write_payload(matchtag: int, stream: str, rank: str, data: bytes, eof: bool) -> bytes:
     """An RFC 42 ``write`` request payload, NUL-terminated (see :func:`output_payload`)."""
-    head = b'{"matchtag":%d,"io":{"stream":%s,"rank":%s' % (matchtag, _dumps(stream), _dumps(rank))
+    head = b'{"matchtag":%d,"io":{"stream":%s,"rank":%s' % (
+        matchtag,
+        _quoted(stream),
+        _quoted(rank),
+    )
     return _io_join(head, data, eof, nul=False)
 
 
 def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
-    """(matchtag, stream, data, eof) of a ``write`` in :func:`write_payload`'s layout, or None."""
+    """(matchtag, stream, data, eof) of a ``write`` in :func:`write_payload`'s layout, or None.
+
+    Exact, since the payload comes from a client: when this returns a
+    result, ``json.loads`` reads the same object (``matchtag`` and ``io``
+    and nothing else) from a valid JSON payload.
+    """
     head = _head(payload, _WRITE_PREFIX)
     if head is None:
         return None
     matchtag, stream, _rank, end = head
-    parsed = _io_tail(payload, end)
-    if parsed is None:
+    tail = _io_tail(payload, end)
+    if tail is None:
         return None
-    body, encoding, eof = parsed
     data = b""
-    if body is not None:
-        if encoding == "base64":
+    if tail.base64:
+        try:
+            data = binascii.a2b_base64(memoryview(payload)[tail.begin : tail.end], strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+    elif tail.begin >= 0:
+        if not _quotes_escaped(payload, tail.begin, tail.end):
+            return None
+        raw = _unescape_range(payload, tail.begin, tail.end)
+        if raw is None:
+            return None
+        if not raw.isascii():
             try:
-                data = binascii.a2b_base64(body, strict_mode=True)
-            except (binascii.Error, ValueError):
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
                 return None
-        else:
-            raw = unescape(body)
-            if raw is None:
-                return None
-            if not raw.isascii():
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-            data = raw
-    return matchtag, stream.decode(), data, eof
+        data = raw
+    return matchtag, stream.decode(), data, tail.eof

@@ -241,6 +241,9 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
     logs.configure(getattr(args, "log_level", None) or "info")
+    from sdexec.server.memory import tune_malloc
+
+    tune_malloc()
     try:
         from sdexec.server.activation import listen_fds, local_socket
 

@@ -229,8 +229,9 @@ class Process:
         """Sink for an :class:`OutputPipe`: forward to the streaming client."""
         client = self.client
         if client is not None:
-            # Encoded straight to JSON bytes: the hot path of output forwarding.
-            client.respond(jsonio.output_payload(self.pid, stream, self.rank, data, eof))
+            # Encoded straight to JSON bytes, and written to the socket in pieces:
+            # the hot path of output forwarding.
+            client.respond_pieces(jsonio.output_pieces(self.pid, stream, self.rank, data, eof))
         if eof:
             self._maybe_end()
 

@@ -41,7 +41,7 @@ from dbus_fast import Variant
 
 from sdexec.broker.router import Request, Router, Sender
 from sdexec.errors import SdexecError
-from sdexec.proto import jsonio, rfc42
+from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
@@ -332,7 +332,7 @@ class Service:
         fds: list[int] = []
         if streaming:
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.stdin = InputPipe(w, proc.credit)
+            proc.stdin = InputPipe(w, proc.credit, size=proc.cmd.stdin_bufsize())
         else:
             r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         spec.stdin_fd = len(fds)
@@ -388,7 +388,8 @@ class Service:
     # --- write ------------------------------------------------------------------------------
 
     def write(self, req: Request) -> None:
-        fast = jsonio.parse_write(req.msg.payload or b"")  # stdin's hot path; None: use json
+        # stdin's hot path; None: another layout, or a signed request (its signed payload counts)
+        fast = req.fast_write() if req.signed is None else None
         if fast is not None:
             wr = rfc42.WriteRequest(*fast)
         else:

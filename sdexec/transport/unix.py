@@ -41,13 +41,18 @@ from typing import Protocol
 import structlog
 
 from sdexec.errors import ProtocolError, SdexecError
-from sdexec.proto.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, encode_frame
+from sdexec.proto.framing import (
+    DEFAULT_MAX_MESSAGE,
+    FrameDecoder,
+    encode_frame,
+    encode_frame_pieces,
+)
 from sdexec.proto.message import Message
 
 log = structlog.get_logger("sdexec.transport")
 
 WRITE_HIGH_WATER = 1 << 20
-# A socket buffer that holds a whole output response (256 KiB of data, more as
+# A socket buffer that holds a whole output response (512 KiB of data, more as
 # JSON or base64): one send per message instead of several, each waiting for
 # the client to read.  The kernel default (about 200 KiB) is smaller.
 SEND_BUFFER = 1 << 20
@@ -97,6 +102,7 @@ class Connection(asyncio.Protocol):
         self._writable_listeners: list[Callable[[bool], None]] = []
         self._holds: set[str] = set()
         self._backlog: collections.deque[Message] = collections.deque()
+        self._fd = -1  # the socket, for writev past an empty transport buffer
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -107,6 +113,7 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         with contextlib.suppress(OSError):  # capped at net.core.wmem_max; best effort
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        self._fd = sock.fileno()
         try:
             self.pid, self.uid, self.gid = peer_credentials(sock)
         except OSError:
@@ -141,6 +148,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._fd = -1
         self._backlog.clear()
         self._writable_event.set()  # wake anyone waiting to write: there is nobody to wait for
         if self.accepted:
@@ -181,15 +189,46 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(encode_frame(msg))
-            if transport.get_write_buffer_size() > self.write_limit:
-                log.warning(
-                    "output limit exceeded, closing connection",
-                    uid=self.uid,
-                    conn=self.id,
-                    buffered=transport.get_write_buffer_size(),
-                    limit=self.write_limit,
-                )
-                transport.abort()
+            self._check_limit(transport)
+
+    def send_pieces(self, msg: Message, payload: list[bytes]) -> None:
+        """:meth:`send` ``msg`` carrying ``b"".join(payload)``, without joining it.
+
+        ``msg.payload`` is a placeholder.  While nothing waits in the
+        transport's buffer, the frame goes to the socket with one ``writev``
+        (output forwarding: the data is not copied into a frame first), and
+        only what the socket did not take is handed to the transport.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._fd < 0 or transport.get_write_buffer_size():
+            msg.payload = b"".join(payload)
+            self.send(msg)
+            return
+        buffers = encode_frame_pieces(msg, payload)
+        try:
+            sent = os.writev(self._fd, buffers)
+        except OSError:  # full (EAGAIN), or broken: the transport's write finds out
+            sent = 0
+        for i, buf in enumerate(buffers):
+            if sent < len(buf):  # the socket is full: the transport queues the rest
+                rest: list[bytes | memoryview] = [memoryview(buf)[sent:], *buffers[i + 1 :]]
+                transport.write(b"".join(rest))
+                self._check_limit(transport)
+                return
+            sent -= len(buf)
+
+    def _check_limit(self, transport: asyncio.Transport) -> None:
+        if transport.get_write_buffer_size() > self.write_limit:
+            log.warning(
+                "output limit exceeded, closing connection",
+                uid=self.uid,
+                conn=self.id,
+                buffered=transport.get_write_buffer_size(),
+                limit=self.write_limit,
+            )
+            transport.abort()
 
     async def wait_writable(self) -> None:
         """Return once the peer has caught up (or the connection is gone)."""

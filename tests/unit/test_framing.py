@@ -19,6 +19,7 @@ from sdexec.proto.framing import (
     HEADER_SIZE,
     FrameDecoder,
     encode_frame,
+    encode_frame_pieces,
     encode_parts_stream,
     split_parts,
 )
@@ -314,3 +315,95 @@ def test_corrupted_frames_give_messages_or_protocol_error(
     for where, value in flips:
         data[where % len(data)] = value
     feed_until_error(FrameDecoder(max_message=1 << 16), [bytes(data)])
+
+
+# --- receiving into the decoder's buffer ---------------------------------------
+
+
+def receive_into(decoder: FrameDecoder, data: bytes, sizes: list[int]) -> list[Message]:
+    """Write ``data`` through get_buffer/buffer_updated, ``sizes`` bytes at a time."""
+    out: list[Message] = []
+    i = 0
+    k = 0
+    while i < len(data):
+        view = decoder.get_buffer()
+        assert len(view) >= 1
+        n = min(len(view), len(data) - i, sizes[k % len(sizes)] if sizes else len(view))
+        view[:n] = data[i : i + n]
+        del view  # as a transport drops its reference
+        out += decoder.buffer_updated(n)
+        i += n
+        k += 1
+    return out
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(messages, min_size=1, max_size=4),
+    st.lists(st.integers(min_value=1, max_value=5000), max_size=6),
+)
+def test_receiving_into_the_buffer_gives_what_feeding_gives(
+    msgs: list[Message], sizes: list[int]
+) -> None:
+    data = b"".join(encode_frame(m) for m in msgs)
+    decoder = FrameDecoder()
+    assert receive_into(decoder, data, sizes) == msgs
+    assert decoder.buffered == 0
+
+
+def test_a_large_frame_is_offered_room_for_all_of_it() -> None:
+    msg = sample(payload=b"x" * (300 << 10))
+    data = encode_frame(msg)
+    decoder = FrameDecoder()
+    first = decoder.get_buffer()
+    first[:HEADER_SIZE] = data[:HEADER_SIZE]
+    del first
+    assert decoder.buffer_updated(HEADER_SIZE) == []
+    rest = decoder.get_buffer()
+    assert len(rest) >= len(data) - HEADER_SIZE  # one read can take the rest
+    rest[: len(data) - HEADER_SIZE] = data[HEADER_SIZE:]
+    del rest
+    assert decoder.buffer_updated(len(data) - HEADER_SIZE) == [msg]
+
+
+def test_a_claimed_size_is_not_allocated_before_the_data_comes() -> None:
+    decoder = FrameDecoder(max_message=64 << 20)
+    view = decoder.get_buffer()
+    view[:HEADER_SIZE] = frame(b"", size=60 << 20)[:HEADER_SIZE]
+    del view
+    assert decoder.buffer_updated(HEADER_SIZE) == []
+    assert len(decoder.get_buffer()) <= 2 << 20
+
+
+def test_a_large_buffer_is_let_go_when_empty() -> None:
+    decoder = FrameDecoder()
+    data = encode_frame(sample(payload=b"y" * (3 << 20)))
+    assert receive_into(decoder, data, []) == [sample(payload=b"y" * (3 << 20))]
+    assert len(decoder.get_buffer()) < 1 << 20
+
+
+def test_a_view_kept_across_buffer_updated_stays_valid() -> None:
+    # asyncio holds the view from get_buffer while buffer_updated runs.
+    msgs = [sample(i, payload=bytes(70000)) for i in range(3)]
+    data = b"".join(encode_frame(m) for m in msgs)
+    decoder = FrameDecoder()
+    out: list[Message] = []
+    i = 0
+    views = []
+    while i < len(data):
+        view = decoder.get_buffer()
+        n = min(len(view), len(data) - i, 50000)
+        view[:n] = data[i : i + n]
+        views.append(view)  # never released
+        out += decoder.buffer_updated(n)
+        i += n
+    assert out == msgs
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, st.lists(st.binary(max_size=400), max_size=4))
+def test_frame_pieces_join_to_the_frame(msg: Message, pieces: list[bytes]) -> None:
+    whole = Message(**{f: getattr(msg, f) for f in Message._FIELDS})
+    whole.payload = b"".join(pieces)
+    msg.payload = b""  # the placeholder
+    assert b"".join(encode_frame_pieces(msg, pieces)) == encode_frame(whole)

@@ -78,6 +78,10 @@ class FakeConn:
         if self.transport is not None:  # like Connection.send: a closed peer gets nothing
             self.sent.append(msg)
 
+    def send_pieces(self, msg: Message, payload: list[bytes]) -> None:
+        msg.payload = b"".join(payload)
+        self.send(msg)
+
     async def wait_writable(self) -> None:
         await asyncio.sleep(0)
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdexec.server.pipes import InputPipe, OutputPipe, split_utf8_tail
+from sdexec.server.pipes import CreditPacer, InputPipe, OutputPipe, split_utf8_tail
 
 MULTIBYTE = "a\u00e9\u20ac\U0001f600z"  # 1, 2, 3, 4 and 1 bytes
 
@@ -318,6 +318,82 @@ def test_input_pipe_eof_waits_for_queued_data() -> None:
         assert sum(credits) == len(data)
 
     run(main)
+
+
+def test_input_pipe_gives_credit_back_in_steps_of_a_quarter_buffer() -> None:
+    async def main() -> None:
+        r, w = os.pipe()
+        credits: list[int] = []
+        size = 1 << 20
+        pipe = InputPipe(w, credits.append, size=size)
+        pipe.write(b"small")
+        assert credits == []  # the client still has most of its credit
+        data = os.urandom(size - 5)  # all the rest of the credit
+        pipe.write(data)  # more than the pipe holds: drained as the reader reads
+        got = await asyncio.to_thread(read_exactly, r, size)
+        # All read means all written, and the write that took the last byte
+        # reported in the same callback.
+        assert got == b"small" + data and pipe.queued == 0
+        # Given back in quarter steps; what is kept is less than a step, so
+        # the client has more than three quarters of its buffer again.
+        assert all(c >= size // 4 for c in credits)
+        assert 0 <= size - sum(credits) < size // 4
+        pipe.close()
+        os.close(r)
+
+    run(main)
+
+
+@given(
+    st.integers(1, 1 << 20),
+    st.integers(1, 16),
+    st.lists(st.integers(1, 1 << 17), min_size=1, max_size=8),
+    st.lists(st.integers(1, 1 << 18), min_size=1, max_size=8),
+)
+def test_credit_pacer_never_leaves_a_greedy_client_waiting(
+    size: int, buffers: int, reads: list[int], writes: list[int]
+) -> None:
+    """A client writing what its credit allows, a 64 KiB pipe, a process reading."""
+    pacer = CreditPacer(size)
+    total = buffers * size
+    credit, queued, in_pipe, sent, got = size, 0, 0, 0, 0
+    pieces: list[int] = []
+    turn = 0
+
+    def drain() -> None:
+        nonlocal queued, in_pipe, credit
+        moved = min(queued, 65536 - in_pipe)
+        queued -= moved
+        in_pipe += moved
+        back = pacer.drained(moved)
+        if back:
+            pieces.append(back)
+            credit += back
+
+    while got < total:
+        turn += 1
+        n = min(credit, total - sent, writes[turn % len(writes)])
+        if n:
+            credit -= n
+            sent += n
+            queued += n
+        else:
+            assert in_pipe, "deadlock: the client has no credit, the process no input"
+            step = min(in_pipe, reads[turn % len(reads)])
+            in_pipe -= step
+            got += step
+        drain()
+    assert all(p >= size // 4 for p in pieces)
+    assert credit + queued <= size  # never more than the buffer
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 65536))
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
 
 
 def test_input_pipe_credit_never_exceeds_what_the_pipe_took() -> None:

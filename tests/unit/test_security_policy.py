@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from sdexec.broker.router import Request, Router
 from sdexec.cli.signing import Signer
 from sdexec.errors import SdexecError
-from sdexec.proto import rfc42
+from sdexec.proto import jsonio, rfc42
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgFlag, MsgType
 from sdexec.security import guest, sign
@@ -227,6 +227,27 @@ def test_signed_write_reaches_the_handler_with_the_signed_payload() -> None:
     conn.data_received(encode_frame(Message.request("sdexec.write", payload)))
     assert [r.payload() for r in seen] == [{**body, "topic": "sdexec.write"}]
     assert seen[0].signer == UID
+
+
+def test_plain_write_is_not_parsed_as_json_by_the_gate() -> None:
+    _, conn, _, seen = stack(owner=UID)  # signatures not required
+    payload = jsonio.write_payload(1, "stdin", "0", b"line\n", False)
+    conn.data_received(encode_frame(Message.request("sdexec.write", payload)))
+    assert [r.fast_write() for r in seen] == [(1, "stdin", b"line\n", False)]
+    assert seen[0].msg._json is None  # stdin's hot path: no json.loads
+
+
+@pytest.mark.parametrize("owner", [UID, GUEST])
+def test_signature_behind_a_bare_quote_is_still_checked(owner: int) -> None:
+    _, conn, transport, seen = stack(owner=owner)
+    bad = sign.wrap(b'{"topic":"sdexec.list"}')
+    payload = (
+        b'{"matchtag":1,"io":{"stream":"stdin","rank":"0","data":"x"},"signature":"'
+        + bad.encode()
+        + b'","z":{"a":"b"}}\0'
+    )
+    conn.data_received(encode_frame(Message.request("sdexec.write", payload)))
+    assert (seen, answers(transport)) == ([], [])
 
 
 def test_refusal_is_logged_with_uid_topic_and_reason() -> None:
