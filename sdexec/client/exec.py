@@ -32,11 +32,11 @@ This module is on the CLI's start-up path: it imports no asyncio or socket.
 
 from __future__ import annotations
 
-import binascii
 import errno
 
 from sdexec.client.rpc import RemoteError, response_payload
 from sdexec.errors import ProtocolError, SdexecError
+from sdexec.proto import b64
 from sdexec.proto.jsonio import parse_output_data, write_payload
 
 TYPE_CHECKING = False
@@ -139,7 +139,7 @@ def encode_io(
         if text is not None and "\0" not in text:
             io["data"] = text
         else:
-            io["data"] = binascii.b2a_base64(data, newline=False).decode("ascii")
+            io["data"] = b64.encode(data).decode("ascii")
             io["encoding"] = "base64"
     if eof:
         io["eof"] = True
@@ -156,8 +156,8 @@ def decode_io_data(io: Mapping[str, Any]) -> bytes:
     encoding = io.get("encoding", "UTF-8")
     if encoding == "base64":
         try:
-            return binascii.a2b_base64(data, strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
+            return b64.decode(data)
+        except ValueError as exc:
             raise ProtocolError("io.data is not valid base64") from exc
     if encoding not in ("UTF-8", "utf-8"):
         raise ProtocolError(f"unknown io encoding {encoding!r}")

@@ -27,17 +27,17 @@ the server the client chose (see :func:`parse_output_data`); ``write``
 payloads, from clients, are checked exactly.
 
 Sans-IO and cheap to import (it is on the CLI's start-up path):
-:mod:`sdexec.proto.cjson` rather than ``json``, ``binascii``, ``codecs`` and
-``warnings``, and no regular expression.
+:mod:`sdexec.proto.cjson` rather than ``json``, and no regular expression;
+base64 goes through :mod:`sdexec.proto.b64`, which loads its codec (SIMD
+when installed) on first use.
 """
 
 from __future__ import annotations
 
-import binascii
 import codecs
 import warnings
 
-from sdexec.proto import cjson
+from sdexec.proto import b64, cjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,8 +97,7 @@ def _io_pieces(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> list
     body = escape_utf8(data, nul=nul)
     if body is not None:
         return [head + b',"data":"', body, b'"' + end]
-    b64 = binascii.b2a_base64(data, newline=False)
-    return [head + b',"data":"', b64, b'","encoding":"base64"' + end]
+    return [head + b',"data":"', b64.encode(data), b'","encoding":"base64"' + end]
 
 
 def _io_join(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> bytes:
@@ -321,9 +320,9 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
         return None
     data = b""
     if tail.base64:
-        try:  # not strict_mode, which is slower: the alphabet was checked
-            data = binascii.a2b_base64(memoryview(payload)[tail.begin : tail.end])
-        except (binascii.Error, ValueError):
+        try:
+            data = b64.decode(memoryview(payload)[tail.begin : tail.end])
+        except ValueError:
             return None
     elif tail.begin >= 0:
         text = _unescape_range(payload, tail.begin, tail.end)
@@ -360,8 +359,8 @@ def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
     data = b""
     if tail.base64:
         try:
-            data = binascii.a2b_base64(memoryview(payload)[tail.begin : tail.end], strict_mode=True)
-        except (binascii.Error, ValueError):
+            data = b64.decode(memoryview(payload)[tail.begin : tail.end])
+        except ValueError:
             return None
     elif tail.begin >= 0:
         if not _quotes_escaped(payload, tail.begin, tail.end):

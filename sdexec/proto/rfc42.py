@@ -15,13 +15,13 @@ The seed RFC 42 spells the message channel key ``msgchans``; flux-core sends
 
 from __future__ import annotations
 
-import base64
 import enum
 import errno
 from dataclasses import dataclass, field
 from typing import Any
 
 from sdexec.errors import ProtocolError, SdexecError
+from sdexec.proto import b64
 
 
 class ExecFlag(enum.IntFlag):
@@ -232,7 +232,7 @@ def decode_io_data(io: dict[str, Any]) -> bytes:
             raise ProtocolError("io.data is not valid UTF-8") from exc
     if encoding == "base64":
         try:
-            return base64.b64decode(data, validate=True)
+            return b64.decode(data)
         except ValueError as exc:
             raise ProtocolError("io.data is not valid base64") from exc
     raise ProtocolError(f"unknown io encoding {encoding}")
@@ -248,7 +248,7 @@ def io_object(stream: str, rank: str, data: bytes | None, eof: bool = False) -> 
         try:
             io["data"] = data.decode("utf-8")
         except UnicodeDecodeError:
-            io["data"] = base64.b64encode(data).decode("ascii")
+            io["data"] = b64.encode(data).decode("ascii")
             io["encoding"] = "base64"
     if eof:
         io["eof"] = True

@@ -28,7 +28,6 @@ when systemd reports the exit).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 
 from dbus_fast import Variant
 
+from sdexec.proto import b64
 from sdexec.systemd.journal import Journal
 
 Sink = Callable[[str, bytes], None]  # (stream, data)
@@ -317,4 +317,4 @@ def encode_record(stream: str, data: bytes) -> dict[str, Any]:
     try:
         return {"stream": stream, "data": data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"stream": stream, "data": base64.b64encode(data).decode(), "encoding": "base64"}
+        return {"stream": stream, "data": b64.encode(data).decode(), "encoding": "base64"}
