@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,13 @@ def child_env() -> dict[str, str]:
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO) if not old else f"{REPO}:{old}"
     return env
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -143,9 +150,16 @@ class Env:
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server has used so far."""
         assert self.proc is not None
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
+
+    def manager_cpu_s(self) -> float | None:
+        """CPU seconds the private manager has used so far (None for another manager)."""
+        if self.mode != "private":
+            return None
+        from sdexec.systemd.private import PrivateManager
+
+        pid = PrivateManager(self.state).pid()
+        return None if pid is None else proc_cpu_s(pid)
 
     def rss_kib(self) -> int:
         assert self.proc is not None
@@ -193,7 +207,7 @@ class RawUnits:
         tracker = UnitTracker()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def events(evs: list[object]) -> None:
+        def events(evs: Sequence[object]) -> None:
             for e in evs:
                 if done.done():
                     return
@@ -366,6 +380,14 @@ async def units_gone(raw: RawUnits, pattern: str, limit: float = 60) -> bool:
     return False
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def cpu_delta(now: float | None, before: float | None) -> float | None:
+    return None if now is None or before is None else now - before
+
+
 async def bench_concurrent(env: Env, raw: RawUnits, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"units": n}
     handle = await Handle.connect(env.uri)
@@ -378,11 +400,14 @@ async def bench_concurrent(env: Env, raw: RawUnits, n: int) -> dict[str, Any]:
             "flags": 0,
             "local_flags": 0,
         }
+        manager0, server0 = env.manager_cpu_s(), env.cpu_s()
         t0 = time.perf_counter()
         resps = await asyncio.gather(
             *(handle.rpc("sdexec.exec", payload) for _ in range(n)), return_exceptions=True
         )
         out["sdexec_s"] = time.perf_counter() - t0
+        out["sdexec_server_cpu_s"] = env.cpu_s() - server0
+        out["sdexec_manager_cpu_s"] = cpu_delta(env.manager_cpu_s(), manager0)
         pids = [r["pid"] for r in resps if isinstance(r, dict)]
         errors = [str(r) for r in resps if not isinstance(r, dict)]
         out["sdexec_failed"] = len(errors)
@@ -403,12 +428,14 @@ async def bench_concurrent(env: Env, raw: RawUnits, n: int) -> dict[str, Any]:
     # each to the unit running (what sdexec's `started` response means).
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
+        manager0 = env.manager_cpu_s()
         t0 = time.perf_counter()
         started = await asyncio.gather(
             *(raw.start(["/bin/sleep", "300"], [null, null, null], until=Started) for _ in range(n))
         )
         await asyncio.gather(*(done for _unit, done in started))
         out["raw_s"] = time.perf_counter() - t0
+        out["raw_manager_cpu_s"] = cpu_delta(env.manager_cpu_s(), manager0)
     finally:
         os.close(null)
     units = [unit for unit, _done in started]
@@ -735,16 +762,21 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if cu:
         ratio = cu["sdexec_s"] / cu["raw_s"]
         note = " (quick: fewer than 1000)" if cu["units"] < 1000 else ""
-        row(f"2. {cu['units']} concurrent units{note}", "wall", "", "x floor")
+        row(f"2. {cu['units']} concurrent units{note}", "wall", "mgr CPU", "x floor", "srv CPU")
         row(
             "sdexec background exec",
             f"{cu['sdexec_s']:.2f} s",
-            "",
+            _seconds(cu.get("sdexec_manager_cpu_s")),
             f"{ratio:.2f}",
-            "",
+            _seconds(cu.get("sdexec_server_cpu_s")),
             f"<=1.5x floor: {verdict(ratio <= 1.5)}",
         )
-        row("raw StartTransientUnit", f"{cu['raw_s']:.2f} s", "", "1.00")
+        row(
+            "raw StartTransientUnit",
+            f"{cu['raw_s']:.2f} s",
+            _seconds(cu.get("raw_manager_cpu_s")),
+            "1.00",
+        )
         row("all killed and gone", f"{cu['sdexec_all_gone'] and cu['raw_all_gone']}")
         if cu["sdexec_failed"]:
             row(

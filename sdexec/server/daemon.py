@@ -202,6 +202,7 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
             tcp_task.cancel()
         bus.close()
         gate.close()
+        service.close()
     if opts.listen_sock is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(opts.socket_path)

@@ -240,7 +240,7 @@ class Service:
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
-        if proc.client is not None:
+        if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
         if proc.background:
@@ -467,7 +467,8 @@ class Service:
             await asyncio.sleep(STOPPED_POLL)
             watched = False
             for proc in [*self.by_pid.values(), *self.starting]:
-                if proc.client is not None:
+                # A background exec's client waits for one response, not a stream.
+                if proc.client is not None and proc.client.streaming:
                     watched = True
                     proc.poll_stopped()
             if not watched:
@@ -569,6 +570,10 @@ class Service:
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
         shutdown_aux(self)  # channels, msgchans (sdexec.server.channels)
+
+    def close(self) -> None:
+        """Release what the service keeps open (its state log); after shutdown."""
+        self.state.close()
 
     def background_kept(self) -> int:
         """Background processes whose unit or status must outlive this server.

@@ -1,11 +1,23 @@
 """What the server remembers about background processes, across its own restarts.
 
 systemd keeps the units; it does not know a process's RFC 42 identity (label,
-exec flags, who started it).  One small JSON file per background unit,
-``<state-dir>/procs/<unit>.json``, written before the unit starts and removed
-when the process is reaped, carries that identity to the next server.  The
-write is atomic (temporary file + rename), so a server killed mid-write
-leaves the old file or none.
+exec flags, who started it).  The server carries that identity to the next
+server in ``<state-dir>/procs.log``: one JSON line per change, appended with
+one ``write`` to a file kept open, ``{"save": RECORD}`` before a unit
+starts and ``{"remove": UNIT}`` when its process is reaped.
+
+An append is cheap where creating a file is not: with a thousand units
+starting at once, systemd and journald keep the filesystem's journal busy,
+and the file per unit this replaced spent 2-3 ms in ``open(O_CREAT)`` for
+each exec, on the event loop.
+
+Reading replays the lines (the last word on a unit wins) and then compacts
+the log: the live records are written to a new file that replaces the old
+one atomically.  A server killed in the middle of an append leaves a torn
+last line; it is skipped, and compaction drops it before anything is
+appended after it.  The log is compacted again whenever it has grown to
+several times its live records.  Records of the one-file-per-unit layout
+(``procs/<unit>.json``) are folded in on the first read.
 """
 
 from __future__ import annotations
@@ -15,6 +27,9 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# Compact when the log has this many lines more than 4x its live records.
+_SLACK = 1024
 
 
 @dataclass
@@ -28,30 +43,97 @@ class ProcRecord:
     ident: str
 
 
+def _line(entry: dict[str, object]) -> bytes:
+    return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+
+
 class StateDir:
     def __init__(self, root: Path) -> None:
-        self.procs = root / "procs"
-
-    def _path(self, unit: str) -> Path:
-        return self.procs / f"{unit}.json"
+        self.root = root
+        self.log = root / "procs.log"
+        self.legacy = root / "procs"
+        self._fd = -1
+        self._live: dict[str, ProcRecord] | None = None  # known once read
+        self._lines = 0
 
     def save(self, rec: ProcRecord) -> None:
-        self.procs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self._path(rec.unit).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(rec)))
-        os.replace(tmp, self._path(rec.unit))
+        live = self._records()
+        self._append({"save": asdict(rec)}, live)
+        live.pop(rec.unit, None)  # a re-save moves it to the end, as on replay
+        live[rec.unit] = rec
 
     def remove(self, unit: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(unit).unlink()
+        live = self._records()
+        if unit in live:
+            self._append({"remove": unit}, live)
+            del live[unit]
 
     def load_all(self) -> list[ProcRecord]:
-        out: list[ProcRecord] = []
-        if not self.procs.is_dir():
-            return out
-        for p in sorted(self.procs.glob("*.json")):
-            try:
-                out.append(ProcRecord(**json.loads(p.read_text())))
-            except (OSError, ValueError, TypeError):
-                p.unlink(missing_ok=True)  # unreadable: nothing can be done with it
-        return out
+        """The live records, in the order they were saved; compacts the log."""
+        live = self._replay()
+        self._rewrite(live)
+        self._live = live
+        return list(live.values())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _records(self) -> dict[str, ProcRecord]:
+        if self._live is None:
+            self.load_all()  # compacted first: never append after a torn line
+        assert self._live is not None
+        return self._live
+
+    def _append(self, entry: dict[str, object], live: dict[str, ProcRecord]) -> None:
+        if self._lines > 4 * len(live) + _SLACK:
+            self._rewrite(live)
+        if self._fd < 0:
+            self._open()
+        os.write(self._fd, _line(entry))
+        self._lines += 1
+
+    def _open(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.log, flags, 0o600)
+
+    def _replay(self) -> dict[str, ProcRecord]:
+        live: dict[str, ProcRecord] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for raw in self.log.read_bytes().splitlines():
+                try:
+                    entry = json.loads(raw)
+                    if "save" in entry:
+                        rec = ProcRecord(**entry["save"])
+                        live.pop(rec.unit, None)  # a re-save moves it to the end
+                        live[rec.unit] = rec
+                    else:
+                        live.pop(entry["remove"], None)
+                except (ValueError, TypeError, KeyError):
+                    continue  # torn or foreign: nothing can be done with it
+        if self.legacy.is_dir():
+            for p in sorted(self.legacy.glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    rec = ProcRecord(**json.loads(p.read_text()))
+                    live.setdefault(rec.unit, rec)
+        return live
+
+    def _rewrite(self, live: dict[str, ProcRecord]) -> None:
+        """Replace the log by one line per live record (atomically)."""
+        self.close()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.log.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(b"".join(_line({"save": asdict(rec)}) for rec in live.values()))
+        os.replace(tmp, self.log)
+        self._lines = len(live)
+        if self.legacy.is_dir():  # folded into the log now
+            for p in self.legacy.glob("*.json"):
+                p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.legacy.rmdir()

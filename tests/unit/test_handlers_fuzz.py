@@ -497,6 +497,7 @@ class Harness:
         self.bus.close()
 
     def cleanup(self) -> None:
+        self.service.close()
         self.state_dir.cleanup()
 
     # --- checks ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from sdexec.server.outputlog import (
     LogRequest,
     encode_record,
 )
-from sdexec.server.statefile import ProcRecord, StateDir
 from sdexec.systemd.journal import Journal
 
 
@@ -109,20 +108,3 @@ def test_journal_prepare_runs_the_command_behind_systemd_cat() -> None:
 def test_json_record_is_text_or_base64() -> None:
     assert encode_record("stdout", b"hi") == {"stream": "stdout", "data": "hi"}
     assert encode_record("stderr", b"\xff")["encoding"] == "base64"
-
-
-def test_state_records_round_trip_and_are_removed(tmp_path: Path) -> None:
-    state = StateDir(tmp_path)
-    rec = ProcRecord("u.service", "lab", ["sleep", "1"], 16, 0, 0, "lab")
-    state.save(rec)
-    assert state.load_all() == [rec]
-    state.remove("u.service")
-    assert state.load_all() == []
-
-
-def test_unreadable_state_record_is_dropped(tmp_path: Path) -> None:
-    state = StateDir(tmp_path)
-    state.procs.mkdir(parents=True)
-    (state.procs / "bad.json").write_text("{not json")
-    assert state.load_all() == []
-    assert not (state.procs / "bad.json").exists()
