@@ -97,7 +97,7 @@ class StateDir:
         self._lines += 1
 
     def _open(self) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # removed by hand?
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         self._fd = os.open(self.log, flags, 0o600)
 

@@ -42,10 +42,10 @@ def test_decoding_a_slice_of_a_payload(data: bytes, before: int, after: int) -> 
     assert FAST[1](view) == SLOW[1](view) == data
 
 
-def outcome(decode: b64.Codec | None, text: str) -> bytes | str:
-    assert decode is not None
+def outcome(codec: b64.Codec | None, text: str) -> bytes | str:
+    assert codec is not None
     try:
-        return decode[1](text)
+        return codec[1](text)
     except ValueError:
         return "error"
 
@@ -75,23 +75,31 @@ def test_not_base64_is_a_value_error(codec: b64.Codec, bad: str) -> None:
         codec[1](bad)
 
 
-def test_without_pybase64_the_standard_library_is_used() -> None:
-    script = (
-        "import sys; sys.modules['pybase64'] = None\n"
-        "from sdexec.proto import b64\n"
-        "assert b64.decode(b64.encode(b'\\xff\\x00')) == b'\\xff\\x00'\n"
-        "print(b64.backend())\n"
-    )
+def fresh_python(*lines: str) -> str:
+    """What a new interpreter running ``lines`` prints (stripped)."""
+    script = "\n".join(["import sys", *lines])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "binascii"
+    return out.stdout.strip()
+
+
+def test_without_pybase64_the_standard_library_is_used() -> None:
+    assert (
+        fresh_python(
+            "sys.modules['pybase64'] = None",
+            "from sdexec.proto import b64",
+            "assert b64.decode(b64.encode(b'\\xff\\x00')) == b'\\xff\\x00'",
+            "print(b64.backend())",
+        )
+        == "binascii"
+    )
 
 
 def test_importing_it_does_not_load_a_codec() -> None:
-    script = (
-        "import sys\n"
-        "from sdexec.proto import b64, jsonio\n"
-        "from sdexec.client import exec\n"
-        "print('pybase64' in sys.modules)\n"
+    assert (
+        fresh_python(
+            "from sdexec.proto import b64, jsonio",
+            "from sdexec.client import exec",
+            "print('pybase64' in sys.modules)",
+        )
+        == "False"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

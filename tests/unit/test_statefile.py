@@ -91,7 +91,7 @@ def test_records_of_the_file_per_unit_layout_are_folded_in(tmp_path: Path) -> No
     assert StateDir(tmp_path).load_all() == [rec(7)]
 
 
-def test_nothing_is_written_until_something_is_saved(tmp_path: Path) -> None:
+def test_the_state_directory_holds_the_log_only(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     assert state.load_all() == []
     state.save(rec(1))
