@@ -12,8 +12,8 @@ import errno
 import os
 
 from sdexec import __version__
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.broker.router import Request, Router
-from sdexec.errors import ProtocolError, SdexecError
 
 ATTR_IMMUTABLE = 1
 

@@ -24,7 +24,7 @@ import errno
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto.message import ROLE_OWNER, Message
 
 if TYPE_CHECKING:

@@ -40,9 +40,9 @@ from typing import Any
 
 import structlog
 
+from sdexec.base.errors import errnum_of, message_of
 from sdexec.broker.events import EventBus
 from sdexec.broker.services import ClientServices
-from sdexec.errors import errnum_of, message_of
 from sdexec.proto import jsonio
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgType
 from sdexec.transport.unix import Connection

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto.message import ROLE_OWNER, Message, MsgFlag, MsgType
 
 if TYPE_CHECKING:

@@ -6,11 +6,11 @@ follows it live.  Ctrl-C detaches: the process goes on in the background.
 
 from __future__ import annotations
 
+from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
 from sdexec.cli.stream import pump
 from sdexec.client.exec import exit_code
-from sdexec.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

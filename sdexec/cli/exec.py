@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
+from sdexec.base.errors import SdexecError
 from sdexec.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -36,7 +37,6 @@ from sdexec.client.exec import (
     exit_code,
 )
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 With ``-r`` (or ``-x``) a command addresses the ranks of a hosts file
-(:mod:`sdexec.hosts`) instead of one ``--uri``.  Everything here runs in one
-asyncio event loop (:mod:`sdexec.client.fanout`): all ranks are contacted at
+(:mod:`sdexec.cluster.hosts`) instead of one ``--uri``.  Everything here runs in one
+asyncio event loop (:mod:`sdexec.cluster.fanout`): all ranks are contacted at
 once, so four ranks start in about the time of one.  This module is imported
 only when ``-r`` is given; the single-rank commands keep the blocking client
 and never import asyncio.
@@ -30,6 +30,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sdexec.base.errors import SdexecError
 from sdexec.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -47,7 +48,8 @@ from sdexec.client.exec import (
     WAIT_TOPIC,
     exec_payload,
 )
-from sdexec.client.fanout import (
+from sdexec.client.handle import Handle
+from sdexec.cluster.fanout import (
     LineLabeler,
     Prepare,
     RankProcess,
@@ -56,10 +58,8 @@ from sdexec.client.fanout import (
     connect,
     kill_all,
 )
-from sdexec.client.handle import Handle
-from sdexec.errors import SdexecError
-from sdexec.hosts import Host, load
-from sdexec.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
+from sdexec.cluster.hosts import Host, load
+from sdexec.cluster.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

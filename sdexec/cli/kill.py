@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_FAILURE, connect, error, target_payload
 from sdexec.cli.signing import sign_options
 from sdexec.client.exec import KILL_TOPIC
-from sdexec.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 The parser is defined here (imported by :mod:`sdexec.cli.main` at start-up,
 so it costs only argparse); :func:`run` imports the asyncio machinery of
-:mod:`sdexec.perilog` when the command actually runs.
+:mod:`sdexec.cluster.perilog` when the command actually runs.
 
 On a terminal (stderr), progress is shown live on one line: the count of
 ranks in each state and the elapsed time.  At the end the report goes to
@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from sdexec.perilog import Perilog
+    from sdexec.cluster.perilog import Perilog
 
 EXIT_NOT_OK = 1
 EXIT_USAGE = 2
@@ -178,10 +178,10 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
+    from sdexec.base.errors import SdexecError
     from sdexec.cli.common import error
-    from sdexec.errors import SdexecError
-    from sdexec.hosts import load
-    from sdexec.perilog import Perilog
+    from sdexec.cluster.hosts import load
+    from sdexec.cluster.perilog import Perilog
 
     if args.perilog_command != "run":
         error(f"perilog: unknown command {args.perilog_command!r}")

@@ -11,10 +11,10 @@ import json
 import re
 import string
 
+from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_FAILURE, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.client.exec import LIST_TOPIC
-from sdexec.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -110,7 +110,7 @@ def _wants_signature(handle: BlockingHandle | Handle, owner: object) -> bool:
 
 def should_sign(handle: BlockingHandle) -> bool:
     """Whether this server wants signatures that the caller can make."""
-    from sdexec.errors import SdexecError
+    from sdexec.base.errors import SdexecError
 
     try:
         owner = handle.rpc("attr.get", {"name": "security.owner"}).get("value")
@@ -129,7 +129,7 @@ def apply(handle: BlockingHandle, options: SignOptions | None) -> None:
 
 async def apply_async(handle: Handle, options: SignOptions | None) -> None:
     """:func:`apply` for the asyncio client (the many-rank commands)."""
-    from sdexec.errors import SdexecError
+    from sdexec.base.errors import SdexecError
 
     if options is None or options.mode == NEVER:
         return

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from sdexec.base.errors import SdexecError
+from sdexec.base.uri import resolve
 from sdexec.cli.common import error
-from sdexec.errors import SdexecError
-from sdexec.uri import resolve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -40,6 +40,7 @@ import os
 import select
 import time
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.exec import (
     EXEC_TOPIC,
     FINISHED,
@@ -51,7 +52,6 @@ from sdexec.client.exec import (
     ExecSession,
 )
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
-from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 from sdexec.transport.link import Link, open_link

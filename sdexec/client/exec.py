@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import errno
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import RemoteError, response_payload
-from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
 from sdexec.proto.jsonio import parse_output_data, write_payload
 

@@ -33,9 +33,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from sdexec import uri as _uri
+from sdexec.base import uri as _uri
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
-from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 

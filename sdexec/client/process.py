@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from sdexec.base.errors import SdexecError
 from sdexec.client.exec import (
     EXEC_TOPIC,
     FLAG_WAITABLE,
@@ -38,7 +39,6 @@ from sdexec.client.exec import (
 )
 from sdexec.client.handle import Handle, Stream
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError
 
 OutputCallback = Callable[[str, bytes], None]
 _MAX_WRITE = 256 * 1024

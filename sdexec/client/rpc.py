@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto.jsonio import parse_output
 
 TYPE_CHECKING = False

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 import sys
 
-from sdexec.errors import ProtocolError
+from sdexec.base.errors import ProtocolError
 from sdexec.proto.message import Message, decode_parts, encode_parts
 
 TYPE_CHECKING = False  # typing costs the CLI start-up time; only mypy needs it

@@ -29,7 +29,7 @@ import errno
 import re
 from collections.abc import Iterable
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 #: Largest id an idset may hold (flux-core: UINT_MAX - 1; UINT_MAX is "invalid").
 MAX_ID = 2**32 - 2

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 
-from sdexec.errors import ProtocolError
+from sdexec.base.errors import ProtocolError
 from sdexec.proto import cjson
 
 TYPE_CHECKING = False  # typing costs the CLI ~4 ms of start-up; only mypy needs it

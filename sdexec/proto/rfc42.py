@@ -20,7 +20,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
 
 

@@ -43,9 +43,9 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sdexec.base.errors import SdexecError, message_of
 from sdexec.broker.services import valid_name
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError, message_of
 from sdexec.proto.message import Message, MsgFlag, MsgType
 from sdexec.proxy.upstream import Upstream
 from sdexec.transport.unix import Connection

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-1. Connect to TARGET (any URI, see :mod:`sdexec.uri`) and ask ``attr.get
+1. Connect to TARGET (any URI, see :mod:`sdexec.base.uri`) and ask ``attr.get
    version``; a server of another major.minor is refused unless
    ``--force``, which prints a warning instead.
 2. Create a private directory (mode 0700, from ``mkdtemp``) under
@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdexec import __version__
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
+from sdexec.base.uri import resolve
 from sdexec.proto.message import Message
 from sdexec.proxy.router import ProxyRouter
 from sdexec.proxy.upstream import Upstream
 from sdexec.transport.unix import listen_local
-from sdexec.uri import resolve
 
 RECONNECT_INTERVAL = 2.0
 PROG = "sdexec proxy"
@@ -228,9 +228,10 @@ async def _guard(work: Awaitable[None]) -> None:
 
 def run(opts: ProxyOptions) -> int:
     """Run the proxy; returns the exit status."""
-    from sdexec import logs
+    from sdexec.base import logconfig
 
-    logs.configure("warning")  # the transport's rare warnings: stderr, never the child's stdout
+    # The transport's rare warnings: stderr, never the child's stdout.
+    logconfig.configure("warning")
     # An ignored SIGCHLD survives exec(2); with it the kernel reaps our child
     # before we can, and its status is lost (asyncio reports 255).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -26,8 +26,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import MATCHTAG_MAX, lost_error, response_payload
-from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import Message, MsgType
 from sdexec.transport.link import Link, open_link

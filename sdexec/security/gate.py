@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.security.policy import Admission, RequestRules, SecurityConfig
 from sdexec.security.sign import Unwrapped
 

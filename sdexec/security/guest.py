@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from dbus_fast import Variant
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto.message import ROLE_OWNER
 from sdexec.proto.rfc42 import LocalFlag
 from sdexec.systemd.properties import OPTS_PREFIX, Property

@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import time
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ import errno
 import threading
 from dataclasses import dataclass
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 # munge_opt_t and munge_err_t values (munge.h).
 OPT_ENCODE_TIME = 6

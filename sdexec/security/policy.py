@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.security import sign
 from sdexec.security.replay import DEFAULT_CAPACITY, ReplayCache
 

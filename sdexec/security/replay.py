@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import heapq
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 DEFAULT_CAPACITY = 1_000_000
 

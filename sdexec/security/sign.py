@@ -53,7 +53,7 @@ import json
 import os
 import time
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.security import kv
 
 TYPE_CHECKING = False

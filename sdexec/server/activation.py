@@ -34,7 +34,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 LISTEN_FDS_START = 3
 LOCAL_NAME = "local"

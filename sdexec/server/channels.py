@@ -12,7 +12,7 @@ ways: ``write`` requests with ``io.stream`` = the channel name go in, and
 travels both ways.
 
 systemd passes a unit only its three stdio fds, so an exec with channels
-runs through :mod:`sdexec.exec_helper`: :func:`setup_aux` makes the unit's
+runs through :mod:`sdexec.unit.channel_exec`: :func:`setup_aux` makes the unit's
 stdin a ``SOCK_SEQPACKET`` control socket, queues one message on it that
 carries the real stdin and the channels' far ends (``SCM_RIGHTS``), and
 puts the helper in front of the command in ``ExecStartEx``; the helper moves
@@ -42,7 +42,7 @@ into the unit's environment.
 
 Names must be environment variable names systemd accepts
 (``[A-Za-z_][A-Za-z0-9_]*``), distinct, and not ``stdin``/``stdout``/
-``stderr``; at most :data:`~sdexec.exec_helper.MAX_CHANNELS` channels.
+``stderr``; at most :data:`~sdexec.unit.channel_exec.MAX_CHANNELS` channels.
 A channel's input buffer is 4096 bytes unless the option ``<NAME>_BUFSIZE``
 says otherwise (as ``stdin_BUFSIZE`` does for stdin).
 """
@@ -61,14 +61,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sdexec import exec_helper
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag
 from sdexec.server.msgchan import MsgchanListener, socket_dir, target_path
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import ProcState
 from sdexec.systemd import properties
+from sdexec.unit import channel_exec
 
 if TYPE_CHECKING:
     from sdexec.broker.router import Request
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("sdexec.channels")
 
-HELPER_PATH = str(Path(exec_helper.__file__).resolve())
+HELPER_PATH = str(Path(channel_exec.__file__).resolve())
 #: How the helper is started: isolated (no PYTHON* variables, user site or
 #: script directory on sys.path) and without ``site``, for the fastest start.
 HELPER_PYTHON_FLAGS = ("-I", "-S")
@@ -89,10 +89,10 @@ RESERVED_NAMES = frozenset({"stdin", "stdout", "stderr"})
 
 def validate(cmd: Command) -> None:
     """EINVAL unless every channel and msgchan name is usable (see the module doc)."""
-    if len(cmd.channels) > exec_helper.MAX_CHANNELS:
+    if len(cmd.channels) > channel_exec.MAX_CHANNELS:
         raise SdexecError(
             errno.EINVAL,
-            f"too many channels ({len(cmd.channels)}, at most {exec_helper.MAX_CHANNELS})",
+            f"too many channels ({len(cmd.channels)}, at most {channel_exec.MAX_CHANNELS})",
         )
     seen: set[str] = set()
     for kind, name in [
@@ -353,7 +353,7 @@ def _via_helper(
         stdin = fds[spec.stdin_fd]
     ctl_mine, ctl_unit = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     created += (ctl_mine, ctl_unit)
-    header = exec_helper.encode_header(names, ignores_sigpipe(spec.extra))
+    header = channel_exec.encode_header(names, ignores_sigpipe(spec.extra))
     socket.send_fds(ctl_mine, [header], [stdin, *(s.fileno() for s in far_ends)])
     unit_end = ctl_unit.detach()
     theirs.append(unit_end)

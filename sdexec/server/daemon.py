@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sdexec import logs
-from sdexec.errors import SdexecError
-from sdexec.uri import LOCAL_SCHEME, default_local_path, local_path
+from sdexec.base import logconfig
+from sdexec.base.errors import SdexecError
+from sdexec.base.uri import LOCAL_SCHEME, default_local_path, local_path
 
 if TYPE_CHECKING:
     from sdexec.security.policy import SecurityConfig
@@ -218,7 +218,7 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
     listen = getattr(args, "listen", None)
     if not listen:
         return {}
-    from sdexec.uri import TCP_SCHEME, parse_tcp
+    from sdexec.base.uri import TCP_SCHEME, parse_tcp
 
     if not listen.startswith(TCP_SCHEME):
         raise SdexecError(22, f"--listen: only tcp:// endpoints are supported, not {listen}")
@@ -241,7 +241,7 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
-    logs.configure(getattr(args, "log_level", None) or "info")
+    logconfig.configure(getattr(args, "log_level", None) or "info")
     from sdexec.server.memory import tune_malloc
 
     tune_malloc()

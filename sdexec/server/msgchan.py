@@ -49,11 +49,11 @@ import tempfile
 
 import structlog
 
+from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.base.uri import LOCAL_SCHEME, local_path
 from sdexec.broker.router import Router
-from sdexec.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_parts_stream
 from sdexec.transport.unix import peer_credentials
-from sdexec.uri import LOCAL_SCHEME, local_path
 
 log = structlog.get_logger("sdexec.msgchan")
 

@@ -39,8 +39,8 @@ from typing import Any
 import structlog
 from dbus_fast import Variant
 
+from sdexec.base.errors import SdexecError
 from sdexec.broker.router import Request, Router, Sender
-from sdexec.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest

@@ -40,7 +40,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.systemd.properties import unit_object_path
 
 SYSTEMD = "org.freedesktop.systemd1"

@@ -43,7 +43,7 @@ from fractions import Fraction
 
 from dbus_fast import Variant
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1

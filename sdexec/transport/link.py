@@ -34,8 +34,8 @@ import _socket
 import errno
 import os
 
-from sdexec import uri as _uri
-from sdexec.errors import SdexecError
+from sdexec.base import uri as _uri
+from sdexec.base.errors import SdexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def connect_local(path: str) -> _socket.socket:
 
 
 def open_link(uri: str | None = None) -> Link:
-    """Connect to the server named by ``uri`` (default: :func:`sdexec.uri.default_uri`).
+    """Connect to the server named by ``uri`` (default: :func:`sdexec.base.uri.default_uri`).
 
     The handshake byte is left for the caller to read.
     """

@@ -44,9 +44,9 @@ import shlex
 import signal
 import time
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
+from sdexec.base.uri import parse_ssh
 from sdexec.transport.link import Link, connect_local
-from sdexec.uri import parse_ssh
 
 _CHUNK = 256 * 1024
 REAP_TIMEOUT = 2.0

@@ -40,7 +40,7 @@ from typing import Protocol
 
 import structlog
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto.framing import (
     DEFAULT_MAX_MESSAGE,
     FrameDecoder,

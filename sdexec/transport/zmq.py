@@ -45,10 +45,10 @@ from typing import NamedTuple, cast
 
 import zmq
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.base.uri import parse_tcp
 from sdexec.proto.framing import FrameDecoder, encode_parts_stream
 from sdexec.transport.link import Link
-from sdexec.uri import parse_tcp
 
 CONNECT_TIMEOUT = 10.0
 HEARTBEAT_IVL_MS = 2000

@@ -47,7 +47,8 @@ import structlog
 import zmq
 import zmq.utils.z85
 
-from sdexec.errors import ProtocolError, SdexecError
+from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.base.uri import parse_tcp
 from sdexec.proto.message import MsgType, decode_parts, encode_parts
 from sdexec.transport.unix import Acceptor, Connection
 from sdexec.transport.zmq import (
@@ -58,7 +59,6 @@ from sdexec.transport.zmq import (
     readable,
     socket_fd,
 )
-from sdexec.uri import parse_tcp
 
 if TYPE_CHECKING:
     from sdexec.proto.message import Message

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
+from sdexec.base.errors import SdexecError
 from sdexec.client.handle import Handle
-from sdexec.errors import SdexecError
 from sdexec.proto.message import Message
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from conftest import REPO, Server
 
-from sdexec import exec_helper
 from sdexec.client.blocking import BlockingHandle
 from sdexec.client.exec import decode_io_data, encode_io
 from sdexec.client.rpc import RemoteError, response_payload
 from sdexec.server import channels
+from sdexec.unit import channel_exec
 
 STDOUT, STDERR, CHANNEL, WRITE_CREDIT = 1, 2, 4, 8
 ALL = STDOUT | STDERR | CHANNEL | WRITE_CREDIT
@@ -378,7 +378,7 @@ def _run_helper(argv: list[str], names: list[str]) -> tuple[int, bytes, bytes, l
     ctl_mine, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pairs = [socket.socketpair() for _ in names]
     r, w = os.pipe()
-    header = exec_helper.encode_header(names, True)
+    header = channel_exec.encode_header(names, True)
     socket.send_fds(ctl_mine, [header], [r, *(far.fileno() for _, far in pairs)])
     os.close(r)
     ctl_mine.close()

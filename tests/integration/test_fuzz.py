@@ -35,7 +35,7 @@ from fuzzstrategies import ALLOWED_ERRNOS, request_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdexec.errors import ProtocolError
+from sdexec.base.errors import ProtocolError
 from sdexec.proto.framing import FrameDecoder, encode_frame, encode_parts_stream
 from sdexec.proto.message import (
     PROTO_MAGIC,

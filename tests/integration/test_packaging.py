@@ -64,7 +64,7 @@ def test_deb_holds_the_sdexec_command(built: Path) -> None:
     files = file_list(built)
     assert "/usr/bin/sdexec" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cli/main.py" in files
-    assert "/usr/lib/python3/dist-packages/sdexec/perilog.py" in files
+    assert "/usr/lib/python3/dist-packages/sdexec/cluster/perilog.py" in files
 
 
 def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None:

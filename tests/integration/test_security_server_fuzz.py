@@ -21,7 +21,7 @@ from conftest import Server
 from fuzzgen import ALLOWED, generate
 from secfixtures import ServerFactory, make_server, public_dir  # noqa: F401 (fixtures)
 
-from sdexec.errors import ProtocolError
+from sdexec.base.errors import ProtocolError
 from sdexec.proto.framing import FrameDecoder
 from sdexec.proto.message import MsgType
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.server.activation import listen_fds, local_socket
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from dbus_fast import Variant
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto.rfc42 import Command, parse_command
 from sdexec.server import channels as c
 from sdexec.server import msgchan

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sdexec import demo
+from sdexec.cli import demo
 
 FAKE_SERVER = r"""
 import asyncio, errno, os, signal, sys

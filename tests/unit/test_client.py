@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from sdexec.base.errors import SdexecError
 from sdexec.client.exec import ExecFailed, build_command
 from sdexec.client.handle import Handle
 from sdexec.client.process import Completed, RemoteProcess, run
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType
 

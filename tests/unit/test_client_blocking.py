@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from test_client import Conn, ScriptedServer, credit_checking_echo, out, recv_until, short_path
 
+from sdexec.base.errors import SdexecError
 from sdexec.client.blocking import BlockingHandle, SignalPipe, run_exec
 from sdexec.client.exec import ExecFailed, ExecSession, build_command
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError
 from sdexec.proto.message import Message, MsgFlag
 
 ENODATA = errno.ENODATA

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.exec import (
     DEFAULT_STDIN_BUFSIZE,
     ExecSession,
@@ -19,7 +20,6 @@ from sdexec.client.exec import (
     encode_io,
     exit_code,
 )
-from sdexec.errors import ProtocolError, SdexecError
 
 
 def session(**kw: object) -> ExecSession:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sdexec.cli.fanout import rank_command
-from sdexec.client.fanout import LineLabeler
-from sdexec.hosts import Host
+from sdexec.cluster.fanout import LineLabeler
+from sdexec.cluster.hosts import Host
 
 
 def test_complete_lines_are_labelled_with_the_rank() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdexec.errors import SdexecError
-from sdexec.hosts import Host, Hosts, host_of_uri, load, parse
+from sdexec.base.errors import SdexecError
+from sdexec.cluster.hosts import Host, Hosts, host_of_uri, load, parse
 
 TEXT = """\
 # the test cluster

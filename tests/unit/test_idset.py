@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto import idset
 
 ids_strategy = st.sets(st.integers(min_value=0, max_value=idset.MAX_ID), max_size=40)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdexec.errors import ProtocolError
+from sdexec.base.errors import ProtocolError
 from sdexec.proto.message import (
     MATCHTAG_NONE,
     NODEID_ANY,

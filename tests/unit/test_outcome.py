@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from sdexec.outcome import Kind, Outcome, exit_code, from_status, summary
+from sdexec.cluster.outcome import Kind, Outcome, exit_code, from_status, summary
 
 OK = Outcome(Kind.OK)
 UNREACHABLE = Outcome(Kind.UNREACHABLE, errno.ECONNREFUSED, "connection refused")

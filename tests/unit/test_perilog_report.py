@@ -6,9 +6,9 @@ import errno
 import signal
 from typing import Any
 
-from sdexec.hosts import Host
-from sdexec.outcome import Kind, Outcome
-from sdexec.perilog_report import TAIL_BYTES, RankReport, Report, Tail, classify
+from sdexec.cluster.hosts import Host
+from sdexec.cluster.outcome import Kind, Outcome
+from sdexec.cluster.perilog_report import TAIL_BYTES, RankReport, Report, Tail, classify
 
 
 def run_with(

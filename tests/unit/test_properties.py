@@ -10,7 +10,7 @@ from dbus_fast import Variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.systemd import properties as p
 from sdexec.systemd.properties import (
     INFINITY,

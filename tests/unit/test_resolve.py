@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.server.service import resolve_executable
 
 

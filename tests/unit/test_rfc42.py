@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.proto.rfc42 import (
     DEFAULT_STDIN_BUFSIZE,
     Command,

@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import pytest
 
+from sdexec.base.errors import SdexecError
 from sdexec.broker.router import Request, Router
-from sdexec.errors import SdexecError
 from sdexec.proto.message import (
     ROLE_OWNER,
     ROLE_USER,

@@ -32,9 +32,9 @@ from fuzzgen import ALLOWED, TOPICS, generate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdexec.base.errors import SdexecError
 from sdexec.broker.builtins import Builtins
 from sdexec.broker.router import Router
-from sdexec.errors import SdexecError
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import Message, MsgFlag, MsgType
 from sdexec.security.gate import Gate

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.security import kv
 
 DBL_MAX_TEXT = (

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from sdexec.base.errors import SdexecError
 from sdexec.broker.router import Request, Router
 from sdexec.cli.signing import Signer
-from sdexec.errors import SdexecError
 from sdexec.proto import jsonio, rfc42
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgFlag, MsgType

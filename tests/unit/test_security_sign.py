@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdexec.errors import SdexecError
+from sdexec.base.errors import SdexecError
 from sdexec.security import kv, sign
 from sdexec.security.policy import RequestRules, SecurityConfig
 from sdexec.security.replay import ReplayCache

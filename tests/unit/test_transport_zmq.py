@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from sdexec.base.errors import SdexecError
 from sdexec.broker.builtins import Builtins
 from sdexec.broker.router import Router
 from sdexec.client.handle import Handle
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import SdexecError
 from sdexec.transport.zmq import read_cert, write_keypair
 from sdexec.transport.zmq_server import ZmqListener
 

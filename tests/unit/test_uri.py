@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdexec import uri
-from sdexec.errors import SdexecError
+from sdexec.base import uri
+from sdexec.base.errors import SdexecError
 
 
 @pytest.fixture

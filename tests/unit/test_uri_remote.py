@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdexec import uri
-from sdexec.errors import SdexecError
+from sdexec.base import uri
+from sdexec.base.errors import SdexecError
 from sdexec.transport.ssh import ssh_argv
 
 

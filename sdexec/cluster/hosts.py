@@ -10,7 +10,7 @@ client is given a hosts file (``--hosts FILE``, else ``$SDEXEC_HOSTS``)::
     ssh://root@node1/run/sdexec/local
     tcp://node2.cluster:7711               node2
 
-One server per line: a URI (anything :func:`sdexec.uri.resolve` accepts) and
+One server per line: a URI (anything :func:`sdexec.base.uri.resolve` accepts) and
 an optional hostname, separated by blanks, in either order (the URI is the
 word with ``://`` or a leading ``/``).  Blank lines and ``#`` comments are
 ignored; the *rank* of a server is the index of its line among the others,
@@ -31,8 +31,8 @@ from __future__ import annotations
 import errno
 import os
 
-from sdexec import uri as _uri
-from sdexec.errors import SdexecError
+from sdexec.base import uri as _uri
+from sdexec.base.errors import SdexecError
 from sdexec.proto import idset
 
 HOSTS_ENV = "SDEXEC_HOSTS"
@@ -85,7 +85,7 @@ def parse(text: str, source: str = "hosts") -> list[Host]:
     """The servers a hosts file's text lists, in rank order.
 
     Raises SdexecError(EINVAL) naming ``source`` and the line for a line
-    with no URI, more than two words, or a URI :func:`sdexec.uri.resolve`
+    with no URI, more than two words, or a URI :func:`sdexec.base.uri.resolve`
     refuses; and for a file that lists no server at all.
     """
     hosts: list[Host] = []

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``python -m sdexec.demo`` starts ``sdexec serve`` as a child process on a
+``python -m sdexec.cli.demo`` starts ``sdexec serve`` as a child process on a
 socket in a fresh temporary directory, with the calling user's systemd
 manager when a user bus exists and otherwise with the server's private,
 confined manager (``--systemd private``, for machines booted without
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None, *, server_command: Sequence[str] | N
     (``serve ...`` is appended); tests use it to run a fake server.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m sdexec.demo",
+        prog="python -m sdexec.cli.demo",
         description="Start an sdexec server, run a few commands through it, and clean up.",
     )
     parser.add_argument(

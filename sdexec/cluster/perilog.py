@@ -10,7 +10,7 @@ selected rank at once and supervises each rank with the same timeline::
     launch --timeout--> SIGTERM --kill-timeout--> SIGKILL --kill-timeout--> unkillable
 
 The timeout counts from the launch of the run.  Each rank ends with one
-:class:`~sdexec.outcome.Outcome`: ``ok``, ``exit N``, ``signal N`` (killed
+:class:`~sdexec.cluster.outcome.Outcome`: ``ok``, ``exit N``, ``signal N`` (killed
 by someone else), ``timeout`` (still running at the deadline, then stopped
 by SIGTERM or SIGKILL: the detail says which), ``unkillable`` (still alive
 after SIGKILL), ``error`` (the script could not be started) or
@@ -31,7 +31,7 @@ are kept for the report; all of it stays in the node's journal
 fact.  If the run is interrupted, the scripts still running are sent
 SIGKILL.
 
-The result is a :class:`~sdexec.perilog_report.Report` (sans-IO): every
+The result is a :class:`~sdexec.cluster.perilog_report.Report` (sans-IO): every
 rank's outcome, elapsed time and last lines, and the ranks to drain with a
 one-line reason each (``node3: prolog timeout: still running after 30s,
 stopped by SIGTERM``); ``--json`` prints its ``to_json()``.
@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.exec import (
     EXEC_TOPIC,
     FLAG_STDERR,
@@ -61,12 +62,11 @@ from sdexec.client.exec import (
     decode_io_data,
     exec_payload,
 )
-from sdexec.client.fanout import DEFAULT_CONNECT_TIMEOUT, RankJob
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import ProtocolError, SdexecError
-from sdexec.hosts import Host
-from sdexec.outcome import Kind, Outcome, from_status
-from sdexec.perilog_report import RankReport, Report, Tail, classify
+from sdexec.cluster.fanout import DEFAULT_CONNECT_TIMEOUT, RankJob
+from sdexec.cluster.hosts import Host
+from sdexec.cluster.outcome import Kind, Outcome, from_status
+from sdexec.cluster.perilog_report import RankReport, Report, Tail, classify
 
 PHASES = ("prolog", "epilog")
 DEFAULT_TAIL_LINES = 10

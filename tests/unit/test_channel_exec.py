@@ -1,4 +1,4 @@
-"""The exec helper's pure parts (sdexec.exec_helper): control message, fds, environment."""
+"""The exec helper's pure parts (sdexec.unit.channel_exec): control message, fds, environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdexec import exec_helper as h
+from sdexec.unit import channel_exec as h
 
 names = st.lists(
     st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True), max_size=h.MAX_CHANNELS

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-Sans-IO half of :mod:`sdexec.perilog`.  :func:`classify` turns what
+Sans-IO half of :mod:`sdexec.cluster.perilog`.  :func:`classify` turns what
 happened to a rank (how its run ended, and whether the deadline passed and
-which signals were then sent) into one :class:`~sdexec.outcome.Outcome`.
+which signals were then sent) into one :class:`~sdexec.cluster.outcome.Outcome`.
 :class:`Tail` keeps the end of a rank's output.  :class:`Report` holds every
 rank's outcome, elapsed time and last lines, names the ranks to drain with a
 one-line reason each (``prolog timeout: still running after 30s, stopped by
@@ -19,8 +19,8 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from sdexec.hosts import Host
-from sdexec.outcome import Kind, Outcome, signal_name, summary
+from sdexec.cluster.hosts import Host
+from sdexec.cluster.outcome import Kind, Outcome, signal_name, summary
 
 TAIL_BYTES = 64 * 1024
 

@@ -9,7 +9,7 @@ is the same as the channel name" (RFC 42 "Command Object", ``channels``).
 So, for an exec that has channels, the server runs this file as the unit's
 ``ExecStart`` in front of the command::
 
-    PYTHON -I -S .../sdexec/exec_helper.py EXE ARGV0 ARG...
+    PYTHON -I -S .../sdexec/unit/channel_exec.py EXE ARGV0 ARG...
 
 and the unit's *stdin* is not the command's stdin but one end of a private
 ``SOCK_SEQPACKET`` socketpair, the **control socket**.  Before it even asks
@@ -223,9 +223,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``exec_helper.py EXE ARGV0 [ARG...]``: only returns if the command cannot run."""
+    """``channel_exec.py EXE ARGV0 [ARG...]``: only returns if the command cannot run."""
     if len(argv) < 3:
-        return _fail("exec helper: usage: exec_helper.py EXE ARGV0 [ARG...]", 2)
+        return _fail("exec helper: usage: channel_exec.py EXE ARGV0 [ARG...]", 2)
     exe, args = argv[1], argv[2:]
     try:
         names, ignore_sigpipe, fds = receive(0)

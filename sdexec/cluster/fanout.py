@@ -10,7 +10,7 @@ importing asyncio; only the multi-rank path pays for the event loop.)
 
 A :class:`RankProcess` owns its connection and its exec stream for the span
 of :meth:`RankProcess.run`, which never raises for what happens on the
-remote side: it ends with an :class:`~sdexec.outcome.Outcome` (ok, exit N,
+remote side: it ends with an :class:`~sdexec.cluster.outcome.Outcome` (ok, exit N,
 signal, error, unreachable).  A server that does not answer within the
 connect timeout, refuses the connection or drops it is *unreachable*, which
 is not the same as a command that failed.
@@ -40,6 +40,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.exec import (
     ADD_CREDIT,
     EXEC_TOPIC,
@@ -53,9 +54,8 @@ from sdexec.client.exec import (
 )
 from sdexec.client.handle import Handle, Stream
 from sdexec.client.rpc import RemoteError
-from sdexec.errors import ProtocolError, SdexecError
-from sdexec.hosts import Host
-from sdexec.outcome import Kind, Outcome, from_status
+from sdexec.cluster.hosts import Host
+from sdexec.cluster.outcome import Kind, Outcome, from_status
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _READ_SIZE = 64 * 1024
@@ -100,7 +100,7 @@ class RankJob:
 
     A job owns its connection (``handle``) for the span of :meth:`run`,
     which calls the subclass's ``_run`` and never raises for what happens on
-    the remote side: it records an :class:`~sdexec.outcome.Outcome`, sets
+    the remote side: it records an :class:`~sdexec.cluster.outcome.Outcome`, sets
     ``done``, closes the connection and calls ``on_change(job)``.
     :meth:`abandon` gives up on a rank from outside (a deadline); the run
     then ends as unreachable with the reason given.
