@@ -13,7 +13,8 @@ import os
 
 from sdexec import __version__
 from sdexec.base.errors import ProtocolError, SdexecError
-from sdexec.broker.router import Request, Router
+from sdexec.broker.request import Request
+from sdexec.broker.router import Router
 
 ATTR_IMMUTABLE = 1
 

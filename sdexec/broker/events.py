@@ -22,26 +22,31 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.broker.request import Handler, Request
 from sdexec.proto.message import ROLE_OWNER, Message
-
-if TYPE_CHECKING:
-    from sdexec.broker.router import Request, Router
+from sdexec.transport.unix import Connection
 
 
 class EventBus:
     """Subscriptions by connection, and the publication sequence."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, owner_uid: int, connections: Mapping[str, Connection]) -> None:
+        self.owner_uid = owner_uid
+        self.connections = connections  # the router's, by connection id
         self.sequence = 0
         self.subscriptions: dict[str, Counter[str]] = {}
-        router.register("event.subscribe", self.subscribe)
-        router.register("event.unsubscribe", self.unsubscribe)
-        router.register("event.pub", self.pub)
-        router.disconnect_hooks.append(self.forget)
+
+    def methods(self) -> dict[str, Handler]:
+        """The requests this serves, for the router to register."""
+        return {
+            "event.subscribe": self.subscribe,
+            "event.unsubscribe": self.unsubscribe,
+            "event.pub": self.pub,
+        }
 
     @staticmethod
     def _topic(req: Request) -> str:
@@ -76,15 +81,16 @@ class EventBus:
         req.respond({"seq": seq})
 
     def forget(self, conn_id: str) -> None:
+        """A connection went away: drop its subscriptions."""
         self.subscriptions.pop(conn_id, None)
 
     def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
         """Send an event to every matching subscriber; returns its sequence number."""
         self.sequence += 1
         msg = Message.event(topic, payload, sequence=self.sequence)
-        msg.userid = self.router.owner_uid
+        msg.userid = self.owner_uid
         msg.rolemask = ROLE_OWNER
-        connections = self.router.connections
+        connections = self.connections
         for conn_id, subs in self.subscriptions.items():
             if any(topic.startswith(prefix) for prefix in subs):
                 conn = connections.get(conn_id)

@@ -17,16 +17,18 @@ and only here: an ``OSError`` keeps its errno and message, a ``ValueError``
 is EINVAL, anything else is a bug: logged with its traceback, answered EIO.
 A request with NORESPONSE never gets one.
 
-A request's *sender* is the connection id followed by the request's route
-stack read from the origin outward, so requests relayed by a proxy on behalf
-of several children are told apart.  When a connection closes, every
-registered disconnect hook is called with its id (RFC 6 "Disconnection").
+A request (:class:`~sdexec.broker.request.Request`) knows its connection
+and how to answer; when a connection closes, every registered disconnect
+hook is called with its id (RFC 6 "Disconnection").
 
 Events (:mod:`sdexec.broker.events`) and client-registered services
-(:mod:`sdexec.broker.services`) hang off the router: a request no built-in
-handler claims is offered to the client services before ENOSYS, and a
-response from a client is routed back through them.  :meth:`Router.publish`
-sends an event to its subscribers.
+(:mod:`sdexec.broker.services`) are owned by the router, which wires them
+in: it registers their methods, hooks their clean-up to disconnection, and
+hands them the connection table and, for the client services, a callback
+that tells whether a name is a built-in service.  Neither imports the
+router.  A request no built-in handler claims is offered to the client
+services before ENOSYS, and a response from a client is routed back through
+them.  :meth:`Router.publish` sends an event to its subscribers.
 """
 
 from __future__ import annotations
@@ -42,112 +44,12 @@ import structlog
 
 from sdexec.base.errors import errnum_of, message_of
 from sdexec.broker.events import EventBus
+from sdexec.broker.request import Handler, Request
 from sdexec.broker.services import ClientServices
-from sdexec.proto import jsonio
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgType
 from sdexec.transport.unix import Connection
 
 log = structlog.get_logger("sdexec.router")
-
-Sender = tuple[str, ...]
-Handler = Callable[["Request"], "Awaitable[None] | None"]
-
-
-class Request:
-    """A request being served: its message, where it came from, how to answer."""
-
-    __slots__ = ("_done", "_write", "_write_parsed", "conn", "msg", "signed", "signer")
-
-    def __init__(self, conn: Connection, msg: Message) -> None:
-        self.conn = conn
-        self.msg = msg
-        self._done = False
-        self._write: tuple[int, str, bytes, bool] | None = None
-        self._write_parsed = False
-        # Set by sdexec.security.gate for a verified RFC 42 signed request:
-        # the signature JSON object (the authoritative payload) and the signer.
-        self.signed: dict[str, Any] | None = None
-        self.signer: int | None = None
-
-    @property
-    def topic(self) -> str:
-        return self.msg.topic or ""
-
-    @property
-    def userid(self) -> int:
-        return self.msg.userid
-
-    @property
-    def rolemask(self) -> int:
-        return self.msg.rolemask
-
-    @property
-    def matchtag(self) -> int:
-        return self.msg.matchtag
-
-    @property
-    def streaming(self) -> bool:
-        return self.msg.streaming
-
-    @property
-    def sender(self) -> Sender:
-        routes = self.msg.routes or []
-        return (self.conn.id, *reversed(routes))
-
-    @property
-    def connected(self) -> bool:
-        return self.conn.transport is not None
-
-    def payload(self) -> dict[str, Any]:
-        if self.signed is not None:
-            return self.signed
-        return self.msg.json()  # type: ignore[no-any-return]
-
-    def fast_write(self) -> tuple[int, str, bytes, bool] | None:
-        """The payload read by :func:`sdexec.proto.jsonio.parse_write`, parsed once.
-
-        (matchtag, stream, data, eof) of an RFC 42 ``write`` in the layout
-        clients write, for both the security gate and the service: stdin's
-        hot path.  None for any other payload (read it with :meth:`payload`).
-        """
-        if not self._write_parsed:
-            self._write_parsed = True
-            if self.msg.payload is not None:
-                self._write = jsonio.parse_write(self.msg.payload)
-        return self._write
-
-    def respond(self, payload: dict[str, Any] | bytes | None = None) -> None:
-        """Send a success response (several, for a streaming request).
-
-        ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
-        """
-        if self.msg.noresponse or self._done:
-            return
-        self.conn.send(self.msg.response(payload if payload is not None else None))
-
-    def respond_pieces(self, payload: list[bytes]) -> None:
-        """:meth:`respond` with the JSON payload ``b"".join(payload)``, never joined here.
-
-        The hot path of output forwarding: see :meth:`Connection.send_pieces`.
-        """
-        if self.msg.noresponse or self._done:
-            return
-        self.conn.send_pieces(self.msg.response(b""), payload)
-
-    def error(self, errnum: int, text: str | None = None) -> None:
-        """Send the final error response (ENODATA ends a stream successfully)."""
-        if self.msg.noresponse or self._done:
-            return
-        self._done = True
-        self.conn.send(self.msg.response(errnum=errnum, text=text))
-
-    def end(self) -> None:
-        """End a response stream successfully (ENODATA)."""
-        self.error(errno.ENODATA)
-
-    @property
-    def finished(self) -> bool:
-        return self._done
 
 
 @dataclass(slots=True)
@@ -172,8 +74,13 @@ class Router:
         self.connections: dict[str, Connection] = {}
         self.disconnect_hooks: list[Callable[[str], None]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self.events = EventBus(self)
-        self.services = ClientServices(self)
+        # The router's own services: they get what they use, not the router.
+        self.events = EventBus(owner_uid, self.connections)
+        self.services = ClientServices(owner_uid, self.connections, claimed=self.claimed)
+        for service in (self.events, self.services):
+            for topic, handler in service.methods().items():
+                self.register(topic, handler)
+            self.disconnect_hooks.append(service.forget)
 
     def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
         """Publish an event to its subscribers; returns its sequence number."""
@@ -185,6 +92,10 @@ class Router:
 
     def register(self, topic: str, handler: Handler, *, streaming_only: bool = False) -> None:
         self.routes[topic] = Route(handler, streaming_only)
+
+    def claimed(self, service: str) -> bool:
+        """Whether a registered handler serves a method of ``service``."""
+        return any(topic.split(".", 1)[0] == service for topic in self.routes)
 
     # --- Acceptor (called by the transport) ---------------------------------------
 
@@ -235,11 +146,9 @@ class Router:
         if route is None and self.services.forward(req):
             return
         if route is None:
-            service = req.topic.split(".", 1)[0]
-            known = any(t.split(".", 1)[0] == service for t in self.routes)
             text = (
                 f"Unknown method {req.topic}"
-                if known
+                if self.claimed(req.topic.split(".", 1)[0])
                 else f"No service matching {req.topic} is registered"
             )
             self._refuse(req, errno.ENOSYS, text)

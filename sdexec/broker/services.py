@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 
 from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.broker.request import Handler, Request
 from sdexec.proto.message import ROLE_OWNER, Message, MsgFlag, MsgType
-
-if TYPE_CHECKING:
-    from sdexec.broker.router import Request, Router
+from sdexec.transport.unix import Connection
 
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_+:-]{0,127}")
 
@@ -61,14 +60,23 @@ def valid_name(name: object) -> bool:
 class ClientServices:
     """The table of client-registered services and their in-flight requests."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(
+        self,
+        owner_uid: int,
+        connections: Mapping[str, Connection],
+        *,
+        claimed: Callable[[str], bool],
+    ) -> None:
+        self.owner_uid = owner_uid
+        self.connections = connections  # the router's, by connection id
+        self.claimed = claimed  # whether a name is a built-in service
         self.owners: dict[str, str] = {}  # service name -> provider conn id
         self.providers: dict[str, _Provider] = {}
         self.used: dict[str, set[str]] = {}  # requester conn id -> names it used
-        router.register("service.add", self.add)
-        router.register("service.remove", self.remove)
-        router.disconnect_hooks.append(self.forget)
+
+    def methods(self) -> dict[str, Handler]:
+        """The requests this serves, for the router to register."""
+        return {"service.add": self.add, "service.remove": self.remove}
 
     # --- registration ----------------------------------------------------------------
 
@@ -81,14 +89,11 @@ class ClientServices:
         assert isinstance(name, str)
         return name
 
-    def builtin(self, name: str) -> bool:
-        return any(topic.split(".", 1)[0] == name for topic in self.router.routes)
-
     def add(self, req: Request) -> None:
         if not req.rolemask & ROLE_OWNER:
             raise SdexecError(errno.EPERM, "only the instance owner may register services")
         name = self._name(req)
-        if name in self.owners or self.builtin(name):
+        if name in self.owners or self.claimed(name):
             raise SdexecError(errno.EEXIST, f"service {name} is already registered")
         self.owners[name] = req.conn.id
         self.providers.setdefault(req.conn.id, _Provider()).names.add(name)
@@ -112,7 +117,7 @@ class ClientServices:
         provider_id = self.owners.get(name)
         if provider_id is None:
             return False
-        provider = self.router.connections.get(provider_id)
+        provider = self.connections.get(provider_id)
         if provider is None:
             return False
         msg = req.msg
@@ -136,13 +141,14 @@ class ClientServices:
             return  # not a request we forwarded to this client: drop it
         if msg.errnum or not msg.streaming:
             del provider.pending[key]
-        requester = self.router.connections.get(msg.pop_route())
+        requester = self.connections.get(msg.pop_route())
         if requester is not None:
             requester.send(msg)
 
     # --- disconnection ----------------------------------------------------------------
 
     def forget(self, conn_id: str) -> None:
+        """A connection went away: as a provider, as a requester, or both."""
         provider = self.providers.pop(conn_id, None)
         if provider is not None:
             for name in provider.names:
@@ -153,11 +159,11 @@ class ClientServices:
                 response = request.response(
                     errnum=errno.ENOSYS, text=f"service {request.topic} went away"
                 )
-                requester = self.router.connections.get(response.pop_route())
+                requester = self.connections.get(response.pop_route())
                 if requester is not None:
                     requester.send(response)
         for name in self.used.pop(conn_id, ()):
-            provider_conn = self.router.connections.get(self.owners.get(name, ""))
+            provider_conn = self.connections.get(self.owners.get(name, ""))
             if provider_conn is None:
                 continue
             notice = Message(
@@ -165,7 +171,7 @@ class ClientServices:
                 topic=f"{name}.disconnect",
                 flags=MsgFlag.NORESPONSE,
                 routes=[conn_id],
-                userid=self.router.owner_uid,
+                userid=self.owner_uid,
                 rolemask=ROLE_OWNER,
             )
             provider_conn.send(notice)

@@ -37,7 +37,8 @@ from sdexec.security.policy import Admission, RequestRules, SecurityConfig
 from sdexec.security.sign import Unwrapped
 
 if TYPE_CHECKING:
-    from sdexec.broker.router import Request, Router
+    from sdexec.broker.request import Request
+    from sdexec.broker.router import Router
     from sdexec.transport.unix import Connection
 
 log = structlog.get_logger("sdexec.security")

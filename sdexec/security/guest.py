@@ -38,7 +38,7 @@ from sdexec.proto.rfc42 import LocalFlag
 from sdexec.systemd.properties import OPTS_PREFIX, Property
 
 if TYPE_CHECKING:
-    from sdexec.broker.router import Request
+    from sdexec.broker.request import Request
     from sdexec.proto.rfc42 import ExecRequest
 
 #: Unit settings (``SDEXEC_PROP_<Name>`` options) a guest may set.

@@ -71,7 +71,7 @@ from sdexec.systemd import properties
 from sdexec.unit import channel_exec
 
 if TYPE_CHECKING:
-    from sdexec.broker.router import Request
+    from sdexec.broker.request import Request
     from sdexec.server.process import Process
     from sdexec.server.service import Service
 

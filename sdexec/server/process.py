@@ -43,7 +43,7 @@ from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
 
 if TYPE_CHECKING:
-    from sdexec.broker.router import Request, Sender
+    from sdexec.broker.request import Request, Sender
     from sdexec.server.channels import AuxChannels
     from sdexec.server.service import Service
 

@@ -40,7 +40,8 @@ import structlog
 from dbus_fast import Variant
 
 from sdexec.base.errors import SdexecError
-from sdexec.broker.router import Request, Router, Sender
+from sdexec.broker.request import Request, Sender
+from sdexec.broker.router import Router
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest

@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 
 from sdexec.base.errors import SdexecError
-from sdexec.broker.router import Request, Router
+from sdexec.broker.request import Request
+from sdexec.broker.router import Router
 from sdexec.proto.message import (
     ROLE_OWNER,
     ROLE_USER,

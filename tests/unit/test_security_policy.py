@@ -13,7 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sdexec.base.errors import SdexecError
-from sdexec.broker.router import Request, Router
+from sdexec.broker.request import Request
+from sdexec.broker.router import Router
 from sdexec.cli.signing import Signer
 from sdexec.proto import jsonio, rfc42
 from sdexec.proto.framing import FrameDecoder, encode_frame
