@@ -56,8 +56,9 @@ import os
 import py_compile
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -66,14 +67,12 @@ from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag
 from sdexec.server.msgchan import MsgchanListener, socket_dir, target_path
 from sdexec.server.pipes import InputPipe, OutputPipe
-from sdexec.server.process import ProcState
 from sdexec.systemd import properties
 from sdexec.unit import channel_exec
 
 if TYPE_CHECKING:
     from sdexec.broker.request import Request
-    from sdexec.server.process import Process
-    from sdexec.server.service import Service
+    from sdexec.broker.router import Router
 
 log = structlog.get_logger("sdexec.channels")
 
@@ -187,6 +186,37 @@ def bytecode_is_fresh(pyc: str, source: str) -> bool:
 # --- the server's end ------------------------------------------------------------------
 
 
+class ChannelOwner(Protocol):
+    """What the channels use of their process (:class:`~sdexec.server.process.Process`).
+
+    The process owns its channels, so this module says what it needs of it
+    instead of importing it.
+    """
+
+    @property
+    def cmd(self) -> Command: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    @property
+    def flags(self) -> ExecFlag: ...
+
+    @property
+    def background(self) -> bool: ...
+
+    @property
+    def client(self) -> Request | None: ...  # the streaming requester gets the credit
+
+    @property
+    def starting(self) -> bool: ...  # credit waits for the initial add-credit
+
+    @property
+    def outputs(self) -> dict[str, OutputPipe]: ...  # forwarded: paced and awaited
+
+    def output(self, stream: str, data: bytes, eof: bool) -> None: ...  # forwarded output
+
+
 class ChannelInput(InputPipe):
     """The write side of a channel socket: EOF is ``shutdown(SHUT_WR)``."""
 
@@ -206,7 +236,7 @@ class ChannelInput(InputPipe):
 class AuxChannels:
     """The channels and msgchans of one :class:`~sdexec.server.process.Process`."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: ChannelOwner) -> None:
         self.proc = proc
         self.inputs: dict[str, ChannelInput] = {}
         self.bufsizes: dict[str, int] = {}
@@ -257,7 +287,7 @@ class AuxChannels:
         client = self._credit_client()
         if client is None:
             return
-        if self.proc.state is ProcState.STARTING:  # sent after the initial credit
+        if self.proc.starting:  # sent after the initial credit
             self._early[name] = self._early.get(name, 0) + n
         else:
             client.respond(rfc42.add_credit({name: n}))
@@ -281,21 +311,25 @@ class AuxChannels:
 
 
 def setup_aux(
-    service: Service,
-    proc: Process,
+    proc: ChannelOwner,
     spec: properties.UnitSpec,
     fds: list[int],
     theirs: list[int],
-) -> list[int]:
-    """Give ``proc`` its channels and msgchans; returns the fds to pass to systemd.
+    *,
+    router: Router,
+    server_uri: str | None,
+) -> tuple[list[int], AuxChannels | None]:
+    """Make ``proc``'s channels and msgchans; returns the fds to pass to systemd, and them.
 
     Rewrites ``spec`` (helper in front, msgchan variables, the control
     socket as stdin) and appends to ``theirs`` what must be closed once the
-    unit has been created.  Does nothing for a command with neither.
+    unit has been created.  Does nothing for a command with neither (None).
+    Each msgchan's bridge is served by ``router``, its socket next to the
+    server's own (``server_uri``).
     """
     cmd = proc.cmd
     if not cmd.channels and not cmd.msgchans:
-        return fds
+        return fds, None
     validate(cmd)
     aux = AuxChannels(proc)
     streaming = not proc.background
@@ -303,9 +337,7 @@ def setup_aux(
     created: list[socket.socket] = []
     try:
         for m in cmd.msgchans:
-            listener = MsgchanListener(
-                service.router, m.name, m.uri, socket_dir(service.uri), proc.unit
-            )
+            listener = MsgchanListener(router, m.name, m.uri, socket_dir(server_uri), proc.unit)
             aux.msgchans.append(listener)
             spec.env[m.name] = listener.uri
         if cmd.channels:
@@ -323,7 +355,6 @@ def setup_aux(
         raise
     for sock in created:
         sock.close()  # ours were detached into pipes; the far ends are in flight
-    proc.aux = aux
     log.debug(
         "channels",
         channels=cmd.channels,
@@ -331,7 +362,7 @@ def setup_aux(
         forwarded=forward,
         unit=proc.unit,
     )
-    return fds
+    return fds, aux
 
 
 def _via_helper(
@@ -366,8 +397,8 @@ def _via_helper(
     return fds
 
 
-def shutdown_aux(service: Service) -> None:
+def shutdown_aux(aux: Iterable[AuxChannels | None]) -> None:
     """Server shutdown: close every channel and msgchan (their bridges end)."""
-    for proc in [*service.by_pid.values(), *service.starting]:
-        if proc.aux is not None:
-            proc.aux.close()
+    for channels in aux:
+        if channels is not None:
+            channels.close()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -44,8 +44,11 @@ from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Sta
 
 if TYPE_CHECKING:
     from sdexec.broker.request import Request, Sender
+    from sdexec.broker.router import Router
     from sdexec.server.channels import AuxChannels
-    from sdexec.server.service import Service
+    from sdexec.server.outputlog import OutputLog
+    from sdexec.systemd.bus import SystemdBus
+    from sdexec.systemd.journal import Journal
 
 log = structlog.get_logger("sdexec.proc")
 
@@ -57,12 +60,44 @@ class ProcState(enum.Enum):
     EXITED = "Z"
 
 
+class ProcessOwner(Protocol):
+    """What a process uses of the service that owns it (:class:`~sdexec.server.service.Service`).
+
+    The service owns the process table, so this module says what a process
+    needs of it instead of importing it.
+    """
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def rank_str(self) -> str: ...
+
+    @property
+    def router(self) -> Router: ...  # events, and tasks the process starts
+
+    @property
+    def bus(self) -> SystemdBus: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def outputlog(self) -> OutputLog: ...
+
+    def proc_started(self, proc: Process) -> None: ...
+
+    def proc_gone(self, proc: Process) -> None: ...
+
+    def reap(self, proc: Process) -> None: ...
+
+
 class Process:
     """A subprocess run as a transient unit."""
 
     def __init__(
         self,
-        service: Service,
+        service: ProcessOwner,
         unit: str,
         cmd: Command,
         flags: ExecFlag,
@@ -98,6 +133,11 @@ class Process:
     @property
     def name(self) -> str:
         return os.path.basename(self.cmd.cmdline[0])
+
+    @property
+    def starting(self) -> bool:
+        """Not started yet (the unit is being created)."""
+        return self.state is ProcState.STARTING
 
     @property
     def waitable(self) -> bool:

@@ -271,7 +271,9 @@ class Service:
         )
         fds, theirs = self._make_stdio(proc, spec, req.streaming)
         try:
-            fds = setup_aux(self, proc, spec, fds, theirs)  # channels, msgchans
+            fds, proc.aux = setup_aux(  # channels, msgchans
+                proc, spec, fds, theirs, router=self.router, server_uri=self.uri
+            )
             props = spec.properties()
         except BaseException:
             for fd in theirs:
@@ -570,7 +572,8 @@ class Service:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
-        shutdown_aux(self)  # channels, msgchans (sdexec.server.channels)
+        # Channels, msgchans (sdexec.server.channels).
+        shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
 
     def close(self) -> None:
         """Release what the service keeps open (its state log); after shutdown."""
