@@ -163,7 +163,7 @@ def socket_path(uri: str | None = None) -> str:
     """The UNIX socket a client connects to for ``uri`` (default: :func:`default_uri`).
 
     Resolves the URI first.  ``ssh://`` and ``tcp://`` URIs name no local
-    socket (EPROTONOSUPPORT); :func:`sdexec.transport.link.open_link`
+    socket (EPROTONOSUPPORT); :func:`sdexec.transport.connector.open_link`
     connects to any URI.
     """
     resolved = resolve(uri if uri else default_uri())

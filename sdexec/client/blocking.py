@@ -54,7 +54,8 @@ from sdexec.client.exec import (
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
-from sdexec.transport.link import Link, open_link
+from sdexec.transport.connector import open_link
+from sdexec.transport.link import Link
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class BlockingHandle:
     def connect(cls, uri: str | None = None) -> BlockingHandle:
         """Connect to the server named by ``uri`` (default: ``$SDEXEC_URI``).
 
-        Any URI :func:`sdexec.transport.link.open_link` knows: ``local://``,
+        Any URI :func:`sdexec.transport.connector.open_link` knows: ``local://``,
         ``ssh://``, ``tcp://``, ``pid:``.  Same errors as
         :meth:`sdexec.client.handle.Handle.connect`.
         """

@@ -224,7 +224,7 @@ class Handle:
         """Connect to the server named by ``uri`` (default: ``$SDEXEC_URI``).
 
         ``local://`` (and paths, ``pid:``) connect directly; ``ssh://`` and
-        ``tcp://`` go through :func:`sdexec.transport.link.open_link`.
+        ``tcp://`` go through :func:`sdexec.transport.connector.open_link`.
         Raises SdexecError: ENOENT if the socket does not exist, the server's
         errno if it refuses the connection, ECONNRESET if it hangs up first.
         """
@@ -242,7 +242,7 @@ class Handle:
                 num = exc.errno or errno.ECONNREFUSED
                 raise SdexecError(num, f"cannot connect to {path}: {os.strerror(num)}") from None
         else:
-            from sdexec.transport.link import open_link
+            from sdexec.transport.connector import open_link
 
             link = await asyncio.to_thread(open_link, resolved)
             handle = cls(loop, resolved)

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :meth:`Upstream.connect` gets a stream socket from
-:func:`sdexec.transport.link.open_link` (so ``local://``, ``ssh://``,
+:func:`sdexec.transport.connector.open_link` (so ``local://``, ``ssh://``,
 ``tcp://`` and ``pid:`` all work), reads the handshake byte, and from then
 on decodes ``local://`` framing into messages.
 
@@ -30,7 +30,8 @@ from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import MATCHTAG_MAX, lost_error, response_payload
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import Message, MsgType
-from sdexec.transport.link import Link, open_link
+from sdexec.transport.connector import open_link
+from sdexec.transport.link import Link
 
 
 class Upstream(asyncio.Protocol):

@@ -16,7 +16,7 @@ CURVE handshake: success, ``EPERM`` for a key the server refused,
 framing on the other end and multipart messages, writing the ``local://``
 handshake byte first.  So the blocking CLI client, the asyncio Handle and
 the proxy all keep speaking ``local://`` framing over a stream socket
-(:mod:`sdexec.transport.link`).  Reconnection is disabled and heartbeats
+(:mod:`sdexec.transport.connector`).  Reconnection is disabled and heartbeats
 are on, so a lost server ends the stream instead of being silently retried.
 
 Key files are ZeroMQ's own certificate format (``zmq.auth``): ``NAME.key``

@@ -80,7 +80,7 @@ def test_connecting_to_a_local_uri_imports_nothing_heavy(tmp_path: Path) -> None
 import sys, _socket
 s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
 s.bind({str(tmp_path / "s")!r}); s.listen(1)
-from sdexec.transport.link import open_link
+from sdexec.transport.connector import open_link
 link = open_link("local://{tmp_path / "s"}")
 link.close()
 heavy = {{"asyncio", "zmq", "structlog", "socket", "selectors", "subprocess", "shlex"}}

@@ -1,0 +1,52 @@
+"""Client side of every transport: a URI in, a stream socket speaking ``local://`` out.
+
+Theory of operation
+-------------------
+Both clients (the blocking CLI client and the asyncio :class:`Handle`, and
+the proxy) speak one wire protocol: the handshake byte, then RFC 3
+messages in ``local://`` framing over a stream socket.  :func:`open_link`
+gives them such a socket (a :class:`~sdexec.transport.link.Link`) whatever
+the URI's transport, as a Flux connector does for its scheme:
+
+``local://PATH``
+    the server's UNIX socket itself;
+``ssh://...``
+    one end of a ``socketpair``; the other end is the stdin and stdout of
+    an OpenSSH client running ``sdexec relay PATH`` on the remote host,
+    which passes bytes through unchanged (:mod:`sdexec.transport.ssh`);
+``tcp://...``
+    one end of a ``socketpair``; a bridge thread moves messages between
+    the other end and a ZeroMQ DEALER socket with CURVE
+    (:mod:`sdexec.transport.zmq`), and writes the handshake byte itself
+    once the CURVE handshake has succeeded.
+
+So framing, matchtags and the handshake stay in one place, and a transport
+is only "how to get a byte stream to the server".  :meth:`Link.close
+<sdexec.transport.link.Link.close>` closes the socket and releases what
+keeps the stream alive.
+
+This module is on the CLI's start-up path: it imports the link and the URI
+rules only; the ssh and zmq modules are imported for their schemes.
+"""
+
+from __future__ import annotations
+
+from sdexec.base import uri as _uri
+from sdexec.transport.link import Link, connect_local
+
+
+def open_link(uri: str | None = None) -> Link:
+    """Connect to the server named by ``uri`` (default: :func:`sdexec.base.uri.default_uri`).
+
+    The handshake byte is left for the caller to read.
+    """
+    resolved = _uri.resolve(uri if uri else _uri.default_uri())
+    if resolved.startswith(_uri.SSH_SCHEME):
+        from sdexec.transport.ssh import open_ssh
+
+        return open_ssh(resolved)
+    if resolved.startswith(_uri.TCP_SCHEME):
+        from sdexec.transport.zmq import open_tcp
+
+        return open_tcp(resolved)
+    return Link(connect_local(_uri.local_path(resolved)), resolved)
