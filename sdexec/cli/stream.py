@@ -13,8 +13,8 @@ import json
 import sys
 
 from sdexec.client.blocking import BlockingHandle, _write_all
-from sdexec.client.exec import decode_io_data
 from sdexec.client.rpc import response_payload
+from sdexec.proto.iodata import decode_io_data
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

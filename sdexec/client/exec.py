@@ -37,6 +37,7 @@ import errno
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import RemoteError, response_payload
 from sdexec.proto import b64
+from sdexec.proto.iodata import decode_io_data
 from sdexec.proto.jsonio import parse_output_data, write_payload
 
 TYPE_CHECKING = False
@@ -144,27 +145,6 @@ def encode_io(
     if eof:
         io["eof"] = True
     return io
-
-
-def decode_io_data(io: Mapping[str, Any]) -> bytes:
-    """The bytes carried by an io object (b"" when it has no data)."""
-    data = io.get("data")
-    if data is None:
-        return b""
-    if not isinstance(data, str):
-        raise ProtocolError("io.data is not a string")
-    encoding = io.get("encoding", "UTF-8")
-    if encoding == "base64":
-        try:
-            return b64.decode(data)
-        except ValueError as exc:
-            raise ProtocolError("io.data is not valid base64") from exc
-    if encoding not in ("UTF-8", "utf-8"):
-        raise ProtocolError(f"unknown io encoding {encoding!r}")
-    try:
-        return data.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise ProtocolError("io.data is not valid UTF-8") from exc
 
 
 # --- credit -----------------------------------------------------------------------

@@ -59,7 +59,6 @@ from sdexec.client.exec import (
     FLAG_WAITABLE,
     WAIT_TOPIC,
     build_command,
-    decode_io_data,
     exec_payload,
 )
 from sdexec.client.rpc import RemoteError
@@ -67,6 +66,7 @@ from sdexec.cluster.fanout import DEFAULT_CONNECT_TIMEOUT, RankJob
 from sdexec.cluster.hosts import Host
 from sdexec.cluster.outcome import Kind, Outcome, from_status
 from sdexec.cluster.perilog_report import RankReport, Report, Tail, classify
+from sdexec.proto.iodata import decode_io_data
 
 PHASES = ("prolog", "epilog")
 DEFAULT_TAIL_LINES = 10

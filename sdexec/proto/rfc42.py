@@ -22,6 +22,7 @@ from typing import Any
 
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
+from sdexec.proto.iodata import decode_io_data
 
 
 class ExecFlag(enum.IntFlag):
@@ -217,25 +218,6 @@ def parse_write(obj: dict[str, Any]) -> WriteRequest:
     data = decode_io_data(io)
     eof = bool(_opt(io, "eof", bool, "write.io"))
     return WriteRequest(matchtag, stream, data, eof)
-
-
-def decode_io_data(io: dict[str, Any]) -> bytes:
-    """The bytes of an RFC 24 io object (empty when it carries none)."""
-    data: str | None = _opt(io, "data", str, "io")
-    if data is None:
-        return b""
-    encoding = _opt(io, "encoding", str, "io")
-    if encoding is None or encoding.upper() in ("UTF-8", "UTF8"):
-        try:
-            return data.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
-            raise ProtocolError("io.data is not valid UTF-8") from exc
-    if encoding == "base64":
-        try:
-            return b64.decode(data)
-        except ValueError as exc:
-            raise ProtocolError("io.data is not valid base64") from exc
-    raise ProtocolError(f"unknown io encoding {encoding}")
 
 
 # --- responses -----------------------------------------------------------------

@@ -22,8 +22,9 @@ import pytest
 from conftest import REPO, Server
 
 from sdexec.client.blocking import BlockingHandle
-from sdexec.client.exec import decode_io_data, encode_io
+from sdexec.client.exec import encode_io
 from sdexec.client.rpc import RemoteError, response_payload
+from sdexec.proto.iodata import decode_io_data
 from sdexec.server import channels
 from sdexec.unit import channel_exec
 

@@ -16,7 +16,6 @@ from sdexec.client.exec import (
     StdinCredit,
     borrowable_credit,
     build_command,
-    decode_io_data,
     encode_io,
     exit_code,
 )
@@ -90,29 +89,6 @@ def test_non_utf8_or_nul_data_travels_as_base64(data: bytes) -> None:
 
 def test_eof_io_has_no_data() -> None:
     assert encode_io("stdin", eof=True) == {"stream": "stdin", "rank": "0", "eof": True}
-
-
-@given(st.binary(max_size=300))
-def test_io_data_round_trips_any_bytes(data: bytes) -> None:
-    assert decode_io_data(encode_io("stdout", data)) == data
-
-
-def test_decode_accepts_explicit_utf8_and_missing_data() -> None:
-    assert decode_io_data({"data": "x", "encoding": "UTF-8"}) == b"x"
-    assert decode_io_data({"stream": "stdout", "eof": True}) == b""
-
-
-@pytest.mark.parametrize(
-    "io",
-    [
-        {"data": "x", "encoding": "rot13"},
-        {"data": "!!!", "encoding": "base64"},
-        {"data": 5},
-    ],
-)
-def test_decode_rejects_bad_io_with_eproto(io: dict[str, object]) -> None:
-    with pytest.raises(ProtocolError):
-        decode_io_data(io)
 
 
 # --- credit -------------------------------------------------------------------------------------
