@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(exc.message)
         return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
-    if getattr(args, "pty", 0):
+    if args.pty:
         return _run_terminal(args, command)
     if args.bg:
         return _run_background(args, command)

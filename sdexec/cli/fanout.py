@@ -265,7 +265,7 @@ async def _exec_background(
 
 def run_exec(args: argparse.Namespace) -> int:
     """``sdexec exec -r IDSET``."""
-    if getattr(args, "pty", 0):
+    if args.pty:
         error("--pty needs one server (it cannot be combined with -r or -x)")
         return EXIT_SDEXEC_FAILED
     try:

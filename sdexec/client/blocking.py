@@ -372,17 +372,20 @@ class _ExecLoop:
         self.tag = self.handle.request(EXEC_TOPIC, self.session.request(), streaming=True)
         sock_fd = self.handle.fileno()
         self.poller.register(sock_fd, _POLLIN)
+        sig_fd = -1
         if signals is not None:
-            self.poller.register(signals.fileno(), select.POLLIN)
+            sig_fd = signals.fileno()
+            self.poller.register(sig_fd, select.POLLIN)
         while True:
             self._poll_stdin(self._wants_stdin())
-            for fd, _ in self.poller.poll():
+            # Signals first: a SIGWINCH that came before the keys read with it goes before them.
+            for fd, _ in sorted(self.poller.poll(), key=lambda event: event[0] != sig_fd):
                 if fd == sock_fd:
                     for msg in self.handle.receive():
                         status = self._on_response(msg, warn)
                         if status is not None:
                             return status
-                elif signals is not None and fd == signals.fileno():
+                elif signals is not None and fd == sig_fd:
                     for signum in signals.drain():
                         self._on_signal(signum)
                 elif fd == self.stdin_fd and self.polling_stdin:
