@@ -23,6 +23,7 @@ from typing import Any
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.labels import label_problem
 
 
 class ExecFlag(enum.IntFlag):
@@ -148,9 +149,17 @@ def _str_list(value: Any, what: str) -> list[str]:
 
 def _label(obj: dict[str, Any], what: str) -> str | None:
     label: str | None = _opt(obj, "label", str, what)
-    if label is not None and label == "":
-        raise SdexecError(errno.EINVAL, "label must not be empty")
+    if label is not None:
+        check_label(label)
     return label
+
+
+def check_label(label: str) -> None:
+    """EINVAL, with the reason, for what cannot be a label (:mod:`sdexec.proto.labels`)."""
+    problem = label_problem(label)
+    if problem is not None:
+        shown = label if len(label) <= 40 else label[:40] + "..."
+        raise SdexecError(errno.EINVAL, f"invalid label {shown!r}: {problem}")
 
 
 # --- requests ------------------------------------------------------------------
