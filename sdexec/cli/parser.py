@@ -234,8 +234,11 @@ def _name_value(text: str) -> tuple[str, str]:
 
 
 def _label(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("a label must not be empty")
+    from sdexec.proto.labels import label_problem
+
+    problem = label_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

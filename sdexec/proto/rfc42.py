@@ -23,6 +23,7 @@ from typing import Any
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.labels import label_problem
 
 
 class ExecFlag(enum.IntFlag):
@@ -148,9 +149,17 @@ def _str_list(value: Any, what: str) -> list[str]:
 
 def _label(obj: dict[str, Any], what: str) -> str | None:
     label: str | None = _opt(obj, "label", str, what)
-    if label is not None and label == "":
-        raise SdexecError(errno.EINVAL, "label must not be empty")
+    if label is not None:
+        check_label(label)
     return label
+
+
+def check_label(label: str) -> None:
+    """EINVAL, with the reason, for what cannot be a label (:mod:`sdexec.proto.labels`)."""
+    problem = label_problem(label)
+    if problem is not None:
+        shown = label if len(label) <= 40 else label[:40] + "..."
+        raise SdexecError(errno.EINVAL, f"invalid label {shown!r}: {problem}")
 
 
 # --- requests ------------------------------------------------------------------
@@ -190,9 +199,20 @@ def parse_command(obj: Any) -> Command:
 
 def parse_exec(obj: dict[str, Any]) -> ExecRequest:
     cmd = parse_command(_get(obj, "cmd", dict, "exec"))
-    flags = _get(obj, "flags", int, "exec")
-    local_flags = _opt(obj, "local_flags", int, "exec") or 0
-    return ExecRequest(cmd, ExecFlag(flags & 0x1F), LocalFlag(local_flags & 0x7))
+    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "flags")
+    local_flags = _known_bits(_opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "local_flags")
+    return ExecRequest(cmd, ExecFlag(flags), LocalFlag(local_flags))
+
+
+def _known_bits(value: int, kind: type[enum.IntFlag], what: str) -> int:
+    """``value`` if it has only ``kind``'s bits; else EINVAL (never masked: an
+    unknown bit is a client that means something this server does not do)."""
+    known = 0
+    for member in kind:
+        known |= int(member)
+    if value < 0 or value & ~known:
+        raise SdexecError(errno.EINVAL, f"exec: unknown bits in {what} ({value:#x})")
+    return value
 
 
 def parse_target(obj: dict[str, Any], what: str) -> Target:

@@ -230,7 +230,7 @@ class Process:
     def _finished(self, status: int) -> None:
         self.status = status
         self.state = ProcState.EXITED
-        self.service.bus.unwatch(self.unit)
+        self.service.bus.unwatch(self.unit, self)
         log.info("finished", status=status, **self.log_fields())
         self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
@@ -242,7 +242,7 @@ class Process:
         self._maybe_end()
 
     def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
-        self.service.bus.unwatch(self.unit)
+        self.service.bus.unwatch(self.unit, self)
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:

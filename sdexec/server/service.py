@@ -14,7 +14,15 @@ Indexes, all kept consistent by :meth:`proc_started`, :meth:`reap` and
 * ``by_label`` - reserved at request time, so a duplicate is refused with
   EEXIST before any unit is created;
 * ``by_stream`` - (sender, matchtag) of a streaming exec, the key that RFC 42
-  ``write`` requests use.
+  ``write`` requests use;
+* ``by_unit`` - every unit of ours, from exec to reap: a second exec that
+  names one of them (``SDEXEC_NAME``) is refused with EEXIST before
+  anything is created, so that a failed start never touches a unit that it
+  did not create.
+
+Every unit is recorded in the state directory before it is started,
+foreground ones too, so that a restarted server finds all of its units
+again, whatever their names (:meth:`adopt`).
 
 ``exec`` validates the request, resolves the executable against the
 command's own ``PATH`` (so a missing or non-executable command is ENOENT or
@@ -143,6 +151,7 @@ class Service:
         self.by_pid: dict[int, Process] = {}
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
+        self.by_unit: dict[str, Process] = {}
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
@@ -172,17 +181,16 @@ class Service:
         """A process that never started (exec failure): forget it and its unit."""
         self.starting.discard(proc)
         self._forget(proc)
-        if proc.background:
-            self.state.remove(proc.unit)
-            if proc.waitable:  # CollectMode=inactive keeps even a failed unit
-                self.router.spawn(self._release_unit(proc.unit), "release unit")
+        self.state.remove(proc.unit)
+        if proc.background and proc.waitable:  # CollectMode=inactive keeps even a failed unit
+            self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
         """The process's status has been delivered: forget it, and let its unit go."""
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
+        self.state.remove(proc.unit)
         if proc.background:
-            self.state.remove(proc.unit)
             self.outputlog.forget(proc.unit)
             if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
                 self.router.spawn(self._release_unit(proc.unit), "release unit")
@@ -197,6 +205,8 @@ class Service:
     def _forget(self, proc: Process) -> None:
         if self.by_pid.get(proc.pid) is proc:
             del self.by_pid[proc.pid]
+        if self.by_unit.get(proc.unit) is proc:
+            del self.by_unit[proc.unit]
         if proc.label is not None and self.by_label.get(proc.label) is proc:
             del self.by_label[proc.label]
         if proc.sender is not None:
@@ -259,6 +269,8 @@ class Service:
             env["SDEXEC_URI"] = self.uri
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
+        if unit in self.by_unit:
+            raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         if req.streaming:
             self._clients_present.set()
@@ -306,18 +318,20 @@ class Service:
             self.by_label[cmd.label] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
-        else:
-            self.state.save(
-                ProcRecord(
-                    unit=unit,
-                    label=cmd.label,
-                    cmdline=cmd.cmdline,
-                    flags=int(er.flags),
-                    local_flags=int(er.local_flags),
-                    requester_uid=req.userid,
-                    ident=proc.ident,
-                )
+        self.by_unit[unit] = proc
+        # Before the unit exists: whatever happens next, a restarted server finds it.
+        self.state.save(
+            ProcRecord(
+                unit=unit,
+                label=cmd.label,
+                cmdline=cmd.cmdline,
+                flags=int(er.flags),
+                local_flags=int(er.local_flags),
+                requester_uid=req.userid,
+                ident=proc.ident,
+                foreground=not proc.background,
             )
+        )
         self.starting.add(proc)
         self.bus.watch(unit, proc)
         log.info(
@@ -339,7 +353,8 @@ class Service:
         try:
             await self.bus.start_transient(proc.unit, props, fds)
         except BaseException:
-            self.bus.unwatch(proc.unit)
+            # Only what this exec created: the unit name may be someone else's.
+            self.bus.unwatch(proc.unit, proc)
             self.starting.discard(proc)
             self._forget(proc)
             self.state.remove(proc.unit)
@@ -547,19 +562,22 @@ class Service:
     # --- re-adoption ---------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """Take back the background units a previous server started.
+        """Take back the units a previous server started.
 
-        Units are systemd's, not ours: each background unit has a record in the
-        state directory (see :mod:`sdexec.server.statefile`).  A unit that is
-        still loaded is watched again and its state read; one that is gone ended
-        while no server was running and, not being waitable, needs nothing
-        more.  A waitable one was kept by RemainAfterExit/CollectMode=inactive,
-        so its status is read now and delivered to the next ``wait``.  Units of
-        ours without a record were foreground processes whose client died with
-        the old server: they are stopped.
+        Units are systemd's, not ours: each unit has a record in the state
+        directory (see :mod:`sdexec.server.statefile`), saved before it was
+        started, so every unit is found again whatever its name.  A
+        background unit that is still loaded is watched again and its state
+        read; one that is gone ended while no server was running and, not
+        being waitable, needs nothing more.  A waitable one was kept by
+        RemainAfterExit/CollectMode=inactive, so its status is read now and
+        delivered to the next ``wait``.  A foreground unit's client died with
+        the old server: the unit is stopped.
         """
-        adopted: set[str] = set()
         for rec in self.state.load_all():
+            if rec.foreground:
+                await self._stop_orphan(rec.unit)
+                continue
             cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
             proc = Process(
                 self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None
@@ -572,26 +590,30 @@ class Service:
             except OSError:
                 props = {}
             if props.get("LoadState") != "loaded":
-                self.bus.unwatch(rec.unit)
+                self.bus.unwatch(rec.unit, proc)
                 self.state.remove(rec.unit)
                 log.info(
                     "re-adoption: unit gone", unit=rec.unit, label=rec.label, waitable=proc.waitable
                 )
                 continue
-            adopted.add(rec.unit)
+            self.by_unit[rec.unit] = proc
             if rec.label is not None:
                 self.by_label[rec.label] = proc
             events = proc.tracker.adopt(props)
             for ev in events:
                 proc._event(ev)
             log.info("re-adopted", state=proc.state.value, status=proc.status, **proc.log_fields())
-        for unit, _active, _sub in await self.bus.list_units([f"sdexec-{self.rank}-*.service"]):
-            if unit not in adopted:
+
+    async def _stop_orphan(self, unit: str) -> None:
+        """A foreground unit whose client died with the old server: stop it, forget it."""
+        try:
+            props = await self.bus.properties(unit, "org.freedesktop.systemd1.Unit")
+            if props.get("LoadState") == "loaded":
                 log.info("re-adoption: stopping orphaned foreground unit", unit=unit)
-                try:
-                    await self.bus.stop(unit)
-                except OSError as exc:
-                    log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+                await self.bus.stop(unit)
+        except OSError as exc:
+            log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+        self.state.remove(unit)
 
     # --- shutdown ---------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ systemd keeps the units; it does not know a process's RFC 42 identity (label,
 exec flags, who started it).  The server carries that identity to the next
 server in ``<state-dir>/procs.log``: one JSON line per change, appended with
 one ``write`` to a file kept open, ``{"save": RECORD}`` before a unit
-starts and ``{"remove": UNIT}`` when its process is reaped.
+starts (and again when its outcome must outlive the unit) and
+``{"remove": UNIT}`` when its process is reaped.
 
 An append is cheap where creating a file is not: with a thousand units
 starting at once, systemd and journald keep the filesystem's journal busy,
@@ -34,6 +35,16 @@ _SLACK = 1024
 
 @dataclass
 class ProcRecord:
+    """One unit this server started (or adopted), saved before it is started.
+
+    Every unit gets one, foreground ones too (``foreground``), so that a
+    restarted server finds each of its units again whatever its name
+    (``SDEXEC_NAME``) and never guesses from a name pattern.  ``status``
+    and ``lost`` outlive the unit: the wait status of a waitable process
+    whose unit went away before it was waited for (its systemd manager
+    died), or why its outcome is not known.
+    """
+
     unit: str
     label: str | None
     cmdline: list[str]
@@ -41,6 +52,10 @@ class ProcRecord:
     local_flags: int
     requester_uid: int
     ident: str
+    foreground: bool = False
+    pid: int = 0
+    status: int | None = None
+    lost: str | None = None
 
 
 def _line(entry: dict[str, object]) -> bytes:
