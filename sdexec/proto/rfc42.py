@@ -200,9 +200,20 @@ def parse_command(obj: Any) -> Command:
 
 def parse_exec(obj: dict[str, Any]) -> ExecRequest:
     cmd = parse_command(_get(obj, "cmd", dict, "exec"))
-    flags = _get(obj, "flags", int, "exec")
-    local_flags = _opt(obj, "local_flags", int, "exec") or 0
-    return ExecRequest(cmd, ExecFlag(flags & 0x1F), LocalFlag(local_flags & 0x7))
+    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "flags")
+    local_flags = _known_bits(_opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "local_flags")
+    return ExecRequest(cmd, ExecFlag(flags), LocalFlag(local_flags))
+
+
+def _known_bits(value: int, kind: type[enum.IntFlag], what: str) -> int:
+    """``value`` if it has only ``kind``'s bits; else EINVAL (never masked: an
+    unknown bit is a client that means something this server does not do)."""
+    known = 0
+    for member in kind:
+        known |= int(member)
+    if value < 0 or value & ~known:
+        raise SdexecError(errno.EINVAL, f"exec: unknown bits in {what} ({value:#x})")
+    return value
 
 
 def parse_target(obj: dict[str, Any], what: str) -> Target:

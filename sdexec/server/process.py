@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from sdexec.proto import jsonio, rfc42
+from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from sdexec.broker.router import Router
     from sdexec.server.channels import AuxChannels
     from sdexec.server.outputlog import OutputLog
+    from sdexec.server.pty import PtyInput
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
 
@@ -142,6 +143,7 @@ class Process:
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
+        self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
 
@@ -153,6 +155,11 @@ class Process:
     def starting(self) -> bool:
         """Not started yet (the unit is being created)."""
         return self.state is ProcState.STARTING
+
+    @property
+    def terminal(self) -> bool:
+        """Its standard input, output and error are a pty."""
+        return self.pty is not None
 
     @property
     def waitable(self) -> bool:
@@ -219,6 +226,8 @@ class Process:
         client = self.client
         if client is not None:
             client.respond(rfc42.started(pid))
+            if self.terminal and self.flags & ExecFlag.STDERR:  # stderr is the terminal too
+                client.respond(rfc42.output(pid, rfc42.io_object("stderr", self.rank, None, True)))
             if self.background:
                 self.client = None  # a background exec gets exactly one response
             elif self.flags & ExecFlag.WRITE_CREDIT and self.stdin is not None:
@@ -236,7 +245,7 @@ class Process:
     def _finished(self, status: int) -> None:
         self.status = status
         self.state = ProcState.EXITED
-        self.service.bus.unwatch(self.unit)
+        self.service.bus.unwatch(self.unit, self)
         log.info("finished", **rfc42.status_fields(status), **self.log_fields())
         self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
@@ -247,7 +256,7 @@ class Process:
         self._maybe_end()
 
     def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
-        self.service.bus.unwatch(self.unit)
+        self.service.bus.unwatch(self.unit, self)
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:
@@ -316,6 +325,9 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if stream == pty.WINSIZE_STREAM:
+            self._resize(data)
+            return
         if self.aux is not None and self.aux.write(stream, data, eof):  # a channel
             return
         if stream != "stdin" or self.stdin is None:
@@ -324,6 +336,16 @@ class Process:
             self.stdin.write(data)
         if eof:
             self.stdin.write_eof()
+
+    def _resize(self, data: bytes) -> None:
+        if self.pty is None:
+            return  # not a terminal: ignored, like any unknown channel
+        try:
+            cols, rows = pty.parse_winsize(data.decode("ascii", "replace"))
+        except OSError as exc:
+            log.info("window size dropped", reason=str(exc), **self.log_fields())
+            return
+        self.pty.resize(cols, rows)
 
     def credit(self, n: int) -> None:
         client = self.client if self.client is not None else self.stdin_holder

@@ -14,7 +14,15 @@ Indexes, all kept consistent by :meth:`proc_started`, :meth:`reap` and
 * ``by_label`` - reserved at request time, so a duplicate is refused with
   EEXIST before any unit is created;
 * ``by_stream`` - (sender, matchtag) of a streaming exec, the key that RFC 42
-  ``write`` requests use.
+  ``write`` requests use;
+* ``by_unit`` - every unit of ours, from exec to reap: a second exec that
+  names one of them (``SDEXEC_NAME``) is refused with EEXIST before
+  anything is created, so that a failed start never touches a unit that it
+  did not create.
+
+Every unit is recorded in the state directory before it is started,
+foreground ones too, so that a restarted server finds all of its units
+again, whatever their names (:meth:`adopt`).
 
 ``exec`` validates the request, resolves the executable against the
 command's own ``PATH`` (so a missing or non-executable command is ENOENT or
@@ -42,13 +50,14 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import rfc42
+from sdexec.proto import pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
+from sdexec.server.pty import PtyInput, open_pty
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
@@ -105,6 +114,23 @@ def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
+    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks."""
+    text = er.cmd.opt(pty.PTY_OPTION)
+    if text is None:
+        return None
+    winsize = pty.parse_winsize(text)
+    if not streaming:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs a streaming exec")
+    if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
+    if er.cmd.channels:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
+    if not er.flags & ExecFlag.STDOUT:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
+    return winsize
+
+
 class Service:
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
@@ -133,6 +159,7 @@ class Service:
         self.by_pid: dict[int, Process] = {}
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
+        self.by_unit: dict[str, Process] = {}
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
@@ -162,10 +189,9 @@ class Service:
         """A process that never started (exec failure): forget it and its unit."""
         self.starting.discard(proc)
         self._forget(proc)
-        if proc.background:
-            self.state.remove(proc.unit)
-            if proc.waitable:  # CollectMode=inactive keeps even a failed unit
-                self.router.spawn(self._release_unit(proc.unit), "release unit")
+        self.state.remove(proc.unit)
+        if proc.background and proc.waitable:  # CollectMode=inactive keeps even a failed unit
+            self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
         """The process's status has been delivered: forget it, and let its unit go.
@@ -178,7 +204,9 @@ class Service:
         proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        if proc.background:
+        if not proc.background:
+            self.state.remove(proc.unit)
+        else:
             self.state.reaped(
                 Reaped(
                     unit=proc.unit,
@@ -214,6 +242,8 @@ class Service:
     def _forget(self, proc: Process) -> None:
         if self.by_pid.get(proc.pid) is proc:
             del self.by_pid[proc.pid]
+        if self.by_unit.get(proc.unit) is proc:
+            del self.by_unit[proc.unit]
         if proc.label is not None and self.by_label.get(proc.label) is proc:
             del self.by_label[proc.label]
         if proc.sender is not None:
@@ -281,12 +311,15 @@ class Service:
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         cmd.stdin_bufsize()  # validate options before anything is created
+        winsize = _terminal_request(er, req.streaming)
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
+        if unit in self.by_unit:
+            raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         if req.streaming:
             self._clients_present.set()
@@ -318,7 +351,10 @@ class Service:
             extra=extra,
         )
         try:
-            fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
+            if winsize is not None:
+                fds, theirs = self._make_terminal(proc, spec, winsize)
+            else:
+                fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
         except BaseException:
             for fd in prepared.fds() if prepared is not None else ():
                 os.close(fd)
@@ -337,18 +373,20 @@ class Service:
             self.by_label[cmd.label] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
-        else:
-            self.state.save(
-                ProcRecord(
-                    unit=unit,
-                    label=cmd.label,
-                    cmdline=cmd.cmdline,
-                    flags=int(er.flags),
-                    local_flags=int(er.local_flags),
-                    requester_uid=req.userid,
-                    ident=proc.ident,
-                )
+        self.by_unit[unit] = proc
+        # Before the unit exists: whatever happens next, a restarted server finds it.
+        self.state.save(
+            ProcRecord(
+                unit=unit,
+                label=cmd.label,
+                cmdline=cmd.cmdline,
+                flags=int(er.flags),
+                local_flags=int(er.local_flags),
+                requester_uid=req.userid,
+                ident=proc.ident,
+                foreground=not proc.background,
             )
+        )
         self.starting.add(proc)
         self.bus.watch(unit, proc)
         log.info(
@@ -357,6 +395,7 @@ class Service:
             cwd=cmd.cwd,
             background=not req.streaming,
             flags=int(er.flags),
+            pty=winsize is not None,
             requester=req.userid,
             signer=req.signer,
             **proc.log_fields(),
@@ -369,7 +408,8 @@ class Service:
         try:
             await self.bus.start_transient(proc.unit, props, fds)
         except BaseException:
-            self.bus.unwatch(proc.unit)
+            # Only what this exec created: the unit name may be someone else's.
+            self.bus.unwatch(proc.unit, proc)
             self.starting.discard(proc)
             self._forget(proc)
             self.state.remove(proc.unit)
@@ -420,6 +460,23 @@ class Service:
                 spec.stderr_fd = len(fds)
             fds.append(w)
         return fds, list(fds)
+
+    def _make_terminal(
+        self, proc: Process, spec: properties.UnitSpec, winsize: tuple[int, int]
+    ) -> tuple[list[int], list[int]]:
+        """A pty as the unit's stdio (see :mod:`sdexec.server.pty`); same return as _make_stdio."""
+        term = open_pty(*winsize)
+        try:
+            typed = os.dup(term.master)
+        except BaseException:
+            os.close(term.master)
+            term.close_slave()
+            raise
+        proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.cmd.stdin_bufsize())
+        proc.outputs["stdout"] = OutputPipe("stdout", term.master, proc.output)
+        spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
+        spec.extra.append(("TTYPath", Variant("s", term.path)))
+        return [term.slave], [term.slave]
 
     # --- attach / logs -----------------------------------------------------------------
 
@@ -556,6 +613,7 @@ class Service:
                 "label": p.label or "",
                 "state": self._state(p),
                 "unit": p.unit,
+                **({"pty": True} if p.terminal else {}),
             }
             for p in self.by_pid.values()
             if guest.visible(req, p.requester_uid)  # sdexec.security: a guest sees its own
@@ -622,19 +680,22 @@ class Service:
     # --- re-adoption ---------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """Take back the background units a previous server started.
+        """Take back the units a previous server started.
 
-        Units are systemd's, not ours: each background unit has a record in the
-        state directory (see :mod:`sdexec.server.statefile`).  A unit that is
-        still loaded is watched again and its state read; one that is gone ended
-        while no server was running and, not being waitable, needs nothing
-        more.  A waitable one was kept by RemainAfterExit/CollectMode=inactive,
-        so its status is read now and delivered to the next ``wait``.  Units of
-        ours without a record were foreground processes whose client died with
-        the old server: they are stopped.
+        Units are systemd's, not ours: each unit has a record in the state
+        directory (see :mod:`sdexec.server.statefile`), saved before it was
+        started, so every unit is found again whatever its name.  A
+        background unit that is still loaded is watched again and its state
+        read; one that is gone ended while no server was running and, not
+        being waitable, needs nothing more.  A waitable one was kept by
+        RemainAfterExit/CollectMode=inactive, so its status is read now and
+        delivered to the next ``wait``.  A foreground unit's client died with
+        the old server: the unit is stopped.
         """
-        adopted: set[str] = set()
         for rec in self.state.load_all():
+            if rec.foreground:
+                await self._stop_orphan(rec.unit)
+                continue
             cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
             proc = Process(
                 self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None
@@ -647,16 +708,24 @@ class Service:
             except OSError:
                 props = {}
             if props.get("LoadState") != "loaded":
-                self.bus.unwatch(rec.unit)
+                self.bus.unwatch(rec.unit, proc)
                 # It ended while no server ran; its output is still where it was.
                 self.state.reaped(
-                    Reaped(rec.unit, rec.label, rec.ident, 0, None, rec.requester_uid, time.time())
+                    Reaped(
+                        rec.unit,
+                        rec.label,
+                        rec.ident,
+                        rec.pid,
+                        rec.status,
+                        rec.requester_uid,
+                        time.time(),
+                    )
                 )
                 log.info(
                     "re-adoption: unit gone", unit=rec.unit, label=rec.label, waitable=proc.waitable
                 )
                 continue
-            adopted.add(rec.unit)
+            self.by_unit[rec.unit] = proc
             if rec.label is not None:
                 self.by_label[rec.label] = proc
             events = proc.tracker.adopt(props)
@@ -665,13 +734,17 @@ class Service:
             how = {} if proc.status is None else rfc42.status_fields(proc.status)
             log.info("re-adopted", state=proc.state.value, **how, **proc.log_fields())
         self._forget_evicted()
-        for unit, _active, _sub in await self.bus.list_units([f"sdexec-{self.rank}-*.service"]):
-            if unit not in adopted:
+
+    async def _stop_orphan(self, unit: str) -> None:
+        """A foreground unit whose client died with the old server: stop it, forget it."""
+        try:
+            props = await self.bus.properties(unit, "org.freedesktop.systemd1.Unit")
+            if props.get("LoadState") == "loaded":
                 log.info("re-adoption: stopping orphaned foreground unit", unit=unit)
-                try:
-                    await self.bus.stop(unit)
-                except OSError as exc:
-                    log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+                await self.bus.stop(unit)
+        except OSError as exc:
+            log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+        self.state.remove(unit)
 
     # --- shutdown ---------------------------------------------------------------------------
 

@@ -4,13 +4,15 @@ systemd keeps the units; it does not know a process's RFC 42 identity (label,
 exec flags, who started it).  The server carries that identity to the next
 server in ``<state-dir>/procs.log``: one JSON line per change, appended with
 one ``write`` to a file kept open, ``{"save": RECORD}`` before a unit
-starts and ``{"remove": UNIT}`` when it is gone without a trace (a failed
-start).  When a background process is reaped, ``{"reaped": REAPED}`` both
-ends its record and keeps a short one of what it was (unit, label, journal
-identifier, pid, status, when): the history that ``sdexec logs`` uses to
-find the output of a process that is gone, as long as the journal keeps it.
-The history holds the last :data:`HISTORY_MAX` processes; older ones are
-forgotten (and left out at the next compaction).
+starts (and again when its outcome must outlive the unit) and
+``{"remove": UNIT}`` when it is gone without a trace (a failed start, a
+foreground process).  When a background process is reaped,
+``{"reaped": REAPED}`` both ends its record and keeps a short one of what
+it was (unit, label, journal identifier, pid, status, when): the history
+that ``sdexec logs`` uses to find the output of a process that is gone, as
+long as the journal keeps it.  The history holds the last
+:data:`HISTORY_MAX` processes; older ones are forgotten (and left out at
+the next compaction).
 
 An append is cheap where creating a file is not: with a thousand units
 starting at once, systemd and journald keep the filesystem's journal busy,
@@ -43,6 +45,16 @@ HISTORY_MAX = 4096
 
 @dataclass
 class ProcRecord:
+    """One unit this server started (or adopted), saved before it is started.
+
+    Every unit gets one, foreground ones too (``foreground``), so that a
+    restarted server finds each of its units again whatever its name
+    (``SDEXEC_NAME``) and never guesses from a name pattern.  ``status``
+    and ``lost`` outlive the unit: the wait status of a waitable process
+    whose unit went away before it was waited for (its systemd manager
+    died), or why its outcome is not known.
+    """
+
     unit: str
     label: str | None
     cmdline: list[str]
@@ -50,6 +62,10 @@ class ProcRecord:
     local_flags: int
     requester_uid: int
     ident: str
+    foreground: bool = False
+    pid: int = 0
+    status: int | None = None
+    lost: str | None = None
 
 
 @dataclass

@@ -199,7 +199,10 @@ class SystemdBus:
         self._by_path[unit_object_path(unit)] = listener
         self._by_name[unit] = listener
 
-    def unwatch(self, unit: str) -> None:
+    def unwatch(self, unit: str, listener: UnitListener | None = None) -> None:
+        """Stop routing this unit's signals (only if to ``listener``, when given)."""
+        if listener is not None and self._by_name.get(unit) is not listener:
+            return
         self._by_path.pop(unit_object_path(unit), None)
         self._by_name.pop(unit, None)
 

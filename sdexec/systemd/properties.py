@@ -487,7 +487,6 @@ _CONVERTERS: dict[str, Converter] = {
     "FinalKillSignal": _as("i", _parse_signal),
     "SendSIGKILL": _as("b", _parse_bool),
     "SendSIGHUP": _as("b", _parse_bool),
-    "RemainAfterExit": _as("b", _parse_bool),
     "Delegate": _as("b", _parse_bool),
     "OOMScoreAdjust": _as("i", _int_in(-1000, 1000)),
     "Nice": _as("i", _int_in(-20, 19)),
@@ -504,6 +503,16 @@ _CONVERTERS: dict[str, Converter] = {
 #: The setting names :func:`convert_property` understands.
 SUPPORTED_PROPERTIES = frozenset(_CONVERTERS)
 
+#: Settings sdexec decides itself, because a client's value would break the
+#: mapping of unit states to RFC 42 responses: refused with the reason.
+MANAGED_PROPERTIES: dict[str, str] = {
+    "RemainAfterExit": (
+        "sdexec sets it itself (a --waitable background process keeps its unit, "
+        "and its status, until it is waited for); on a foreground process it "
+        "would keep the output open and the exec would never end"
+    ),
+}
+
 
 def convert_properties(name: str, value: str) -> list[Property]:
     """Convert one ``Name=Value`` unit setting to the D-Bus properties it stands for.
@@ -514,6 +523,10 @@ def convert_properties(name: str, value: str) -> list[Property]:
     unknown setting or a value that does not parse.
     """
     converter = _CONVERTERS.get(name)
+    if name in MANAGED_PROPERTIES:
+        raise SdexecError(
+            errno.EINVAL, f"unit property {name}= is refused: {MANAGED_PROPERTIES[name]}"
+        )
     if converter is None:
         raise SdexecError(
             errno.EINVAL, f"unknown or unsupported unit property {name}= (value {_show(value)})"

@@ -113,10 +113,18 @@ def test_parse_exec_missing_opts_and_channels_are_empty() -> None:
     assert req.cmd.channels == []
 
 
-def test_parse_exec_keeps_only_known_flag_bits() -> None:
-    req = parse_exec({"cmd": command(), "flags": 0xFFFF, "local_flags": 0xFF})
+def test_parse_exec_accepts_every_known_flag_bit() -> None:
+    req = parse_exec({"cmd": command(), "flags": 0x1F, "local_flags": 0x7})
     assert int(req.flags) == 0x1F
     assert int(req.local_flags) == 0x7
+
+
+@pytest.mark.parametrize(
+    ("flags", "local_flags"), [(0x20, 0), (-1, 0), (2**63, 0), (0, 8), (0, -1), (0, 2**63)]
+)
+def test_parse_exec_unknown_flag_bits_are_einval(flags: int, local_flags: int) -> None:
+    payload = {"cmd": command(), "flags": flags, "local_flags": local_flags}
+    assert errnum_of(parse_exec, payload) == errno.EINVAL
 
 
 @pytest.mark.parametrize("key", ["cmd", "flags"])
