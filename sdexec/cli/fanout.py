@@ -265,6 +265,9 @@ async def _exec_background(
 
 def run_exec(args: argparse.Namespace) -> int:
     """``sdexec exec -r IDSET``."""
+    if args.pty:
+        error("--pty needs one server (it cannot be combined with -r or -x)")
+        return EXIT_SDEXEC_FAILED
     try:
         hosts = select_hosts(args)
         command = command_from_args(args)

@@ -332,6 +332,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
     )
     p.add_argument(
+        "-t",
+        "--pty",
+        action="count",
+        default=0,
+        help="give COMMAND a terminal (stdin must be one; -tt: even if it is not)",
+    )
+    p.add_argument(
         "-l",
         "--label-io",
         action="store_true",

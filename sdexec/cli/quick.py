@@ -59,7 +59,7 @@ def _defaults() -> dict[str, Any]:
     fields: dict[str, Any] = dict.fromkeys(_FLAGS.values(), False)
     fields.update(dict.fromkeys(_VALUES.values()))
     fields.update({dest: [] for dest in _NAME_VALUES.values()})
-    fields.update(command="exec", ranks=None, exclude=None)
+    fields.update(command="exec", ranks=None, exclude=None, pty=0)  # -t: argparse
     return fields
 
 

@@ -361,6 +361,10 @@ class ExecSession:
         self.credit.charge(len(data))
         return write_payload(matchtag, STDIN, "0", data, False)
 
+    def side_payload(self, matchtag: int, stream: str, data: bytes) -> dict[str, Any]:
+        """An ``sdexec.write`` payload to a stream that takes no credit (``pty.winsize``)."""
+        return {"matchtag": matchtag, "io": encode_io(stream, data)}
+
     def eof_payload(self, matchtag: int) -> dict[str, Any]:
         """The ``sdexec.write`` payload that closes stdin (needs no credit)."""
         self.stdin_closed = True

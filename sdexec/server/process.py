@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from sdexec.base.errors import SdexecError
-from sdexec.proto import jsonio, rfc42
+from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from sdexec.broker.router import Router
     from sdexec.server.channels import AuxChannels
     from sdexec.server.outputlog import OutputLog
+    from sdexec.server.pty import PtyInput
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
 
@@ -131,6 +132,7 @@ class Process:
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
+        self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
 
@@ -142,6 +144,11 @@ class Process:
     def starting(self) -> bool:
         """Not started yet (the unit is being created)."""
         return self.state is ProcState.STARTING
+
+    @property
+    def terminal(self) -> bool:
+        """Its standard input, output and error are a pty."""
+        return self.pty is not None
 
     @property
     def waitable(self) -> bool:
@@ -208,6 +215,8 @@ class Process:
         client = self.client
         if client is not None:
             client.respond(rfc42.started(pid))
+            if self.terminal and self.flags & ExecFlag.STDERR:  # stderr is the terminal too
+                client.respond(rfc42.output(pid, rfc42.io_object("stderr", self.rank, None, True)))
             if self.background:
                 self.client = None  # a background exec gets exactly one response
             elif self.flags & ExecFlag.WRITE_CREDIT and self.stdin is not None:
@@ -352,6 +361,9 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if stream == pty.WINSIZE_STREAM:
+            self._resize(data)
+            return
         if self.aux is not None and self.aux.write(stream, data, eof):  # a channel
             return
         if stream != "stdin" or self.stdin is None:
@@ -360,6 +372,16 @@ class Process:
             self.stdin.write(data)
         if eof:
             self.stdin.write_eof()
+
+    def _resize(self, data: bytes) -> None:
+        if self.pty is None:
+            return  # not a terminal: ignored, like any unknown channel
+        try:
+            cols, rows = pty.parse_winsize(data.decode("ascii", "replace"))
+        except OSError as exc:
+            log.info("window size dropped", reason=str(exc), **self.log_fields())
+            return
+        self.pty.resize(cols, rows)
 
     def credit(self, n: int) -> None:
         client = self.client

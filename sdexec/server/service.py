@@ -50,13 +50,14 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import rfc42
+from sdexec.proto import pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, OutputLog
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
+from sdexec.server.pty import PtyInput, open_pty
 from sdexec.server.statefile import ProcRecord, StateDir
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
@@ -103,6 +104,23 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied") from None
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
+
+
+def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
+    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks."""
+    text = er.cmd.opt(pty.PTY_OPTION)
+    if text is None:
+        return None
+    winsize = pty.parse_winsize(text)
+    if not streaming:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs a streaming exec")
+    if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
+    if er.cmd.channels:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
+    if not er.flags & ExecFlag.STDOUT:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
+    return winsize
 
 
 class Service:
@@ -248,6 +266,7 @@ class Service:
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         cmd.stdin_bufsize()  # validate options before anything is created
+        winsize = _terminal_request(er, req.streaming)
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
@@ -285,7 +304,10 @@ class Service:
             argv0=argv0,
             extra=extra,
         )
-        fds, theirs = self._make_stdio(proc, spec, req.streaming)
+        if winsize is not None:
+            fds, theirs = self._make_terminal(proc, spec, winsize)
+        else:
+            fds, theirs = self._make_stdio(proc, spec, req.streaming)
         try:
             fds, proc.aux = setup_aux(  # channels, msgchans
                 proc, spec, fds, theirs, router=self.router, server_uri=self.uri
@@ -322,6 +344,7 @@ class Service:
             cwd=cmd.cwd,
             background=not req.streaming,
             flags=int(er.flags),
+            pty=winsize is not None,
             requester=req.userid,
             signer=req.signer,
             **proc.log_fields(),
@@ -385,6 +408,23 @@ class Service:
                 spec.stderr_fd = len(fds)
             fds.append(w)
         return fds, list(fds)
+
+    def _make_terminal(
+        self, proc: Process, spec: properties.UnitSpec, winsize: tuple[int, int]
+    ) -> tuple[list[int], list[int]]:
+        """A pty as the unit's stdio (see :mod:`sdexec.server.pty`); same return as _make_stdio."""
+        term = open_pty(*winsize)
+        try:
+            typed = os.dup(term.master)
+        except BaseException:
+            os.close(term.master)
+            term.close_slave()
+            raise
+        proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.cmd.stdin_bufsize())
+        proc.outputs["stdout"] = OutputPipe("stdout", term.master, proc.output)
+        spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
+        spec.extra.append(("TTYPath", Variant("s", term.path)))
+        return [term.slave], [term.slave]
 
     # --- attach / logs -----------------------------------------------------------------
 
@@ -480,6 +520,7 @@ class Service:
                 "label": p.label or "",
                 "state": p.state.value,
                 "unit": p.unit,
+                **({"pty": True} if p.terminal else {}),
             }
             for p in self.by_pid.values()
             if guest.visible(req, p.requester_uid)  # sdexec.security: a guest sees its own
