@@ -141,6 +141,32 @@ exit status:
   0 on success, 1 on error.
 """
 
+_ATTACH_DESCRIPTION = """\
+Attach to a background process: print what it wrote so far (replayed from
+the journal), follow its output live, and exit with its exit status when it
+ends.
+"""
+
+_ATTACH_EPILOG = """\
+Any number of clients may attach to a process at once; each gets the whole
+output. Ctrl-C detaches and leaves the process running.
+
+Attaching does not reap: a finished waitable process stays (state Z in
+"sdexec ps") until "sdexec wait" collects its status, and "sdexec logs"
+prints its output as long as the journal keeps it, also after it was reaped.
+(RFC 42 lets an attach reap; sdexec attach asks the server not to.)
+
+exit status:
+  N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
+  signal that killed it); 125 if sdexec failed (no such background process,
+  no server); 130 after Ctrl-C.
+
+examples:
+  sdexec exec --bg --waitable --label job -- ./long-task
+  sdexec attach job                  # Ctrl-C to leave it running
+  sdexec wait job                    # its status, once
+"""
+
 _SERVE_EPILOG = """\
 The server listens on the URI's socket (default as for the other commands),
 runs every command as a transient unit of the chosen systemd manager, and
@@ -394,11 +420,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "attach",
         parents=[uri_parent, sign_parent],
         help="follow a background process and wait for its end",
-        description="Attach to a background process: print what it wrote so far (replayed from "
-        "the journal), follow its output live, and exit with its exit status when it ends.",
-        epilog="Ctrl-C detaches and leaves the process running. A waitable process that has "
-        "finished is reaped by attaching to it.\n\nexit status: the process's, as for exec; "
-        "125 when sdexec itself failed; 130 after Ctrl-C.",
+        description=_ATTACH_DESCRIPTION,
+        epilog=_ATTACH_EPILOG,
         formatter_class=fmt,
     )
     p.add_argument("target", metavar="PID|LABEL")

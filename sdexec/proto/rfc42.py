@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +239,37 @@ def parse_write(obj: dict[str, Any]) -> WriteRequest:
     data = decode_io_data(io)
     eof = bool(_opt(io, "eof", bool, "write.io"))
     return WriteRequest(matchtag, stream, data, eof)
+
+
+# --- wait statuses -----------------------------------------------------------
+
+
+def describe_status(status: int) -> str:
+    """A wait(2) status in words: ``exit 3``, ``signal 15 (SIGTERM)``, ``... core dumped``."""
+    signum = status & 0x7F
+    if signum == 0:
+        return f"exit {(status >> 8) & 0xFF}"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"SIG{signum}"
+    core = ", core dumped" if status & 0x80 else ""
+    return f"signal {signum} ({name}){core}"
+
+
+def status_fields(status: int) -> dict[str, Any]:
+    """A wait(2) status as log fields: ``exit_code``, or ``signal`` (and ``core_dumped``)."""
+    signum = status & 0x7F
+    if signum == 0:
+        return {"exit_code": (status >> 8) & 0xFF}
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = str(signum)
+    fields: dict[str, Any] = {"signal": name}
+    if status & 0x80:
+        fields["core_dumped"] = True
+    return fields
 
 
 # --- responses -----------------------------------------------------------------

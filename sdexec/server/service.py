@@ -54,11 +54,11 @@ from sdexec.proto import pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
-from sdexec.server.outputlog import FileLog, OutputLog
+from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
 from sdexec.server.pty import PtyInput, open_pty
-from sdexec.server.statefile import ProcRecord, StateDir
+from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
@@ -104,6 +104,14 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied") from None
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
+
+
+def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
+    """An optional boolean member of a request (EPROTO if it is something else)."""
+    value = payload.get(key, default)
+    if not isinstance(value, bool):
+        raise SdexecError(errno.EPROTO, f"'{key}' must be a boolean")
+    return value
 
 
 def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
@@ -188,14 +196,43 @@ class Service:
             self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
-        """The process's status has been delivered: forget it, and let its unit go."""
+        """The process's status has been delivered: forget it, and let its unit go.
+
+        A background process is remembered in the state's history, so that
+        ``logs`` still finds its output (and says how it ended).
+        """
+        if proc.reaped:
+            return
+        proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        self.state.remove(proc.unit)
-        if proc.background:
-            self.outputlog.forget(proc.unit)
+        if not proc.background:
+            self.state.remove(proc.unit)
+        else:
+            self.state.reaped(
+                Reaped(
+                    unit=proc.unit,
+                    label=proc.label,
+                    ident=proc.ident,
+                    pid=proc.pid,
+                    status=proc.status,
+                    requester_uid=proc.requester_uid,
+                    ended=time.time(),
+                )
+            )
+            self._forget_evicted()
             if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
                 self.router.spawn(self._release_unit(proc.unit), "release unit")
+
+    def _forget_evicted(self) -> None:
+        """Stored output of processes the history no longer remembers may go."""
+        while self.state.evicted:
+            self.outputlog.forget(self.state.evicted.pop())
+
+    def attach_ended(self, proc: Process, req: Request) -> None:
+        key = (req.sender, req.matchtag)
+        if self.by_stream.get(key) is proc:
+            del self.by_stream[key]
 
     async def _release_unit(self, unit: str) -> None:
         for step in (self.bus.stop, self.bus.reset_failed):
@@ -215,6 +252,8 @@ class Service:
             key = (proc.sender, proc.matchtag)
             if self.by_stream.get(key) is proc:
                 del self.by_stream[key]
+        if proc.stdin_holder is not None:
+            self.attach_ended(proc, proc.stdin_holder)
         proc.release()
 
     def processes(self) -> Iterable[Process]:
@@ -234,10 +273,18 @@ class Service:
         if proc is None or proc.state is ProcState.STARTING:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
-            raise SdexecError(errnum, f"process {target} not found")
+            raise SdexecError(errnum, self._not_found(target, requester))
         if not guest.visible(requester, proc.requester_uid):  # sdexec.security
             raise SdexecError(errno.EPERM, f"process {target} belongs to another user")
         return proc
+
+    def _not_found(self, target: rfc42.Target, requester: Request) -> str:
+        """Why there is no process ``target``: gone (and how it ended), or never known."""
+        gone = self.state.find_reaped(label=target.label, pid=target.pid)
+        if gone is None or not guest.visible(requester, gone.requester_uid):
+            return f"process {target} not found"
+        how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
+        return f"process {target} has ended{how} and was reaped; its output: sdexec logs {target}"
 
     # --- exec -------------------------------------------------------------------------------
 
@@ -247,7 +294,9 @@ class Service:
             if not name.endswith(".service"):
                 name += ".service"
             return name
-        return f"sdexec-{self.rank}-{self._stamp}-{next(self._seq)}.service"
+        # As systemd-run --unit would: the label shows in systemctl (escaped, cut).
+        label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
+        return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
 
     def exec(self, req: Request) -> Coroutine[Any, Any, None]:
         """Validate and register synchronously; start the unit in a task.
@@ -279,14 +328,15 @@ class Service:
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
+        prepared: Prepared | None = None
         if proc.background:
             # Output goes to the journal (or a file), never through us; a
             # waitable unit is kept after it ends so that its status survives
             # a server restart until it is waited for.
-            prefix, out_props = self.outputlog.prepare(unit, proc.ident)
-            if prefix:
-                argv, argv0 = [*prefix, *argv], prefix[0]
-            base: list[tuple[str, Variant]] = list(out_props)
+            base: list[tuple[str, Variant]] = []
+            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+                prepared = self.outputlog.prepare(unit, proc.ident)
+                base += prepared.properties
             if proc.waitable:
                 base += [
                     ("RemainAfterExit", Variant("b", True)),
@@ -304,10 +354,15 @@ class Service:
             argv0=argv0,
             extra=extra,
         )
-        if winsize is not None:
-            fds, theirs = self._make_terminal(proc, spec, winsize)
-        else:
-            fds, theirs = self._make_stdio(proc, spec, req.streaming)
+        try:
+            if winsize is not None:
+                fds, theirs = self._make_terminal(proc, spec, winsize)
+            else:
+                fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
+        except BaseException:
+            for fd in prepared.fds() if prepared is not None else ():
+                os.close(fd)
+            raise
         try:
             fds, proc.aux = setup_aux(  # channels, msgchans
                 proc, spec, fds, theirs, router=self.router, server_uri=self.uri
@@ -381,9 +436,17 @@ class Service:
             self.state.remove(proc.unit)
 
     def _make_stdio(
-        self, proc: Process, spec: properties.UnitSpec, streaming: bool
+        self,
+        proc: Process,
+        spec: properties.UnitSpec,
+        streaming: bool,
+        prepared: Prepared | None,
     ) -> tuple[list[int], list[int]]:
-        """Create the unit's stdio; returns (fds to pass, the unit's ends to close)."""
+        """Create the unit's stdio; returns (fds to pass, the unit's ends to close).
+
+        ``prepared``: a background unit's output (see :attr:`outputlog`),
+        whose fds are passed and closed here.
+        """
         if proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
             spec.stdin_fd, spec.stdout_fd, spec.stderr_fd = 0, 1, 2
             return [0, 1, 2], []
@@ -396,7 +459,13 @@ class Service:
         spec.stdin_fd = len(fds)
         fds.append(r)
         if not streaming:
-            return fds, list(fds)  # output: see Service.outputlog
+            if prepared is not None and prepared.stdout_fd is not None:
+                spec.stdout_fd = len(fds)
+                fds.append(prepared.stdout_fd)
+            if prepared is not None and prepared.stderr_fd is not None:
+                spec.stderr_fd = len(fds)
+                fds.append(prepared.stderr_fd)
+            return fds, list(fds)
         for stream, flag in (("stdout", ExecFlag.STDOUT), ("stderr", ExecFlag.STDERR)):
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
@@ -429,38 +498,85 @@ class Service:
     # --- attach / logs -----------------------------------------------------------------
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
-        target = rfc42.parse_target(req.payload(), "attach")
+        """Follow a background process (RFC 42 ``attach``), beside any other attach.
+
+        Extensions of the request: ``stdin`` (true: this stream's ``write``
+        requests go to the process; one stream at a time, EBUSY otherwise)
+        and ``reap`` (false: the end of this stream does not reap a finished
+        waitable process; RFC 42's default is true).
+        """
+        payload = req.payload()
+        target = rfc42.parse_target(payload, "attach")
+        stdin = _flag(payload, "stdin", False)
+        reap = _flag(payload, "reap", True)
         proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
-        if proc.client is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} already has a client attached")
-        if proc.waiter is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
         if proc.lost is not None:
             raise SdexecError(proc.lost.errno or errno.EHOSTDOWN, proc.lost.message)
+        if stdin and proc.stdin_holder is not None:
+            raise SdexecError(
+                errno.EBUSY, f"process {target}: another attached client holds its input"
+            )
+        if stdin:
+            self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req)
+        return proc.attach(req, stdin=stdin, reap=reap)
 
     async def logs(self, req: Request) -> None:
-        """Stream a background process's stored output (``sdexec logs``)."""
+        """Stream a background process's stored output (``sdexec logs``).
+
+        A process that is gone (reaped, or never waitable) is found in the
+        state's history; its output is read from where it was kept, as long
+        as the journal (or the output file) still has it.
+        """
         payload = req.payload()
         target = rfc42.parse_target(payload, "logs")
-        proc = self.lookup(target, errno.ENOENT, requester=req)
-        if not proc.background:
-            raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
         tail = payload.get("tail")
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise SdexecError(errno.EINVAL, "tail must be a non-negative integer")
-        follow = bool(payload.get("follow", False))
+        follow = _flag(payload, "follow", False)
+        proc = self._live(target, req)
+        if proc is not None:
+            if not proc.background:
+                raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
+            await proc.send_log(
+                req,
+                tail=tail,
+                follow=follow,
+                ended=lambda: proc.state is ProcState.EXITED or not req.connected,
+            )
+            req.end()
+            return
+        gone = self.state.find_reaped(label=target.label, pid=target.pid)
+        if gone is None or not guest.visible(req, gone.requester_uid):
+            raise SdexecError(errno.ENOENT, f"process {target} not found")
 
-        await proc.send_log(
-            req,
-            tail=tail,
-            follow=follow,
-            ended=lambda: proc.state is ProcState.EXITED or not req.connected,
+        def sink(stream: str, data: bytes) -> None:
+            req.respond(rfc42.output(gone.pid, rfc42.io_object(stream, self.rank_str, data)))
+
+        await self.outputlog.follow(
+            LogRequest(
+                gone.unit,
+                gone.ident,
+                sink,
+                ended=lambda: True,
+                tail=tail,
+                follow=False,
+                drain=req.conn.wait_writable,
+                pid=gone.pid or None,
+            )
         )
         req.end()
+
+    def _live(self, target: rfc42.Target, req: Request) -> Process | None:
+        """The process ``target`` names if the server has it (EPERM: another user's)."""
+        try:
+            return self.lookup(target, errno.ENOENT, requester=req)
+        except SdexecError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
 
     # --- write ------------------------------------------------------------------------------
 
@@ -503,8 +619,6 @@ class Service:
             raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
         if proc.waiter is not None or (proc.client is not None and not proc.background):
             raise SdexecError(errno.EBUSY, f"process {target} is already being waited on")
-        if proc.client is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} has a client attached")
         proc.waiter = req
         log.info("wait", requester=req.userid, **proc.log_fields())
         if proc.state is ProcState.EXITED:
@@ -518,7 +632,7 @@ class Service:
                 "pid": p.pid,
                 "cmd": p.name,
                 "label": p.label or "",
-                "state": p.state.value,
+                "state": self._state(p),
                 "unit": p.unit,
                 **({"pty": True} if p.terminal else {}),
             }
@@ -529,9 +643,11 @@ class Service:
 
     @staticmethod
     def _state(proc: Process) -> str:
-        if proc.state is ProcState.RUNNING and proc_state(proc.pid) in ("T", "t"):
-            return ProcState.STOPPED.value
-        return proc.state.value
+        """R or T as /proc says now (SIGSTOP is invisible on D-Bus), else the stored state."""
+        if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
+            stopped = proc_state(proc.pid) in ("T", "t")
+            return str((ProcState.STOPPED if stopped else ProcState.RUNNING).value)
+        return str(proc.state.value)
 
     async def watch_stopped(self) -> None:
         """Turn SIGSTOP into ``stopped`` responses for processes a client watches.
@@ -548,7 +664,7 @@ class Service:
             watched = False
             for proc in [*self.by_pid.values(), *self.starting]:
                 # A background exec's client waits for one response, not a stream.
-                if proc.client is not None and proc.client.streaming:
+                if proc.watched:
                     watched = True
                     proc.poll_stopped()
             if not watched:
@@ -566,6 +682,8 @@ class Service:
         for proc in [*self.by_pid.values(), *self.starting]:
             if proc.waiter is not None and match(proc.waiter.sender):
                 proc.waiter = None
+            for att in [a for a in proc.attachers if match(a.req.sender)]:
+                proc.detach(att.req)
             client = proc.client
             if client is None or not match(client.sender):
                 continue
@@ -637,7 +755,18 @@ class Service:
                     proc.pid = rec.pid or pids[0]
                     self._adopt_outcome(proc, None, why)
                 else:
-                    self.state.remove(rec.unit)
+                    # It ended while no server ran; its output is still where it was.
+                    self.state.reaped(
+                        Reaped(
+                            rec.unit,
+                            rec.label,
+                            rec.ident,
+                            rec.pid or (killed.get(rec.unit) or [0])[0],
+                            rec.status,
+                            rec.requester_uid,
+                            time.time(),
+                        )
+                    )
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
@@ -645,7 +774,9 @@ class Service:
             events = proc.tracker.adopt(props)
             for ev in events:
                 proc._event(ev)
-            log.info("re-adopted", state=proc.state.value, status=proc.status, **proc.log_fields())
+            how = {} if proc.status is None else rfc42.status_fields(proc.status)
+            log.info("re-adopted", state=proc.state.value, **how, **proc.log_fields())
+        self._forget_evicted()
 
     @staticmethod
     def _gone_reason(
@@ -764,6 +895,9 @@ class Service:
                 proc.waiter.error(errno.ENOSYS, "server is shutting down")
                 proc.waiter = None
             foreground = not proc.background
+            for att in list(proc.attachers):
+                att.req.error(errno.ENOSYS, "server is shutting down")
+                proc.detach(att.req)
             if proc.client is not None:
                 proc.client.error(errno.ENOSYS, "server is shutting down")
                 proc.detach_client()

@@ -784,6 +784,29 @@ def bus_label_escape(label: str) -> str:
     return "".join(out)
 
 
+_UNIT_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-")
+
+
+def unit_name_fragment(text: str, limit: int = 64) -> str:
+    """``text`` as a piece of a unit name, escaped as systemd-escape(1) does, at most ``limit``.
+
+    Bytes that may not appear in a unit name become ``\\xNN``; the result is
+    cut (never inside a character) so that a long label cannot push the whole
+    name past systemd's 255 characters.
+    """
+    out: list[str] = []
+    size = 0
+    for ch in text:
+        piece = "".join(
+            chr(b) if b in _UNIT_NAME_CHARS else f"\\x{b:02x}" for b in ch.encode("utf-8")
+        )
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
 def unit_object_path(unit: str) -> str:
     """The D-Bus object path of a unit: ``sdexec-1.service`` -> ``.../sdexec_2d1_2eservice``."""
     return UNIT_PATH_PREFIX + bus_label_escape(unit)
