@@ -138,7 +138,7 @@ def test_manager_sigkill_fails_requests_at_once_and_records_what_was_lost(
     assert b"died while the process ran; the process was killed with it" in lost.stderr
     assert own.sdexec("wait", "done1").returncode == 3  # a status it had is kept
     again = own.sdexec("wait", "run1")
-    assert again.returncode != 0 and b"not found" in again.stderr  # delivered once
+    assert again.returncode != 0 and b"was reaped" in again.stderr  # delivered once
 
     new = own.manager.pid()
     assert new is not None and new != old
