@@ -59,6 +59,7 @@ from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
 from sdexec.server.pty import PtyInput, open_pty
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
+from sdexec.server.stats import unit_stats
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
@@ -129,6 +130,17 @@ def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int]
     if not er.flags & ExecFlag.STDOUT:
         raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
     return winsize
+
+
+def _wants_stats(req: Request) -> bool:
+    """Whether a ``list`` asks for stats; any payload, or none, is a plain list (RFC 42)."""
+    if req.signed is None and not req.msg.payload:
+        return False
+    try:
+        payload = req.payload()
+    except OSError:
+        return False
+    return isinstance(payload, dict) and payload.get("stats") is True
 
 
 class Service:
@@ -627,6 +639,10 @@ class Service:
     # --- list -------------------------------------------------------------------------------
 
     def list(self, req: Request) -> None:
+        """RFC 42 ``list``; with ``{"stats": true}`` each live process also gets
+        ``cpu_usec``, ``memory``, ``memory_source`` and ``started``, and the
+        response the server's ``time`` (for CPU rates between two calls)."""
+        shown = [p for p in self.by_pid.values() if guest.visible(req, p.requester_uid)]
         procs = [
             {
                 "pid": p.pid,
@@ -636,10 +652,16 @@ class Service:
                 "unit": p.unit,
                 **({"pty": True} if p.terminal else {}),
             }
-            for p in self.by_pid.values()
-            if guest.visible(req, p.requester_uid)  # sdexec.security: a guest sees its own
+            for p in shown  # sdexec.security: a guest sees its own
         ]
-        req.respond({"rank": self.rank, "procs": procs})
+        if not _wants_stats(req):
+            req.respond({"rank": self.rank, "procs": procs})
+            return
+        # CPU, memory and start time from each live unit's cgroup (sdexec.server.stats).
+        for entry, proc in zip(procs, shown, strict=True):
+            if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
+                entry.update(unit_stats(proc.pid))
+        req.respond({"rank": self.rank, "procs": procs, "time": round(time.time(), 3)})
 
     @staticmethod
     def _state(proc: Process) -> str:
