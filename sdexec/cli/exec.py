@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(exc.message)
         return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+    if args.pty and args.bg:
+        return _run_background(args, command, terminal=True)
     if args.pty:
         return _run_terminal(args, command)
     if args.bg:
@@ -111,7 +113,17 @@ def run(args: argparse.Namespace) -> int:
     return _run_attached(args, command)
 
 
-def _run_background(args: argparse.Namespace, command: dict[str, Any]) -> int:
+def _run_background(
+    args: argparse.Namespace, command: dict[str, Any], *, terminal: bool = False
+) -> int:
+    """``exec --bg``; with ``--pty``, a terminal that nobody is attached to yet
+    (sized as the caller's terminal, if there is one, else 80x24)."""
+    if terminal:
+        from sdexec.client.terminal import window_size
+        from sdexec.proto import pty
+
+        size_fd = 0 if os.isatty(0) else 1
+        command["opts"][pty.PTY_OPTION] = pty.format_winsize(*window_size(size_fd))
     try:
         with connect(args.uri, sign_options(args)) as handle:
             resp = handle.rpc(EXEC_TOPIC, exec_payload(command, exec_flags(args)))
@@ -176,8 +188,8 @@ def _run_terminal(args: argparse.Namespace, command: dict[str, Any]) -> int:
     if not interactive and args.pty < 2:
         error("--pty needs a terminal on stdin (-tt forces one anyway)")
         return EXIT_SDEXEC_FAILED
-    if args.bg or args.no_stdin:
-        error("--pty cannot be combined with --bg or --no-stdin")
+    if args.no_stdin:
+        error("--pty cannot be combined with --no-stdin")
         return EXIT_SDEXEC_FAILED
     size_fd = 0 if interactive else 1
 

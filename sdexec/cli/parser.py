@@ -435,6 +435,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=_ATTACH_EPILOG,
         formatter_class=fmt,
     )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="a background terminal: watch it, without taking it over",
+    )
+    p.add_argument(
+        "--detach-key",
+        metavar="KEY",
+        default="^]",
+        help="a background terminal: the key that detaches, ^X style, or none (default: ^])",
+    )
     p.add_argument("target", metavar="PID|LABEL")
     subs["attach"] = p
 

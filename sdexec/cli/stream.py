@@ -12,6 +12,7 @@ import errno
 import json
 import sys
 
+from sdexec.base.errors import SdexecError
 from sdexec.client.blocking import BlockingHandle, _write_all
 from sdexec.client.rpc import response_payload
 from sdexec.proto.iodata import decode_io_data
@@ -30,7 +31,28 @@ def pump(
     as_json: bool = False,
 ) -> None:
     """Print a stream's output until it ends; raises the stream's error, if any."""
-    tag = handle.request(topic, payload, streaming=True)
+    follow(handle, handle.request(topic, payload, streaming=True), on_other, as_json)
+
+
+def first_response(handle: BlockingHandle, tag: int) -> dict[str, Any]:
+    """The first response of stream ``tag`` (raises its error; EPROTO if it just ends)."""
+    while True:
+        for i, msg in enumerate(messages := handle.receive()):
+            if msg.matchtag != tag:
+                continue
+            handle.requeue(messages[i + 1 :])
+            if msg.errnum == errno.ENODATA:
+                raise SdexecError(errno.EPROTO, "the stream ended at once")
+            return response_payload(msg)
+
+
+def follow(
+    handle: BlockingHandle,
+    tag: int,
+    on_other: Callable[[dict[str, Any]], None] | None = None,
+    as_json: bool = False,
+) -> None:
+    """:func:`pump` for a stream already requested (matchtag ``tag``)."""
     fds = {"stdout": sys.stdout.fileno(), "stderr": sys.stderr.fileno()}
     while True:
         for msg in handle.receive():

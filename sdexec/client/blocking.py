@@ -228,6 +228,15 @@ class BlockingHandle:
         out, self._inbox = self._inbox, []
         return out
 
+    def requeue(self, messages: list[Message]) -> None:
+        """Put received messages back, to come first from the next :meth:`receive`."""
+        self._inbox[:0] = messages
+
+    @property
+    def pending(self) -> bool:
+        """Responses are queued: :meth:`receive` returns without reading the socket."""
+        return bool(self._inbox)
+
     def rpc(
         self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
     ) -> dict[str, Any]:

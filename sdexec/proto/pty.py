@@ -46,6 +46,9 @@ from sdexec.base.errors import SdexecError
 
 PTY_OPTION = "SDEXEC_PTY"
 WINSIZE_STREAM = "pty.winsize"
+#: ``attach`` request members for a background terminal (see the module docstring).
+ATTACH_TERMINAL = "terminal"
+ATTACH_WINSIZE = "winsize"
 DEFAULT_WINSIZE = (80, 24)
 MAX_DIMENSION = 9999  # columns or rows; far beyond any screen, well inside a u16
 

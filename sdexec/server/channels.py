@@ -141,31 +141,33 @@ def helper_argv(exe: str, argv0: str, args: list[str]) -> list[str]:
     return [sys.executable, *HELPER_PYTHON_FLAGS, helper_script(), exe, argv0, *args]
 
 
-def helper_script() -> str:
-    """The file the unit runs: the helper's bytecode when it can be had, else its source.
+def helper_script(source: str = HELPER_PATH) -> str:
+    """The file a unit runs: the program's bytecode when it can be had, else its source.
 
-    CPython runs a ``.pyc`` given as the script, which saves compiling the
-    helper at every exec (about 4 ms here).  The standard cache file is used
-    when it is fresh, and written when it is missing or stale (even under
-    ``PYTHONDONTWRITEBYTECODE``); a read-only installation without it runs
-    the source.  Checked at every exec (one small read), so a cleaned cache
-    never leaves a unit pointing at a missing file.
+    ``source`` is one of the programs of :mod:`sdexec.unit` (by default the
+    exec helper).  CPython runs a ``.pyc`` given as the script, which saves
+    compiling the program at every start (about 4 ms for the exec helper).
+    The standard cache file is used when it is fresh, and written when it is
+    missing or stale (even under ``PYTHONDONTWRITEBYTECODE``); a read-only
+    installation without it runs the source.  Checked at every exec (one
+    small read), so a cleaned cache never leaves a unit pointing at a
+    missing file.
     """
-    pyc = importlib.util.cache_from_source(HELPER_PATH)
-    if bytecode_is_fresh(pyc, HELPER_PATH):
+    pyc = importlib.util.cache_from_source(source)
+    if bytecode_is_fresh(pyc, source):
         return pyc
-    if _compile_failed:
-        return HELPER_PATH  # tried once: do not pay a compile at every exec
+    if source in _compile_failed:
+        return source  # tried once: do not pay a compile at every exec
     try:
-        py_compile.compile(HELPER_PATH, cfile=pyc, doraise=True)
+        py_compile.compile(source, cfile=pyc, doraise=True)
     except (OSError, py_compile.PyCompileError) as exc:
-        _compile_failed.append(str(exc))
-        log.info("exec helper runs from source", reason=str(exc))
-        return HELPER_PATH
+        _compile_failed[source] = str(exc)
+        log.info("unit program runs from source", source=source, reason=str(exc))
+        return source
     return pyc
 
 
-_compile_failed: list[str] = []
+_compile_failed: dict[str, str] = {}
 
 
 def bytecode_is_fresh(pyc: str, source: str) -> bool:

@@ -29,6 +29,18 @@ process's input (the attach request's ``stdin``): its ``write`` requests,
 named by the attach's matchtag, go to the process's channels.  When an
 attached client goes away the process simply goes on in the background.
 
+A background *terminal* (``exec --bg --pty``) has a holder of its pty
+(:mod:`sdexec.unit.pty_holder`) instead of stored output.  Each attach
+stream connects to the holder (:class:`~sdexec.server.pty.TerminalLink`)
+and gets, as ``stdout`` output, a redraw of the current screen and then
+what the program writes; once the holder says the terminal is closed and
+the unit has finished, the EOFs and ``finished`` as above.  The stream that
+holds the input is the terminal's one writer: its ``stdin`` writes are
+typed into the terminal (with credit, whatever the exec flags said) and its
+``pty.winsize`` writes set the window size; an attach that asks for the
+terminal (``terminal``) takes the input over from the writer before it,
+whose stream ends (see :meth:`Process.take_over`).
+
 Reaping (forgetting a finished process): a streaming exec's process when
 its stream ends, a waitable one when ``wait`` has its status, any other
 background one when it finishes.  An attach reaps a finished waitable
@@ -40,6 +52,7 @@ attach that is still replaying, and the output stays readable with
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import errno
 import os
@@ -53,6 +66,7 @@ from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
+from sdexec.server.pty import Holder, TerminalLink
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
 
 if TYPE_CHECKING:
@@ -148,6 +162,7 @@ class Process:
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
+        self.holder: Holder | None = None  # a background terminal's holder (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
 
@@ -163,7 +178,7 @@ class Process:
     @property
     def terminal(self) -> bool:
         """Its standard input, output and error are a pty."""
-        return self.pty is not None
+        return self.pty is not None or self.holder is not None
 
     @property
     def waitable(self) -> bool:
@@ -257,6 +272,8 @@ class Process:
         # Attach streams send finished themselves, once all output is replayed.
         if self.client is not None:
             self.client.respond(rfc42.finished(self.pid, status))
+        for att in self.attachers:
+            att.wake.set()
         self._maybe_end()
 
     def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
@@ -378,6 +395,9 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if self.holder is not None:
+            self._type(stream, data, eof)
+            return
         if stream == pty.WINSIZE_STREAM:
             self._resize(data)
             return
@@ -389,6 +409,24 @@ class Process:
             self.stdin.write(data)
         if eof:
             self.stdin.write_eof()
+
+    def _type(self, stream: str, data: bytes, eof: bool) -> None:
+        """The writer's input to a background terminal: to the holder, on its link."""
+        link = next((a.link for a in self.attachers if a.req is self.stdin_holder), None)
+        if link is None:
+            return
+        if stream == pty.WINSIZE_STREAM:
+            try:
+                link.send_winsize(*pty.parse_winsize(data.decode("ascii", "replace")))
+            except OSError as exc:
+                log.info("window size dropped", reason=str(exc), **self.log_fields())
+            return
+        if stream != "stdin":
+            return
+        if data:
+            link.send_input(data)
+        if eof:
+            link.send_eof()
 
     def _resize(self, data: bytes) -> None:
         if self.pty is None:
@@ -437,8 +475,19 @@ class Process:
 
     # --- attach ------------------------------------------------------------------------------
 
-    def attach(self, req: Request, *, stdin: bool, reap: bool) -> Coroutine[Any, Any, None]:
-        """Add an attach stream; returns its follower, to run in the request's task."""
+    def attach(
+        self,
+        req: Request,
+        *,
+        stdin: bool,
+        reap: bool,
+        winsize: tuple[int, int] | None = None,
+    ) -> Coroutine[Any, Any, None]:
+        """Add an attach stream; returns its follower, to run in the request's task.
+
+        ``winsize``: a background terminal's new window size, set before its
+        screen is drawn for this stream, if the stream is its writer.
+        """
         att = Attacher(req, reap)
         self.attachers.append(att)
         if stdin:
@@ -446,6 +495,15 @@ class Process:
         resp = rfc42.attached(self.pid, int(self.flags))
         if stdin:
             resp["stdin"] = True
+        if self.terminal:
+            resp["pty"] = True
+        if self.holder is not None:
+            size = self.cmd.stdin_bufsize()
+            att.link = TerminalLink(
+                self.holder.path,
+                lambda n: self._terminal_credit(att, n),
+                size=size,
+            )
         req.respond(resp)
         log.info(
             "attach",
@@ -457,9 +515,63 @@ class Process:
         self.service.router.publish("sdexec.proc.attached", self.event_payload())
         if self.state is ProcState.STOPPED:
             req.respond(rfc42.stopped(self.pid))
+        if att.link is not None:
+            return self._follow_terminal(att, stdin, winsize)
         # A finished process's output is replayed too, before its EOFs: the
         # RFC's required responses all come, and the operator sees the output.
         return self._follow(att, follow=self.state is not ProcState.EXITED)
+
+    async def _follow_terminal(
+        self, att: Attacher, writer: bool, winsize: tuple[int, int] | None
+    ) -> None:
+        """Relay a background terminal's screen and output from its holder."""
+        req, link = att.req, att.link
+        assert link is not None
+        hello: dict[str, Any] = {"mode": "attach", "writer": writer}
+        if writer and winsize is not None:
+            hello["winsize"] = list(winsize)
+        try:
+            await link.open(hello)
+        except OSError as exc:
+            # The holder is gone: the terminal has hung up, or ended long ago.
+            log.info("terminal holder unreachable", reason=str(exc), **self.log_fields())
+            link.close()
+        if writer and not link.closed and att in self.attachers:
+            req.respond(rfc42.add_credit({"stdin": self.cmd.stdin_bufsize()}))
+        try:
+            while att in self.attachers:
+                packet = await link.receive()
+                if not packet or packet[:1] == b"e":
+                    break
+                if packet[:1] == b"o":
+                    self._screen_output(req, link.text(packet[1:]))
+                if not req.conn.writable:
+                    await req.conn.wait_writable()
+            self._screen_output(req, link.flush_text())
+        finally:
+            link.close()
+        while att in self.attachers and self.state is not ProcState.EXITED:
+            att.wake.clear()
+            await att.wake.wait()
+        if att in self.attachers:
+            self._attach_done(att)
+
+    def _screen_output(self, req: Request, data: bytes) -> None:
+        if data:
+            req.respond_pieces(jsonio.output_pieces(self.pid, "stdout", self.rank, data, False))
+
+    def _terminal_credit(self, att: Attacher, n: int) -> None:
+        if att.req is self.stdin_holder and att in self.attachers:
+            att.req.respond(rfc42.add_credit({"stdin": n}))
+
+    def take_over(self, by: Request, target: str) -> None:
+        """``by`` takes the input over: the stream that held it ends (EBUSY, and why)."""
+        old = self.stdin_holder
+        if old is None:
+            return
+        log.info("terminal taken over", requester=by.userid, **self.log_fields())
+        old.error(errno.EBUSY, f"process {target}: another client took the terminal over")
+        self.detach(old)
 
     async def _follow(self, att: Attacher, follow: bool) -> None:
         req = att.req
@@ -503,6 +615,9 @@ class Process:
         self.attachers.remove(att)
         if self.stdin_holder is att.req:
             self.stdin_holder = None
+        if att.link is not None:
+            att.link.close()
+        att.wake.set()
         self.service.attach_ended(self, att.req)
 
     @property
@@ -552,13 +667,16 @@ class Process:
 
 
 class Attacher:
-    """One attach stream: its request, and whether its end reaps the process."""
+    """One attach stream: its request, whether its end reaps the process, and,
+    for a background terminal, its link to the holder."""
 
-    __slots__ = ("reap", "req")
+    __slots__ = ("link", "reap", "req", "wake")
 
     def __init__(self, req: Request, reap: bool) -> None:
         self.req = req
         self.reap = reap
+        self.link: TerminalLink | None = None
+        self.wake = asyncio.Event()  # the process finished, or the stream was dropped
 
 
 def proc_state(pid: int) -> str:

@@ -26,6 +26,13 @@ The master is used through two descriptors, as channel sockets are: the
 that writes typed input, sets the window size, and turns EOF into the
 terminal's EOF character.
 
+A *background* terminal (``exec --bg --pty``) must not depend on the
+server, so its master goes to a holder of its own instead, a unit running
+:mod:`sdexec.unit.pty_holder`, which keeps reading it and keeps the screen;
+:func:`holder_unit` prepares that unit, and :class:`TerminalLink` is one
+attach stream's connection to the holder (the server connects only while
+someone is attached, and so needs nothing to reconnect after a restart).
+
 A pty hands its reader at most about 4 KiB per read (the line
 discipline's buffer), however fast the program writes.  One response per
 read would cost a message, two wake-ups and a client write per 4 KiB; so
@@ -37,14 +44,33 @@ BULK_DELAY seconds, into one response.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
 import fcntl
+import json
 import os
+import socket
 import struct
+import sys
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from sdexec.server.pipes import READ_SIZE, InputPipe, OutputPipe, OutputSink
+from sdexec.base.errors import SdexecError
+from sdexec.server.channels import HELPER_PYTHON_FLAGS, helper_script
+from sdexec.server.pipes import (
+    READ_SIZE,
+    CreditPacer,
+    InputPipe,
+    OutputPipe,
+    OutputSink,
+    split_utf8_tail,
+)
+from sdexec.systemd import properties
+from sdexec.unit import pty_holder
 
 BULK_READ = 2048  # a read this big is bulk output, not typing
 BULK_LIMIT = 256 << 10
@@ -152,3 +178,279 @@ class PtyInput(InputPipe):
         if not self.closed:
             with contextlib.suppress(OSError):  # EIO: the terminal is already gone
                 set_winsize(self.fd, cols, rows)
+
+
+# --- background terminals: the holder (sdexec.unit.pty_holder) -------------------------
+
+HOLDER_PATH = str(Path(pty_holder.__file__).resolve())
+#: The longest path a sockaddr_un takes; longer ones go through /proc/self/fd.
+SUN_PATH_MAX = 107
+#: Tries of a connect refused because the holder's backlog is full (10 ms apart).
+CONNECT_TRIES = 100
+RECV_SIZE = 2 * pty_holder.PACKET_MAX
+
+
+@dataclass(slots=True)
+class Holder:
+    """A background terminal's holder: its unit and the socket it serves."""
+
+    unit: str
+    path: str
+
+
+def _address(path: str) -> tuple[str, int]:
+    """A sockaddr path for ``path`` (and a directory fd to close, or -1).
+
+    A path too long for ``sockaddr_un`` is reached through its directory's
+    fd: ``/proc/self/fd/N/NAME`` is short and names the same file.
+    """
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path, -1
+    dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dirfd}/{os.path.basename(path)}", dirfd
+
+
+def holder_listener(path: str) -> socket.socket:
+    """The holder's listening socket, bound at ``path`` (its directory made 0700)."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a holder killed before it could remove it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        address, dirfd = _address(path)
+        try:
+            sock.bind(address)
+        finally:
+            if dirfd >= 0:
+                os.close(dirfd)
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def holder_unit(
+    master: int, listener: socket.socket, holder: Holder, *, linger: bool, description: str
+) -> tuple[list[list[object]], list[int]]:
+    """The holder's StartTransientUnit properties and fds (to pass, then close).
+
+    Queues the control message (:data:`~sdexec.unit.pty_holder.MAGIC`, the
+    master and the listener) on the socketpair that becomes the holder's
+    stdin, so the holder never waits for the server.  The caller still owns
+    ``master`` and ``listener`` (the message holds its own references).
+    """
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        socket.send_fds(mine, [pty_holder.MAGIC], [master, listener.fileno()])
+    except BaseException:
+        theirs.close()
+        raise
+    finally:
+        mine.close()  # the message stays queued for the holder
+    argv = [
+        sys.executable,
+        *HELPER_PYTHON_FLAGS,
+        helper_script(HOLDER_PATH),
+        *(["--linger"] if linger else []),
+        holder.path,
+    ]
+    spec = properties.UnitSpec(argv=argv, description=description, stdin_fd=0)
+    fd = theirs.detach()
+    try:
+        return spec.properties(), [fd]
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class TerminalLink:
+    """One attach stream's connection to a background terminal's holder.
+
+    Packets as the holder defines them (:mod:`sdexec.unit.pty_holder`).
+    Input is queued until the connection is open and then sent as the
+    socket takes it; what it takes comes back as credit (``credit_cb``),
+    paced like a pipe's (:class:`~sdexec.server.pipes.CreditPacer`).
+    """
+
+    __slots__ = (
+        "_loop",
+        "_pacer",
+        "_queue",
+        "_reader",
+        "_tail",
+        "_writing",
+        "closed",
+        "connected",
+        "credit_cb",
+        "path",
+        "sock",
+    )
+
+    def __init__(
+        self, path: str, credit_cb: Callable[[int], None] | None = None, size: int = 0
+    ) -> None:
+        self.path = path
+        self.credit_cb = credit_cb
+        self.sock = socket.socket(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
+        self.connected = False
+        self.closed = False
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._writing = False
+        self._reader: asyncio.Future[None] | None = None
+        self._pacer = CreditPacer(size)
+        self._tail = b""
+        self._loop = asyncio.get_running_loop()
+
+    async def open(self, hello: dict[str, Any]) -> None:
+        """Connect and say hello; OSError if the holder cannot be reached."""
+        for _ in range(CONNECT_TRIES):
+            if self.closed:
+                raise SdexecError(errno.ECONNABORTED, "the attach ended")
+            address, dirfd = _address(self.path)
+            try:
+                self.sock.connect(address)
+            except BlockingIOError:  # the holder's backlog is full
+                await asyncio.sleep(0.01)
+                continue
+            finally:
+                if dirfd >= 0:
+                    os.close(dirfd)
+            break
+        else:
+            raise SdexecError(errno.EAGAIN, "the terminal's holder does not accept connections")
+        self.connected = True
+        self._queue.appendleft(b"h" + json.dumps(hello).encode())
+        self._drain()
+
+    async def receive(self) -> bytes:
+        """The next packet from the holder; empty once the connection is over."""
+        while not self.closed:
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return b""
+            fd = self.sock.fileno()
+            self._reader = self._loop.create_future()
+            self._loop.add_reader(fd, self._readable)
+            try:
+                await self._reader
+            finally:
+                if not self.closed:
+                    self._loop.remove_reader(fd)
+                self._reader = None
+        return b""
+
+    def text(self, data: bytes) -> bytes:
+        """``data`` without a UTF-8 character it cuts (kept for the next call)."""
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        cut = split_utf8_tail(data)
+        if cut:
+            self._tail, data = data[-cut:], data[:-cut]
+        return data
+
+    def flush_text(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return tail
+
+    def _readable(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+    # --- input ----------------------------------------------------------------------
+
+    def send_input(self, data: bytes) -> None:
+        step = pty_holder.PACKET_MAX - 1
+        for i in range(0, len(data), step):
+            self._send(b"i" + data[i : i + step])
+
+    def send_winsize(self, cols: int, rows: int) -> None:
+        self._send(b"w%dx%d" % (cols, rows))
+
+    def send_eof(self) -> None:
+        self._send(b"d")
+
+    def _send(self, packet: bytes) -> None:
+        if self.closed:
+            return
+        self._queue.append(packet)
+        if self.connected and not self._writing:
+            self._drain()
+
+    def _drain(self) -> None:
+        typed = 0
+        queue = self._queue
+        while queue:
+            try:
+                self.sock.send(queue[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the holder is gone: the stream ends with its EOF
+                queue.clear()
+                break
+            packet = queue.popleft()
+            if packet[:1] == b"i":
+                typed += len(packet) - 1
+        if queue and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.sock.fileno(), self._drain)
+        elif not queue and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.sock.fileno())
+        credit = self._pacer.drained(typed)
+        if credit and self.credit_cb is not None:
+            self.credit_cb(credit)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.sock.fileno()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(fd)
+        if self._reader is not None:
+            self._loop.remove_reader(fd)
+            if not self._reader.done():
+                self._reader.set_result(None)
+        self._queue.clear()
+        self.sock.close()
+
+
+async def holder_text(path: str) -> bytes:
+    """The screen of the terminal at ``path`` as plain text (empty if it is gone)."""
+    link = TerminalLink(path)
+    try:
+        try:
+            await link.open({"mode": "text"})
+        except OSError:
+            return b""
+        parts: list[bytes] = []
+        while True:
+            packet = await link.receive()
+            if not packet:
+                return b"".join(parts)
+            if packet[:1] == b"t":
+                parts.append(packet[1:])
+    finally:
+        link.close()
+
+
+async def release_holder(path: str) -> bool:
+    """Tell a lingering holder to go once its terminal is closed; False if it is gone."""
+    link = TerminalLink(path)
+    try:
+        await link.open({"mode": "release"})
+        while await link.receive():
+            pass
+    except OSError:
+        return False
+    finally:
+        link.close()
+    return True

@@ -34,6 +34,7 @@ is driven by the unit's signals, in :class:`~sdexec.server.process.Process`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import os
@@ -57,7 +58,16 @@ from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
-from sdexec.server.pty import PtyInput, PtyOutput, open_pty
+from sdexec.server.pty import (
+    Holder,
+    PtyInput,
+    PtyOutput,
+    holder_listener,
+    holder_text,
+    holder_unit,
+    open_pty,
+    release_holder,
+)
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.server.stats import unit_stats
 from sdexec.systemd import properties
@@ -116,20 +126,32 @@ def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
-    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks."""
+    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks.
+
+    A streaming exec's terminal is relayed by the server; a background
+    one's is kept by a holder of its own (:mod:`sdexec.unit.pty_holder`).
+    """
     text = er.cmd.opt(pty.PTY_OPTION)
     if text is None:
         return None
     winsize = pty.parse_winsize(text)
-    if not streaming:
-        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs a streaming exec")
     if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
         raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
     if er.cmd.channels:
         raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
-    if not er.flags & ExecFlag.STDOUT:
+    if streaming and not er.flags & ExecFlag.STDOUT:
         raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
     return winsize
+
+
+def _winsize_member(payload: dict[str, Any]) -> tuple[int, int] | None:
+    """An attach's optional ``winsize`` (``COLSxROWS``): EPROTO if not a string."""
+    text = payload.get("winsize")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise SdexecError(errno.EPROTO, "'winsize' must be a string COLSxROWS")
+    return pty.parse_winsize(text)
 
 
 def _wants_stats(req: Request) -> bool:
@@ -206,6 +228,8 @@ class Service:
         self.state.remove(proc.unit)
         if proc.background and proc.waitable:  # CollectMode=inactive keeps even a failed unit
             self.router.spawn(self._release_unit(proc.unit), "release unit")
+        if proc.holder is not None:
+            self.router.spawn(self._release_unit(proc.holder.unit), "stop terminal holder")
 
     def reap(self, proc: Process) -> None:
         """The process's status has been delivered: forget it, and let its unit go.
@@ -235,6 +259,22 @@ class Service:
             self._forget_evicted()
             if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
                 self.router.spawn(self._release_unit(proc.unit), "release unit")
+            self._release_holder(proc)
+
+    def _release_holder(self, proc: Process) -> None:
+        """A reaped terminal's holder may go once it has sent its last output.
+
+        Only a waitable process's holder lingers (for attaches to the
+        finished process); any other exits by itself once the terminal is
+        closed, and stopping it now could cut the end of its output.
+        """
+        holder = proc.holder
+        if holder is not None and proc.waitable:
+            self.router.spawn(self._tell_holder_to_go(holder), "release terminal holder")
+
+    async def _tell_holder_to_go(self, holder: Holder) -> None:
+        if not await release_holder(holder.path):
+            log.debug("terminal holder already gone", unit=holder.unit)
 
     def _forget_evicted(self) -> None:
         """Stored output of processes the history no longer remembers may go."""
@@ -328,6 +368,7 @@ class Service:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         cmd.stdin_bufsize()  # validate options before anything is created
         winsize = _terminal_request(er, req.streaming)
+        holder_start: tuple[str, list[list[object]], list[int]] | None = None
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
@@ -346,7 +387,7 @@ class Service:
             # waitable unit is kept after it ends so that its status survives
             # a server restart until it is waited for.
             base: list[tuple[str, Variant]] = []
-            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH and winsize is None:
                 prepared = self.outputlog.prepare(unit, proc.ident)
                 base += prepared.properties
             if proc.waitable:
@@ -367,7 +408,9 @@ class Service:
             extra=extra,
         )
         try:
-            if winsize is not None:
+            if winsize is not None and proc.background:
+                fds, theirs, holder_start = self._make_held_terminal(proc, spec, winsize)
+            elif winsize is not None:
                 fds, theirs = self._make_terminal(proc, spec, winsize)
             else:
                 fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
@@ -384,6 +427,7 @@ class Service:
             for fd in theirs:
                 os.close(fd)
             proc.release()
+            self._discard_holder(proc, holder_start)
             raise
         if cmd.label is not None:
             self.by_label[cmd.label] = proc
@@ -401,6 +445,8 @@ class Service:
                 requester_uid=req.userid,
                 ident=proc.ident,
                 foreground=not proc.background,
+                holder_unit=proc.holder.unit if proc.holder is not None else None,
+                holder_socket=proc.holder.path if proc.holder is not None else None,
             )
         )
         self.starting.add(proc)
@@ -416,13 +462,35 @@ class Service:
             signer=req.signer,
             **proc.log_fields(),
         )
-        return self._start(proc, props, fds, theirs)
+        return self._start(proc, props, fds, theirs, holder_start)
 
     async def _start(
-        self, proc: Process, props: list[list[object]], fds: list[int], theirs: list[int]
+        self,
+        proc: Process,
+        props: list[list[object]],
+        fds: list[int],
+        theirs: list[int],
+        holder_start: tuple[str, list[list[object]], list[int]] | None = None,
     ) -> None:
+        """Start the unit (a background terminal's holder first, see sdexec.server.pty)."""
         try:
-            await self.bus.start_transient(proc.unit, props, fds)
+            if holder_start is not None:
+                hunit, hprops, hfds = holder_start
+                try:
+                    await self.bus.start_transient(hunit, hprops, hfds)
+                except Exception:
+                    self._holder_failed(proc, hunit)
+                    raise
+                finally:
+                    for fd in hfds:
+                        os.close(fd)
+                    holder_start = None
+            try:
+                await self.bus.start_transient(proc.unit, props, fds)
+            except Exception:
+                if proc.holder is not None:
+                    self.router.spawn(self._release_unit(proc.holder.unit), "stop terminal holder")
+                raise
         except Exception:
             if proc not in self.starting:
                 return  # already failed and answered: its manager went away (manager_lost)
@@ -434,6 +502,25 @@ class Service:
         finally:
             for fd in theirs:
                 os.close(fd)
+
+    def _holder_failed(self, proc: Process, hunit: str) -> None:
+        """The holder of a background terminal could not be started: nor can its command."""
+        if proc.holder is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(proc.holder.path)
+        self.router.spawn(self._release_unit(hunit), "stop terminal holder")  # a lost reply?
+
+    def _discard_holder(
+        self, proc: Process, holder_start: tuple[str, list[list[object]], list[int]] | None
+    ) -> None:
+        """An exec that failed before its units were started: the holder it prepared."""
+        holder = proc.holder
+        if holder is None or holder_start is None:
+            return
+        for fd in holder_start[2]:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(holder.path)
 
     def _start_failed(self, proc: Process) -> None:
         # Only what this exec created: the unit name may be someone else's.
@@ -507,6 +594,44 @@ class Service:
         spec.extra.append(("TTYPath", Variant("s", term.path)))
         return [term.slave], [term.slave]
 
+    def _make_held_terminal(
+        self, proc: Process, spec: properties.UnitSpec, winsize: tuple[int, int]
+    ) -> tuple[list[int], list[int], tuple[str, list[list[object]], list[int]]]:
+        """A background terminal: the slave for the unit, the master for a holder.
+
+        The holder is a unit of its own (:mod:`sdexec.unit.pty_holder`),
+        started before the command's; returns the command's fds as
+        :meth:`_make_stdio` does, and the holder's unit, properties and fds.
+        """
+        term = open_pty(*winsize)
+        label = f"{properties.unit_name_fragment(proc.label)}-" if proc.label else ""
+        hunit = f"sdexec-{self.rank}-{label}tty-{self._stamp}-{next(self._seq)}.service"
+        path = str(self.state.root / "tty" / f"{hunit.removesuffix('.service')}.sock")
+        holder = Holder(hunit, path)
+        try:
+            listener = holder_listener(path)
+            try:
+                hprops, hfds = holder_unit(
+                    term.master,
+                    listener,
+                    holder,
+                    linger=proc.waitable,
+                    description=f"sdexec: the terminal of {proc.label or proc.unit}",
+                )
+            finally:
+                listener.close()
+        except BaseException:
+            term.close_slave()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        finally:
+            os.close(term.master)  # the holder has its own, in the control message
+        proc.holder = holder
+        spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
+        spec.extra.append(("TTYPath", Variant("s", term.path)))
+        return [term.slave], [term.slave], (hunit, hprops, hfds)
+
     # --- attach / logs -----------------------------------------------------------------
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
@@ -515,25 +640,35 @@ class Service:
         Extensions of the request: ``stdin`` (true: this stream's ``write``
         requests go to the process; one stream at a time, EBUSY otherwise)
         and ``reap`` (false: the end of this stream does not reap a finished
-        waitable process; RFC 42's default is true).
+        waitable process; RFC 42's default is true).  For a background
+        terminal (see :mod:`sdexec.proto.pty`): ``terminal`` (true: become
+        its writer, taking the input over from the stream that held it) and
+        ``winsize`` (``COLSxROWS``: the writer's window size, set before the
+        screen is drawn); both change nothing for any other process.
         """
         payload = req.payload()
         target = rfc42.parse_target(payload, "attach")
         stdin = _flag(payload, "stdin", False)
         reap = _flag(payload, "reap", True)
+        terminal = _flag(payload, pty.ATTACH_TERMINAL, False)
+        winsize = _winsize_member(payload)
         proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
         if proc.lost is not None:
             raise SdexecError(proc.lost.errno or errno.EHOSTDOWN, proc.lost.message)
+        takeover = terminal and proc.holder is not None
+        stdin = stdin or takeover
         if stdin and proc.stdin_holder is not None:
-            raise SdexecError(
-                errno.EBUSY, f"process {target}: another attached client holds its input"
-            )
+            if not takeover:
+                raise SdexecError(
+                    errno.EBUSY, f"process {target}: another attached client holds its input"
+                )
+            proc.take_over(req, str(target))
         if stdin:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req, stdin=stdin, reap=reap)
+        return proc.attach(req, stdin=stdin, reap=reap, winsize=winsize)
 
     async def logs(self, req: Request) -> None:
         """Stream a background process's stored output (``sdexec logs``).
@@ -552,6 +687,14 @@ class Service:
         if proc is not None:
             if not proc.background:
                 raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
+            if proc.holder is not None:  # a terminal: what its screen shows, as text
+                text = await holder_text(proc.holder.path)
+                if text:
+                    req.respond(
+                        rfc42.output(proc.pid, rfc42.io_object("stdout", self.rank_str, text))
+                    )
+                req.end()
+                return
             await proc.send_log(
                 req,
                 tail=tail,
@@ -778,6 +921,7 @@ class Service:
                     self._adopt_outcome(proc, None, why)
                 else:
                     # It ended while no server ran; its output is still where it was.
+                    self._release_holder(proc)
                     self.state.reaped(
                         Reaped(
                             rec.unit,
@@ -820,6 +964,8 @@ class Service:
         proc.requester_uid = rec.requester_uid
         proc.ident = rec.ident
         proc.pid = rec.pid
+        if rec.holder_unit and rec.holder_socket:
+            proc.holder = Holder(rec.holder_unit, rec.holder_socket)
         return proc
 
     def _adopt_outcome(self, proc: Process, status: int | None, lost: str | None) -> None:
@@ -930,6 +1076,8 @@ class Service:
                     await self.bus.stop(proc.unit)
                 except OSError as exc:
                     log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+            if stop_background and proc.holder is not None:
+                await self._release_unit(proc.holder.unit)
         # Channels, msgchans (sdexec.server.channels).
         shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
 

@@ -52,7 +52,9 @@ class ProcRecord:
     (``SDEXEC_NAME``) and never guesses from a name pattern.  ``status``
     and ``lost`` outlive the unit: the wait status of a waitable process
     whose unit went away before it was waited for (its systemd manager
-    died), or why its outcome is not known.
+    died), or why its outcome is not known.  ``holder_unit`` and
+    ``holder_socket``: the unit that holds a background terminal's pty
+    (``exec --bg --pty``) and the socket it serves attaches on.
     """
 
     unit: str
@@ -66,6 +68,8 @@ class ProcRecord:
     pid: int = 0
     status: int | None = None
     lost: str | None = None
+    holder_unit: str | None = None
+    holder_socket: str | None = None
 
 
 @dataclass

@@ -58,6 +58,10 @@ class Tmux:
     def screen(self) -> str:
         return self._run("capture-pane", "-p", "-t", self.pane)
 
+    def history(self) -> str:
+        """The pane's scrollback and screen, as text."""
+        return self._run("capture-pane", "-p", "-S", "-", "-t", self.pane)
+
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen().splitlines()]
 

@@ -221,17 +221,28 @@ def test_bad_terminal_requests_are_einval(
     assert message in str(info.value)
 
 
-def test_a_terminal_in_the_background_is_einval(server: Server) -> None:
+def test_a_terminal_in_the_background_starts_without_a_terminal_on_stdin(
+    server: Server,
+) -> None:
+    """Nothing is read from stdin by exec --bg --pty; detach tests: test_pty_detach.py."""
+    r = server.sdexec("exec", "--pty", "--bg", "--waitable", "--label", "bgt", "--", "tty")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 0
+    assert server.sdexec("wait", "bgt").returncode == 0
+    out = server.sdexec("attach", "bgt")
+    assert b"attach: bgt: process bgt has ended" in out.stderr  # reaped by the wait
+
+
+def test_a_background_terminal_with_channels_is_einval(server: Server) -> None:
     raw = Raw(server.socket_path)
     try:
-        msg = raw.rpc("sdexec.exec", exec_payload(["true"], 3, opts={"SDEXEC_PTY": "80x24"}))
+        payload = exec_payload(["true"], 3, opts={"SDEXEC_PTY": "80x24"})
+        payload["cmd"]["channels"] = ["CH"]
+        msg = raw.rpc("sdexec.exec", payload)
     finally:
         raw.close()
     assert msg.errnum == errno.EINVAL
-    assert "needs a streaming exec" in (msg.error_text() or "")
-    r = server.sdexec("exec", "-tt", "--bg", "--", "true")
-    assert r.returncode == 125
-    assert b"--pty cannot be combined with --bg" in r.stderr
+    assert "cannot be combined with channels" in (msg.error_text() or "")
 
 
 def test_winsize_write_to_a_process_without_a_terminal_is_ignored(server: Server) -> None:
