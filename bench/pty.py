@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/pty.py [--keys 200] [--size 200M] [--only latency,output]
+    .venv/bin/python bench/pty.py [--keys 200] [--size 200M] [--only latency,output,background]
 
 It starts its own ``sdexec serve`` on a private, confined manager (as
 ``sdexec serve --systemd=private`` does) and runs ``systemd-run --user
@@ -19,6 +19,14 @@ this script's, as it would on a person's terminal.
   client's stdout on /dev/null, whole command timed; once as is (the remote
   terminal turns each ``\\n`` into ``\\r\\n``), once after ``stty -opost``
   (no output processing), which shows what the relay itself can carry.
+
+* **background**: a background terminal (``exec --bg --pty``), whose pty a
+  holder unit keeps (sdexec/unit/pty_holder.py): the keystroke echo through
+  an attached ``sdexec attach`` against ``exec --pty`` (one more hop:
+  server to holder and back); the time for a re-attach to show a screen of
+  ``seq 1 200`` against a plain ``attach`` replaying the same 200 lines
+  from the journal; and ``yes | head -c SIZE`` with nobody attached (exec
+  to the end of ``wait``) against ``exec --pty`` with its client reading.
 
 It prints the figures and their ratios; it never asserts.
 """
@@ -184,11 +192,85 @@ def output(server: Server, size: int, prefix: str) -> dict[str, float]:
     return out
 
 
+def sdexec(server: Server, *args: str) -> str:
+    r = subprocess.run([*CLI, *args], env=server.env(), capture_output=True, timeout=600)
+    if r.returncode not in (0, 137):
+        raise RuntimeError(f"sdexec {' '.join(args)}: {r.stderr.decode()}")
+    return r.stdout.decode()
+
+
+def background_latency(server: Server, keys: int) -> dict[str, float]:
+    sdexec(server, "exec", "--bg", "--pty", "--label", "lat", "--", "sh", "-c", "exec cat")
+    sessions = {
+        "attach (--bg --pty)": Session([*CLI, "attach", "lat"], server.env()),
+        "exec --pty": Session(commands("echo READY; exec cat")["sdexec --pty"], server.env()),
+    }
+    try:
+        sessions["exec --pty"].read_until(b"READY")
+        sessions["attach (--bg --pty)"].keystroke(b"!")  # attached and echoing
+        samples: dict[str, list[float]] = {how: [] for how in sessions}
+        for i in range(keys + 10):
+            key = bytes([ord("a") + i % 26])
+            for how, s in sessions.items():
+                t = s.keystroke(key)
+                if i >= 10:
+                    samples[how].append(t)
+            time.sleep(0.005)
+    finally:
+        for s in sessions.values():
+            s.close()  # EOF to cat: the background terminal ends too
+    return {how: statistics.median(v) * 1e3 for how, v in samples.items()}
+
+
+def reattach(server: Server, times: int) -> dict[str, float]:
+    sdexec(
+        server, "exec", "--bg", "--pty", "--label", "ra", "--", "sh", "-c", "seq 1 200; exec cat"
+    )
+    sdexec(server, "exec", "--bg", "--label", "rp", "--", "sh", "-c", "seq 1 200; exec sleep 600")
+    time.sleep(1)  # both have written their lines
+    samples: dict[str, list[float]] = {"attach (--bg --pty)": [], "attach (--bg)": []}
+    try:
+        for _ in range(times):
+            for how, label in (("attach (--bg --pty)", "ra"), ("attach (--bg)", "rp")):
+                t0 = time.perf_counter()
+                s = Session([*CLI, "attach", label], server.env())
+                s.read_until(b"200")
+                samples[how].append(time.perf_counter() - t0)
+                if label == "ra":
+                    os.write(s.master, b"\x1d")  # the detach key
+                else:
+                    s.proc.send_signal(signal.SIGINT)
+                s.proc.wait(30)
+                os.close(s.master)
+    finally:
+        sdexec(server, "kill", "-s", "KILL", "ra")
+        sdexec(server, "kill", "-s", "KILL", "rp")
+    return {how: statistics.median(v) * 1e3 for how, v in samples.items()}
+
+
+def background_output(server: Server, size: int, prefix: str) -> dict[str, float]:
+    remote = f"{prefix}yes | head -c {size}"
+    with open(os.devnull, "wb") as null:
+        s = Session(commands(remote)["sdexec --pty"], server.env(), stdout=null.fileno())
+        t0 = time.perf_counter()
+        s.proc.wait()
+        fg = size / (time.perf_counter() - t0) / 1e6
+        os.close(s.master)
+    t0 = time.perf_counter()
+    sdexec(
+        server, "exec", "--bg", "--waitable", "--pty", "--label", "out", "--", "sh", "-c", remote
+    )
+    sdexec(server, "wait", "out")
+    bg = size / (time.perf_counter() - t0) / 1e6
+    return {"exec --bg --pty": bg, "exec --pty": fg}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=200)
     ap.add_argument("--size", type=parse_size, default=parse_size("200M"))
-    ap.add_argument("--only", default="latency,output")
+    ap.add_argument("--only", default="latency,output,background")
+    ap.add_argument("--attaches", type=int, default=20, help="re-attaches timed (background)")
     args = ap.parse_args()
     if shutil.which("systemd-run") is None:
         print("systemd-run is needed", file=sys.stderr)
@@ -213,6 +295,27 @@ def main() -> int:
                 print(f"  sdexec --pty        {a:8.1f} MB/s")
                 print(f"  systemd-run --pty   {b:8.1f} MB/s")
                 print(f"  ratio {a / b:.2f}x  (target: >= 100 MB/s)")
+        if "background" in only:
+            lat = background_latency(server, args.keys)
+            a, b = lat["attach (--bg --pty)"], lat["exec --pty"]
+            print(f"background terminal: keystroke to echo, median of {args.keys}")
+            print(f"  attach (--bg --pty) {a:7.3f} ms")
+            print(f"  exec --pty          {b:7.3f} ms")
+            print(f"  difference {a - b:+.3f} ms, ratio {a / b:.2f}x")
+            ra = reattach(server, args.attaches)
+            a, b = ra["attach (--bg --pty)"], ra["attach (--bg)"]
+            print(f"re-attach until seq 1 200 shows, median of {args.attaches}")
+            print(f"  attach (--bg --pty) {a:7.1f} ms  (the screen, from the holder)")
+            print(f"  attach (--bg)       {b:7.1f} ms  (200 lines, from the journal)")
+            print(f"  ratio {a / b:.2f}x")
+            mib = args.size / (1 << 20)
+            for title, prefix in (("as is", ""), ("after stty -opost", "stty -opost; ")):
+                rate = background_output(server, args.size, prefix)
+                a, b = rate["exec --bg --pty"], rate["exec --pty"]
+                print(f"background terminal output, yes | head -c {mib:g}M, {title}")
+                print(f"  exec --bg --pty     {a:8.1f} MB/s  (nobody attached)")
+                print(f"  exec --pty          {b:8.1f} MB/s")
+                print(f"  ratio {a / b:.2f}x")
     finally:
         server.stop()
         shutil.rmtree(d, ignore_errors=True)

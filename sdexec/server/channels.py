@@ -371,6 +371,29 @@ def setup_aux(
     return fds, aux
 
 
+def terminal_via_helper(spec: properties.UnitSpec, slave: int) -> tuple[list[int], list[int]]:
+    """A background terminal's slave as the command's stdio and controlling terminal.
+
+    Through the helper (the ``t`` flag of :mod:`sdexec.unit.channel_exec`),
+    so that systemd never holds the slave; returns the fds to pass and the
+    ones to close once the unit is created (the slave among them).
+    """
+    theirs = [slave]
+    created: list[socket.socket] = []
+    spec.stdin_fd = 0
+    try:
+        fds = _via_helper(spec, [slave], theirs, [], [], created, terminal=True)
+    except BaseException:
+        for fd in theirs[1:]:
+            os.close(fd)
+        raise
+    finally:
+        for sock in created:
+            sock.close()
+    spec.stdout_fd = spec.stderr_fd = spec.stdin_fd  # the helper gives them the slave too
+    return fds, theirs
+
+
 def _via_helper(
     spec: properties.UnitSpec,
     fds: list[int],
@@ -378,6 +401,8 @@ def _via_helper(
     names: list[str],
     far_ends: list[socket.socket],
     created: list[socket.socket],
+    *,
+    terminal: bool = False,
 ) -> list[int]:
     """Queue the control message and put the helper in front of the command."""
     fds = list(fds)
@@ -390,7 +415,7 @@ def _via_helper(
         stdin = fds[spec.stdin_fd]
     ctl_mine, ctl_unit = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     created += (ctl_mine, ctl_unit)
-    header = channel_exec.encode_header(names, ignores_sigpipe(spec.extra))
+    header = channel_exec.encode_header(names, ignores_sigpipe(spec.extra), terminal)
     socket.send_fds(ctl_mine, [header], [stdin, *(s.fileno() for s in far_ends)])
     unit_end = ctl_unit.detach()
     theirs.append(unit_end)

@@ -54,7 +54,7 @@ from sdexec.broker.router import Router
 from sdexec.proto import pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
-from sdexec.server.channels import setup_aux, shutdown_aux
+from sdexec.server.channels import setup_aux, shutdown_aux, terminal_via_helper
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
@@ -628,9 +628,16 @@ class Service:
         finally:
             os.close(term.master)  # the holder has its own, in the control message
         proc.holder = holder
-        spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
-        spec.extra.append(("TTYPath", Variant("s", term.path)))
-        return [term.slave], [term.slave], (hunit, hprops, hfds)
+        try:
+            fds, theirs = terminal_via_helper(spec, term.slave)
+        except BaseException:
+            term.close_slave()
+            for fd in hfds:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return fds, theirs, (hunit, hprops, hfds)
 
     # --- attach / logs -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ and the unit's *stdin* is not the command's stdin but one end of a private
 ``SOCK_SEQPACKET`` socketpair, the **control socket**.  Before it even asks
 systemd to start the unit, the server sends one message on its end of it:
 
-* data: ``MAGIC NUL SIGPIPE NUL NAME NUL NAME...`` (see :func:`encode_header`);
+* data: ``MAGIC NUL FLAGS NUL NAME NUL NAME...`` (see :func:`encode_header`);
 * ``SCM_RIGHTS``: the command's real stdin, then the far end of each
   channel's socketpair, in the order of the names.
 
@@ -26,6 +26,16 @@ places the channels on fds 3, 4, ... in order, sets each channel's
 variable to its fd number, and ``execve``\\ s the command.  Same pid, so
 the unit's ``MainPID``, its cgroup and its exit status are the command's;
 only the start of the unit differs.
+
+The same helper gives a background terminal's command its terminal (the
+``t`` flag, no channels): the "real stdin" is then the pty's slave, which
+goes to fds 0, 1 and 2 and becomes the controlling terminal of the
+command (``TIOCSCTTY``; systemd has made it a session leader).  Passing the
+slave through systemd instead (``StandardInputFileDescriptor`` and
+``TTYPath``) would leave a copy of it in the manager for as long as the
+unit is active: for a waitable unit (``RemainAfterExit``) after the command
+has exited too, and the terminal would never close (see
+:mod:`sdexec.unit.pty_holder`).
 
 Faithfulness to what the command would have got without the helper:
 
@@ -84,26 +94,31 @@ class HelperError(Exception):
 # --- the control message (pure) ------------------------------------------------------
 
 
-def encode_header(names: list[str], ignore_sigpipe: bool) -> bytes:
-    """The data part of the control message for channels ``names``."""
+def encode_header(names: list[str], ignore_sigpipe: bool, terminal: bool = False) -> bytes:
+    """The data part of the control message for channels ``names``.
+
+    FLAGS is ``1`` (ignore SIGPIPE) or ``0``, then ``t`` if the stdin sent
+    is a terminal to make the controlling one.
+    """
     if len(names) > MAX_CHANNELS:
         raise ValueError(f"at most {MAX_CHANNELS} channels")
     for name in names:
         if not name or "\0" in name or "=" in name:
             raise ValueError(f"invalid channel name {name!r}")
-    fields = [MAGIC, b"1" if ignore_sigpipe else b"0", *(n.encode() for n in names)]
+    flags = (b"1" if ignore_sigpipe else b"0") + (b"t" if terminal else b"")
+    fields = [MAGIC, flags, *(n.encode() for n in names)]
     return b"\0".join(fields)
 
 
-def decode_header(data: bytes) -> tuple[list[str], bool]:
-    """(channel names, ignore SIGPIPE) from the data part of a control message."""
+def decode_header(data: bytes) -> tuple[list[str], bool, bool]:
+    """(channel names, ignore SIGPIPE, terminal) from the data part of a control message."""
     fields = data.split(b"\0")
-    if len(fields) < 2 or fields[0] != MAGIC or fields[1] not in (b"0", b"1"):
+    if len(fields) < 2 or fields[0] != MAGIC or fields[1] not in (b"0", b"1", b"0t", b"1t"):
         raise HelperError("not an sdexec exec-helper control message")
     names = [f.decode("utf-8", "surrogateescape") for f in fields[2:]]
     if any(not n for n in names) or len(names) > MAX_CHANNELS:
         raise HelperError("bad channel list in the control message")
-    return names, fields[1] == b"1"
+    return names, fields[1][:1] == b"1", fields[1][1:] == b"t"
 
 
 def unpack_fds(payload: bytes) -> list[int]:
@@ -146,8 +161,8 @@ def exit_code_for(errnum: int | None) -> int:
 # --- doing it -------------------------------------------------------------------------
 
 
-def receive(control_fd: int) -> tuple[list[str], bool, list[int]]:
-    """Read the one control message: (names, ignore SIGPIPE, fds)."""
+def receive(control_fd: int) -> tuple[list[str], bool, bool, list[int]]:
+    """Read the one control message: (names, ignore SIGPIPE, terminal, fds)."""
     import _socket
 
     try:
@@ -167,10 +182,10 @@ def receive(control_fd: int) -> tuple[list[str], bool, list[int]]:
             fds += unpack_fds(payload)
     if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
         raise HelperError("the control message was truncated")
-    names, ignore_sigpipe = decode_header(data)
+    names, ignore_sigpipe, terminal = decode_header(data)
     if len(fds) != len(names) + 1:
         raise HelperError(f"expected {len(names) + 1} fds, got {len(fds)}")
-    return names, ignore_sigpipe, fds
+    return names, ignore_sigpipe, terminal, fds
 
 
 def place(received: list[int], targets: list[int]) -> None:
@@ -206,6 +221,18 @@ def _restore_signals(ignore_sigpipe: bool) -> None:
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
 
 
+def _controlling_terminal(fd: int) -> None:
+    """Make the terminal on ``fd`` the controlling one of a new session led by us."""
+    import fcntl
+    import termios
+
+    try:
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    except OSError:
+        os.setsid()  # not a session leader yet (systemd makes one of every service)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+
+
 def _initial_environment() -> bytes:
     try:
         with open("/proc/self/environ", "rb") as f:
@@ -228,7 +255,7 @@ def main(argv: list[str]) -> int:
         return _fail("exec helper: usage: channel_exec.py EXE ARGV0 [ARG...]", 2)
     exe, args = argv[1], argv[2:]
     try:
-        names, ignore_sigpipe, fds = receive(0)
+        names, ignore_sigpipe, terminal, fds = receive(0)
     except HelperError as exc:
         return _fail(f"exec helper: {exc}", EXIT_NOT_FOUND)
     targets = channel_fds(len(names))
@@ -236,6 +263,11 @@ def main(argv: list[str]) -> int:
     place(fds, [0, *targets])
     for fd in inherit:
         os.dup2(0, fd)
+    if terminal:
+        try:
+            _controlling_terminal(0)
+        except OSError as exc:
+            return _fail(f"exec helper: no controlling terminal: {exc.strerror}", EXIT_CANNOT_EXEC)
     env = exec_environment(_initial_environment(), dict(zip(names, targets, strict=True)))
     _restore_signals(ignore_sigpipe)
     try:

@@ -106,6 +106,15 @@ PACKET_MAX = 64 << 10
 DRAIN_GRACE = 10.0
 #: An escape sequence cut by the end of a read is kept up to this size.
 PENDING_MAX = 4096
+#: Output read but not yet applied to the model is applied this much at a time,
+#: for about PARSE_SLICE seconds between two reads of the master.
+PARSE_STEP = 4 << 10
+PARSE_SLICE = 0.002
+#: Reads of the master in one turn of the loop, at most.
+READS_PER_TURN = 64
+#: When that much is waiting, the model skips to the last SKIP_TAIL bytes of it.
+FLOOD_LIMIT = 4 << 20
+SKIP_TAIL = 64 << 10
 #: Entries of each of the model's small caches (pens by SGR change).
 MEMO_MAX = 4096
 
@@ -122,6 +131,8 @@ _ESC_CUT = re.compile(r"[ -/]*\Z")
 _MOVES = frozenset("ABCDEFGHIJKLMPXZ@`abdef")
 _PRIVATE = frozenset("?>=<")
 _PLAIN_LINES = re.compile(r"(?:[ -~]*\r\n)+")
+_SKIPPED_MODES = re.compile(rb"\x1b\[\?([0-9;]*)([hl])")
+_SKIPPED_SGR = re.compile(rb"\x1b\[([0-9;:]*)m")
 
 #: DEC special graphics (``ESC ( 0``): line drawing, as Unicode.
 DEC_GRAPHICS = str.maketrans(
@@ -392,6 +403,23 @@ class Screen:
             self._esc(m.group(1), m.group(2))
             return m.end()
         return -1 if _ESC_CUT.match(text, j) else j
+
+    def skip(self, data: bytes) -> None:
+        """Output not applied (the holder fell behind it): only what it set is kept.
+
+        The modes it switched (the alternate screen, cursor keys, mouse...)
+        and the colours of its last SGR sequences; what it drew is left out:
+        after a flood of output, what follows it fills the screen anyway.
+        """
+        self._decoder.reset()
+        self._pending = ""
+        for m in _SKIPPED_MODES.finditer(data):
+            on = m.group(2) == b"h"
+            for f in m.group(1).split(b";"):
+                if f.isdigit() and int(f) != 6:
+                    self._dec_mode(int(f), on)
+        for m in _SKIPPED_SGR.finditer(data, max(0, len(data) - 4096)):
+            self._sgr(m.group(1).decode("ascii"))
 
     # --- printing ---------------------------------------------------------------------
 
@@ -1158,6 +1186,7 @@ class Holder:
         self.linger = linger
         self.clients: dict[int, Client] = {}
         self.typed = bytearray()  # input waiting for the master
+        self.unparsed = bytearray()  # output read, not yet applied to the screen model
         self.closed = False  # EIO: the terminal is gone
         self.closed_at = 0.0
         try:
@@ -1188,7 +1217,8 @@ class Holder:
             self._prepare()
             if self.closed and self._done(time.monotonic()):
                 return
-            for fd, ev in self._poller.poll(1000 if self.closed else None):
+            timeout = 0 if self.unparsed else 1000 if self.closed else None
+            for fd, ev in self._poller.poll(timeout):
                 if fd == self.master:
                     if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                         self._read_master()
@@ -1204,6 +1234,11 @@ class Holder:
                         select.POLLIN | select.POLLHUP | select.POLLERR
                     ):
                         self._receive(fd, c)
+            if self.unparsed:
+                deadline = time.monotonic() + PARSE_SLICE
+                self._apply()
+                while self.unparsed and time.monotonic() < deadline:
+                    self._apply()
 
     def _prepare(self) -> None:
         """What to poll for next (and what is finished with)."""
@@ -1236,22 +1271,21 @@ class Holder:
     # --- the terminal -----------------------------------------------------------------
 
     def _read_master(self) -> None:
-        try:
-            data = os.read(self.master, PACKET_MAX - 1)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # EIO: every process has let go of the terminal
-        if not data:
-            self._terminal_closed()
-            return
-        screen = self.screen
-        screen.feed(data)
-        if screen.replies:
-            replies, screen.replies = screen.replies, []
-            if not any(c.writer for c in self.clients.values()):
-                for reply in replies:
-                    self.typed += reply
+        """Read what the master has (a pty gives at most a few KiB a read)."""
+        for _ in range(READS_PER_TURN):
+            try:
+                data = os.read(self.master, PACKET_MAX - 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""  # EIO: every process has let go of the terminal
+            if not data:
+                self._terminal_closed()
+                return
+            self._output(data)
+
+    def _output(self, data: bytes) -> None:
+        self.unparsed += data
         packet = b"o" + data
         for c in self.clients.values():
             if c.mode != "attach" or c.resync or c.closing:
@@ -1262,6 +1296,53 @@ class Holder:
                 c.out.clear()
                 c.out_size = 0
                 c.resync = True
+
+    def _apply(self, step: int = PARSE_STEP) -> None:
+        """Apply up to ``step`` bytes of the output read to the model.
+
+        The master is read as fast as it delivers (the program never waits
+        for the model); when the model falls FLOOD_LIMIT behind, it skips to
+        the last SKIP_TAIL bytes, cut at a line end (:meth:`Screen.skip`).
+        """
+        unparsed = self.unparsed
+        if len(unparsed) > FLOOD_LIMIT:
+            self._skip_to(SKIP_TAIL)
+        data = bytes(unparsed[:step])
+        del unparsed[:step]
+        screen = self.screen
+        screen.feed(data)
+        if screen.replies:
+            replies, screen.replies = screen.replies, []
+            if not any(c.writer for c in self.clients.values()):
+                for reply in replies:
+                    self.typed += reply
+
+    def _skip_to(self, tail: int) -> None:
+        """Skip the output waiting for the model but about its last ``tail`` bytes.
+
+        The cut goes after a line end, else after a carriage return, else
+        before an escape sequence, in the first half of the tail; else
+        anywhere: the model is bounded whatever the output.
+        """
+        unparsed = self.unparsed
+        start = len(unparsed) - tail
+        end = start + tail // 2
+        cut = start
+        for mark, after in ((b"\n", 1), (b"\r", 1), (b"\x1b", 0)):
+            found = unparsed.find(mark, start, end)
+            if found >= 0:
+                cut = found + after
+                break
+        self.screen.skip(bytes(unparsed[:cut]))
+        del unparsed[:cut]
+
+    def _caught_up(self) -> Screen:
+        """The model with everything read so far applied (to draw or show it)."""
+        if len(self.unparsed) > SKIP_TAIL:
+            self._skip_to(SKIP_TAIL)
+        while self.unparsed:
+            self._apply()
+        return self.screen
 
     def _write_master(self) -> None:
         try:
@@ -1284,7 +1365,7 @@ class Holder:
     def _end(self, c: Client) -> None:
         if c.resync:
             c.resync = False
-            c.queue(split_packets(b"o", self.screen.render()))
+            c.queue(split_packets(b"o", self._caught_up().render()))
         c.queue([b"e"])
         c.closing = True
 
@@ -1336,7 +1417,7 @@ class Holder:
     def _send(self, fd: int, c: Client) -> None:
         if not c.out and c.resync:
             c.resync = False
-            c.queue(split_packets(b"o", self.screen.render()))
+            c.queue(split_packets(b"o", self._caught_up().render()))
         while c.out:
             packet = c.out[0]
             try:
@@ -1382,7 +1463,7 @@ class Holder:
             c.closing = True
         elif mode == "text":
             c.mode = "text"
-            c.queue(split_packets(b"t", self.screen.text().encode("utf-8", "replace")))
+            c.queue(split_packets(b"t", self._caught_up().text().encode("utf-8", "replace")))
             c.closing = True
         elif mode == "attach":
             assert isinstance(hello, dict)
@@ -1391,7 +1472,7 @@ class Holder:
             size = hello.get("winsize")
             if c.writer and isinstance(size, list) and len(size) == 2:
                 self._resize(f"{size[0]}x{size[1]}")
-            c.queue(split_packets(b"o", self.screen.render()))
+            c.queue(split_packets(b"o", self._caught_up().render()))
             if self.closed:
                 self._end(c)
         else:

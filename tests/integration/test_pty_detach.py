@@ -229,3 +229,29 @@ def _data(resp: dict[str, object]) -> bytes:
     if isinstance(io, dict) and isinstance(io.get("data"), str):
         return io["data"].encode()
     return b""
+
+
+def test_a_waitable_terminal_that_exits_0_ends_its_attach(own: OwnServer, term: Tmux) -> None:
+    """systemd keeps a waitable unit active after its command exits 0: it must not
+    keep the terminal open too (the slave never passes through systemd)."""
+    start(own, "w0", "sh", "-c", "read x; echo got $x", waitable=True)
+    attach(term, "w0")
+    term.type("hello")
+    term.wait_text(r"\ngot hello\s+rc=0\b")
+    assert own.sdexec("wait", "w0").returncode == 0
+
+
+def test_job_control_works_in_a_background_terminal(own: OwnServer, term: Tmux) -> None:
+    start(own, "jc", *BASH)
+    attach(term, "jc")
+    term.wait_text(PROMPT)
+    term.type("PS1='R# '; tty; sleep 300")
+    term.wait_text(r"/dev/pts/\d+\s")
+    term.keys("C-z")
+    term.wait_text(r"Stopped\s+sleep 300")
+    term.type("fg")
+    term.wait_text(r"R# fg\nsleep 300\s*$")
+    term.keys("C-c")
+    term.wait_text(r"\^C\s*R#\s*$")
+    term.type("exit 5")
+    term.wait_text(r"\brc=5\b")

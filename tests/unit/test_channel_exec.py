@@ -15,9 +15,15 @@ names = st.lists(
 )
 
 
-@given(names, st.booleans())
-def test_header_round_trips(chans: list[str], ignore: bool) -> None:
-    assert h.decode_header(h.encode_header(chans, ignore)) == (chans, ignore)
+@given(names, st.booleans(), st.booleans())
+def test_header_round_trips(chans: list[str], ignore: bool, terminal: bool) -> None:
+    assert h.decode_header(h.encode_header(chans, ignore, terminal)) == (chans, ignore, terminal)
+
+
+def test_a_terminal_is_a_flag_after_sigpipes() -> None:
+    assert h.encode_header([], True, terminal=True) == h.MAGIC + b"\0" + b"1t"
+    with pytest.raises(h.HelperError):
+        h.decode_header(h.MAGIC + b"\x00t1")
 
 
 def test_header_without_channels_is_magic_and_flag() -> None:

@@ -301,3 +301,16 @@ def test_a_holder_without_its_control_message_says_so(tmp_path: Path) -> None:
     theirs.close()
     assert r.returncode == 1
     assert b"not an sdexec terminal holder control message" in r.stderr
+
+
+@pytest.mark.parametrize("line", [b"y\n", b"\r%d", b"\x1b[H%d\x1b[K"])
+def test_a_flood_of_output_leaves_the_screen_it_ends_with(holder: Setup, line: bytes) -> None:
+    """Lines without CR (the slave is raw: no ONLCR), CRs alone, cursor addressing."""
+    chunk = b"".join(line % i if b"%d" in line else line for i in range(20000))
+    for _ in range(25):  # several times the holder's flood limit, unread by anyone
+        holder.write(chunk)
+    holder.write(b"\x1b[2J\x1b[Hthe end\r\n")
+    c = attach(holder.path)
+    c.pump(shows("the end"))
+    assert c.text() == "the end\n"
+    c.close()

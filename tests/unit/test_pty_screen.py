@@ -261,3 +261,12 @@ def test_a_redraw_keeps_a_pending_wrap_after_a_wide_character() -> None:
     assert state(again) == state(s)
     again.feed(b"x")
     assert again.text() == "abcd日\nx\n"
+
+
+def test_skipped_output_keeps_its_modes_and_colours_only() -> None:
+    s = fed(b"kept\r\n", cols=10, rows=3)
+    s.feed(b"\x1b[12")  # a sequence cut by the read the holder skips after
+    s.skip(b"drawn\r\n\x1b[?1049h\x1b[?1h\x1b[1;32mmore\r\n\x1b[?1h")
+    assert s.in_alt and s.modes[1] and s.cur.pen == "1;32"
+    s.feed(b"after")
+    assert s.text() == "\nafter\n"  # on the alternate screen, the cursor where it was
