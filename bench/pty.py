@@ -217,9 +217,17 @@ def background_latency(server: Server, keys: int) -> dict[str, float]:
                     samples[how].append(t)
             time.sleep(0.005)
     finally:
+        sdexec(server, "kill", "-s", "KILL", "lat")  # a ^D after typed keys only ends the line
         for s in sessions.values():
-            s.close()  # EOF to cat: the background terminal ends too
+            s.close()
     return {how: statistics.median(v) * 1e3 for how, v in samples.items()}
+
+
+def kill_all(server: Server) -> None:
+    """Whatever still runs in the background (so the private manager can stop with the server)."""
+    for pid in sdexec(server, "ps", "-n", "-o", "{pid}").split():
+        with contextlib.suppress(RuntimeError):
+            sdexec(server, "kill", "-s", "KILL", pid)
 
 
 def reattach(server: Server, times: int) -> dict[str, float]:
@@ -317,6 +325,7 @@ def main() -> int:
                 print(f"  exec --pty          {b:8.1f} MB/s")
                 print(f"  ratio {a / b:.2f}x")
     finally:
+        kill_all(server)
         server.stop()
         shutil.rmtree(d, ignore_errors=True)
     return 0
