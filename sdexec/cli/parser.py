@@ -68,6 +68,11 @@ With --bg the command runs in the background: sdexec prints its pid and
 exits, and the process keeps running under the server. Manage it with
 "sdexec ps", "sdexec kill" and (if --waitable) "sdexec wait", by pid or by
 its --label.
+
+With --pty (-t) COMMAND gets a terminal of its own on the server, and
+sdexec's terminal is raw until it exits. With --bg too, the terminal keeps
+running with nobody attached: "sdexec attach" shows its screen and lets you
+type, and ^] detaches again.
 """
 
 _EXEC_EPILOG = """\
@@ -105,6 +110,8 @@ examples:
   tar cf - src | sdexec exec -d /scratch -- tar xf -
   sdexec exec -n -p MemoryMax=2G -- ./simulate --steps 100
   sdexec exec --bg --waitable --label epilog -- /etc/sdexec/epilog.sh
+  sdexec exec -t -- top
+  sdexec exec --bg --pty --label dbg -- bash   then: sdexec attach dbg
 """
 
 _KILL_EPILOG = """\
@@ -155,6 +162,12 @@ _ATTACH_EPILOG = """\
 Any number of clients may attach to a process at once; each gets the whole
 output. Ctrl-C detaches and leaves the process running.
 
+A background terminal ("exec --bg --pty") shows its screen as it is now
+instead, then follows it. From a terminal, attach takes it over: your keys
+go to it and your window size is its size, and an attach that had it
+before is detached; --read-only (or stdin not a terminal) only watches. The
+detach key, ^] unless --detach-key says otherwise, leaves it running.
+
 Attaching does not reap: a finished waitable process stays (state Z in
 "sdexec ps") until "sdexec wait" collects its status, and "sdexec logs"
 prints its output as long as the journal keeps it, also after it was reaped.
@@ -163,12 +176,15 @@ prints its output as long as the journal keeps it, also after it was reaped.
 exit status:
   N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
   signal that killed it); 125 if sdexec failed (no such background process,
-  no server); 130 after Ctrl-C.
+  no server); 130 after Ctrl-C. A terminal: 0 when detached (by the key, or
+  taken over), 128+N after signal N.
 
 examples:
   sdexec exec --bg --waitable --label job -- ./long-task
   sdexec attach job                  # Ctrl-C to leave it running
   sdexec wait job                    # its status, once
+  sdexec exec --bg --pty --label dbg -- bash
+  sdexec attach dbg                  # ^] to leave it running
 """
 
 _SERVE_EPILOG = """\
@@ -366,7 +382,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--pty",
         action="count",
         default=0,
-        help="give COMMAND a terminal (stdin must be one; -tt: even if it is not)",
+        help="give COMMAND a terminal (stdin must be one; -tt: even if it is not); "
+        "with --bg, one to attach to later",
     )
     p.add_argument(
         "-l",

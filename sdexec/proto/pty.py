@@ -35,6 +35,31 @@ openings, so that every message stays a valid RFC 42 message:
   ``"pty": true`` (an extra key, which RFC 42 clients ignore), so a client
   knows to give it a raw terminal.
 
+**Background terminals.**  ``SDEXEC_PTY`` in a *non-streaming* exec (RFC
+42 background mode) starts the command on a terminal that nobody is
+attached to; the reply is ``started`` as for any background exec.  An
+``attach`` to it gets, as ``stdout`` output, a redraw of the terminal's
+screen as it is now (escape sequences that draw it on an xterm-like
+terminal), then what the program writes; once the program has ended and
+let go of the terminal, the EOFs, ``finished`` and ENODATA, as RFC 42 has
+it.  Two more optional members of the ``attach`` request, which change
+nothing for a process without a terminal:
+
+* ``"terminal": true``: this stream becomes the terminal's one *writer*,
+  taking the input over from the stream that had it; that stream ends with
+  EBUSY and the text "another client took the terminal over".  The
+  ``attached`` response then also says ``"stdin": true``; the writer's
+  ``stdin`` writes are typed into the terminal, with ``add-credit`` for
+  ``stdin`` (the initial one right after ``attached``) whatever the exec
+  flags said; its ``pty.winsize`` writes set the window size.  Other
+  streams (readers) send nothing that reaches the terminal.
+* ``"winsize": "COLSxROWS"``: the writer's window size, set before the
+  screen is drawn for it (so that the redraw fits, and the program redraws
+  for the new size at once).
+
+A client that knows none of this (a plain RFC 42 ``attach``) reads the
+screen and the output as text, and the end as usual.
+
 This module only names and parses these; it does no I/O.
 """
 

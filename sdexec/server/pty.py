@@ -32,6 +32,11 @@ server, so its master goes to a holder of its own instead, a unit running
 :func:`holder_unit` prepares that unit, and :class:`TerminalLink` is one
 attach stream's connection to the holder (the server connects only while
 someone is attached, and so needs nothing to reconnect after a restart).
+Its slave does not go to systemd as above but through the exec helper
+(:func:`sdexec.server.channels.terminal_via_helper`): the manager would
+keep a copy for as long as the unit is active, which for a waitable unit
+(RemainAfterExit) outlasts the command, and the master would never see
+its EIO.
 
 A pty hands its reader at most about 4 KiB per read (the line
 discipline's buffer), however fast the program writes.  One response per

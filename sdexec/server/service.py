@@ -154,6 +154,11 @@ def _winsize_member(payload: dict[str, Any]) -> tuple[int, int] | None:
     return pty.parse_winsize(text)
 
 
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def _wants_stats(req: Request) -> bool:
     """Whether a ``list`` asks for stats; any payload, or none, is a plain list (RFC 42)."""
     if req.signed is None and not req.msg.payload:
@@ -266,15 +271,22 @@ class Service:
 
         Only a waitable process's holder lingers (for attaches to the
         finished process); any other exits by itself once the terminal is
-        closed, and stopping it now could cut the end of its output.
+        closed, and stopping it now could cut the end of its output.  The
+        socket goes either way (a holder that was killed could not remove
+        it; one still sending keeps its connections).
         """
         holder = proc.holder
-        if holder is not None and proc.waitable:
+        if holder is None:
+            return
+        if proc.waitable:
             self.router.spawn(self._tell_holder_to_go(holder), "release terminal holder")
+        else:
+            _unlink(holder.path)
 
     async def _tell_holder_to_go(self, holder: Holder) -> None:
         if not await release_holder(holder.path):
             log.debug("terminal holder already gone", unit=holder.unit)
+        _unlink(holder.path)
 
     def _forget_evicted(self) -> None:
         """Stored output of processes the history no longer remembers may go."""

@@ -8,6 +8,7 @@ no unit (the command's nor its terminal holder's) and no holder socket.
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
 import subprocess
@@ -255,3 +256,34 @@ def test_job_control_works_in_a_background_terminal(own: OwnServer, term: Tmux) 
     term.wait_text(r"\^C\s*R#\s*$")
     term.type("exit 5")
     term.wait_text(r"\brc=5\b")
+
+
+@pytest.mark.parametrize(
+    ("members", "errnum", "text"),
+    [
+        ({"winsize": "80"}, errno.EINVAL, "invalid window size"),
+        ({"winsize": 80}, errno.EPROTO, "'winsize' must be a string"),
+        ({"terminal": "yes"}, errno.EPROTO, "'terminal' must be a boolean"),
+    ],
+)
+def test_bad_attach_members_are_refused(
+    own: OwnServer, members: dict[str, object], errnum: int, text: str
+) -> None:
+    start(own, "bad", "sh", "-c", "exec sleep 300")
+    raw = Raw(own.socket_path)
+    try:
+        msg = raw.rpc("sdexec.attach", {"pid": -1, "label": "bad", **members}, streaming=True)
+    finally:
+        raw.close()
+    assert msg.errnum == errnum
+    assert text in (msg.error_text() or "")
+    assert "bad R" in own.sdexec("ps", "-o", "{label} {state}").stdout.decode()
+
+
+def test_a_killed_holder_hangs_the_terminal_up(own: OwnServer, term: Tmux) -> None:
+    start(own, "hup", *BASH)
+    attach(term, "hup")
+    term.wait_text(PROMPT)
+    (holder,) = own.units("sdexec-0-hup-tty-*")
+    own.systemctl("kill", "-s", "KILL", holder)
+    term.wait_text(r"\brc=129\b")  # bash, on SIGHUP from its terminal
