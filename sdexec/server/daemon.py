@@ -335,7 +335,7 @@ def main(args: argparse.Namespace) -> int:
 
         # Before any state, manager or unit is touched: a second server on
         # this socket or state directory leaves the first one alone.
-        held = claim(path, state_dir, inherited=inherited is not None)
+        held = claim(path, state_dir, rank=opts.rank, inherited=inherited is not None)
         manager = None
         bus_address: str | None = None
         journal_dir: str | None = None
@@ -370,7 +370,7 @@ def main(args: argparse.Namespace) -> int:
                 if kept is None:  # the server failed: what it kept is on disk
                     from sdexec.server.statefile import StateDir
 
-                    kept = len(StateDir(state_dir).load_all())
+                    kept = len(StateDir(state_dir, opts.rank).load_all())
                 if kept == 0:
                     manager.stop()
                     log.info("private systemd stopped")

@@ -7,10 +7,11 @@ rewrite its state.  So before any of that, :func:`claim`
 1. tries the socket: if a server answers there, it is in use (EADDRINUSE);
 2. makes sure the socket's directory exists or can be made (a bad path is
    one clear error, not a traceback after the manager has started);
-3. takes an exclusive ``flock`` on ``<state-dir>/server.lock`` and keeps it
-   for the server's life: two servers started at once, or two sockets given
-   the same ``--state-dir``, cannot both have it.  The lock file says which
-   pid holds it.
+3. takes an exclusive ``flock`` on ``<state-dir>/rank-<N>.lock`` and keeps
+   it for the server's life: two servers of one rank started at once, or
+   two sockets given the same ``--state-dir``, cannot both have it.  The
+   lock file says which pid holds it.  (Servers of different ranks may
+   share a state directory and its manager, as the test cluster does.)
 
 The lock goes with the process (the kernel drops it when the fd is closed,
 also on SIGKILL), so nothing stale is ever left to clean up.
@@ -26,8 +27,6 @@ import socket
 from pathlib import Path
 
 from sdexec.base.errors import SdexecError
-
-LOCK_NAME = "server.lock"
 
 
 class Claim:
@@ -57,7 +56,7 @@ def socket_in_use(path: str) -> bool:
         probe.close()
 
 
-def claim(socket_path: str, state_dir: Path, *, inherited: bool = False) -> Claim:
+def claim(socket_path: str, state_dir: Path, *, rank: int = 0, inherited: bool = False) -> Claim:
     """Check the socket and lock the state directory, or raise a one-line SdexecError.
 
     ``inherited``: the listening socket came from systemd (socket
@@ -78,7 +77,7 @@ def claim(socket_path: str, state_dir: Path, *, inherited: bool = False) -> Clai
             raise SdexecError(errno.ENOTDIR, f"{parent} is not a directory")
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = state_dir / LOCK_NAME
+        lock = state_dir / f"rank-{rank}.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SdexecError(
