@@ -42,6 +42,7 @@ examples:
   sdexec exec -- hostname                 run a command, as flux exec does
   sdexec exec --bg --waitable --label nightly -- ./backup.sh
   sdexec ps                               list the server's processes
+  sdexec top                              a live view: CPU, memory, elapsed time
   sdexec kill -s INT nightly              signal a process by label or pid
   sdexec wait nightly                     its exit status becomes sdexec's
   sdexec proxy ssh://node12/run/sdexec/local
@@ -133,9 +134,12 @@ example:
 """
 
 _PS_EPILOG = """\
-fields for -o: {pid} {label} {state} {cmd} {rank}, with Python format specs,
-e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's one-letter process
-state, as in "flux sproc ps" (R: running). A process without a label shows "-".
+fields for -o: {pid} {label} {state} {cmd} {rank} {cpu} {mem} {elapsed}, with
+Python format specs, e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's
+one-letter process state, as in "flux sproc ps" (R: running). A process
+without a label shows "-". cpu, mem and elapsed (as --stats shows them) come
+from each unit's cgroup; mem is the cgroup's memory.current, or the resident
+set of the unit's processes where the memory controller is not enabled.
 
 exit status:
   0 on success, 1 on error.
@@ -178,6 +182,13 @@ again, by label, when it restarts with the same --state-dir.
   system   the system manager (root)
   private  a private, confined user manager started by the server; for
            machines without a user session bus
+
+If the manager dies, requests fail at once with "the systemd manager died"
+(EHOSTDOWN), and the processes it ran are reported lost (their wait says
+so); a private manager is started again, and for the others the server
+waits for the manager to come back. A lost bus (its dbus-daemon died) is
+reconnected and nothing is lost. After --manager-timeout seconds without
+a manager, the server exits.
 """
 
 
@@ -407,6 +418,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
     p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
     p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
+    p.add_argument(
+        "-s",
+        "--stats",
+        action="store_true",
+        help="add CPU (%% of one CPU, over the unit's life), MEM and ELAPSED from each "
+        "unit's cgroup",
+    )
     subs["ps"] = p
 
     p = sub.add_parser(
@@ -456,6 +474,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         choices=("keep", "stop"),
         default="keep",
         help="what happens to background processes when the server stops (default: keep)",
+    )
+    p.add_argument(
+        "--manager-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how long to keep trying to reach a lost systemd manager again before the "
+        "server exits (default: 30)",
     )
     p.add_argument(
         "--log-level",
@@ -539,6 +565,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
+    from sdexec.cli.top import add_parser as add_top_parser
+
+    subs["top"] = add_top_parser(sub, [uri_parent, ranks_parent, sign_parent], fmt)
     return parser, subs
 
 
