@@ -362,6 +362,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
     )
     p.add_argument(
+        "--strict-properties",
+        action="store_true",
+        help="fail if a -p resource limit cannot be enforced (default: a warning)",
+    )
+    p.add_argument(
         "-t",
         "--pty",
         action="count",
@@ -469,6 +474,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--rank", type=int, default=0, help="this server's rank (default: 0)")
     p.add_argument("--state-dir", metavar="DIR", default=None, help="where state is kept")
+    p.add_argument(
+        "--strict-properties",
+        action="store_true",
+        help="refuse an exec whose resource property (MemoryMax, CPUQuota, TasksMax...) "
+        "cannot be enforced for want of a cgroup controller, instead of a warning",
+    )
     p.add_argument(
         "--on-shutdown",
         choices=("keep", "stop"),

@@ -34,6 +34,7 @@ _FLAGS = {
     "--label-io": "label_io",
     "--sign": "sign",
     "--no-sign": "no_sign",
+    "--strict-properties": "strict_properties",
 }
 _VALUES = {
     "--uri": "uri",

@@ -211,6 +211,15 @@ def borrowable_credit(opts: Mapping[str, str]) -> int:
 # --- the session -------------------------------------------------------------------
 
 
+def started_warnings(resp: Mapping[str, Any]) -> list[str]:
+    """What the server warns about in a ``started`` response (sdexec extension
+    ``warnings``: resource properties it cannot enforce); other servers send none."""
+    raw = resp.get("warnings")
+    if not isinstance(raw, list):
+        return []
+    return [w for w in raw if isinstance(w, str)]
+
+
 class ExecEvent:
     """One decoded exec response.
 
@@ -278,6 +287,7 @@ class ExecSession:
         self.stopped = False
         self.stdin_closed = False
         self.eof_streams: set[str] = set()
+        self.warnings: list[str] = []  # from the server's started response
 
     @property
     def name(self) -> str:
@@ -303,6 +313,7 @@ class ExecSession:
         if kind == STARTED:
             self.pid = _int_field(resp, "pid")
             self.stopped = False
+            self.warnings = started_warnings(resp)
             return ExecEvent(STARTED, pid=self.pid)
         if kind == ADD_CREDIT:
             channels = resp.get("channels")

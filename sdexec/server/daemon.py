@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sdexec.security.policy import SecurityConfig
+    from sdexec.server.service import Service
+    from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.private import PrivateManager
 
 log = structlog.get_logger("sdexec.server")
@@ -55,6 +57,8 @@ class ServeOptions:
     curve_key: str | None = None  # the server's secret certificate
     curve_authorized: str | None = None  # directory of authorized client certificates
     curve_uid: int | None = None  # uid of keys without their own (default: the owner)
+    # A resource property the manager's cgroup cannot enforce is an error, not a warning.
+    strict_properties: bool = False
     manager_timeout: float = 30.0  # how long a lost systemd manager may take to come back
 
 
@@ -149,6 +153,8 @@ async def serve(
         state_dir=opts.state_dir,
         outputlog=outputlog,
     )
+    service.strict_properties = opts.strict_properties
+    await _watch_controllers(bus, service)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -231,6 +237,27 @@ async def serve(
     if supervisor.gave_up is not None:
         raise SdexecError(errnum_of(supervisor.gave_up), supervisor.gave_up.message)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
+
+
+async def _watch_controllers(bus: SystemdBus, service: Service) -> None:
+    """Let the service check resource properties against the manager's cgroup controllers."""
+    from sdexec.systemd.controllers import available
+    from sdexec.systemd.private import cgroup2_root
+
+    try:
+        cgroup = await bus.manager_cgroup()
+    except OSError as exc:
+        log.warning("cannot read the manager's cgroup", error=exc.strerror)
+        return
+    root = cgroup2_root()
+    service.controllers = lambda: available(root, cgroup)
+    found = service.controllers()
+    log.info(
+        "manager cgroup",
+        cgroup=cgroup,
+        controllers=sorted(found) if found is not None else None,
+        strict_properties=service.strict_properties,
+    )
 
 
 def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
@@ -346,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
             manager_timeout=_manager_timeout(args),
             listen_sock=inherited[0] if inherited else None,
+            strict_properties=bool(getattr(args, "strict_properties", False)),
             security=security,
             max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
             max_output_buffer=getattr(args, "max_output_buffer", None)

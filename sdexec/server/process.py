@@ -142,6 +142,7 @@ class Process:
         self.stdin_holder: Request | None = None  # the attach stream whose writes go in
         self.waiter: Request | None = None
         self.reaped = False
+        self.warnings: list[str] = []  # told to the requester with "started"
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
@@ -229,7 +230,10 @@ class Process:
         self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
         if client is not None:
-            client.respond(rfc42.started(pid))
+            resp = rfc42.started(pid)
+            if self.warnings:
+                resp["warnings"] = list(self.warnings)  # sdexec extension: unenforced properties
+            client.respond(resp)
             if self.terminal and self.flags & ExecFlag.STDERR:  # stderr is the terminal too
                 client.respond(rfc42.output(pid, rfc42.io_object("stderr", self.rank, None, True)))
             if self.background:

@@ -40,7 +40,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from sdexec.server.process import Process, ProcState, proc_state
 from sdexec.server.pty import PtyInput, PtyOutput, open_pty
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.server.stats import unit_stats
-from sdexec.systemd import properties
+from sdexec.systemd import controllers, properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
 
@@ -176,6 +176,10 @@ class Service:
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
+        # The manager's cgroup controllers (None: unknown, nothing is checked), and
+        # whether a property they cannot enforce is an error (sdexec.systemd.controllers).
+        self.controllers: Callable[[], frozenset[str] | None] = lambda: None
+        self.strict_properties = False
         # Why the systemd manager cannot be reached now (sdexec.server.supervisor).
         self.down: SdexecError | None = None
         # Set while some process may have a client: watch_stopped polls only then.
@@ -333,10 +337,14 @@ class Service:
         if self.uri:
             env["SDEXEC_URI"] = self.uri
         extra = [*properties.opts_properties(cmd.opts), *confined]
+        warnings = self._enforceable(cmd)
         unit = self._unit_name(er)
         if unit in self.by_unit:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        proc.warnings = warnings
+        for text in warnings:
+            log.warning("property not enforced", reason=text, **proc.log_fields())
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
@@ -446,6 +454,22 @@ class Service:
             self.state.update(proc.unit, foreground=True)
         else:
             self.state.remove(proc.unit)
+
+    def _enforceable(self, cmd: rfc42.Command) -> list[str]:
+        """Warnings for resource properties the manager cannot enforce (EOPNOTSUPP if strict).
+
+        See :mod:`sdexec.systemd.controllers`: read only for an exec that
+        sets a property needing a controller.
+        """
+        settings = [
+            (key[len(properties.OPTS_PREFIX) :], value)
+            for key, value in cmd.opts.items()
+            if key.startswith(properties.OPTS_PREFIX)
+        ]
+        strict = controllers.strict_requested(cmd.opts, self.strict_properties)
+        if not controllers.needed(settings):
+            return []
+        return controllers.check(settings, self.controllers(), strict)
 
     def _make_stdio(
         self,
