@@ -160,7 +160,7 @@ def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
             )
         except ExecFailed as exc:
             error(exec_error_message(session.name, exc.errno, exc.message))
-            return exec_error_exit_code(exc.errno)
+            return exec_error_exit_code(exc.errno, exc.message)
         except SdexecError as exc:
             if exc.errno == errno.EINTR:
                 error("interrupted; the server stops the command")
@@ -213,7 +213,7 @@ def _run_terminal(args: argparse.Namespace, command: dict[str, Any]) -> int:
         except ExecFailed as exc:
             _restore(terminal)
             error(exec_error_message(session.name, exc.errno, exc.message))
-            return exec_error_exit_code(exc.errno)
+            return exec_error_exit_code(exc.errno, exc.message)
         except SignalExit as exc:
             _restore(terminal)
             error(f"{_signal.strsignal(exc.signum)}; the server stops the command")

@@ -59,7 +59,15 @@ from sdexec.cluster.fanout import (
     kill_all,
 )
 from sdexec.cluster.hosts import Host, load
-from sdexec.cluster.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
+from sdexec.cluster.outcome import (
+    EXIT_NOHOST,
+    Kind,
+    Outcome,
+    all_ok,
+    exit_code,
+    from_status,
+    summary,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -254,13 +262,21 @@ async def _exec_background(
         pid = result.get("pid") if isinstance(result, dict) else None
         if isinstance(result, SdexecError):
             error(f"exec: rank {rank}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
         elif not isinstance(pid, int):
             error(f"exec: rank {rank}: the server's response has no pid")
             rc = EXIT_FAILURE
         else:
             print(f"{rank}: {pid}", flush=True)
     return rc
+
+
+def _failed(result: SdexecError) -> int:
+    """A rank's exit code for a request that did not succeed: 68 unreachable, else 1.
+
+    The highest code of all ranks is the command's, as for exec (README: exit status).
+    """
+    return EXIT_NOHOST if isinstance(result, Unreachable) else EXIT_FAILURE
 
 
 def run_exec(args: argparse.Namespace) -> int:
@@ -300,7 +316,7 @@ def run_ps(args: argparse.Namespace) -> int:
     for rank, result in sorted(results.items()):
         if isinstance(result, SdexecError):
             error(f"ps: rank {rank}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
             continue
         result["rank"] = rank
         responses.append(result)
@@ -346,7 +362,7 @@ def run_kill(args: argparse.Namespace) -> int:
     for rank, result in sorted(results.items()):
         if isinstance(result, SdexecError):
             error(f"kill: rank {rank}: {args.target}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
     return rc
 
 
@@ -366,12 +382,12 @@ def run_wait(args: argparse.Namespace) -> int:
     outcomes: dict[int, Outcome] = {}
     for rank, result in results.items():
         if isinstance(result, SdexecError):
-            kind = Kind.UNREACHABLE if isinstance(result, Unreachable) else Kind.ERROR
+            kind = Kind.UNREACHABLE if isinstance(result, Unreachable) else Kind.FAILED
             outcomes[rank] = Outcome(kind, result.errno or errno.EIO, result.message)
             continue
         status = result.get("status")
         if not isinstance(status, int) or isinstance(status, bool):
-            outcomes[rank] = Outcome(Kind.ERROR, errno.EPROTO, "the response has no status")
+            outcomes[rank] = Outcome(Kind.FAILED, errno.EPROTO, "the response has no status")
         else:
             outcomes[rank] = from_status(status)
     report_summary(outcomes)

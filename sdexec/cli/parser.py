@@ -79,10 +79,11 @@ unit properties:
 exit status:
   N        COMMAND exited with status N
   128+N    COMMAND was killed by signal N (143 for SIGTERM, 137 for SIGKILL)
-  126      COMMAND could not be executed (permission denied)
+  126      COMMAND could not be executed (permission denied, exec format error)
   127      COMMAND was not found
-  125      sdexec failed: no server, lost connection, or another error from
-           the server (the message says which)
+  125      sdexec failed: no server, lost connection, a working directory
+           that does not exist, or another error from the server (the message
+           says which)
   130      sdexec was interrupted before COMMAND started, or gave up after a
            double Ctrl-C
   With --bg: 0 once the process has started, 1 if it could not be started
@@ -112,7 +113,8 @@ SIGNAL is a number or a name, with or without the SIG prefix (TERM, SIGTERM,
 15). An argument of digits only is a pid; anything else is a label.
 
 exit status:
-  0 if the signal was delivered, 1 otherwise (the message says why).
+  0 if the signal was delivered, 1 otherwise (the message says why); with -r,
+  68 if a rank was unreachable (the highest of the ranks' statuses).
 
 examples:
   sdexec kill 12345
@@ -127,7 +129,7 @@ A process can be waited for once.
 exit status:
   N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
   signal that killed it); 125 if the wait failed (no such waitable process,
-  no server).
+  no server); with -r the highest of the ranks', 68 for an unreachable rank.
 
 example:
   sdexec exec --bg --waitable --label job -- sleep 10 && sdexec wait job
@@ -142,7 +144,7 @@ from each unit's cgroup; mem is the cgroup's memory.current, or the resident
 set of the unit's processes where the memory controller is not enabled.
 
 exit status:
-  0 on success, 1 on error.
+  0 on success, 1 on error; with -r, 68 if a rank was unreachable.
 """
 
 _ATTACH_DESCRIPTION = """\
@@ -206,8 +208,9 @@ SIGHUP and SIGCONT to the child and waits for it before exiting.
 
 _PROXY_EPILOG = """\
 exit status:
-  the child's exit status, or 128+N if a signal N killed it; 1 if the proxy
-  could not connect (or the server's version differs, without --force).
+  the child's exit status, or 128+N if a signal N killed it; 127 if COMMAND
+  was not found, 126 if it could not be run; 125 if the proxy could not
+  connect (or the server's version differs, without --force).
 
 examples:
   sdexec proxy local:///run/sdexec/local

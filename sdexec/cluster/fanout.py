@@ -244,9 +244,9 @@ class RankProcess(RankJob):
         except RemoteError as exc:
             if self.session.pid is None:
                 return Outcome(Kind.ERROR, exc.errno or errno.EIO, exc.message)
-            return Outcome(Kind.ERROR, exc.errno or errno.EIO, f"server: {exc.message}")
+            return Outcome(Kind.FAILED, exc.errno or errno.EIO, f"server: {exc.message}")
         except ProtocolError as exc:
-            return Outcome(Kind.ERROR, errno.EPROTO, exc.message)
+            return Outcome(Kind.FAILED, errno.EPROTO, exc.message)
         except SdexecError as exc:
             return self._lost(exc)
 

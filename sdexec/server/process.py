@@ -214,7 +214,8 @@ class Process:
         failure = await self.service.journal.spawn_failure(self.unit)
         if failure is not None:
             errnum, text, step = failure
-            subject = (self.cmd.cwd or "working directory") if step == "CHDIR" else None
+            where = f"working directory {self.cmd.cwd or ''}".rstrip()
+            subject = where if step == "CHDIR" else None
             self._exec_failed(errnum, text, subject)
         else:
             self._started(fin.pid)

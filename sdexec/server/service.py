@@ -94,6 +94,21 @@ def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     raise SdexecError(errno.ENOENT, f"{argv0}: No such file or directory")
 
 
+def _check_working_directory(cwd: str) -> None:
+    """ENOENT/ENOTDIR now, naming the working directory, rather than a failed chdir later.
+
+    The text starts with "working directory": the CLI exits 125 for it, not
+    127 as for a command that was not found.
+    """
+    try:
+        st = os.stat(cwd)
+    except OSError as exc:
+        num = exc.errno or errno.ENOENT
+        raise SdexecError(num, f"working directory {cwd}: {os.strerror(num)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SdexecError(errno.ENOTDIR, f"working directory {cwd}: {os.strerror(errno.ENOTDIR)}")
+
+
 def _check_executable(argv0: str, path: str) -> None:
     try:
         st = os.stat(path)
@@ -332,6 +347,8 @@ class Service:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         cmd.stdin_bufsize()  # validate options before anything is created
         winsize = _terminal_request(er, req.streaming)
+        if cmd.cwd is not None and not guest.is_guest(req):  # a guest's chdir is its own
+            _check_working_directory(cmd.cwd)
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
