@@ -39,7 +39,7 @@ from sdexec.cli.common import (
     target_payload,
 )
 from sdexec.cli.exec import FORWARDED_SIGNALS, command_from_args, exec_flags
-from sdexec.cli.ps import FIELDS, header, list_payload, rows, stats_format
+from sdexec.cli.ps import FIELDS, default_format, header, list_payload, rows
 from sdexec.cli.signing import NEVER, apply_async, sign_options
 from sdexec.client.exec import (
     EXEC_TOPIC,
@@ -326,10 +326,7 @@ def run_ps(args: argparse.Namespace) -> int:
         return rc
     fmt = args.format
     if fmt is None:
-        pid_w = max([3] + [len(str(p["pid"])) for p in procs])
-        label_w = max([5] + [len(str(p["label"])) for p in procs])
-        fmt = f"{{rank:>4}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} "
-        fmt += stats_format(procs, args.stats) + "{cmd}"
+        fmt = "{rank:>4} " + default_format(procs, args.stats, getattr(args, "long", False))
     try:
         lines = [header(fmt)] if not args.no_header else []
         lines.extend(fmt.format(**p).rstrip() for p in procs)

@@ -15,6 +15,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NoReturn
 
 PROG = "sdexec"
 
@@ -136,12 +137,16 @@ example:
 """
 
 _PS_EPILOG = """\
-fields for -o: {pid} {label} {state} {cmd} {rank} {cpu} {mem} {elapsed}, with
-Python format specs, e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's
-one-letter process state, as in "flux sproc ps" (R: running). A process
-without a label shows "-". cpu, mem and elapsed (as --stats shows them) come
-from each unit's cgroup; mem is the cgroup's memory.current, or the resident
-set of the unit's processes where the memory controller is not enabled.
+fields for -o: {pid} {label} {state} {cmd} {rank} {start} {elapsed}
+{waitable} {unit} {cpu} {mem}, with Python format specs, e.g. -o '{pid:>8}
+{state} {cmd}'. STATE is the server's one-letter process state, as in "flux
+sproc ps": R running, T stopped, Z finished (a waitable process not yet
+waited for). A process without a label shows "-". START is when it started
+(the time today, else the date), ELAPSED how long it ran or has been running
+([[DD-]HH:]MM:SS), WAITABLE whether "sdexec wait" may collect its status,
+UNIT its systemd unit. cpu and mem (--stats) come from each unit's cgroup;
+mem is the cgroup's memory.current, or the resident set of the unit's
+processes where the memory controller is not enabled.
 
 exit status:
   0 on success, 1 on error; with -r, 68 if a rank was unreachable.
@@ -248,6 +253,17 @@ def _terminal_width() -> int:
     return _width
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "expected one argument" says how to pass ``-x`` as a value."""
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, rest = message.partition(": expected one argument")
+        if sep and not rest and head.startswith("argument "):
+            option = head.removeprefix("argument ").split("/")[-1]
+            message += f" (a value that starts with '-' is written {option}=VALUE)"
+        super().error(message)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """argparse's formatter, but it does not import shutil (and bz2, lzma...).
 
@@ -304,17 +320,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The top-level parser and the subparsers by name."""
     fmt = _Formatter
     uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
-    uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    uri_parent = _Parser(add_help=False, formatter_class=fmt)
     uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
     ranks_parent = _ranks_parent(fmt)
     sign_parent = _sign_parent(fmt)
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
-    )
+    parser = _Parser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt)
     parser.add_argument("--uri", metavar="URI", default=None, help=uri_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     subs: dict[str, argparse.ArgumentParser] = {}
 
     p = sub.add_parser(
@@ -426,6 +442,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
     p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
     p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
+    p.add_argument("-l", "--long", action="store_true", help="also the WAITABLE and UNIT columns")
     p.add_argument(
         "-s",
         "--stats",
@@ -585,9 +602,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subs
 
 
-def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> _Parser:
     """--hosts, -r and -x: address many servers (ranks) of a hosts file at once."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    parent = _Parser(add_help=False, formatter_class=fmt)
     group = parent.add_argument_group("many ranks")
     group.add_argument(
         "--hosts",
@@ -612,9 +629,9 @@ def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
     return parent
 
 
-def _sign_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+def _sign_parent(fmt: type[argparse.HelpFormatter]) -> _Parser:
     """Client options for RFC 42 signed requests (see sdexec.cli.signing)."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    parent = _Parser(add_help=False, formatter_class=fmt)
     group = parent.add_argument_group(
         "signing", "RFC 42 signed requests; by default signed when the server's owner is not you"
     )
@@ -742,11 +759,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, bool]:
     Exits with argparse's usage message (status 2) on a bad command line.
     """
     parser, subs = build_parser()
-    args = parser.parse_args(argv)
+    words = list(argv) if argv is not None else None
+    args, extra = parser.parse_known_args(words)
+    command = subs.get(args.command, parser)
+    if extra:  # the subcommand's usage, not the top level's
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     many = many_ranks(args, subs)
     if args.command == "exec":
         if args.cmdline[:1] == ["--"]:
             del args.cmdline[0]
         if not args.cmdline:
             subs["exec"].error("a COMMAND is required")
+        if args.waitable and not args.bg:
+            subs["exec"].error("--waitable needs --bg (a foreground command's status is sdexec's)")
     return args, many

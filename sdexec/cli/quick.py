@@ -103,6 +103,6 @@ def parse_exec(argv: Sequence[str]) -> Args | None:
                 return None
             fields[_NAME_VALUES[name]].append((key, val))
     cmdline = list(argv[i:])
-    if not cmdline:
-        return None
+    if not cmdline or (fields["waitable"] and not fields["bg"]):
+        return None  # argparse says what is wrong
     return Args(cmdline=cmdline, **fields)

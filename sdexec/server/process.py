@@ -43,6 +43,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -143,6 +144,8 @@ class Process:
         self.waiter: Request | None = None
         self.reaped = False
         self.warnings: list[str] = []  # told to the requester with "started"
+        self.started_at = 0.0  # seconds since the epoch (0: not known)
+        self.ended_at = 0.0
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
@@ -226,6 +229,7 @@ class Process:
     def _started(self, pid: int) -> None:
         self.pid = pid
         self.state = ProcState.RUNNING
+        self.started_at = self.started_at or time.time()
         self.service.proc_started(self)
         log.info("started", **self.log_fields())
         self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
@@ -254,6 +258,7 @@ class Process:
     def _finished(self, status: int) -> None:
         self.status = status
         self.state = ProcState.EXITED
+        self.ended_at = self.ended_at or time.time()
         self.service.bus.unwatch(self.unit, self)
         log.info("finished", **rfc42.status_fields(status), **self.log_fields())
         self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events

@@ -691,6 +691,9 @@ class Service:
                 "label": p.label or "",
                 "state": self._state(p),
                 "unit": p.unit,
+                "waitable": p.waitable,
+                **({"started": round(p.started_at, 3)} if p.started_at else {}),
+                **({"ended": round(p.ended_at, 3)} if p.ended_at else {}),
                 **({"pty": True} if p.terminal else {}),
             }
             for p in shown  # sdexec.security: a guest sees its own
@@ -834,6 +837,9 @@ class Service:
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
                 self.by_label[rec.label] = proc
+            # When it started and ended, as systemd saw it (microseconds since the epoch).
+            proc.started_at = int(props.get("ExecMainStartTimestamp") or 0) / 1e6
+            proc.ended_at = int(props.get("ExecMainExitTimestamp") or 0) / 1e6
             events = proc.tracker.adopt(props)
             for ev in events:
                 proc._event(ev)

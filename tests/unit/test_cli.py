@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,21 @@ LIST = {
         {"pid": 7, "cmd": "true", "label": None, "state": "Z"},
     ],
 }
+NOW = time.time()
+LONG = {
+    "rank": 0,
+    "time": NOW,  # the server's clock: ELAPSED is counted to it
+    "procs": [
+        {
+            "pid": 19803, "cmd": "sleep", "label": "job", "state": "R", "waitable": True,
+            "unit": "sdexec-0-job-1a-1.service", "started": NOW - 3725,
+        },
+        {
+            "pid": 7, "cmd": "true", "label": None, "state": "Z", "waitable": False,
+            "unit": "sdexec-0-1a-2.service", "started": NOW - 70, "ended": NOW - 10,
+        },
+    ],
+}  # fmt: skip
 
 
 def test_ps_prints_a_table(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -362,7 +378,32 @@ def test_ps_prints_a_table(tmp_path: Path, capfd: pytest.CaptureFixture[str]) ->
         assert cli.main(["ps", "--uri", server.uri]) == 0
     assert seen[0].topic == "sdexec.list" and seen[0].json() == {}
     assert capfd.readouterr().out == (
-        "  PID LABEL      STATE CMD\n19803 demo-sleep R     sleep\n    7 -          Z     true\n"
+        "  PID LABEL      STATE START ELAPSED CMD\n"
+        "19803 demo-sleep R     -           - sleep\n"
+        "    7 -          Z     -           - true\n"
+    )
+
+
+def test_ps_shows_start_elapsed_and_with_l_waitable_and_unit() -> None:
+    start = time.strftime("%H:%M:%S", time.localtime(NOW - 3725))
+    if time.strftime("%Y%m%d", time.localtime(NOW - 3725)) != time.strftime("%Y%m%d"):
+        start = time.strftime("%b%d", time.localtime(NOW - 3725))  # just after midnight
+    out = render(LONG, long=True).splitlines()
+    assert out[0].split() == [
+        "PID",
+        "LABEL",
+        "STATE",
+        "START",
+        "ELAPSED",
+        "WAITABLE",
+        "UNIT",
+        "CMD",
+    ]
+    assert out[1].split() == ["19803", "job", "R", start, "01:02:05", "yes",
+                              "sdexec-0-job-1a-1.service", "sleep"]  # fmt: skip
+    assert out[2].split()[3:7] == [out[2].split()[3], "01:00", "no", "sdexec-0-1a-2.service"]
+    assert render(LONG, "{label} {waitable} {unit}", with_header=False).splitlines()[1] == (
+        "- no sdexec-0-1a-2.service"
     )
 
 
