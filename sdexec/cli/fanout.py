@@ -288,7 +288,7 @@ def run_ps(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
-        return handle.rpc(LIST_TOPIC, {})  # type: ignore[no-any-return]
+        return handle.rpc(LIST_TOPIC, {"details": True})  # type: ignore[no-any-return]
 
     results = asyncio.run(_rpc_all(args, hosts, call))
     rc = 0

@@ -503,6 +503,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("target", metavar="TARGET")
     subs["uri"] = p
+
+    p = sub.add_parser(
+        "flux-module-path",
+        help="print the path of the Flux broker module file",
+        description=(
+            "Print the absolute path of sdexec's Flux broker module, for "
+            "'flux module load --name=sdexec PATH' on one rank, or "
+            "'flux exec -r all flux module load --name=sdexec PATH' on all of them, "
+            "or [modules.sdexec] module = PATH in the instance's configuration."
+        ),
+        formatter_class=fmt,
+    )
+    p.set_defaults(command="flux_module_path")
+    subs["flux-module-path"] = p
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))

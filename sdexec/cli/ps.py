@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``sdexec ps``; returns the exit status."""
     try:
         with connect(args.uri, sign_options(args)) as handle:
-            resp = handle.rpc(LIST_TOPIC, {})
+            resp = handle.rpc(LIST_TOPIC, {"details": True})
     except SdexecError as exc:
         error(f"ps: {exc.message}")
         return EXIT_FAILURE

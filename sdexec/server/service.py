@@ -32,7 +32,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,11 @@ log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOPPED_POLL = 0.05
+#: A client's service-manager handles are not the unit's: systemd sets its own.
+DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
+
+#: ``SDEXEC_R_LOCAL`` (a rank's share of a job's resources) -> unit properties.
+Mapper = Callable[[str], Awaitable[dict[str, str]]]
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
@@ -111,7 +116,18 @@ class Service:
         journal: Journal | None = None,
         state_dir: Path | None = None,
         outputlog: OutputLog | None = None,
+        line_buffer: bool = False,
+        environment: Mapping[str, str | None] | None = None,
+        wait_output: int = 0,
+        mapper: Mapper | None = None,
     ) -> None:
+        """``line_buffer``: the default of ``<stream>_LINE_BUFFER``.
+        ``environment``: variables set (or, with None, removed) in every
+        command's environment.  ``wait_output``: how much of a background
+        process's last output a ``wait`` response carries (0: none).
+        ``mapper``: turns ``SDEXEC_R_LOCAL`` into unit properties (Flux's
+        ``sdexec-mapper``); without one that option is refused.
+        """
         self.router = router
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
@@ -120,6 +136,12 @@ class Service:
         self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
+        self.line_buffer = line_buffer
+        self.environment: dict[str, str | None] = dict(
+            DEFAULT_ENVIRONMENT if environment is None else environment
+        )
+        self.wait_output = wait_output
+        self.mapper = mapper
         self.rank_str = str(rank)
         self.uri = uri
         self.by_pid: dict[int, Process] = {}
@@ -129,6 +151,7 @@ class Service:
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
+        self.shutdown_reason = "server is shutting down"
         # Set while some process may have a client: watch_stopped polls only then.
         self._clients_present = asyncio.Event()
         for method, handler, streaming_only in (
@@ -139,6 +162,7 @@ class Service:
             ("kill", self.kill, False),
             ("wait", self.wait, False),
             ("list", self.list, False),
+            ("stats-get", self.stats_get, False),
             ("disconnect", self.disconnect, False),
         ):
             router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
@@ -227,20 +251,58 @@ class Service:
         ``exec`` at once (credit borrowed before ``started``) finds its process.
         """
         if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, "server is shutting down")
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        cmd.stdin_bufsize()  # validate options before anything is created
+        r_local = cmd.opt("SDEXEC_R_LOCAL")
+        if r_local is not None:
+            if self.mapper is None:
+                raise SdexecError(
+                    errno.EINVAL, "SDEXEC_R_LOCAL needs a resource mapper (sdexec-mapper, in Flux)"
+                )
+            return self._exec_mapped(req, er, confined, self.mapper(r_local))
+        return self._exec(req, er, confined)
+
+    async def _exec_mapped(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped: Awaitable[dict[str, str]],
+    ) -> None:
+        """An exec whose unit properties come partly from the resource mapper."""
+        for name, value in (await mapped).items():
+            er.cmd.opts[properties.OPTS_PREFIX + name] = value
+        await self._exec(req, er, confined)
+
+    def _exec(
+        self, req: Request, er: rfc42.ExecRequest, confined: list[tuple[str, Variant]]
+    ) -> Coroutine[Any, Any, None]:
+        cmd = er.cmd
+        if cmd.label is not None and cmd.label in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        # Validate options before anything is created.
+        cmd.stdin_bufsize()
+        for stream in ("stdout", "stderr"):
+            cmd.output_bufsize(stream)
+            cmd.line_buffer(stream, self.line_buffer)
+        stop_timer = cmd.stop_timer()
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
+        for name, value in self.environment.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        proc.stop_timer = stop_timer
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
@@ -346,7 +408,11 @@ class Service:
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.outputs[stream] = OutputPipe(stream, r, proc.output)
+            cmd = proc.cmd
+            lines = (
+                cmd.output_bufsize(stream) if cmd.line_buffer(stream, self.line_buffer) else None
+            )
+            proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines)
             if stream == "stdout":
                 spec.stdout_fd = len(fds)
             else:
@@ -437,18 +503,36 @@ class Service:
     # --- list -------------------------------------------------------------------------------
 
     def list(self, req: Request) -> None:
-        procs = [
-            {
+        """RFC 42 ``list``: pid, cmd, label and state of each process.
+
+        Flux's ``flux sproc ps`` makes an object of each entry and fails on
+        any other key, so more (``unit``) comes only when the request asks
+        for ``details``.
+        """
+        payload = req.payload() if req.msg.payload is not None or req.signed is not None else {}
+        details = payload.get("details") is True
+        procs = []
+        for p in self.by_pid.values():
+            if not guest.visible(req, p.requester_uid):  # sdexec.security: a guest sees its own
+                continue
+            entry: dict[str, Any] = {
                 "pid": p.pid,
                 "cmd": p.name,
                 "label": p.label or "",
                 "state": p.state.value,
-                "unit": p.unit,
             }
-            for p in self.by_pid.values()
-            if guest.visible(req, p.requester_uid)  # sdexec.security: a guest sees its own
-        ]
+            if details:
+                entry["unit"] = p.unit
+            procs.append(entry)
         req.respond({"rank": self.rank, "procs": procs})
+
+    def stats_get(self, req: Request) -> None:
+        """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
+        procs: dict[str, Any] = {}
+        for p in [*self.by_pid.values(), *self.starting]:
+            if guest.visible(req, p.requester_uid):
+                procs[p.unit] = p.stats()
+        req.respond({"procs": procs})
 
     @staticmethod
     def _state(proc: Process) -> str:
@@ -554,26 +638,38 @@ class Service:
 
     # --- shutdown ---------------------------------------------------------------------------
 
-    async def shutdown(self, stop_background: bool = False) -> None:
-        """Fail streams and waits, stop foreground units (and background ones if asked)."""
+    async def shutdown(self, stop_background: bool = False, reason: str | None = None) -> None:
+        """Fail streams and waits, stop foreground units (and background ones if asked).
+
+        Open requests get ENOSYS with ``reason`` (default: the server is
+        shutting down); the units are stopped all at once.
+        """
         self.shutting_down = True
+        if reason is not None:
+            self.shutdown_reason = reason
+        stopping: list[Coroutine[Any, Any, None]] = []
         for proc in [*self.by_pid.values(), *self.starting]:
             if proc.waiter is not None:
-                proc.waiter.error(errno.ENOSYS, "server is shutting down")
+                proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
                 proc.waiter = None
             foreground = not proc.background
             if proc.client is not None:
-                proc.client.error(errno.ENOSYS, "server is shutting down")
+                proc.client.error(errno.ENOSYS, self.shutdown_reason)
                 proc.detach_client()
             if stop_background and proc.background:
                 self.state.remove(proc.unit)
+            proc.cancel_stop_timer()
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
-                try:
-                    await self.bus.stop(proc.unit)
-                except OSError as exc:
-                    log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+                stopping.append(self._stop_quietly(proc))
+        await asyncio.gather(*stopping)
         # Channels, msgchans (sdexec.server.channels).
         shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
+
+    async def _stop_quietly(self, proc: Process) -> None:
+        try:
+            await self.bus.stop(proc.unit)
+        except OSError as exc:
+            log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
 
     def close(self) -> None:
         """Release what the service keeps open (its state log); after shutdown."""

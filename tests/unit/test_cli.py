@@ -360,7 +360,7 @@ def test_ps_prints_a_table(tmp_path: Path, capfd: pytest.CaptureFixture[str]) ->
     seen: list[Message] = []
     with ScriptedServer(short_path(tmp_path), rpc_script(seen, LIST)) as server:
         assert cli.main(["ps", "--uri", server.uri]) == 0
-    assert seen[0].topic == "sdexec.list" and seen[0].json() == {}
+    assert seen[0].topic == "sdexec.list" and seen[0].json() == {"details": True}
     assert capfd.readouterr().out == (
         "  PID LABEL      STATE CMD\n19803 demo-sleep R     sleep\n    7 -          Z     true\n"
     )

@@ -1,0 +1,273 @@
+"""The Flux front door: the sdexec server as the ``sdexec`` broker module of one rank.
+
+Theory of operation
+-------------------
+``flux module load --name=sdexec MODULE.py [KEY=VALUE ...]`` runs
+:func:`mod_main` in a process of its own, with a handle on its broker.  It
+builds the same server as ``sdexec serve`` (router, RFC 42 service, systemd
+bus, re-adoption from the state directory), with the broker as its only
+connection (:class:`~sdexec.flux.link.FluxLink`) instead of a listening
+socket, and runs it on asyncio until the broker sends ``sdexec.shutdown``
+(``flux module remove``).
+
+What differs from the standalone door is what Flux expects of its sdexec
+module, which flux-core's C module defines:
+
+* one ``output`` response per line by default (``<stream>_LINE_BUFFER``),
+  since job-exec turns each into one eventlog entry;
+* units get ``FLUX_URI`` (this rank's ``local-uri``); ``NOTIFY_SOCKET`` and
+  ``INVOCATION_ID`` never leak into them;
+* ``wait`` returns the last 8 KiB of a background process's output
+  (``output``), and that output also goes to the broker log, as
+  ``NAME[PID]: LINE``;
+* ``stats-get`` lists the units, ``config-reload`` checks
+  ``[systemd] sdexec-debug``, ``SDEXEC_R_LOCAL`` asks ``sdexec-mapper``;
+* on unload, open requests get ENOSYS "sdexec module is unloading";
+  foreground units are stopped, background units keep running and are
+  adopted again by the next load (the C module cannot do that).
+
+Everything the server logs goes to the broker log (``flux dmesg``).
+
+``mod_main`` never raises: an exception out of a module makes the broker
+panic and takes the whole instance down.  A failure is logged and the module
+exits with an error the broker reports for the load.
+
+Module arguments (``KEY=VALUE``; the broker splits them on blanks):
+``state-dir=DIR`` (default: ``<statedir>/sdexec`` when the broker has a
+``statedir``, else ``<rundir>/sdexec``), ``journal=DIR`` (a journal directory
+to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
+``systemd=user|system`` and ``log-level=LEVEL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sdexec.base.errors import SdexecError
+from sdexec.broker.request import Request
+from sdexec.broker.router import Router
+from sdexec.flux import brokerlog
+from sdexec.flux.config import SystemdConfig, config_error
+from sdexec.flux.handle import BrokerHandle
+from sdexec.flux.link import FluxLink
+from sdexec.flux.output import BackgroundOutput
+from sdexec.server.daemon import user_bus_address
+from sdexec.server.outputlog import choose
+from sdexec.server.service import Service
+from sdexec.systemd.bus import SystemdBus
+from sdexec.systemd.journal import Journal
+
+log = structlog.get_logger("sdexec.flux")
+
+UNLOADING = "sdexec module is unloading"
+#: The C module keeps at most this much of a waitable process's output for ``wait``.
+WAIT_OUTPUT_MAX = 8192
+#: Environment variables a unit must never inherit from its client.
+DROP_ENV = ("NOTIFY_SOCKET", "INVOCATION_ID")
+
+
+@dataclass
+class ModuleOptions:
+    state_dir: Path
+    journal_dir: str | None
+    systemd: str
+    log_level: str
+
+
+def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
+    """The module's ``KEY=VALUE`` arguments, with the defaults filled in."""
+    given: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("state-dir", "journal", "systemd", "log-level"):
+            raise ValueError(
+                f"unknown module argument {arg!r} (state-dir=, journal=, systemd=, log-level=)"
+            )
+        given[key] = value
+    systemd = given.get("systemd", "user")
+    if systemd not in ("user", "system"):
+        raise ValueError(f"systemd={systemd}: expected user or system")
+    state = given.get("state-dir")
+    if not state:
+        base = handle.attr("statedir") or handle.attr("rundir")
+        if not base:
+            raise ValueError("the broker has no rundir: give state-dir=DIR")
+        state = os.path.join(base, "sdexec")
+    return ModuleOptions(
+        state_dir=Path(state),
+        journal_dir=given.get("journal") or os.environ.get("SDEXEC_JOURNAL_DIR") or None,
+        systemd=systemd,
+        log_level=given.get("log-level", "info"),
+    )
+
+
+def mod_main(h: Any, *args: str) -> None:
+    """Entry point called by ``flux module-python-exec``; never raises."""
+    handle = BrokerHandle(h)
+    brokerlog.configure(handle)
+    try:
+        opts = parse_args(list(args), handle)
+        brokerlog.set_level(opts.log_level)
+    except ValueError as exc:
+        log.error("cannot load", error=str(exc))
+        raise  # the loader reports a ValueError as EINVAL, without a traceback
+    try:
+        asyncio.run(ModuleServer(handle, opts).run())
+    except Exception as exc:
+        # The broker panics when a module dies of an exception; say why and
+        # leave with an errno instead.
+        log.exception("module failed")
+        raise OSError(getattr(exc, "errno", None) or errno.EIO, str(exc)) from None
+
+
+class ModuleServer:
+    """One rank's sdexec: the shared server core behind a :class:`FluxLink`."""
+
+    def __init__(self, handle: BrokerHandle, opts: ModuleOptions) -> None:
+        self.handle = handle
+        self.opts = opts
+        self.name = handle.name
+        self.rank = handle.rank
+        self.stop = asyncio.Event()
+        self.systemd_config = SystemdConfig()
+
+    async def run(self) -> None:
+        handle = self.handle
+        loop = asyncio.get_running_loop()
+        loop.add_reader(handle.pollfd, self._pump)
+        try:
+            await self._serve()
+        finally:
+            loop.remove_reader(handle.pollfd)
+            handle.close()
+
+    def _pump(self) -> None:
+        try:
+            self.handle.pump()
+        except Exception:
+            log.exception("flux reactor failed")
+            self.stop.set()
+
+    async def _serve(self) -> None:
+        handle, opts = self.handle, self.opts
+        self.handle.serve(f"{self.name}.shutdown", lambda _m: self.stop.set())
+        opts.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = os.getuid()
+        bus = SystemdBus(
+            None if opts.systemd == "system" else user_bus_address(),
+            system=opts.systemd == "system",
+        )
+        journal = (
+            Journal.for_mode("private", opts.journal_dir)
+            if opts.journal_dir
+            else Journal.for_mode(opts.systemd)
+        )
+        router = Router(owner_uid=owner)
+        local_uri = handle.attr("local-uri")
+        env: dict[str, str | None] = dict.fromkeys(DROP_ENV)
+        if local_uri:
+            env["FLUX_URI"] = local_uri
+        service = Service(
+            router,
+            bus,
+            name=self.name,
+            rank=self.rank,
+            uri=local_uri,
+            journal=journal,
+            state_dir=opts.state_dir,
+            outputlog=choose(journal, True, opts.state_dir),
+            line_buffer=True,
+            environment=env,
+            wait_output=WAIT_OUTPUT_MAX,
+            mapper=self._map_resources,
+        )
+        router.register(f"{self.name}.config-reload", self._config_reload)
+        link = FluxLink(router, handle.send, service=self.name, rank=self.rank, owner=owner)
+        if link.attach():
+            raise SdexecError(errno.EPERM, "the router refused the broker")
+        # Every method is registered before Flux's reactor runs again: the
+        # broker counts the module as loaded from then on, and requests that
+        # come before the server is ready wait in the link.
+        for topic in sorted(router.routes):
+            if topic.startswith(self.name + "."):
+                handle.serve(topic, link.received_encoded)
+        background = BackgroundOutput(service, journal, handle.log)
+        self._pump()  # what queued before the reader was added
+        try:
+            conf = await handle.rpc("config.get", {})
+        except OSError as exc:
+            log.warning("cannot read the instance config", error=str(exc))
+            conf = {}
+        try:
+            self.systemd_config = SystemdConfig.from_config(conf)
+        except ValueError as exc:
+            log.warning("ignoring bad [systemd] config", error=str(exc))
+        await bus.connect()
+        async with asyncio.TaskGroup() as tg:
+            router.attach(tg)
+            await service.adopt()
+            link.open()
+            watchers = [
+                tg.create_task(service.watch_stopped()),
+                tg.create_task(self._watch_bus(bus)),
+                tg.create_task(background.run()),
+            ]
+            handle.set_running()
+            log.info(
+                "loaded",
+                rank=self.rank,
+                state_dir=str(opts.state_dir),
+                systemd=opts.systemd,
+                adopted=len(service.by_pid),
+                pid=os.getpid(),
+            )
+            await self.stop.wait()
+            log.info("unloading", procs=len(service.by_pid))
+            await service.shutdown(reason=UNLOADING)
+            link.close()
+            for task in watchers:
+                task.cancel()
+            bus.close()
+            service.close()
+        log.info("unloaded", kept=service.background_kept())
+
+    async def _watch_bus(self, bus: SystemdBus) -> None:
+        await bus.wait_closed()
+        if not self.stop.is_set():
+            log.error("lost the systemd bus connection")
+            self.stop.set()
+
+    # --- what the C module does beyond RFC 42 ------------------------------------------
+
+    def _config_reload(self, req: Request) -> None:
+        """``[systemd] sdexec-debug`` must be a boolean; a bad config changes nothing."""
+        try:
+            new = SystemdConfig.from_config(req.payload())
+        except ValueError as exc:
+            raise SdexecError(errno.EINVAL, config_error(exc)) from None
+        self.systemd_config = new
+        req.respond({})
+
+    async def _map_resources(self, r_local: str) -> dict[str, str]:
+        """Unit properties for this rank's share of a job's resources (``sdexec-mapper``)."""
+        try:
+            result = await self.handle.rpc("sdexec-mapper.lookup", {"R": r_local})
+        except OSError as exc:
+            log.error("sdexec-mapper.lookup failed", error=str(exc))
+            raise SdexecError(exc.errno or errno.EIO, "sdexec-mapper.lookup failed") from None
+        if not isinstance(result, dict):
+            raise SdexecError(errno.EPROTO, "sdexec-mapper.lookup: the response is not an object")
+        for key, value in result.items():
+            if not isinstance(value, str):
+                log.error("resource map value is not a string", property=key)
+                raise SdexecError(
+                    errno.EINVAL, "unable to apply systemd properties set in resource map"
+                )
+        return result
