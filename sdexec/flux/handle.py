@@ -43,6 +43,8 @@ ROLE_USER = 2
 ROLE_LOCAL = 4
 
 Receiver = Callable[[bytes], None]
+#: Reactor iterations after the last waiting message (see BrokerHandle.pump).
+SETTLE = 2
 
 
 class BrokerHandle:
@@ -148,11 +150,30 @@ class BrokerHandle:
     def pollfd(self) -> int:
         return int(lib.flux_pollfd(self._raw))
 
-    def pump(self) -> None:
-        """Run Flux's reactor while messages are waiting, without blocking."""
-        while lib.flux_pollevents(self._raw) & lib.FLUX_POLLIN:
-            lib.flux_reactor_run(self._reactor, lib.FLUX_REACTOR_NOWAIT)
-            Flux.raise_if_exception()
+    def pump(self, *, once: bool = False) -> None:
+        """Run Flux's reactor while it has work, without blocking.
+
+        The poll fd says only that messages are waiting.  A message the
+        reactor has taken may still have work behind it that the fd never
+        shows: a fulfilled future runs its continuation on the reactor's
+        next iteration.  So after the last waiting message, the reactor runs
+        SETTLE more times.  ``once``: run it even if nothing is waiting (at
+        start: the broker learns that the module is running from a prepare
+        watcher of Flux's own).
+        """
+        raw, reactor = self._raw, self._reactor
+        pending = once
+        while True:
+            if pending or lib.flux_pollevents(raw) & lib.FLUX_POLLIN:
+                pending = False
+                lib.flux_reactor_run(reactor, lib.FLUX_REACTOR_NOWAIT)
+                Flux.raise_if_exception()
+                continue
+            for _ in range(SETTLE):
+                lib.flux_reactor_run(reactor, lib.FLUX_REACTOR_NOWAIT)
+                Flux.raise_if_exception()
+            if not lib.flux_pollevents(raw) & lib.FLUX_POLLIN:
+                return
 
     def set_running(self) -> None:
         """Tell the broker the module is up (``flux module load`` returns then)."""

@@ -33,8 +33,8 @@ panic and takes the whole instance down.  A failure is logged and the module
 exits with an error the broker reports for the load.
 
 Module arguments (``KEY=VALUE``; the broker splits them on blanks):
-``state-dir=DIR`` (default: ``<statedir>/sdexec`` when the broker has a
-``statedir``, else ``<rundir>/sdexec``), ``journal=DIR`` (a journal directory
+``state-dir=DIR`` (default: ``<statedir>/sdexec.<rank>`` when the broker has a
+``statedir``, else ``<rundir>/sdexec.<rank>``), ``journal=DIR`` (a journal directory
 to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
 ``systemd=user|system`` and ``log-level=LEVEL``.
 """
@@ -42,11 +42,12 @@ to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -55,7 +56,6 @@ from sdexec.broker.request import Request
 from sdexec.broker.router import Router
 from sdexec.flux import brokerlog
 from sdexec.flux.config import SystemdConfig, config_error
-from sdexec.flux.handle import BrokerHandle
 from sdexec.flux.link import FluxLink
 from sdexec.flux.output import BackgroundOutput
 from sdexec.server.daemon import user_bus_address
@@ -64,11 +64,15 @@ from sdexec.server.service import Service
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
 
+if TYPE_CHECKING:
+    from sdexec.flux.handle import BrokerHandle
+
 log = structlog.get_logger("sdexec.flux")
 
 UNLOADING = "sdexec module is unloading"
 #: The C module keeps at most this much of a waitable process's output for ``wait``.
 WAIT_OUTPUT_MAX = 8192
+RECONNECT_INTERVAL = 1.0
 #: Environment variables a unit must never inherit from its client.
 DROP_ENV = ("NOTIFY_SOCKET", "INVOCATION_ID")
 
@@ -99,7 +103,7 @@ def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
         base = handle.attr("statedir") or handle.attr("rundir")
         if not base:
             raise ValueError("the broker has no rundir: give state-dir=DIR")
-        state = os.path.join(base, "sdexec")
+        state = os.path.join(base, f"sdexec.{handle.rank}")
     return ModuleOptions(
         state_dir=Path(state),
         journal_dir=given.get("journal") or os.environ.get("SDEXEC_JOURNAL_DIR") or None,
@@ -109,7 +113,13 @@ def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
 
 
 def mod_main(h: Any, *args: str) -> None:
-    """Entry point called by ``flux module-python-exec``; never raises."""
+    """Entry point called by ``flux module-python-exec``.
+
+    An error at load is raised as ValueError (the broker reports EINVAL) or
+    OSError (its errno): never anything else, never a traceback.
+    """
+    from sdexec.flux.handle import BrokerHandle  # flux-core's bindings: only in a broker
+
     handle = BrokerHandle(h)
     brokerlog.configure(handle)
     try:
@@ -148,9 +158,9 @@ class ModuleServer:
             loop.remove_reader(handle.pollfd)
             handle.close()
 
-    def _pump(self) -> None:
+    def _pump(self, once: bool = False) -> None:
         try:
-            self.handle.pump()
+            self.handle.pump(once=once)
         except Exception:
             log.exception("flux reactor failed")
             self.stop.set()
@@ -199,7 +209,8 @@ class ModuleServer:
             if topic.startswith(self.name + "."):
                 handle.serve(topic, link.received_encoded)
         background = BackgroundOutput(service, journal, handle.log)
-        self._pump()  # what queued before the reader was added
+        self._pump(once=True)  # what queued before the reader was added
+        log.debug("reading the config")
         try:
             conf = await handle.rpc("config.get", {})
         except OSError as exc:
@@ -209,9 +220,11 @@ class ModuleServer:
             self.systemd_config = SystemdConfig.from_config(conf)
         except ValueError as exc:
             log.warning("ignoring bad [systemd] config", error=str(exc))
+        log.debug("connecting to systemd", address=bus.address)
         await bus.connect()
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
+            log.debug("adopting units", state_dir=str(opts.state_dir))
             await service.adopt()
             link.open()
             watchers = [
@@ -239,10 +252,25 @@ class ModuleServer:
         log.info("unloaded", kept=service.background_kept())
 
     async def _watch_bus(self, bus: SystemdBus) -> None:
-        await bus.wait_closed()
-        if not self.stop.is_set():
-            log.error("lost the systemd bus connection")
-            self.stop.set()
+        """Keep the module up when the bus goes: say so, and connect again.
+
+        Leaving would make the broker panic (an unrequested module exit ends
+        the instance); requests meanwhile fail with ECONNRESET.
+        """
+        while True:
+            with contextlib.suppress(Exception):  # the error that closed it, if any
+                await bus.wait_closed()
+            log.error("lost the systemd bus connection; reconnecting")
+            while True:
+                await asyncio.sleep(RECONNECT_INTERVAL)
+                bus.close()
+                try:
+                    await bus.connect()
+                except OSError as exc:
+                    log.debug("systemd bus still unreachable", error=str(exc))
+                    continue
+                log.info("systemd bus connection restored")
+                break
 
     # --- what the C module does beyond RFC 42 ------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import itertools
 import os
 import stat
@@ -149,6 +150,12 @@ class Service:
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
+        # Several servers may share one manager (two Flux instances on a node,
+        # or sdexec serve beside one): the names of a server's own units carry
+        # its rank and a tag of its state directory, so that re-adoption never
+        # touches another server's units.
+        tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:6]
+        self.unit_prefix = f"sdexec-{rank}-{tag}-"
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
         self.shutdown_reason = "server is shutting down"
@@ -241,7 +248,7 @@ class Service:
             if not name.endswith(".service"):
                 name += ".service"
             return name
-        return f"sdexec-{self.rank}-{self._stamp}-{next(self._seq)}.service"
+        return f"{self.unit_prefix}{self._stamp}-{next(self._seq)}.service"
 
     def exec(self, req: Request) -> Coroutine[Any, Any, None]:
         """Validate and register synchronously; start the unit in a task.
@@ -628,7 +635,7 @@ class Service:
             for ev in events:
                 proc._event(ev)
             log.info("re-adopted", state=proc.state.value, status=proc.status, **proc.log_fields())
-        for unit, _active, _sub in await self.bus.list_units([f"sdexec-{self.rank}-*.service"]):
+        for unit, _active, _sub in await self.bus.list_units([f"{self.unit_prefix}*.service"]):
             if unit not in adopted:
                 log.info("re-adoption: stopping orphaned foreground unit", unit=unit)
                 try:

@@ -54,7 +54,8 @@ def test_perilog_page_documents_perilog_run(pages: dict[str, str]) -> None:
 
 def test_top_page_lists_every_command(pages: dict[str, str]) -> None:
     for command in COMMANDS:
-        assert "\\fB%s\\fR" % command.replace("-", "\\-") in pages["sdexec.1"]
+        roff = command.replace("-", "\\-")
+        assert f"\\fB{roff}\\fR" in pages["sdexec.1"]
 
 
 def test_date_comes_from_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
