@@ -9,7 +9,7 @@ from __future__ import annotations
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.cli.stream import pump
+from sdexec.cli.stream import pump, target
 from sdexec.client.exec import exit_code
 
 TYPE_CHECKING = False
@@ -34,9 +34,16 @@ def run(args: argparse.Namespace) -> int:
             )
 
     try:
-        with connect(args.uri, sign_options(args)) as handle:
+        uri, nodeid = target(args)
+        with connect(uri, sign_options(args)) as handle:
             try:
-                pump(handle, ATTACH_TOPIC, {**target_payload(args.target), "flags": 0}, other)
+                pump(
+                    handle,
+                    ATTACH_TOPIC,
+                    {**target_payload(args.target), "flags": 0},
+                    other,
+                    nodeid=nodeid,
+                )
             except KeyboardInterrupt:
                 error(
                     f"attach: detached from {args.target}; it goes on running "

@@ -58,8 +58,9 @@ from sdexec.cluster.fanout import (
     connect,
     kill_all,
 )
-from sdexec.cluster.hosts import Host, load
+from sdexec.cluster.hosts import Host
 from sdexec.cluster.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
+from sdexec.cluster.ranks import instance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ INTERRUPT_WINDOW = 1.0
 
 def select_hosts(args: argparse.Namespace) -> list[Host]:
     """The hosts ``-r``/``-x``/``--hosts`` select (SdexecError if none)."""
-    return load(args.hosts).select(args.ranks, args.exclude)
+    return instance(args.hosts).select(args.ranks, args.exclude)
 
 
 def rank_command(command: dict[str, Any], host: Host) -> dict[str, Any]:

@@ -384,6 +384,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "125 when sdexec itself failed; 130 after Ctrl-C.",
         formatter_class=fmt,
     )
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["attach"] = p
 
@@ -399,6 +400,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["logs"] = p
 
@@ -521,6 +523,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
     return parser, subs
+
+
+def _one_rank(p: argparse.ArgumentParser) -> None:
+    """-r RANK and --hosts: the one rank a command reaches (attach, logs)."""
+    group = p.add_argument_group("another rank")
+    group.add_argument(
+        "-r",
+        "--rank",
+        dest="rank",
+        type=int,
+        metavar="RANK",
+        default=None,
+        help="the rank's server: through Flux inside a Flux instance ($FLUX_URI), "
+        "else from the hosts file",
+    )
+    group.add_argument(
+        "--hosts",
+        metavar="FILE",
+        default=None,
+        help="the hosts file for -r (default: $SDEXEC_HOSTS)",
+    )
 
 
 def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
