@@ -539,7 +539,7 @@ class Service:
         for p in [*self.by_pid.values(), *self.starting]:
             if guest.visible(req, p.requester_uid):
                 procs[p.unit] = p.stats()
-        req.respond({"procs": procs})
+        req.respond({"pid": os.getpid(), "procs": procs})
 
     @staticmethod
     def _state(proc: Process) -> str:

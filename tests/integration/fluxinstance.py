@@ -80,6 +80,7 @@ class FluxInstance:
     proc: subprocess.Popen[bytes] | None = None
     uri: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    broker_args: list[str] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -114,6 +115,7 @@ class FluxInstance:
                 f"--config-path={conf}",
                 f"-Slog-filename={self.log_path}",
                 "-Slog-forward-level=7",
+                *self.broker_args,
                 "sh",
                 "-c",
                 wait_for_stdin,

@@ -1,0 +1,367 @@
+"""sdexec as the sdexec broker module of a real 4-broker Flux instance.
+
+The instance is configured as a site would replace flux-core's C module
+(``[systemd] enable``, ``[modules.sdexec] module = ...``,
+``[exec] service = "sdexec"``), so rc1 loads our module on every rank and
+job-exec launches job shells through it.  It runs on the session's confined
+systemd user manager; flux-core's ``sdmon`` is pointed at the same manager
+(the test machines have no system manager).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fluxinstance import MODULE, FluxInstance, flux_or_skip
+
+from sdexec.systemd.private import PrivateManager
+
+SIZE = 4
+GUEST = 65534
+
+
+def site_config(extra: str = "") -> str:
+    return (
+        "[systemd]\nenable = true\n\n"
+        f'[modules.sdexec]\nmodule = "{MODULE}"\n\n'
+        '[exec]\nservice = "sdexec"\n\n'
+        "[access]\nallow-guest-user = true\n" + extra
+    )
+
+
+def start_instance(manager: PrivateManager, workdir: Path, *broker_args: str) -> FluxInstance:
+    inst = FluxInstance(
+        flux_or_skip(),
+        manager,
+        workdir,
+        size=SIZE,
+        config=site_config(),
+        extra_env={"DBUS_SYSTEM_BUS_ADDRESS": manager.bus_address},
+        broker_args=list(broker_args),
+    )
+    inst.start()
+    inst.must("flux", "resource", "status")  # rc1 is done: every rank runs sdexec
+    deadline = time.monotonic() + 60
+    while "avail ✔" not in inst.run("flux", "resource", "status").stdout:
+        assert time.monotonic() < deadline, inst.run("flux", "resource", "status").stdout
+        time.sleep(0.2)
+    return inst
+
+
+def clean_stop(inst: FluxInstance) -> None:
+    rc = inst.stop()
+    log = inst.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, inst.tail(80)
+    assert "module runtime failure" not in log
+    assert rc == 0, inst.tail(40)
+
+
+@pytest.fixture(scope="module")
+def inst(manager: PrivateManager, workdir: Path) -> Iterator[FluxInstance]:
+    instance = start_instance(manager, workdir / "flux-module")
+    try:
+        yield instance
+    finally:
+        clean_stop(instance)
+        assert not units(manager, "shell-*"), "job shell units left behind"
+
+
+def units(manager: PrivateManager, pattern: str = "sdexec-*") -> list[str]:
+    out = subprocess.run(
+        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", pattern],
+        env=manager.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def module_pid(inst: FluxInstance, rank: int) -> int:
+    stats = json.loads(
+        inst.must("flux", "exec", "-r", str(rank), "flux", "module", "stats", "sdexec")
+    )
+    return int(stats["pid"])
+
+
+# --- the module on every rank -------------------------------------------------------
+
+
+def test_site_config_loads_our_module_on_every_rank(inst: FluxInstance) -> None:
+    out = inst.must("flux", "exec", "-r", "all", "flux", "module", "list", "-l")
+    lines = [line for line in out.splitlines() if line.startswith("sdexec ")]
+    assert len(lines) == SIZE and all(str(MODULE) in line for line in lines)
+
+
+def test_flux_exec_reaches_sdexec_on_every_rank(inst: FluxInstance) -> None:
+    out = inst.must("flux", "exec", "-r", "all", "--service=sdexec", "printenv", "FLUX_URI")
+    uris = out.split()
+    local = [
+        inst.must("flux", "exec", "-r", str(r), "flux", "getattr", "local-uri").strip()
+        for r in range(SIZE)
+    ]
+    assert sorted(uris) == sorted(local)  # each unit talks to its own rank's broker
+
+
+def test_flux_exec_exit_status_and_missing_command(inst: FluxInstance) -> None:
+    r = inst.run("flux", "exec", "-r", "2", "--service=sdexec", "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    r = inst.run("flux", "exec", "-r", "2", "--service=sdexec", "/nonexistent")
+    assert r.returncode == 127 and "No such file or directory" in r.stderr
+    r = inst.run(
+        "flux", "exec", "-r", "2", "--service=sdexec", "--setopt=SDEXEC_PROP_Bogus=1", "true"
+    )
+    assert r.returncode != 0 and "Bogus" in r.stderr
+    assert inst.must("flux", "exec", "-r", "2", "--service=sdexec", "echo", "still serving") == (
+        "still serving\n"
+    )
+
+
+# --- jobs through job-exec ----------------------------------------------------------------
+
+
+def test_jobs_run_through_job_exec_bulk_exec(inst: FluxInstance) -> None:
+    out = inst.must("flux", "run", "-N4", "-n4", "--label-io", "sh", "-c", "echo $FLUX_TASK_RANK")
+    assert sorted(out.splitlines()) == [f"{r}: {r}" for r in range(SIZE)]
+    assert inst.run("flux", "run", "-N2", "false").returncode == 1
+
+
+def test_bgexec_job_survives_an_sdexec_reload(inst: FluxInstance, manager: PrivateManager) -> None:
+    """job-exec bgexec: remove job-exec, reload sdexec everywhere, load job-exec: it completes."""
+    inst.must("flux", "module", "reload", "job-exec", "method=bgexec")
+    try:
+        jobid = inst.must(
+            "flux",
+            "submit",
+            "--flags=debug",
+            "-N2",
+            "-n2",
+            "sh",
+            "-c",
+            "echo started-$FLUX_TASK_RANK; sleep 6; echo done-$FLUX_TASK_RANK; exit 3",
+        ).strip()
+        inst.must("flux", "job", "wait-event", "-p", "exec", "-t", "60", jobid, "recoverable")
+        inst.must("flux", "module", "remove", "job-exec")
+        inst.remove_sdexec()
+        assert units(manager, "sdexec-*"), "the background units ended with the module"
+        inst.load_sdexec()
+        readopted = inst.must("flux", "exec", "-r", "all", "flux", "dmesg")
+        assert readopted.count("re-adopted") >= 2
+        inst.must("flux", "module", "load", "job-exec", "method=bgexec")
+        inst.must("flux", "job", "wait-event", "-t", "60", jobid, "clean")
+        status = inst.run("flux", "job", "status", jobid)
+        assert status.returncode == 3, status.stderr
+        assert inst.run("flux", "job", "wait-event", "-t", "2", jobid, "exception").returncode != 0
+        out = inst.run("flux", "job", "attach", jobid).stdout
+        assert sorted(out.split()) == ["done-0", "done-1", "started-0", "started-1"]
+    finally:
+        inst.must("flux", "module", "reload", "job-exec")
+
+
+# --- the sdexec CLI through Flux ------------------------------------------------------------
+
+
+def test_cli_reaches_all_ranks_and_one_rank(inst: FluxInstance) -> None:
+    out = inst.must("sdexec", "exec", "-r", "all", "-l", "printenv", "SDEXEC_RANK")
+    assert sorted(out.splitlines()) == [f"{r}: {r}" for r in range(SIZE)]
+    uri2 = inst.must("flux", "exec", "-r", "2", "flux", "getattr", "local-uri").strip()
+    assert inst.must("sdexec", "exec", "-r", "2", "printenv", "FLUX_URI").strip() == uri2
+    r = inst.run("sdexec", "exec", "-r", "1,3", "sh", "-c", "exit 4")
+    assert r.returncode == 4 and "[1,3]: exit 4" in r.stderr
+
+
+def test_ps_lists_every_rank_with_hostnames(inst: FluxInstance) -> None:
+    inst.must("sdexec", "exec", "-r", "0-3", "--bg", "--label", "psjob", "sleep", "30")
+    try:
+        out = inst.must("sdexec", "ps", "-r", "all")
+        assert sum("psjob" in line for line in out.splitlines()) == SIZE
+    finally:
+        inst.must("sdexec", "kill", "-r", "all", "psjob")
+
+
+def test_attach_replays_a_job_unit_from_another_rank(inst: FluxInstance) -> None:
+    inst.must(
+        "sdexec",
+        "exec",
+        "-r",
+        "3",
+        "--bg",
+        "--waitable",
+        "--label",
+        "replayed",
+        "sh",
+        "-c",
+        "echo before; sleep 2; echo after >&2; exit 6",
+    )
+    time.sleep(0.5)  # "before" is written before anyone attaches
+    # sdexec attach run on rank 1 (inside a unit of rank 1's sdexec), reaching rank 3.
+    r = inst.run(
+        "flux",
+        "exec",
+        "-r",
+        "1",
+        "--service=sdexec",
+        sys.executable,
+        "-m",
+        "sdexec.cli.main",
+        "attach",
+        "-r",
+        "3",
+        "replayed",
+    )
+    assert r.returncode == 6, r.stderr
+    assert r.stdout == "before\n" and "after" in r.stderr
+
+
+# --- authorization ---------------------------------------------------------------------------
+
+
+def test_guest_is_refused(inst: FluxInstance) -> None:
+    rundir = inst.must("flux", "getattr", "rundir").strip()
+    os.chmod(rundir, 0o711)  # let the guest reach the local connector's socket
+    guest = ["setpriv", f"--reuid={GUEST}", f"--regid={GUEST}", "--clear-groups"]
+    r = inst.run(*guest, inst.flux, "exec", "-r", "1", "--service=sdexec", "true")
+    assert r.returncode != 0 and "Request requires owner credentials" in r.stderr
+    r = inst.run(*guest, sys.executable, "-m", "sdexec.cli.main", "ps", "-r", "1")
+    assert r.returncode != 0 and "owner credentials" in r.stderr
+
+
+def test_rank0_refuses_requests_from_other_ranks(inst: FluxInstance) -> None:
+    r = inst.run("flux", "exec", "-r", "1", "flux", "exec", "-r", "0", "--service=sdexec", "true")
+    assert r.returncode == 126 and "not allowed on rank 0" in r.stderr
+    r = inst.run(
+        "flux", "exec", "-r", "1", sys.executable, "-m", "sdexec.cli.main", "ps", "-r", "0"
+    )
+    assert r.returncode != 0 and "not allowed on rank 0" in r.stderr
+    # From rank 0 itself, and to other ranks from rank 1, all is well.
+    inst.must("flux", "exec", "-r", "1", "flux", "exec", "-r", "2", "--service=sdexec", "true")
+
+
+def test_disconnect_kills_the_clients_foreground_units(
+    inst: FluxInstance, manager: PrivateManager
+) -> None:
+    before = set(units(manager))
+    client = subprocess.Popen(
+        [inst.flux, "exec", "-r", "2", "--service=sdexec", "sleep", "300"],
+        env=inst.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: set(units(manager)) - before, what="the foreground unit")
+        (unit,) = set(units(manager)) - before
+        client.send_signal(signal.SIGKILL)  # no kill request: only the disconnect
+        client.wait(10)
+        wait_for(lambda: unit not in units(manager), what=f"{unit} to stop")
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_module_remove_stops_foreground_and_keeps_background(
+    inst: FluxInstance, manager: PrivateManager
+) -> None:
+    inst.must(
+        "sdexec",
+        "exec",
+        "-r",
+        "3",
+        "--bg",
+        "--waitable",
+        "--label",
+        "keeper",
+        "sh",
+        "-c",
+        "sleep 3; exit 9",
+    )
+    fg = subprocess.Popen(
+        [inst.flux, "exec", "-r", "3", "--service=sdexec", "sleep", "300"],
+        env=inst.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        before = set(units(manager))
+        wait_for(
+            lambda: len(set(units(manager)) - before) >= 1 or fg.poll() is not None, what="fg unit"
+        )
+        fg_units = set(units(manager)) - before
+        t0 = time.monotonic()
+        inst.remove_sdexec("3")
+        elapsed = time.monotonic() - t0
+        print(f"flux module remove sdexec on rank 3: {elapsed * 1000:.0f} ms")
+        _, err = fg.communicate(timeout=30)
+        assert fg.returncode != 0 and b"unloading" in err
+        wait_for(lambda: not (fg_units & set(units(manager))), what="the foreground unit to stop")
+        inst.load_sdexec("3")
+        r = inst.run("sdexec", "wait", "-r", "3", "keeper")
+        assert r.returncode == 9, r.stderr
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+            fg.wait()
+
+
+def test_server_events_are_in_the_broker_log(inst: FluxInstance) -> None:
+    inst.must("flux", "exec", "-r", "2", "--service=sdexec", "true")
+    dmesg = inst.must("flux", "exec", "-r", "2", "flux", "dmesg")
+    assert "sdexec.info[2]: exec argv=" in dmesg and "sdexec.info[2]: finished status=0" in dmesg
+
+
+def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> None:
+    """Requests in flight and new ones fail cleanly; reloading re-adopts the units."""
+    inst = start_instance(manager, workdir / "flux-sigkill", "-Sbroker.module-nopanic=1")
+    try:
+        inst.must(
+            "sdexec",
+            "exec",
+            "-r",
+            "1",
+            "--bg",
+            "--waitable",
+            "--label",
+            "survivor",
+            "sh",
+            "-c",
+            "sleep 3; exit 7",
+        )
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "sdexec.cli.main", "wait", "-r", "1", "survivor"],
+            env=inst.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.5)
+        os.kill(module_pid(inst, 1), signal.SIGKILL)
+        _, err = waiter.communicate(timeout=20)
+        assert waiter.returncode != 0 and b"module disconnect" in err
+        r = inst.run("flux", "exec", "-r", "1", "--service=sdexec", "true")
+        assert r.returncode != 0
+        inst.load_sdexec("1")
+        r = inst.run("sdexec", "wait", "-r", "1", "survivor")
+        assert r.returncode == 7, r.stderr
+    finally:
+        inst.stop()
