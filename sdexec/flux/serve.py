@@ -147,6 +147,7 @@ class ModuleServer:
         self.rank = handle.rank
         self.stop = asyncio.Event()
         self.systemd_config = SystemdConfig()
+        self.service: Service | None = None
 
     async def run(self) -> None:
         handle = self.handle
@@ -198,6 +199,7 @@ class ModuleServer:
             wait_output=WAIT_OUTPUT_MAX,
             mapper=self._map_resources,
         )
+        self.service = service
         router.register(f"{self.name}.config-reload", self._config_reload)
         link = FluxLink(router, handle.send, service=self.name, rank=self.rank, owner=owner)
         if link.attach():
@@ -221,6 +223,7 @@ class ModuleServer:
         except ValueError as exc:
             log.warning("ignoring bad [systemd] config", error=str(exc))
         log.debug("connecting to systemd", address=bus.address)
+        service.test_options = self.systemd_config.sdexec_debug
         await bus.connect()
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
@@ -281,6 +284,8 @@ class ModuleServer:
         except ValueError as exc:
             raise SdexecError(errno.EINVAL, config_error(exc)) from None
         self.systemd_config = new
+        if self.service is not None:
+            self.service.test_options = new.sdexec_debug
         req.respond({})
 
     async def _map_resources(self, r_local: str) -> dict[str, str]:

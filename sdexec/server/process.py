@@ -40,6 +40,7 @@ import structlog
 
 from sdexec.proto import jsonio, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.server.cpuset import check_cpus
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
@@ -137,6 +138,10 @@ class Process:
         self.stop_timer: tuple[int | None, int] = (None, 9)
         self._stop_handle: asyncio.TimerHandle | None = None
         self.timed_out = False
+        # The CPUs the unit must be confined to (AllowedCPUs from a resource
+        # map), checked when it starts; and why that check failed.
+        self.expected_cpus: set[int] | None = None
+        self.check_error: str | None = None
         self.active_state = "unknown"  # the unit's, as the last signal said
         self.sub_state = "unknown"
 
@@ -215,6 +220,11 @@ class Process:
         self.pid = pid
         self.state = ProcState.RUNNING
         self.service.proc_started(self)
+        if self.expected_cpus is not None:
+            problem = check_cpus(pid, self.expected_cpus)
+            if problem is not None:
+                self._start_check_failed(problem)
+                return
         log.info("started", **self.log_fields())
         self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
@@ -234,8 +244,25 @@ class Process:
         if self.aux is not None:  # channel credit (sdexec.server.channels)
             self.aux.started()
 
+    def _start_check_failed(self, problem: str) -> None:
+        """The unit runs unconfined: kill it; the requester gets EIO once it is gone."""
+        log.error("post-start check failed", reason=problem, **self.log_fields())
+        self.check_error = problem
+        self._close_pipes()  # its output is not the requester's to see
+        self.service.router.spawn(self.service.bus.kill(self.unit, 9, "main"), "post-start kill")
+
     def _finished(self, status: int) -> None:
         self.cancel_stop_timer()
+        if self.check_error is not None:
+            self.service.bus.unwatch(self.unit)
+            self.status = status
+            self.state = ProcState.EXITED
+            for req in (self.client, self.waiter):
+                if req is not None:
+                    req.error(errno.EIO, self.check_error)
+            self.client = self.waiter = None
+            self.service.reap(self)
+            return
         self.status = status
         self.state = ProcState.EXITED
         self.service.bus.unwatch(self.unit)

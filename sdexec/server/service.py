@@ -43,7 +43,7 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import rfc42
+from sdexec.proto import idset, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
@@ -143,6 +143,8 @@ class Service:
         )
         self.wait_output = wait_output
         self.mapper = mapper
+        # Options only for tests (Flux's [systemd] sdexec-debug): SDEXEC_TEST_EXPECTED_CPUS.
+        self.test_options = False
         self.rank_str = str(rank)
         self.uri = uri
         self.by_pid: dict[int, Process] = {}
@@ -283,12 +285,21 @@ class Service:
         """An exec whose unit properties come partly from the resource mapper."""
         for name, value in (await mapped).items():
             er.cmd.opts[properties.OPTS_PREFIX + name] = value
-        await self._exec(req, er, confined)
+        await self._exec(req, er, confined, mapped_cpus=er.cmd.opt("SDEXEC_PROP_AllowedCPUs"))
 
     def _exec(
-        self, req: Request, er: rfc42.ExecRequest, confined: list[tuple[str, Variant]]
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped_cpus: str | None = None,
     ) -> Coroutine[Any, Any, None]:
         cmd = er.cmd
+        # The CPUs a mapped unit must be confined to, checked once it runs.
+        expected = mapped_cpus
+        if self.test_options and cmd.opt("SDEXEC_TEST_EXPECTED_CPUS") is not None:
+            expected = cmd.opt("SDEXEC_TEST_EXPECTED_CPUS")
+        expected_cpus = None if expected is None else idset.decode(expected)
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         # Validate options before anything is created.
@@ -310,6 +321,7 @@ class Service:
         unit = self._unit_name(er)
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         proc.stop_timer = stop_timer
+        proc.expected_cpus = expected_cpus
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
