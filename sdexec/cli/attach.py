@@ -2,6 +2,9 @@
 
 The server replays what the process wrote before (from the journal) and then
 follows it live.  Ctrl-C detaches: the process goes on in the background.
+Any number of clients may attach at once.  The request asks the server not
+to reap (``"reap": false``): ``sdexec wait`` still collects a waitable
+process's status afterwards, and its output stays readable with ``logs``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 pump(
                     handle,
                     ATTACH_TOPIC,
-                    {**target_payload(args.target), "flags": 0},
+                    {**target_payload(args.target), "flags": 0, "reap": False},
                     other,
                     nodeid=nodeid,
                 )

@@ -5,6 +5,10 @@ travel over one streaming ``sdexec.exec`` RPC, driven by
 :func:`sdexec.client.blocking.run_exec`; sdexec exits with the command's
 status.  With ``--bg`` the request is non-streaming (RFC 42 background
 mode): one ``started`` response, whose pid is printed.
+
+With ``--pty`` the command gets a terminal of its own on the server
+(:mod:`sdexec.proto.pty`) and the caller's terminal is put in raw mode
+(:mod:`sdexec.client.terminal`) for as long as it runs.
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ else:
 
 PROPERTY_PREFIX = "SDEXEC_PROP_"
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+# With --pty: SIGWINCH and SIGCONT resize, SIGTERM and SIGHUP end the session.
+TERMINAL_SIGNALS = (
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGWINCH,
+    _signal.SIGCONT,
+)
 
 
 def command_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(exc.message)
         return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+    if args.pty:
+        return _run_terminal(args, command)
     if args.bg:
         return _run_background(args, command)
     return _run_attached(args, command)
@@ -150,3 +164,65 @@ def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
         finally:
             signals.restore()
     return exit_code(status)
+
+
+def _run_terminal(args: argparse.Namespace, command: dict[str, Any]) -> int:
+    """``exec --pty``: a terminal on the server, the caller's in raw mode meanwhile."""
+    from sdexec.client.blocking import SignalExit
+    from sdexec.client.terminal import RawTerminal, window_size
+    from sdexec.proto import pty
+
+    interactive = os.isatty(0)
+    if not interactive and args.pty < 2:
+        error("--pty needs a terminal on stdin (-tt forces one anyway)")
+        return EXIT_SDEXEC_FAILED
+    if args.bg or args.no_stdin:
+        error("--pty cannot be combined with --bg or --no-stdin")
+        return EXIT_SDEXEC_FAILED
+    size_fd = 0 if interactive else 1
+
+    def winsize() -> tuple[int, int]:
+        return window_size(size_fd)
+
+    command["opts"][pty.PTY_OPTION] = pty.format_winsize(*winsize())
+    session = ExecSession(command, flags=exec_flags(args))
+    try:
+        handle = connect(args.uri, sign_options(args))
+    except SdexecError as exc:
+        error(exc.message)
+        return EXIT_SDEXEC_FAILED
+    with handle:
+        signals = SignalPipe(TERMINAL_SIGNALS)
+        terminal = RawTerminal(0) if interactive else None
+        try:
+            status = run_exec(
+                handle,
+                session,
+                stdin_fd=0,
+                signals=signals,
+                warn=error,
+                terminal=terminal,
+                winsize=winsize,
+            )
+        except ExecFailed as exc:
+            _restore(terminal)
+            error(exec_error_message(session.name, exc.errno, exc.message))
+            return exec_error_exit_code(exc.errno)
+        except SignalExit as exc:
+            _restore(terminal)
+            error(f"{_signal.strsignal(exc.signum)}; the server stops the command")
+            return 128 + exc.signum
+        except SdexecError as exc:
+            _restore(terminal)
+            error(exc.message)
+            return EXIT_SDEXEC_FAILED
+        finally:
+            _restore(terminal)
+            signals.restore()
+    return exit_code(status)
+
+
+def _restore(terminal: Any) -> None:
+    """Put the caller's terminal back first, so that a message shows as usual."""
+    if terminal is not None:
+        terminal.restore()

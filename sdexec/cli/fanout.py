@@ -39,7 +39,7 @@ from sdexec.cli.common import (
     target_payload,
 )
 from sdexec.cli.exec import FORWARDED_SIGNALS, command_from_args, exec_flags
-from sdexec.cli.ps import FIELDS, header, rows
+from sdexec.cli.ps import FIELDS, header, list_payload, rows, stats_format
 from sdexec.cli.signing import NEVER, apply_async, sign_options
 from sdexec.client.exec import (
     EXEC_TOPIC,
@@ -266,6 +266,9 @@ async def _exec_background(
 
 def run_exec(args: argparse.Namespace) -> int:
     """``sdexec exec -r IDSET``."""
+    if args.pty:
+        error("--pty needs one server (it cannot be combined with -r or -x)")
+        return EXIT_SDEXEC_FAILED
     try:
         hosts = select_hosts(args)
         command = command_from_args(args)
@@ -289,7 +292,7 @@ def run_ps(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
-        return handle.rpc(LIST_TOPIC, {"details": True})  # type: ignore[no-any-return]
+        return handle.rpc(LIST_TOPIC, list_payload(args))  # type: ignore[no-any-return]
 
     results = asyncio.run(_rpc_all(args, hosts, call))
     rc = 0
@@ -310,7 +313,8 @@ def run_ps(args: argparse.Namespace) -> int:
     if fmt is None:
         pid_w = max([3] + [len(str(p["pid"])) for p in procs])
         label_w = max([5] + [len(str(p["label"])) for p in procs])
-        fmt = f"{{rank:>4}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} {{cmd}}"
+        fmt = f"{{rank:>4}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} "
+        fmt += stats_format(procs, args.stats) + "{cmd}"
     try:
         lines = [header(fmt)] if not args.no_header else []
         lines.extend(fmt.format(**p).rstrip() for p in procs)

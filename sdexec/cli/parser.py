@@ -42,6 +42,7 @@ examples:
   sdexec exec -- hostname                 run a command, as flux exec does
   sdexec exec --bg --waitable --label nightly -- ./backup.sh
   sdexec ps                               list the server's processes
+  sdexec top                              a live view: CPU, memory, elapsed time
   sdexec kill -s INT nightly              signal a process by label or pid
   sdexec wait nightly                     its exit status becomes sdexec's
   sdexec proxy ssh://node12/run/sdexec/local
@@ -133,12 +134,41 @@ example:
 """
 
 _PS_EPILOG = """\
-fields for -o: {pid} {label} {state} {cmd} {rank}, with Python format specs,
-e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's one-letter process
-state, as in "flux sproc ps" (R: running). A process without a label shows "-".
+fields for -o: {pid} {label} {state} {cmd} {rank} {cpu} {mem} {elapsed}, with
+Python format specs, e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's
+one-letter process state, as in "flux sproc ps" (R: running). A process
+without a label shows "-". cpu, mem and elapsed (as --stats shows them) come
+from each unit's cgroup; mem is the cgroup's memory.current, or the resident
+set of the unit's processes where the memory controller is not enabled.
 
 exit status:
   0 on success, 1 on error.
+"""
+
+_ATTACH_DESCRIPTION = """\
+Attach to a background process: print what it wrote so far (replayed from
+the journal), follow its output live, and exit with its exit status when it
+ends.
+"""
+
+_ATTACH_EPILOG = """\
+Any number of clients may attach to a process at once; each gets the whole
+output. Ctrl-C detaches and leaves the process running.
+
+Attaching does not reap: a finished waitable process stays (state Z in
+"sdexec ps") until "sdexec wait" collects its status, and "sdexec logs"
+prints its output as long as the journal keeps it, also after it was reaped.
+(RFC 42 lets an attach reap; sdexec attach asks the server not to.)
+
+exit status:
+  N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
+  signal that killed it); 125 if sdexec failed (no such background process,
+  no server); 130 after Ctrl-C.
+
+examples:
+  sdexec exec --bg --waitable --label job -- ./long-task
+  sdexec attach job                  # Ctrl-C to leave it running
+  sdexec wait job                    # its status, once
 """
 
 _SERVE_EPILOG = """\
@@ -234,8 +264,11 @@ def _name_value(text: str) -> tuple[str, str]:
 
 
 def _label(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("a label must not be empty")
+    from sdexec.proto.labels import label_problem
+
+    problem = label_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -322,6 +355,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
     )
     p.add_argument(
+        "-t",
+        "--pty",
+        action="count",
+        default=0,
+        help="give COMMAND a terminal (stdin must be one; -tt: even if it is not)",
+    )
+    p.add_argument(
         "-l",
         "--label-io",
         action="store_true",
@@ -371,17 +411,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
     p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
     p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
+    p.add_argument(
+        "-s",
+        "--stats",
+        action="store_true",
+        help="add CPU (%% of one CPU, over the unit's life), MEM and ELAPSED from each "
+        "unit's cgroup",
+    )
     subs["ps"] = p
 
     p = sub.add_parser(
         "attach",
         parents=[uri_parent, sign_parent],
         help="follow a background process and wait for its end",
-        description="Attach to a background process: print what it wrote so far (replayed from "
-        "the journal), follow its output live, and exit with its exit status when it ends.",
-        epilog="Ctrl-C detaches and leaves the process running. A waitable process that has "
-        "finished is reaped by attaching to it.\n\nexit status: the process's, as for exec; "
-        "125 when sdexec itself failed; 130 after Ctrl-C.",
+        description=_ATTACH_DESCRIPTION,
+        epilog=_ATTACH_EPILOG,
         formatter_class=fmt,
     )
     _one_rank(p)
@@ -522,6 +566,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
+    from sdexec.cli.top import add_parser as add_top_parser
+
+    subs["top"] = add_top_parser(sub, [uri_parent, ranks_parent, sign_parent], fmt)
     return parser, subs
 
 

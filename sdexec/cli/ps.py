@@ -2,7 +2,10 @@
 
 The default output is a table whose columns are as wide as their widest
 value; ``-o FORMAT`` formats each process with :meth:`str.format` (fields
-pid, label, state, cmd, rank) under a header made from the same format.
+pid, label, state, cmd, rank, and cpu, mem, elapsed) under a header made
+from the same format.  ``--stats`` (or a format that names cpu, mem or
+elapsed) asks the server for each unit's cgroup figures, as ``sdexec top``
+does: CPU% is the average over the unit's life, as in ps(1).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-FIELDS = ("pid", "label", "state", "cmd", "rank")
+FIELDS = ("pid", "label", "state", "cmd", "rank", "cpu", "mem", "elapsed")
+STATS_FIELDS = ("cpu", "mem", "elapsed")
 # A format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
 _SPEC = re.compile(
     r"(?:(?P<fill>.)?(?P<align>[<>=^]))?[-+ ]?z?#?(?P<zero>0)?(?P<width>\d+)?[,_]?(?:\.\d+)?"
@@ -30,8 +34,19 @@ _SPEC = re.compile(
 )
 
 
+def wants_stats(args: argparse.Namespace) -> bool:
+    """``--stats``, or a format naming a stats field."""
+    return bool(args.stats) or any(f"{{{f}" in (args.format or "") for f in STATS_FIELDS)
+
+
+def list_payload(args: argparse.Namespace) -> dict[str, Any]:
+    return {"details": True, "stats": True} if wants_stats(args) else {"details": True}
+
+
 def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict of FIELDS per process of a ``sdexec.list`` response."""
+    from sdexec.cli.top import Rates, Sample, elapsed_text, human_size, rows_of
+
     rank = resp.get("rank", 0)
     out = []
     for proc in resp.get("procs") or []:
@@ -45,18 +60,38 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
                 "state": proc.get("state", "-"),
                 "cmd": proc.get("cmd", ""),
                 "rank": rank,
+                "cpu": "-",
+                "mem": "-",
+                "elapsed": "-",
             }
         )
+    if "time" in resp:  # with stats: figures as sdexec top shows them (lifetime CPU%)
+        sample = Sample()
+        rows_of(resp, Rates(), sample)
+        for entry, row in zip(out, sample.rows, strict=True):
+            entry["cpu"] = "-" if row.cpu_pct is None else f"{row.cpu_pct:.1f}"
+            entry["mem"] = human_size(row.memory)
+            entry["elapsed"] = elapsed_text(row.elapsed)
     return out
 
 
-def default_format(procs: Iterable[dict[str, Any]]) -> str:
-    """A table format whose columns fit the values."""
+def default_format(procs: Iterable[dict[str, Any]], stats: bool = False) -> str:
+    """A table format whose columns fit the values (CPU, MEM, ELAPSED with ``stats``)."""
     procs = list(procs)
     pid_w = max([3] + [len(str(p["pid"])) for p in procs])
     label_w = max([5] + [len(str(p["label"])) for p in procs])
     state_w = max([5] + [len(str(p["state"])) for p in procs])
-    return f"{{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<{state_w}}} {{cmd}}"
+    columns = f"{{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<{state_w}}} "
+    return columns + stats_format(procs, stats) + "{cmd}"
+
+
+def stats_format(procs: Iterable[dict[str, Any]], stats: bool) -> str:
+    """The CPU, MEM and ELAPSED columns of the default table (empty without ``stats``)."""
+    if not stats:
+        return ""
+    procs = list(procs)
+    widths = [max([len(name)] + [len(str(p[name])) for p in procs]) for name in STATS_FIELDS]
+    return "".join(f"{{{name}:>{w}}} " for name, w in zip(STATS_FIELDS, widths, strict=True))
 
 
 def header(fmt: str) -> str:
@@ -83,14 +118,16 @@ def header(fmt: str) -> str:
     return "".join(out).rstrip()
 
 
-def render(resp: dict[str, Any], fmt: str | None = None, *, with_header: bool = True) -> str:
+def render(
+    resp: dict[str, Any], fmt: str | None = None, *, with_header: bool = True, stats: bool = False
+) -> str:
     """The text ``sdexec ps`` prints for a ``sdexec.list`` response.
 
     Raises KeyError/ValueError/IndexError for a bad ``fmt``.
     """
     procs = rows(resp)
     if fmt is None:
-        fmt = default_format(procs)
+        fmt = default_format(procs, stats)
     lines = [header(fmt)] if with_header else []
     lines.extend(fmt.format(**p).rstrip() for p in procs)
     return "".join(line + "\n" for line in lines)
@@ -100,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``sdexec ps``; returns the exit status."""
     try:
         with connect(args.uri, sign_options(args)) as handle:
-            resp = handle.rpc(LIST_TOPIC, {"details": True})
+            resp = handle.rpc(LIST_TOPIC, list_payload(args))
     except SdexecError as exc:
         error(f"ps: {exc.message}")
         return EXIT_FAILURE
@@ -108,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(resp), flush=True)
         return 0
     try:
-        text = render(resp, args.format, with_header=not args.no_header)
+        text = render(resp, args.format, with_header=not args.no_header, stats=args.stats)
     except KeyError as exc:
         error(f"ps: unknown field {exc} in format (fields: {', '.join(FIELDS)})")
         return EXIT_FAILURE

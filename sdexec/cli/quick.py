@@ -8,7 +8,7 @@ server.  :func:`parse_exec` reads the options of a plain, single-server
 ``sdexec exec`` and returns the namespace argparse would have made, or
 None for anything else: an unknown or abbreviated option, ``-h``, ``-r``/``-x``,
 a value that argparse would check or might read differently (one starting
-with ``-``, an empty label, a bad ``NAME=VALUE``), joined short options, or
+with ``-``, a label that is not one, a bad ``NAME=VALUE``), joined short options, or
 no COMMAND.  The caller then parses the whole command line with
 :mod:`sdexec.cli.parser`, which also gives the error message.  So this
 module needs to be right only about what it accepts, and the unit tests
@@ -16,6 +16,8 @@ check exactly that against the real parser.
 """
 
 from __future__ import annotations
+
+from sdexec.proto.labels import label_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ def _defaults() -> dict[str, Any]:
     fields: dict[str, Any] = dict.fromkeys(_FLAGS.values(), False)
     fields.update(dict.fromkeys(_VALUES.values()))
     fields.update({dest: [] for dest in _NAME_VALUES.values()})
-    fields.update(command="exec", ranks=None, exclude=None)
+    fields.update(command="exec", ranks=None, exclude=None, pty=0)  # -t: argparse
     return fields
 
 
@@ -89,7 +91,9 @@ def parse_exec(argv: Sequence[str]) -> Args | None:
             return None
         if name in _VALUES:
             dest = _VALUES[name]
-            if (dest == "label" and not value) or value not in _CHOICES.get(dest, (value,)):
+            if dest == "label" and label_problem(value) is not None:
+                return None
+            if value not in _CHOICES.get(dest, (value,)):
                 return None
             fields[dest] = value
         else:

@@ -23,6 +23,14 @@ protocol (``local://`` framing, handshake byte, matchtags from 1).
   so SIGINT/SIGTERM are forwarded as ``sdexec.kill`` RPCs (held until
   ``started`` if they arrive earlier).
 
+With a remote terminal (``--pty``, :mod:`sdexec.proto.pty`) the loop is
+given the local :class:`~sdexec.client.terminal.RawTerminal`: keys go out
+as they are typed (the remote terminal turns Ctrl-C into SIGINT), SIGWINCH
+sends the new window size, SIGCONT makes the terminal raw again, and
+SIGTERM or SIGHUP end the loop with :class:`SignalExit` (the remote
+process, losing its client, is stopped by the server), so that the caller
+restores the terminal on its way out.
+
 poll(2) works on every kind of stdin the CLI meets: pipes, ttys, sockets,
 and regular files and ``/dev/null`` (always readable), which epoll-based
 asyncio would refuse.  Stdin is never switched to non-blocking mode, since
@@ -52,6 +60,7 @@ from sdexec.client.exec import (
     ExecSession,
 )
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
+from sdexec.proto import pty
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 from sdexec.transport.connector import open_link
@@ -62,6 +71,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import FrameType, TracebackType
     from typing import Any
+
+    from sdexec.client.terminal import RawTerminal
 # The C module: ``signal`` imports ``enum``, ~5 ms of every command's start-up.
 if TYPE_CHECKING:
     import signal as _signal
@@ -272,6 +283,14 @@ class SignalPipe:
         os.close(self._wfd)
 
 
+class SignalExit(SdexecError):
+    """SIGTERM or SIGHUP ended a terminal session's loop (see the module docstring)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(errno.EINTR, f"terminated by signal {signum}")
+        self.signum = signum
+
+
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     """The Python-level handler; the work is done by the wakeup fd."""
 
@@ -299,6 +318,8 @@ def run_exec(
     stderr_fd: int = 2,
     signals: SignalPipe | None = None,
     warn: Callable[[str], None] | None = None,
+    terminal: RawTerminal | None = None,
+    winsize: Callable[[], tuple[int, int]] | None = None,
 ) -> int:
     """Run ``session``'s command to the end; returns its wait(2) status.
 
@@ -313,8 +334,14 @@ def run_exec(
     start the command, SdexecError(ECONNRESET) if the connection is lost,
     and SdexecError(EINTR) if SIGINT arrives twice within
     :data:`INTERRUPT_WINDOW` seconds (the user gave up on the server).
+
+    For a remote terminal, ``winsize`` gives the local window size, sent at
+    each SIGWINCH (and SIGCONT); ``terminal`` is made raw again at SIGCONT;
+    SIGTERM and SIGHUP raise :class:`SignalExit`.
     """
     loop = _ExecLoop(handle, session, stdin_fd, {"stdout": stdout_fd, "stderr": stderr_fd})
+    loop.terminal = terminal
+    loop.winsize = winsize
     return loop.run(signals, warn)
 
 
@@ -338,22 +365,27 @@ class _ExecLoop:
         self.kills: set[int] = set()  # matchtags of our kill RPCs
         self.last_sigint = -INTERRUPT_WINDOW
         self.tag = 0
+        self.terminal: RawTerminal | None = None
+        self.winsize: Callable[[], tuple[int, int]] | None = None
 
     def run(self, signals: SignalPipe | None, warn: Callable[[str], None] | None) -> int:
         self.tag = self.handle.request(EXEC_TOPIC, self.session.request(), streaming=True)
         sock_fd = self.handle.fileno()
         self.poller.register(sock_fd, _POLLIN)
+        sig_fd = -1
         if signals is not None:
-            self.poller.register(signals.fileno(), select.POLLIN)
+            sig_fd = signals.fileno()
+            self.poller.register(sig_fd, select.POLLIN)
         while True:
             self._poll_stdin(self._wants_stdin())
-            for fd, _ in self.poller.poll():
+            # Signals first: a SIGWINCH that came before the keys read with it goes before them.
+            for fd, _ in sorted(self.poller.poll(), key=lambda event: event[0] != sig_fd):
                 if fd == sock_fd:
                     for msg in self.handle.receive():
                         status = self._on_response(msg, warn)
                         if status is not None:
                             return status
-                elif signals is not None and fd == signals.fileno():
+                elif signals is not None and fd == sig_fd:
                     for signum in signals.drain():
                         self._on_signal(signum)
                 elif fd == self.stdin_fd and self.polling_stdin:
@@ -420,12 +452,27 @@ class _ExecLoop:
             raise SdexecError(num, f"cannot write {stream}: {os.strerror(num)}") from None
 
     def _on_signal(self, signum: int) -> None:
+        if self.winsize is not None:
+            if signum == _signal.SIGCONT and self.terminal is not None:
+                self.terminal.enter()
+            if signum in (_signal.SIGWINCH, _signal.SIGCONT):
+                self._send_winsize()
+                return
+            if signum in (_signal.SIGTERM, _signal.SIGHUP):
+                raise SignalExit(signum)
         if signum == _signal.SIGINT:
             now = time.monotonic()
             if now - self.last_sigint < INTERRUPT_WINDOW:
                 raise SdexecError(errno.EINTR, "interrupted")
             self.last_sigint = now
         self._kill(signum)
+
+    def _send_winsize(self) -> None:
+        """The window size as a write to ``pty.winsize`` (no credit; see sdexec.proto.pty)."""
+        if self.winsize is None or self.session.status is not None:
+            return
+        text = pty.format_winsize(*self.winsize()).encode()
+        self.handle.send(WRITE_TOPIC, self.session.side_payload(self.tag, pty.WINSIZE_STREAM, text))
 
     def _kill(self, signum: int) -> None:
         if self.session.status is not None:

@@ -39,6 +39,7 @@ from sdexec.client.rpc import RemoteError, response_payload
 from sdexec.proto import b64
 from sdexec.proto.iodata import decode_io_data
 from sdexec.proto.jsonio import parse_output_data, write_payload
+from sdexec.proto.labels import label_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,8 +101,9 @@ def build_command(
     cmd["opts"] = dict(opts) if opts else {}
     cmd["channels"] = []
     if label is not None:
-        if not label:
-            raise SdexecError(errno.EINVAL, "a label must not be empty")
+        problem = label_problem(label)
+        if problem is not None:
+            raise SdexecError(errno.EINVAL, f"--label: {problem}")
         cmd["label"] = label
     return cmd
 
@@ -358,6 +360,10 @@ class ExecSession:
             raise SdexecError(errno.EPIPE, "stdin is already closed")
         self.credit.charge(len(data))
         return write_payload(matchtag, STDIN, "0", data, False)
+
+    def side_payload(self, matchtag: int, stream: str, data: bytes) -> dict[str, Any]:
+        """An ``sdexec.write`` payload to a stream that takes no credit (``pty.winsize``)."""
+        return {"matchtag": matchtag, "io": encode_io(stream, data)}
 
     def eof_payload(self, matchtag: int) -> dict[str, Any]:
         """The ``sdexec.write`` payload that closes stdin (needs no credit)."""

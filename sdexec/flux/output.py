@@ -9,9 +9,9 @@ command's base name).  :class:`BackgroundOutput` follows the journal with one
 ``journalctl --follow`` for the whole module and copies each line of a
 background process of ours to the broker log.
 
-Lines are matched to processes by the pid journald records for the stream
-(``systemd-cat`` execs the command, so it is the main pid), else by unit.
-Without a journal (output in files) nothing is copied.
+Lines are matched to processes by the unit journald records for them (the
+unit's own cgroup, or the unit the stream's header names).  Without a
+journal (output in files) nothing is copied.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class BackgroundOutput:
             "--all",
             "--follow",
             "--lines=0",
-            f"--output-fields=MESSAGE,PRIORITY,_PID,{self.unit_field}",
+            f"--output-fields=MESSAGE,PRIORITY,_SYSTEMD_UNIT,{self.unit_field}",
             "_TRANSPORT=stdout",
         )
 
@@ -111,19 +111,12 @@ class BackgroundOutput:
         )
 
     def _owner(self, rec: dict[str, Any]) -> Process | None:
-        try:
-            pid = int(rec.get("_PID", 0))
-        except (TypeError, ValueError):
-            pid = 0
-        proc = self.service.by_pid.get(pid)
-        if proc is not None:
-            return proc
-        unit = rec.get(self.unit_field)
-        if not isinstance(unit, str):
-            return None
-        for candidate in self.service.by_pid.values():
-            if candidate.unit == unit:
-                return candidate
+        for field in (self.unit_field, "_SYSTEMD_UNIT"):
+            unit = rec.get(field)
+            if isinstance(unit, str):
+                proc = self.service.by_unit.get(unit)
+                if proc is not None:
+                    return proc
         return None
 
 

@@ -62,7 +62,7 @@ from sdexec.server.daemon import user_bus_address
 from sdexec.server.outputlog import choose
 from sdexec.server.service import Service
 from sdexec.systemd.bus import SystemdBus
-from sdexec.systemd.journal import Journal
+from sdexec.systemd.journal import STDOUT_SOCKET, Journal
 
 if TYPE_CHECKING:
     from sdexec.flux.handle import BrokerHandle
@@ -148,6 +148,7 @@ class ModuleServer:
         self.stop = asyncio.Event()
         self.systemd_config = SystemdConfig()
         self.service: Service | None = None
+        self.manager_pid = 0
 
     async def run(self) -> None:
         handle = self.handle
@@ -193,7 +194,7 @@ class ModuleServer:
             uri=local_uri,
             journal=journal,
             state_dir=opts.state_dir,
-            outputlog=choose(journal, True, opts.state_dir),
+            outputlog=choose(journal, True, opts.state_dir, self._journal_socket),
             line_buffer=True,
             environment=env,
             wait_output=WAIT_OUTPUT_MAX,
@@ -225,6 +226,8 @@ class ModuleServer:
         log.debug("connecting to systemd", address=bus.address)
         service.test_options = self.systemd_config.sdexec_debug
         await bus.connect()
+        await self._find_manager(bus)
+        service.outputlog = choose(journal, True, opts.state_dir, self._journal_socket)
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
             log.debug("adopting units", state_dir=str(opts.state_dir))
@@ -254,6 +257,19 @@ class ModuleServer:
             service.close()
         log.info("unloaded", kept=service.background_kept())
 
+    async def _find_manager(self, bus: SystemdBus) -> None:
+        try:
+            self.manager_pid = await bus.manager_pid()
+        except OSError as exc:
+            log.warning("cannot tell the systemd manager's pid", error=str(exc))
+
+    def _journal_socket(self) -> str:
+        """journald's stream socket as the manager sees it (its mount namespace may be
+        its own: /proc/PID/root enters it), where background output goes."""
+        if self.manager_pid:
+            return f"/proc/{self.manager_pid}/root{STDOUT_SOCKET}"
+        return STDOUT_SOCKET
+
     async def _watch_bus(self, bus: SystemdBus) -> None:
         """Keep the module up when the bus goes: say so, and connect again.
 
@@ -272,7 +288,8 @@ class ModuleServer:
                 except OSError as exc:
                     log.debug("systemd bus still unreachable", error=str(exc))
                     continue
-                log.info("systemd bus connection restored")
+                await self._find_manager(bus)
+                log.info("systemd bus connection restored", manager_pid=self.manager_pid)
                 break
 
     # --- what the C module does beyond RFC 42 ------------------------------------------

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import enum
 import errno
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.proto import b64
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.labels import label_problem
 
 
 class ExecFlag(enum.IntFlag):
@@ -203,9 +205,17 @@ def _str_list(value: Any, what: str) -> list[str]:
 
 def _label(obj: dict[str, Any], what: str) -> str | None:
     label: str | None = _opt(obj, "label", str, what)
-    if label is not None and label == "":
-        raise SdexecError(errno.EINVAL, "label must not be empty")
+    if label is not None:
+        check_label(label)
     return label
+
+
+def check_label(label: str) -> None:
+    """EINVAL, with the reason, for what cannot be a label (:mod:`sdexec.proto.labels`)."""
+    problem = label_problem(label)
+    if problem is not None:
+        shown = label if len(label) <= 40 else label[:40] + "..."
+        raise SdexecError(errno.EINVAL, f"invalid label {shown!r}: {problem}")
 
 
 # --- requests ------------------------------------------------------------------
@@ -245,9 +255,20 @@ def parse_command(obj: Any) -> Command:
 
 def parse_exec(obj: dict[str, Any]) -> ExecRequest:
     cmd = parse_command(_get(obj, "cmd", dict, "exec"))
-    flags = _get(obj, "flags", int, "exec")
-    local_flags = _opt(obj, "local_flags", int, "exec") or 0
-    return ExecRequest(cmd, ExecFlag(flags & 0x1F), LocalFlag(local_flags & 0x7))
+    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "flags")
+    local_flags = _known_bits(_opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "local_flags")
+    return ExecRequest(cmd, ExecFlag(flags), LocalFlag(local_flags))
+
+
+def _known_bits(value: int, kind: type[enum.IntFlag], what: str) -> int:
+    """``value`` if it has only ``kind``'s bits; else EINVAL (never masked: an
+    unknown bit is a client that means something this server does not do)."""
+    known = 0
+    for member in kind:
+        known |= int(member)
+    if value < 0 or value & ~known:
+        raise SdexecError(errno.EINVAL, f"exec: unknown bits in {what} ({value:#x})")
+    return value
 
 
 def parse_target(obj: dict[str, Any], what: str) -> Target:
@@ -273,6 +294,37 @@ def parse_write(obj: dict[str, Any]) -> WriteRequest:
     data = decode_io_data(io)
     eof = bool(_opt(io, "eof", bool, "write.io"))
     return WriteRequest(matchtag, stream, data, eof)
+
+
+# --- wait statuses -----------------------------------------------------------
+
+
+def describe_status(status: int) -> str:
+    """A wait(2) status in words: ``exit 3``, ``signal 15 (SIGTERM)``, ``... core dumped``."""
+    signum = status & 0x7F
+    if signum == 0:
+        return f"exit {(status >> 8) & 0xFF}"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"SIG{signum}"
+    core = ", core dumped" if status & 0x80 else ""
+    return f"signal {signum} ({name}){core}"
+
+
+def status_fields(status: int) -> dict[str, Any]:
+    """A wait(2) status as log fields: ``exit_code``, or ``signal`` (and ``core_dumped``)."""
+    signum = status & 0x7F
+    if signum == 0:
+        return {"exit_code": (status >> 8) & 0xFF}
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = str(signum)
+    fields: dict[str, Any] = {"signal": name}
+    if status & 0x80:
+        fields["core_dumped"] = True
+    return fields
 
 
 # --- responses -----------------------------------------------------------------

@@ -34,7 +34,9 @@ through two descriptors:
 
 A channel whose output is not forwarded (no ``channel`` flag, or a
 background exec, where RFC 42 ignores the flag) is still read, and its
-output dropped, so that the process never blocks on it.
+output dropped, so that the process never blocks on it.  A background
+process's channels take their input from the attached client that holds
+its input (without credit: nobody streams when it starts).
 
 Message channels (``cmd.msgchans``) need no helper: each is a
 :class:`~sdexec.server.msgchan.MsgchanListener` whose ``local://`` URI goes
@@ -346,7 +348,9 @@ def setup_aux(
                 mine, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 created += (mine, far)
                 far_ends.append(far)
-                aux.add_channel(name, mine, forward, writable=streaming)
+                # A background process's channels take input from the attach
+                # stream that holds its input (sdexec.server.process).
+                aux.add_channel(name, mine, forward, writable=True)
             fds = _via_helper(spec, fds, theirs, cmd.channels, far_ends, created)
     except BaseException:
         aux.close()

@@ -26,7 +26,10 @@ from sdexec.base.errors import SdexecError
 from sdexec.base.uri import LOCAL_SCHEME, default_local_path, local_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sdexec.security.policy import SecurityConfig
+    from sdexec.systemd.private import PrivateManager
 
 log = structlog.get_logger("sdexec.server")
 
@@ -94,7 +97,12 @@ def notify(state: str) -> None:
         s.sendall(state.encode())
 
 
-async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | None) -> int:
+async def serve(
+    opts: ServeOptions,
+    bus_address: str | None,
+    journal_dir: str | None,
+    journal_socket: Callable[[], str] | None = None,
+) -> int:
     from sdexec.broker.builtins import Builtins
     from sdexec.broker.router import Router
     from sdexec.security.gate import Gate
@@ -123,7 +131,11 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     journal_ok = opts.systemd != "private" or (
         journal_dir is not None and Path(journal_dir).parent.is_dir()
     )
-    outputlog = choose(journal, journal_ok, opts.state_dir)
+    outputlog = (
+        choose(journal, journal_ok, opts.state_dir, journal_socket)
+        if journal_socket is not None
+        else choose(journal, journal_ok, opts.state_dir)
+    )
     service = Service(
         router,
         bus,
@@ -209,6 +221,24 @@ async def serve(opts: ServeOptions, bus_address: str | None, journal_dir: str | 
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
+def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
+    """Where the private journald's stream socket is, seen from outside its namespace.
+
+    It is in the manager's mount namespace (a tmpfs on /run/systemd), which
+    ``/proc/PID/root`` enters; the manager's pid is read again if it changed.
+    """
+    from sdexec.systemd.journal import STDOUT_SOCKET
+
+    pid: list[int | None] = [None]
+
+    def path() -> str:
+        if pid[0] is None or not os.path.exists(f"/proc/{pid[0]}"):
+            pid[0] = manager.pid()
+        return f"/proc/{pid[0] or 0}/root{STDOUT_SOCKET}"
+
+    return path
+
+
 def _late_signal(signum: int, _frame: object) -> None:
     log.info("already shutting down", signal=signal.Signals(signum).name)
 
@@ -283,6 +313,7 @@ def main(args: argparse.Namespace) -> int:
         manager = None
         bus_address: str | None = None
         journal_dir: str | None = None
+        journal_socket: Callable[[], str] | None = None
         if mode == "private":
             from sdexec.systemd.private import PrivateManager
 
@@ -298,11 +329,12 @@ def main(args: argparse.Namespace) -> int:
                 log.info("private systemd reused", pid=manager.pid())
             bus_address = manager.bus_address
             journal_dir = str(manager.journal_dir)
+            journal_socket = _private_journal_socket(manager)
         elif mode == "user":
             bus_address = user_bus_address()
         kept: int | None = None
         try:
-            kept = asyncio.run(serve(opts, bus_address, journal_dir))
+            kept = asyncio.run(serve(opts, bus_address, journal_dir, journal_socket))
         finally:
             # The loop's handlers are gone with it; a repeated SIGTERM must not
             # cut short the rest of the shutdown (stopping the private manager).

@@ -6,15 +6,18 @@ A background process must not depend on the server: if its stdout were a
 pipe to the server and the server died, it would get SIGPIPE or block.  So
 its output never passes through the server.
 
-:class:`JournalLog` (when the manager has a journald): the command runs
-behind ``systemd-cat`` (part of systemd), which connects stdout and stderr
-to journald as two streams and then execs the command, so the pid, the
-unit's cgroup (``_SYSTEMD_USER_UNIT``) and the exit status are the
-command's own.  The identifier (``SYSLOG_IDENTIFIER``) is the label, and the
-two streams are told apart by priority: stdout is ``info`` (6), stderr
-``err`` (3), with level prefixes off so a line cannot pose as the other
-stream.  Lines come back exactly: journald marks a line that did not end in
-a newline with ``_LINE_BREAK``, and keeps non-UTF-8 lines as bytes.
+:class:`JournalLog` (when the manager has a journald): the server connects
+two streams to journald (:func:`sdexec.systemd.journal.open_stream`) and
+they become the unit's stdout and stderr, so the command runs as it is,
+with nothing in front of it, and its unit shows what the user ran.  The
+identifier (``SYSLOG_IDENTIFIER``) is the label, the stream header names
+the unit, and the two streams are told apart by priority: stdout is
+``info`` (6), stderr ``err`` (3), with level prefixes off so a line cannot
+pose as the other stream.  Lines come back exactly: journald marks a line
+that did not end in a newline with ``_LINE_BREAK``, and keeps non-UTF-8
+lines as bytes.  (This replaced running the command behind ``systemd-cat``,
+whose streams named no unit: lines of a child that had exited before
+journald read them belonged to no unit and were not found again.)
 
 :class:`FileLog` (no journald): ``StandardOutput=append:`` and
 ``StandardError=append:`` files per unit in the state directory.
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +43,7 @@ from typing import Any, Protocol
 from dbus_fast import Variant
 
 from sdexec.proto import b64
-from sdexec.systemd.journal import Journal
+from sdexec.systemd.journal import STDOUT_SOCKET, Journal, open_stream
 
 Sink = Callable[[str, bytes], None]  # (stream, data)
 Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
@@ -71,11 +75,26 @@ class LogRequest:
     pid: int | None = None
 
 
+@dataclass
+class Prepared:
+    """How a background unit's output is kept: properties, and fds for stdout/stderr.
+
+    The fds (when not None) are the caller's, to pass to the unit and close.
+    """
+
+    properties: list[tuple[str, Variant]]
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
+
+    def fds(self) -> list[int]:
+        return [fd for fd in (self.stdout_fd, self.stderr_fd) if fd is not None]
+
+
 class OutputLog(Protocol):
     """What the service needs from an output store."""
 
-    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
-        """(argv prefix, extra unit properties) for a background unit."""
+    def prepare(self, unit: str, ident: str) -> Prepared:
+        """Where a background unit's output goes (EIO/EAGAIN if it cannot go there now)."""
         ...
 
     async def follow(self, req: LogRequest) -> None:
@@ -97,26 +116,26 @@ def _message_bytes(value: Any) -> bytes:
 
 
 class JournalLog:
-    """Background output in the journal, through ``systemd-cat``."""
+    """Background output in the journal: two streams to journald per unit."""
 
-    def __init__(self, journal: Journal, systemd_cat: str = "/usr/bin/systemd-cat") -> None:
+    def __init__(
+        self, journal: Journal, stdout_socket: Callable[[], str] = lambda: STDOUT_SOCKET
+    ) -> None:
         self.journal = journal
-        self.systemd_cat = systemd_cat
+        self.stdout_socket = stdout_socket
         self.unit_field = (
             "_SYSTEMD_UNIT" if journal.unit_field == "UNIT" else ("_SYSTEMD_USER_UNIT")
         )
 
-    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
-        prefix = [
-            self.systemd_cat,
-            "-t",
-            ident,
-            f"--priority={PRIORITY_STDOUT}",
-            f"--stderr-priority={PRIORITY_STDERR}",
-            "--level-prefix=false",
-            "--",
-        ]
-        return prefix, [("SyslogIdentifier", Variant("s", ident))]
+    def prepare(self, unit: str, ident: str) -> Prepared:
+        path = self.stdout_socket()
+        out = open_stream(path, ident, unit, PRIORITY_STDOUT)
+        try:
+            err = open_stream(path, ident, unit, PRIORITY_STDERR)
+        except BaseException:
+            os.close(out)
+            raise
+        return Prepared([("SyslogIdentifier", Variant("s", ident))], out, err)
 
     def argv(
         self,
@@ -135,15 +154,18 @@ class JournalLog:
             args += ["--lines", str(tail)] if tail is not None else ["--lines=all"]
         if follow:
             args.append("--follow")
-        match = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
+        common = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
+        # journald takes each line's unit from /proc/PID/cgroup of the process
+        # that wrote it.  When that process has already exited, it takes the
+        # unit our stream header names, as _SYSTEMD_UNIT (even for a user
+        # unit); a server that is not root cannot name it, and then the main
+        # process's pid (from the socket's credentials) still finds its lines.
+        # "+" is OR.
+        fields = dict.fromkeys([self.unit_field, "_SYSTEMD_UNIT"])
+        terms = [[f"{field}={unit}", *common] for field in fields]
         if pid is not None:
-            # journald takes a stream's unit from /proc/PID/cgroup of its
-            # peer; for a process that exits at once that may already be gone,
-            # and the lines carry no unit.  The pid comes from the socket's
-            # credentials and is always there: match it too ("+" is OR).
-            match = [f"{self.unit_field}={unit}", *match, "+", f"_PID={pid}", *match]
-        else:
-            match = [f"{self.unit_field}={unit}", *match]
+            terms.append([f"_PID={pid}", *common])
+        match = [arg for i, term in enumerate(terms) for arg in (["+"] if i else []) + term]
         return self.journal.argv(*args, *match)
 
     async def follow(self, req: LogRequest) -> None:
@@ -244,12 +266,14 @@ class FileLog:
     def path(self, unit: str, stream: str) -> Path:
         return self.dir / f"{unit}.{stream}"
 
-    def prepare(self, unit: str, ident: str) -> tuple[list[str], list[tuple[str, Variant]]]:
+    def prepare(self, unit: str, ident: str) -> Prepared:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return [], [
-            ("StandardOutputFileToAppend", Variant("s", str(self.path(unit, "stdout")))),
-            ("StandardErrorFileToAppend", Variant("s", str(self.path(unit, "stderr")))),
-        ]
+        return Prepared(
+            [
+                ("StandardOutputFileToAppend", Variant("s", str(self.path(unit, "stdout")))),
+                ("StandardErrorFileToAppend", Variant("s", str(self.path(unit, "stderr")))),
+            ]
+        )
 
     async def follow(self, req: LogRequest) -> None:
         paths = {s: self.path(req.unit, s) for s in ("stdout", "stderr")}
@@ -306,9 +330,17 @@ class FileLog:
                 os.unlink(self.path(unit, s))
 
 
-def choose(journal: Journal, journal_ok: bool, state_dir: Path) -> OutputLog:
-    if journal_ok and os.path.exists("/usr/bin/systemd-cat"):
-        return JournalLog(journal)
+def choose(
+    journal: Journal,
+    journal_ok: bool,
+    state_dir: Path,
+    stdout_socket: Callable[[], str] = lambda: STDOUT_SOCKET,
+) -> OutputLog:
+    """The journal when the manager has a journald (``stdout_socket`` gives where), else files."""
+    if journal_ok:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(stdout_socket()).st_mode):
+                return JournalLog(journal, stdout_socket)
     return FileLog(state_dir / "output")
 
 

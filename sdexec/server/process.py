@@ -20,11 +20,22 @@ from the unit's pipes, ``finished``, and ENODATA once the process has
 finished *and* every forwarded stream has reached EOF.
 
 A background process's output never passes through the server (see
-:mod:`sdexec.server.outputlog`).  An ``attach`` client gets ``attached``,
-then the stored output replayed and followed live, ``stopped`` when the
-process is stopped, and — once the process has finished and its output has
-all been read back — the EOFs, ``finished`` and ENODATA.  When an attached
-client goes away the process simply goes on in the background.
+:mod:`sdexec.server.outputlog`).  Any number of ``attach`` clients may
+follow it at once, each on its own: it gets ``attached``, then the stored
+output replayed and followed live, ``stopped`` when the process is stopped,
+and — once the process has finished and its output has all been read back
+— the EOFs, ``finished`` and ENODATA.  At most one of them holds the
+process's input (the attach request's ``stdin``): its ``write`` requests,
+named by the attach's matchtag, go to the process's channels.  When an
+attached client goes away the process simply goes on in the background.
+
+Reaping (forgetting a finished process): a streaming exec's process when
+its stream ends, a waitable one when ``wait`` has its status, any other
+background one when it finishes.  An attach reaps a finished waitable
+process only if it asks to (``reap``, RFC 42's default); ``sdexec attach``
+does not, so ``wait`` still has the status after it.  Reaping never stops an
+attach that is still replaying, and the output stays readable with
+``logs`` (see :mod:`sdexec.server.statefile`, the history).
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from sdexec.proto import jsonio, rfc42
+from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.cpuset import check_cpus
 from sdexec.server.outputlog import LogRequest
@@ -50,6 +61,7 @@ if TYPE_CHECKING:
     from sdexec.broker.router import Router
     from sdexec.server.channels import AuxChannels
     from sdexec.server.outputlog import OutputLog
+    from sdexec.server.pty import PtyInput
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
 
@@ -97,6 +109,8 @@ class ProcessOwner(Protocol):
 
     def reap(self, proc: Process) -> None: ...
 
+    def attach_ended(self, proc: Process, req: Request) -> None: ...
+
 
 class Process:
     """A subprocess run as a transient unit."""
@@ -128,8 +142,10 @@ class Process:
         self.outputs: dict[str, OutputPipe] = {}
         self.stdin: InputPipe | None = None
         self.ident = cmd.label or unit  # journal identifier of background output
-        self.attached = False  # self.client is an attach stream
+        self.attachers: list[Attacher] = []  # attach streams, oldest first
+        self.stdin_holder: Request | None = None  # the attach stream whose writes go in
         self.waiter: Request | None = None
+        self.reaped = False
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
@@ -144,6 +160,7 @@ class Process:
         self.check_error: str | None = None
         self.active_state = "unknown"  # the unit's, as the last signal said
         self.sub_state = "unknown"
+        self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
 
@@ -155,6 +172,11 @@ class Process:
     def starting(self) -> bool:
         """Not started yet (the unit is being created)."""
         return self.state is ProcState.STARTING
+
+    @property
+    def terminal(self) -> bool:
+        """Its standard input, output and error are a pty."""
+        return self.pty is not None
 
     @property
     def waitable(self) -> bool:
@@ -230,6 +252,8 @@ class Process:
         client = self.client
         if client is not None:
             client.respond(rfc42.started(pid))
+            if self.terminal and self.flags & ExecFlag.STDERR:  # stderr is the terminal too
+                client.respond(rfc42.output(pid, rfc42.io_object("stderr", self.rank, None, True)))
             if self.background:
                 self.client = None  # a background exec gets exactly one response
             elif self.flags & ExecFlag.WRITE_CREDIT and self.stdin is not None:
@@ -265,19 +289,18 @@ class Process:
             return
         self.status = status
         self.state = ProcState.EXITED
-        self.service.bus.unwatch(self.unit)
-        log.info("finished", status=status, **self.log_fields())
+        self.service.bus.unwatch(self.unit, self)
+        log.info("finished", **rfc42.status_fields(status), **self.log_fields())
         self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
-        if self.attached:
-            return  # the follower sends finished once all output is replayed
+        # Attach streams send finished themselves, once all output is replayed.
         if self.client is not None:
             self.client.respond(rfc42.finished(self.pid, status))
         self._maybe_end()
 
     def _exec_failed(self, errnum: int, message: str, subject: str | None = None) -> None:
-        self.service.bus.unwatch(self.unit)
+        self.service.bus.unwatch(self.unit, self)
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:
@@ -380,6 +403,9 @@ class Process:
     # --- input ------------------------------------------------------------------------------
 
     def write(self, stream: str, data: bytes, eof: bool) -> None:
+        if stream == pty.WINSIZE_STREAM:
+            self._resize(data)
+            return
         if self.aux is not None and self.aux.write(stream, data, eof):  # a channel
             return
         if stream != "stdin" or self.stdin is None:
@@ -389,8 +415,18 @@ class Process:
         if eof:
             self.stdin.write_eof()
 
+    def _resize(self, data: bytes) -> None:
+        if self.pty is None:
+            return  # not a terminal: ignored, like any unknown channel
+        try:
+            cols, rows = pty.parse_winsize(data.decode("ascii", "replace"))
+        except OSError as exc:
+            log.info("window size dropped", reason=str(exc), **self.log_fields())
+            return
+        self.pty.resize(cols, rows)
+
     def credit(self, n: int) -> None:
-        client = self.client
+        client = self.client if self.client is not None else self.stdin_holder
         if client is None or not self.flags & ExecFlag.WRITE_CREDIT:
             return
         if self.state is ProcState.STARTING:
@@ -426,38 +462,74 @@ class Process:
 
     # --- attach ------------------------------------------------------------------------------
 
-    def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
-        """Attach a streaming client; returns the follower to run, if any."""
-        self.client = req
-        self.attached = True
-        self.sender = req.sender
-        req.respond(rfc42.attached(self.pid, int(self.flags)))
-        log.info("attach", requester=req.userid, **self.log_fields())
+    def attach(self, req: Request, *, stdin: bool, reap: bool) -> Coroutine[Any, Any, None]:
+        """Add an attach stream; returns its follower, to run in the request's task."""
+        att = Attacher(req, reap)
+        self.attachers.append(att)
+        if stdin:
+            self.stdin_holder = req
+        resp = rfc42.attached(self.pid, int(self.flags))
+        if stdin:
+            resp["stdin"] = True
+        req.respond(resp)
+        log.info(
+            "attach",
+            requester=req.userid,
+            stdin=stdin,
+            attached=len(self.attachers),
+            **self.log_fields(),
+        )
         self.service.router.publish("sdexec.proc.attached", self.event_payload())
+        if self.state is ProcState.STOPPED:
+            req.respond(rfc42.stopped(self.pid))
         # A finished process's output is replayed too, before its EOFs: the
         # RFC's required responses all come, and the operator sees the output.
-        return self._follow(req, follow=self.state is not ProcState.EXITED)
+        return self._follow(att, follow=self.state is not ProcState.EXITED)
 
-    async def _follow(self, req: Request, follow: bool) -> None:
+    async def _follow(self, att: Attacher, follow: bool) -> None:
+        req = att.req
         await self.send_log(
             req,
             tail=None,
             follow=follow,
-            ended=lambda: self.state is ProcState.EXITED or self.client is not req,
-            current=lambda: self.client is req,
+            ended=lambda: (
+                self.state is ProcState.EXITED or att not in self.attachers or not req.connected
+            ),
+            current=lambda: att in self.attachers,
         )
-        if self.client is req:
-            self._attach_done(req)
+        if att in self.attachers:
+            self._attach_done(att)
 
-    def _attach_done(self, req: Request) -> None:
+    def _attach_done(self, att: Attacher) -> None:
+        req = att.req
         assert self.status is not None
         for stream in ("stdout", "stderr"):
             req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
         req.respond(rfc42.finished(self.pid, self.status))
         req.end()
-        self.client = None
-        self.attached = False
-        self.service.reap(self)  # RFC 42: a finished attach reaps the process
+        self._drop_attacher(att)
+        if att.reap and self.waitable and not self.reaped:
+            self.service.reap(self)  # RFC 42: a finished attach reaps the process
+
+    def detach(self, req: Request) -> None:
+        """An attach stream's client went away: the process goes on without it."""
+        for att in self.attachers:
+            if att.req is req:
+                log.info("detach", **self.log_fields())
+                self.service.router.publish("sdexec.proc.detached", self.event_payload())
+                self._drop_attacher(att)
+                return
+
+    def _drop_attacher(self, att: Attacher) -> None:
+        self.attachers.remove(att)
+        if self.stdin_holder is att.req:
+            self.stdin_holder = None
+        self.service.attach_ended(self, att.req)
+
+    @property
+    def watched(self) -> bool:
+        """A client streams this process's events (``stopped`` is polled for it)."""
+        return bool(self.attachers) or (self.client is not None and self.client.streaming)
 
     # --- stopped (SIGSTOP is invisible on D-Bus: read /proc) -------------------------
 
@@ -472,6 +544,8 @@ class Process:
             self.service.router.publish("sdexec.proc.stopped", self.event_payload())
             if self.client is not None:
                 self.client.respond(rfc42.stopped(self.pid))
+            for att in self.attachers:
+                att.req.respond(rfc42.stopped(self.pid))
         elif not stopped and self.state is ProcState.STOPPED:
             self.state = ProcState.RUNNING
             log.info("continued", **self.log_fields())
@@ -480,13 +554,9 @@ class Process:
     # --- client going away -------------------------------------------------------------
 
     def detach_client(self) -> None:
-        """The streaming client disconnected."""
-        if self.attached:
-            log.info("detach", **self.log_fields())
-            self.service.router.publish("sdexec.proc.detached", self.event_payload())
+        """The streaming (exec) client disconnected."""
         self._unhook_writable()
         self.client = None
-        self.attached = False
         self._flow()
 
     def _close_pipes(self) -> None:
@@ -560,6 +630,16 @@ class Process:
         self._close_pipes()
         if self.aux is not None:  # channels, msgchans (sdexec.server.channels)
             self.aux.close()
+
+
+class Attacher:
+    """One attach stream: its request, and whether its end reaps the process."""
+
+    __slots__ = ("reap", "req")
+
+    def __init__(self, req: Request, reap: bool) -> None:
+        self.req = req
+        self.reap = reap
 
 
 def proc_state(pid: int) -> str:

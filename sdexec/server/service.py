@@ -14,7 +14,15 @@ Indexes, all kept consistent by :meth:`proc_started`, :meth:`reap` and
 * ``by_label`` - reserved at request time, so a duplicate is refused with
   EEXIST before any unit is created;
 * ``by_stream`` - (sender, matchtag) of a streaming exec, the key that RFC 42
-  ``write`` requests use.
+  ``write`` requests use;
+* ``by_unit`` - every unit of ours, from exec to reap: a second exec that
+  names one of them (``SDEXEC_NAME``) is refused with EEXIST before
+  anything is created, so that a failed start never touches a unit that it
+  did not create.
+
+Every unit is recorded in the state directory before it is started,
+foreground ones too, so that a restarted server finds all of its units
+again, whatever their names (:meth:`adopt`).
 
 ``exec`` validates the request, resolves the executable against the
 command's own ``PATH`` (so a missing or non-executable command is ENOENT or
@@ -27,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import itertools
 import os
 import stat
@@ -43,14 +50,16 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import idset, rfc42
+from sdexec.proto import idset, pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
-from sdexec.server.outputlog import FileLog, OutputLog
+from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
-from sdexec.server.statefile import ProcRecord, StateDir
+from sdexec.server.pty import PtyInput, open_pty
+from sdexec.server.statefile import ProcRecord, Reaped, StateDir
+from sdexec.server.stats import unit_stats
 from sdexec.systemd import properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
@@ -103,6 +112,46 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
 
 
+def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
+    """An optional boolean member of a request (EPROTO if it is something else)."""
+    value = payload.get(key, default)
+    if not isinstance(value, bool):
+        raise SdexecError(errno.EPROTO, f"'{key}' must be a boolean")
+    return value
+
+
+def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
+    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks."""
+    text = er.cmd.opt(pty.PTY_OPTION)
+    if text is None:
+        return None
+    winsize = pty.parse_winsize(text)
+    if not streaming:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs a streaming exec")
+    if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
+    if er.cmd.channels:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
+    if not er.flags & ExecFlag.STDOUT:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
+    return winsize
+
+
+def _wants(req: Request, key: str) -> bool:
+    """Whether a ``list`` asks for ``key``; any payload, or none, is a plain list (RFC 42)."""
+    if req.signed is None and not req.msg.payload:
+        return False
+    try:
+        payload = req.payload()
+    except OSError:
+        return False
+    return isinstance(payload, dict) and payload.get(key) is True
+
+
+def _wants_stats(req: Request) -> bool:
+    return _wants(req, "stats")
+
+
 class Service:
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
@@ -150,14 +199,9 @@ class Service:
         self.by_pid: dict[int, Process] = {}
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
+        self.by_unit: dict[str, Process] = {}
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
-        # Several servers may share one manager (two Flux instances on a node,
-        # or sdexec serve beside one): the names of a server's own units carry
-        # its rank and a tag of its state directory, so that re-adoption never
-        # touches another server's units.
-        tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:6]
-        self.unit_prefix = f"sdexec-{rank}-{tag}-"
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
         self.shutdown_reason = "server is shutting down"
@@ -187,20 +231,48 @@ class Service:
         """A process that never started (exec failure): forget it and its unit."""
         self.starting.discard(proc)
         self._forget(proc)
-        if proc.background:
-            self.state.remove(proc.unit)
-            if proc.waitable:  # CollectMode=inactive keeps even a failed unit
-                self.router.spawn(self._release_unit(proc.unit), "release unit")
+        self.state.remove(proc.unit)
+        if proc.background and proc.waitable:  # CollectMode=inactive keeps even a failed unit
+            self.router.spawn(self._release_unit(proc.unit), "release unit")
 
     def reap(self, proc: Process) -> None:
-        """The process's status has been delivered: forget it, and let its unit go."""
+        """The process's status has been delivered: forget it, and let its unit go.
+
+        A background process is remembered in the state's history, so that
+        ``logs`` still finds its output (and says how it ended).
+        """
+        if proc.reaped:
+            return
+        proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        if proc.background:
+        if not proc.background:
             self.state.remove(proc.unit)
-            self.outputlog.forget(proc.unit)
+        else:
+            self.state.reaped(
+                Reaped(
+                    unit=proc.unit,
+                    label=proc.label,
+                    ident=proc.ident,
+                    pid=proc.pid,
+                    status=proc.status,
+                    requester_uid=proc.requester_uid,
+                    ended=time.time(),
+                )
+            )
+            self._forget_evicted()
             if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
                 self.router.spawn(self._release_unit(proc.unit), "release unit")
+
+    def _forget_evicted(self) -> None:
+        """Stored output of processes the history no longer remembers may go."""
+        while self.state.evicted:
+            self.outputlog.forget(self.state.evicted.pop())
+
+    def attach_ended(self, proc: Process, req: Request) -> None:
+        key = (req.sender, req.matchtag)
+        if self.by_stream.get(key) is proc:
+            del self.by_stream[key]
 
     async def _release_unit(self, unit: str) -> None:
         for step in (self.bus.stop, self.bus.reset_failed):
@@ -212,12 +284,16 @@ class Service:
     def _forget(self, proc: Process) -> None:
         if self.by_pid.get(proc.pid) is proc:
             del self.by_pid[proc.pid]
+        if self.by_unit.get(proc.unit) is proc:
+            del self.by_unit[proc.unit]
         if proc.label is not None and self.by_label.get(proc.label) is proc:
             del self.by_label[proc.label]
         if proc.sender is not None:
             key = (proc.sender, proc.matchtag)
             if self.by_stream.get(key) is proc:
                 del self.by_stream[key]
+        if proc.stdin_holder is not None:
+            self.attach_ended(proc, proc.stdin_holder)
         proc.release()
 
     def processes(self) -> Iterable[Process]:
@@ -237,10 +313,18 @@ class Service:
         if proc is None or proc.state is ProcState.STARTING:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
-            raise SdexecError(errnum, f"process {target} not found")
+            raise SdexecError(errnum, self._not_found(target, requester))
         if not guest.visible(requester, proc.requester_uid):  # sdexec.security
             raise SdexecError(errno.EPERM, f"process {target} belongs to another user")
         return proc
+
+    def _not_found(self, target: rfc42.Target, requester: Request) -> str:
+        """Why there is no process ``target``: gone (and how it ended), or never known."""
+        gone = self.state.find_reaped(label=target.label, pid=target.pid)
+        if gone is None or not guest.visible(requester, gone.requester_uid):
+            return f"process {target} not found"
+        how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
+        return f"process {target} has ended{how} and was reaped; its output: sdexec logs {target}"
 
     # --- exec -------------------------------------------------------------------------------
 
@@ -250,7 +334,9 @@ class Service:
             if not name.endswith(".service"):
                 name += ".service"
             return name
-        return f"{self.unit_prefix}{self._stamp}-{next(self._seq)}.service"
+        # As systemd-run --unit would: the label shows in systemctl (escaped, cut).
+        label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
+        return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
 
     def exec(self, req: Request) -> Coroutine[Any, Any, None]:
         """Validate and register synchronously; start the unit in a task.
@@ -308,6 +394,7 @@ class Service:
             cmd.output_bufsize(stream)
             cmd.line_buffer(stream, self.line_buffer)
         stop_timer = cmd.stop_timer()
+        winsize = _terminal_request(er, req.streaming)
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
@@ -319,20 +406,23 @@ class Service:
                 env[name] = value
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
+        if unit in self.by_unit:
+            raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         proc.stop_timer = stop_timer
         proc.expected_cpus = expected_cpus
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
+        prepared: Prepared | None = None
         if proc.background:
             # Output goes to the journal (or a file), never through us; a
             # waitable unit is kept after it ends so that its status survives
             # a server restart until it is waited for.
-            prefix, out_props = self.outputlog.prepare(unit, proc.ident)
-            if prefix:
-                argv, argv0 = [*prefix, *argv], prefix[0]
-            base: list[tuple[str, Variant]] = list(out_props)
+            base: list[tuple[str, Variant]] = []
+            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
+                prepared = self.outputlog.prepare(unit, proc.ident)
+                base += prepared.properties
             if proc.waitable:
                 base += [
                     ("RemainAfterExit", Variant("b", True)),
@@ -350,7 +440,15 @@ class Service:
             argv0=argv0,
             extra=extra,
         )
-        fds, theirs = self._make_stdio(proc, spec, req.streaming)
+        try:
+            if winsize is not None:
+                fds, theirs = self._make_terminal(proc, spec, winsize)
+            else:
+                fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
+        except BaseException:
+            for fd in prepared.fds() if prepared is not None else ():
+                os.close(fd)
+            raise
         try:
             fds, proc.aux = setup_aux(  # channels, msgchans
                 proc, spec, fds, theirs, router=self.router, server_uri=self.uri
@@ -365,18 +463,20 @@ class Service:
             self.by_label[cmd.label] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
-        else:
-            self.state.save(
-                ProcRecord(
-                    unit=unit,
-                    label=cmd.label,
-                    cmdline=cmd.cmdline,
-                    flags=int(er.flags),
-                    local_flags=int(er.local_flags),
-                    requester_uid=req.userid,
-                    ident=proc.ident,
-                )
+        self.by_unit[unit] = proc
+        # Before the unit exists: whatever happens next, a restarted server finds it.
+        self.state.save(
+            ProcRecord(
+                unit=unit,
+                label=cmd.label,
+                cmdline=cmd.cmdline,
+                flags=int(er.flags),
+                local_flags=int(er.local_flags),
+                requester_uid=req.userid,
+                ident=proc.ident,
+                foreground=not proc.background,
             )
+        )
         self.starting.add(proc)
         self.bus.watch(unit, proc)
         log.info(
@@ -385,6 +485,7 @@ class Service:
             cwd=cmd.cwd,
             background=not req.streaming,
             flags=int(er.flags),
+            pty=winsize is not None,
             requester=req.userid,
             signer=req.signer,
             **proc.log_fields(),
@@ -397,7 +498,8 @@ class Service:
         try:
             await self.bus.start_transient(proc.unit, props, fds)
         except BaseException:
-            self.bus.unwatch(proc.unit)
+            # Only what this exec created: the unit name may be someone else's.
+            self.bus.unwatch(proc.unit, proc)
             self.starting.discard(proc)
             self._forget(proc)
             self.state.remove(proc.unit)
@@ -407,9 +509,17 @@ class Service:
                 os.close(fd)
 
     def _make_stdio(
-        self, proc: Process, spec: properties.UnitSpec, streaming: bool
+        self,
+        proc: Process,
+        spec: properties.UnitSpec,
+        streaming: bool,
+        prepared: Prepared | None,
     ) -> tuple[list[int], list[int]]:
-        """Create the unit's stdio; returns (fds to pass, the unit's ends to close)."""
+        """Create the unit's stdio; returns (fds to pass, the unit's ends to close).
+
+        ``prepared``: a background unit's output (see :attr:`outputlog`),
+        whose fds are passed and closed here.
+        """
         if proc.local_flags & LocalFlag.STDIO_FALLTHROUGH:
             spec.stdin_fd, spec.stdout_fd, spec.stderr_fd = 0, 1, 2
             return [0, 1, 2], []
@@ -422,7 +532,13 @@ class Service:
         spec.stdin_fd = len(fds)
         fds.append(r)
         if not streaming:
-            return fds, list(fds)  # output: see Service.outputlog
+            if prepared is not None and prepared.stdout_fd is not None:
+                spec.stdout_fd = len(fds)
+                fds.append(prepared.stdout_fd)
+            if prepared is not None and prepared.stderr_fd is not None:
+                spec.stderr_fd = len(fds)
+                fds.append(prepared.stderr_fd)
+            return fds, list(fds)
         for stream, flag in (("stdout", ExecFlag.STDOUT), ("stderr", ExecFlag.STDERR)):
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
@@ -439,39 +555,103 @@ class Service:
             fds.append(w)
         return fds, list(fds)
 
+    def _make_terminal(
+        self, proc: Process, spec: properties.UnitSpec, winsize: tuple[int, int]
+    ) -> tuple[list[int], list[int]]:
+        """A pty as the unit's stdio (see :mod:`sdexec.server.pty`); same return as _make_stdio."""
+        term = open_pty(*winsize)
+        try:
+            typed = os.dup(term.master)
+        except BaseException:
+            os.close(term.master)
+            term.close_slave()
+            raise
+        proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.cmd.stdin_bufsize())
+        proc.outputs["stdout"] = OutputPipe("stdout", term.master, proc.output)
+        spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
+        spec.extra.append(("TTYPath", Variant("s", term.path)))
+        return [term.slave], [term.slave]
+
     # --- attach / logs -----------------------------------------------------------------
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
-        target = rfc42.parse_target(req.payload(), "attach")
+        """Follow a background process (RFC 42 ``attach``), beside any other attach.
+
+        Extensions of the request: ``stdin`` (true: this stream's ``write``
+        requests go to the process; one stream at a time, EBUSY otherwise)
+        and ``reap`` (false: the end of this stream does not reap a finished
+        waitable process; RFC 42's default is true).
+        """
+        payload = req.payload()
+        target = rfc42.parse_target(payload, "attach")
+        stdin = _flag(payload, "stdin", False)
+        reap = _flag(payload, "reap", True)
         proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
-        if proc.client is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} already has a client attached")
-        if proc.waiter is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
+        if stdin and proc.stdin_holder is not None:
+            raise SdexecError(
+                errno.EBUSY, f"process {target}: another attached client holds its input"
+            )
+        if stdin:
+            self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req)
+        return proc.attach(req, stdin=stdin, reap=reap)
 
     async def logs(self, req: Request) -> None:
-        """Stream a background process's stored output (``sdexec logs``)."""
+        """Stream a background process's stored output (``sdexec logs``).
+
+        A process that is gone (reaped, or never waitable) is found in the
+        state's history; its output is read from where it was kept, as long
+        as the journal (or the output file) still has it.
+        """
         payload = req.payload()
         target = rfc42.parse_target(payload, "logs")
-        proc = self.lookup(target, errno.ENOENT, requester=req)
-        if not proc.background:
-            raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
         tail = payload.get("tail")
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise SdexecError(errno.EINVAL, "tail must be a non-negative integer")
-        follow = bool(payload.get("follow", False))
+        follow = _flag(payload, "follow", False)
+        proc = self._live(target, req)
+        if proc is not None:
+            if not proc.background:
+                raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
+            await proc.send_log(
+                req,
+                tail=tail,
+                follow=follow,
+                ended=lambda: proc.state is ProcState.EXITED or not req.connected,
+            )
+            req.end()
+            return
+        gone = self.state.find_reaped(label=target.label, pid=target.pid)
+        if gone is None or not guest.visible(req, gone.requester_uid):
+            raise SdexecError(errno.ENOENT, f"process {target} not found")
 
-        await proc.send_log(
-            req,
-            tail=tail,
-            follow=follow,
-            ended=lambda: proc.state is ProcState.EXITED or not req.connected,
+        def sink(stream: str, data: bytes) -> None:
+            req.respond(rfc42.output(gone.pid, rfc42.io_object(stream, self.rank_str, data)))
+
+        await self.outputlog.follow(
+            LogRequest(
+                gone.unit,
+                gone.ident,
+                sink,
+                ended=lambda: True,
+                tail=tail,
+                follow=False,
+                drain=req.conn.wait_writable,
+                pid=gone.pid or None,
+            )
         )
         req.end()
+
+    def _live(self, target: rfc42.Target, req: Request) -> Process | None:
+        """The process ``target`` names if the server has it (EPERM: another user's)."""
+        try:
+            return self.lookup(target, errno.ENOENT, requester=req)
+        except SdexecError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
 
     # --- write ------------------------------------------------------------------------------
 
@@ -512,8 +692,6 @@ class Service:
             raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
         if proc.waiter is not None or (proc.client is not None and not proc.background):
             raise SdexecError(errno.EBUSY, f"process {target} is already being waited on")
-        if proc.client is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} has a client attached")
         proc.waiter = req
         log.info("wait", requester=req.userid, **proc.log_fields())
         if proc.state is ProcState.EXITED:
@@ -525,25 +703,36 @@ class Service:
         """RFC 42 ``list``: pid, cmd, label and state of each process.
 
         Flux's ``flux sproc ps`` makes an object of each entry and fails on
-        any other key, so more (``unit``) comes only when the request asks
-        for ``details``.
+        any other key, so more comes only when the request asks for it:
+        ``{"details": true}`` adds ``unit`` (and ``pty``); ``{"stats": true}``
+        also ``cpu_usec``, ``memory``, ``memory_source`` and ``started`` of
+        each live process, and the server's ``time`` to the response (for CPU
+        rates between two calls).
         """
-        payload = req.payload() if req.msg.payload is not None or req.signed is not None else {}
-        details = payload.get("details") is True
-        procs = []
-        for p in self.by_pid.values():
-            if not guest.visible(req, p.requester_uid):  # sdexec.security: a guest sees its own
-                continue
+        shown = [p for p in self.by_pid.values() if guest.visible(req, p.requester_uid)]
+        stats = _wants_stats(req)
+        details = stats or _wants(req, "details")
+        procs: list[dict[str, Any]] = []
+        for p in shown:  # sdexec.security: a guest sees its own
             entry: dict[str, Any] = {
                 "pid": p.pid,
                 "cmd": p.name,
                 "label": p.label or "",
-                "state": p.state.value,
+                "state": self._state(p),
             }
             if details:
                 entry["unit"] = p.unit
+                if p.terminal:
+                    entry["pty"] = True
             procs.append(entry)
-        req.respond({"rank": self.rank, "procs": procs})
+        if not stats:
+            req.respond({"rank": self.rank, "procs": procs})
+            return
+        # CPU, memory and start time from each live unit's cgroup (sdexec.server.stats).
+        for entry, proc in zip(procs, shown, strict=True):
+            if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
+                entry.update(unit_stats(proc.pid))
+        req.respond({"rank": self.rank, "procs": procs, "time": round(time.time(), 3)})
 
     def stats_get(self, req: Request) -> None:
         """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
@@ -555,9 +744,11 @@ class Service:
 
     @staticmethod
     def _state(proc: Process) -> str:
-        if proc.state is ProcState.RUNNING and proc_state(proc.pid) in ("T", "t"):
-            return ProcState.STOPPED.value
-        return proc.state.value
+        """R or T as /proc says now (SIGSTOP is invisible on D-Bus), else the stored state."""
+        if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
+            stopped = proc_state(proc.pid) in ("T", "t")
+            return str((ProcState.STOPPED if stopped else ProcState.RUNNING).value)
+        return str(proc.state.value)
 
     async def watch_stopped(self) -> None:
         """Turn SIGSTOP into ``stopped`` responses for processes a client watches.
@@ -574,7 +765,7 @@ class Service:
             watched = False
             for proc in [*self.by_pid.values(), *self.starting]:
                 # A background exec's client waits for one response, not a stream.
-                if proc.client is not None and proc.client.streaming:
+                if proc.watched:
                     watched = True
                     proc.poll_stopped()
             if not watched:
@@ -592,6 +783,8 @@ class Service:
         for proc in [*self.by_pid.values(), *self.starting]:
             if proc.waiter is not None and match(proc.waiter.sender):
                 proc.waiter = None
+            for att in [a for a in proc.attachers if match(a.req.sender)]:
+                proc.detach(att.req)
             client = proc.client
             if client is None or not match(client.sender):
                 continue
@@ -609,19 +802,22 @@ class Service:
     # --- re-adoption ---------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """Take back the background units a previous server started.
+        """Take back the units a previous server started.
 
-        Units are systemd's, not ours: each background unit has a record in the
-        state directory (see :mod:`sdexec.server.statefile`).  A unit that is
-        still loaded is watched again and its state read; one that is gone ended
-        while no server was running and, not being waitable, needs nothing
-        more.  A waitable one was kept by RemainAfterExit/CollectMode=inactive,
-        so its status is read now and delivered to the next ``wait``.  Units of
-        ours without a record were foreground processes whose client died with
-        the old server: they are stopped.
+        Units are systemd's, not ours: each unit has a record in the state
+        directory (see :mod:`sdexec.server.statefile`), saved before it was
+        started, so every unit is found again whatever its name.  A
+        background unit that is still loaded is watched again and its state
+        read; one that is gone ended while no server was running and, not
+        being waitable, needs nothing more.  A waitable one was kept by
+        RemainAfterExit/CollectMode=inactive, so its status is read now and
+        delivered to the next ``wait``.  A foreground unit's client died with
+        the old server: the unit is stopped.
         """
-        adopted: set[str] = set()
         for rec in self.state.load_all():
+            if rec.foreground:
+                await self._stop_orphan(rec.unit)
+                continue
             cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
             proc = Process(
                 self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None
@@ -634,26 +830,43 @@ class Service:
             except OSError:
                 props = {}
             if props.get("LoadState") != "loaded":
-                self.bus.unwatch(rec.unit)
-                self.state.remove(rec.unit)
+                self.bus.unwatch(rec.unit, proc)
+                # It ended while no server ran; its output is still where it was.
+                self.state.reaped(
+                    Reaped(
+                        rec.unit,
+                        rec.label,
+                        rec.ident,
+                        rec.pid,
+                        rec.status,
+                        rec.requester_uid,
+                        time.time(),
+                    )
+                )
                 log.info(
                     "re-adoption: unit gone", unit=rec.unit, label=rec.label, waitable=proc.waitable
                 )
                 continue
-            adopted.add(rec.unit)
+            self.by_unit[rec.unit] = proc
             if rec.label is not None:
                 self.by_label[rec.label] = proc
             events = proc.tracker.adopt(props)
             for ev in events:
                 proc._event(ev)
-            log.info("re-adopted", state=proc.state.value, status=proc.status, **proc.log_fields())
-        for unit, _active, _sub in await self.bus.list_units([f"{self.unit_prefix}*.service"]):
-            if unit not in adopted:
+            how = {} if proc.status is None else rfc42.status_fields(proc.status)
+            log.info("re-adopted", state=proc.state.value, **how, **proc.log_fields())
+        self._forget_evicted()
+
+    async def _stop_orphan(self, unit: str) -> None:
+        """A foreground unit whose client died with the old server: stop it, forget it."""
+        try:
+            props = await self.bus.properties(unit, "org.freedesktop.systemd1.Unit")
+            if props.get("LoadState") == "loaded":
                 log.info("re-adoption: stopping orphaned foreground unit", unit=unit)
-                try:
-                    await self.bus.stop(unit)
-                except OSError as exc:
-                    log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+                await self.bus.stop(unit)
+        except OSError as exc:
+            log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
+        self.state.remove(unit)
 
     # --- shutdown ---------------------------------------------------------------------------
 
@@ -672,6 +885,9 @@ class Service:
                 proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
                 proc.waiter = None
             foreground = not proc.background
+            for att in list(proc.attachers):
+                att.req.error(errno.ENOSYS, "server is shutting down")
+                proc.detach(att.req)
             if proc.client is not None:
                 proc.client.error(errno.ENOSYS, self.shutdown_reason)
                 proc.detach_client()

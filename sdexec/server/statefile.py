@@ -4,7 +4,15 @@ systemd keeps the units; it does not know a process's RFC 42 identity (label,
 exec flags, who started it).  The server carries that identity to the next
 server in ``<state-dir>/procs.log``: one JSON line per change, appended with
 one ``write`` to a file kept open, ``{"save": RECORD}`` before a unit
-starts and ``{"remove": UNIT}`` when its process is reaped.
+starts (and again when its outcome must outlive the unit) and
+``{"remove": UNIT}`` when it is gone without a trace (a failed start, a
+foreground process).  When a background process is reaped,
+``{"reaped": REAPED}`` both ends its record and keeps a short one of what
+it was (unit, label, journal identifier, pid, status, when): the history
+that ``sdexec logs`` uses to find the output of a process that is gone, as
+long as the journal keeps it.  The history holds the last
+:data:`HISTORY_MAX` processes; older ones are forgotten (and left out at
+the next compaction).
 
 An append is cheap where creating a file is not: with a thousand units
 starting at once, systemd and journald keep the filesystem's journal busy,
@@ -12,7 +20,7 @@ and the file per unit this replaced spent 2-3 ms in ``open(O_CREAT)`` for
 each exec, on the event loop.
 
 Reading replays the lines (the last word on a unit wins) and then compacts
-the log: the live records are written to a new file that replaces the old
+the log: the history and the live records are written to a new file that replaces the old
 one atomically.  A server killed in the middle of an append leaves a torn
 last line; it is skipped, and compaction drops it before anything is
 appended after it.  The log is compacted again whenever it has grown to
@@ -25,15 +33,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Compact when the log has this many lines more than 4x its live records.
 _SLACK = 1024
+#: How many reaped processes the history remembers.
+HISTORY_MAX = 4096
 
 
 @dataclass
 class ProcRecord:
+    """One unit this server started (or adopted), saved before it is started.
+
+    Every unit gets one, foreground ones too (``foreground``), so that a
+    restarted server finds each of its units again whatever its name
+    (``SDEXEC_NAME``) and never guesses from a name pattern.  ``status``
+    and ``lost`` outlive the unit: the wait status of a waitable process
+    whose unit went away before it was waited for (its systemd manager
+    died), or why its outcome is not known.
+    """
+
     unit: str
     label: str | None
     cmdline: list[str]
@@ -41,6 +62,23 @@ class ProcRecord:
     local_flags: int
     requester_uid: int
     ident: str
+    foreground: bool = False
+    pid: int = 0
+    status: int | None = None
+    lost: str | None = None
+
+
+@dataclass
+class Reaped:
+    """A background process that was reaped: where its output is, and how it ended."""
+
+    unit: str
+    label: str | None
+    ident: str
+    pid: int
+    status: int | None
+    requester_uid: int
+    ended: float  # time.time() when it was reaped
 
 
 def _line(entry: dict[str, object]) -> bytes:
@@ -54,7 +92,10 @@ class StateDir:
         self.legacy = root / "procs"
         self._fd = -1
         self._live: dict[str, ProcRecord] | None = None  # known once read
+        self._history: OrderedDict[str, Reaped] = OrderedDict()  # oldest first
         self._lines = 0
+        #: Units dropped from the history (their stored output may go), until taken.
+        self.evicted: list[str] = []
 
     def save(self, rec: ProcRecord) -> None:
         live = self._records()
@@ -67,6 +108,28 @@ class StateDir:
         if unit in live:
             self._append({"remove": unit}, live)
             del live[unit]
+
+    def reaped(self, rec: Reaped) -> None:
+        """The process of ``rec.unit`` is reaped: end its record, remember it in the history."""
+        live = self._records()
+        self._append({"reaped": asdict(rec)}, live)
+        live.pop(rec.unit, None)
+        self._remember(self._history, rec)
+
+    def find_reaped(self, *, label: str | None = None, pid: int | None = None) -> Reaped | None:
+        """The most recently reaped process with this label (or else pid), if remembered."""
+        self._records()
+        for rec in reversed(self._history.values()):
+            if (label is not None and rec.label == label) or (
+                label is None and pid is not None and rec.pid == pid
+            ):
+                return rec
+        return None
+
+    def history(self) -> list[Reaped]:
+        """The remembered reaped processes, oldest first."""
+        self._records()
+        return list(self._history.values())
 
     def load_all(self) -> list[ProcRecord]:
         """The live records, in the order they were saved; compacts the log."""
@@ -88,8 +151,15 @@ class StateDir:
         assert self._live is not None
         return self._live
 
+    def _remember(self, history: OrderedDict[str, Reaped], rec: Reaped) -> None:
+        history.pop(rec.unit, None)
+        history[rec.unit] = rec
+        while len(history) > HISTORY_MAX:
+            unit, _ = history.popitem(last=False)
+            self.evicted.append(unit)
+
     def _append(self, entry: dict[str, object], live: dict[str, ProcRecord]) -> None:
-        if self._lines > 4 * len(live) + _SLACK:
+        if self._lines > 4 * (len(live) + len(self._history)) + _SLACK:
             self._rewrite(live)
         if self._fd < 0:
             self._open()
@@ -103,6 +173,7 @@ class StateDir:
 
     def _replay(self) -> dict[str, ProcRecord]:
         live: dict[str, ProcRecord] = {}
+        history: OrderedDict[str, Reaped] = OrderedDict()
         with contextlib.suppress(FileNotFoundError):
             for raw in self.log.read_bytes().splitlines():
                 try:
@@ -111,10 +182,15 @@ class StateDir:
                         rec = ProcRecord(**entry["save"])
                         live.pop(rec.unit, None)  # a re-save moves it to the end
                         live[rec.unit] = rec
+                    elif "reaped" in entry:
+                        gone = Reaped(**entry["reaped"])
+                        live.pop(gone.unit, None)
+                        self._remember(history, gone)
                     else:
                         live.pop(entry["remove"], None)
                 except (ValueError, TypeError, KeyError):
                     continue  # torn or foreign: nothing can be done with it
+        self._history = history
         if self.legacy.is_dir():
             for p in sorted(self.legacy.glob("*.json")):
                 with contextlib.suppress(OSError, ValueError, TypeError):
@@ -129,9 +205,10 @@ class StateDir:
         tmp = self.log.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as f:
+            f.write(b"".join(_line({"reaped": asdict(rec)}) for rec in self._history.values()))
             f.write(b"".join(_line({"save": asdict(rec)}) for rec in live.values()))
         os.replace(tmp, self.log)
-        self._lines = len(live)
+        self._lines = len(live) + len(self._history)
         if self.legacy.is_dir():  # folded into the log now
             for p in self.legacy.glob("*.json"):
                 p.unlink(missing_ok=True)

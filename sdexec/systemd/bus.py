@@ -180,6 +180,20 @@ class SystemdBus:
         )
         return list(reply.body)
 
+    async def manager_pid(self) -> int:
+        """The pid of the systemd manager on the other end (the bus says who owns its name)."""
+        reply = await self._call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="GetConnectionUnixProcessID",
+                signature="s",
+                body=[SYSTEMD],
+            )
+        )
+        return int(reply.body[0])
+
     async def _add_match(self, rule: str) -> None:
         await self._call(
             Message(
@@ -199,7 +213,10 @@ class SystemdBus:
         self._by_path[unit_object_path(unit)] = listener
         self._by_name[unit] = listener
 
-    def unwatch(self, unit: str) -> None:
+    def unwatch(self, unit: str, listener: UnitListener | None = None) -> None:
+        """Stop routing this unit's signals (only if to ``listener``, when given)."""
+        if listener is not None and self._by_name.get(unit) is not listener:
+            return
         self._by_path.pop(unit_object_path(unit), None)
         self._by_name.pop(unit, None)
 

@@ -9,6 +9,14 @@ exits 203 so fast that the start job never saw it run (see
 
 Which journal: the private manager's journal directory, the user's journal
 (``--user``, units under ``USER_UNIT``) or the system journal (``UNIT``).
+
+It is also where background output goes: :func:`open_stream` connects a
+stream to journald's ``stdout`` socket and writes the stream protocol's
+header (identifier, unit, priority, ...), as the manager does for a unit's
+``StandardOutput=journal``; the socket then becomes the unit's stdout or
+stderr.  journald takes each line's process from the socket's credentials,
+and for a process that has already exited, the unit from the header (it
+trusts that only from root), so a short-lived child's lines keep their unit.
 """
 
 from __future__ import annotations
@@ -17,10 +25,45 @@ import asyncio
 import errno
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
+from sdexec.base.errors import SdexecError
+
 SPAWN_FAILED = "641257651c1b4ec9a8624d7a40a9e1e7"
+#: journald's stream socket (systemd-journald.service(8)), as the manager's units see it.
+STDOUT_SOCKET = "/run/systemd/journal/stdout"
+
+
+def open_stream(path: str, identifier: str, unit: str, priority: int) -> int:
+    """A stream to journald's ``stdout`` socket at ``path``, header sent; returns its fd.
+
+    Lines written to it are journal entries with ``SYSLOG_IDENTIFIER``
+    ``identifier`` and ``PRIORITY`` ``priority``, no level prefix parsing, no
+    forwarding beyond journald's own configuration.  The caller owns the fd.
+    EIO when journald cannot be reached (a unit started without its output
+    would lose it all); EAGAIN when its backlog is full.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)  # AF_UNIX: queued at once, or EAGAIN when the backlog is full
+        try:
+            sock.connect(path)
+            sock.shutdown(socket.SHUT_RD)
+            header = f"{identifier}\n{unit}\n{priority}\n0\n0\n0\n0\n".encode()
+            if sock.send(header) != len(header):
+                raise BlockingIOError(errno.EAGAIN, "short write")
+        except BlockingIOError:
+            raise SdexecError(errno.EAGAIN, "journald is busy (stream backlog full)") from None
+        except OSError as exc:
+            raise SdexecError(
+                errno.EIO, f"cannot send the output to journald ({path}): {exc.strerror}"
+            ) from None
+        sock.setblocking(True)  # the unit's processes write to it as to any file
+        return sock.detach()
+    finally:
+        sock.close()
 
 
 @dataclass

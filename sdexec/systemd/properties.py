@@ -516,7 +516,6 @@ _CONVERTERS: dict[str, Converter] = {
     "FinalKillSignal": _as("i", _parse_signal),
     "SendSIGKILL": _as("b", _parse_bool),
     "SendSIGHUP": _as("b", _parse_bool),
-    "RemainAfterExit": _as("b", _parse_bool),
     "Delegate": _as("b", _parse_bool),
     "OOMScoreAdjust": _as("i", _int_in(-1000, 1000)),
     "Nice": _as("i", _int_in(-20, 19)),
@@ -536,6 +535,16 @@ _CONVERTERS: dict[str, Converter] = {
 #: The setting names :func:`convert_property` understands.
 SUPPORTED_PROPERTIES = frozenset(_CONVERTERS)
 
+#: Settings sdexec decides itself, because a client's value would break the
+#: mapping of unit states to RFC 42 responses: refused with the reason.
+MANAGED_PROPERTIES: dict[str, str] = {
+    "RemainAfterExit": (
+        "sdexec sets it itself (a --waitable background process keeps its unit, "
+        "and its status, until it is waited for); on a foreground process it "
+        "would keep the output open and the exec would never end"
+    ),
+}
+
 
 def convert_properties(name: str, value: str) -> list[Property]:
     """Convert one ``Name=Value`` unit setting to the D-Bus properties it stands for.
@@ -551,6 +560,10 @@ def convert_properties(name: str, value: str) -> list[Property]:
     name or a bad value before it creates the unit ("Cannot set property xxx,
     or unknown property.", "Invalid Type setting: zzz").
     """
+    if name in MANAGED_PROPERTIES:
+        raise SdexecError(
+            errno.EINVAL, f"unit property {name}= is refused: {MANAGED_PROPERTIES[name]}"
+        )
     problem = _text_problem(value) or _name_problem(name)
     converter = _CONVERTERS.get(name)
     if problem is None and converter is None:
@@ -833,6 +846,29 @@ def bus_label_escape(label: str) -> str:
             out.append(chr(byte))
         else:
             out.append(f"_{byte:02x}")
+    return "".join(out)
+
+
+_UNIT_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-")
+
+
+def unit_name_fragment(text: str, limit: int = 64) -> str:
+    """``text`` as a piece of a unit name, escaped as systemd-escape(1) does, at most ``limit``.
+
+    Bytes that may not appear in a unit name become ``\\xNN``; the result is
+    cut (never inside a character) so that a long label cannot push the whole
+    name past systemd's 255 characters.
+    """
+    out: list[str] = []
+    size = 0
+    for ch in text:
+        piece = "".join(
+            chr(b) if b in _UNIT_NAME_CHARS else f"\\x{b:02x}" for b in ch.encode("utf-8")
+        )
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
     return "".join(out)
 
 

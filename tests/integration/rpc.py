@@ -79,3 +79,42 @@ def exec_payload(
 
 def types(msgs: list[Message]) -> list[str]:
     return [m.json()["type"] if not m.errnum else f"errno={m.errnum}" for m in msgs]
+
+
+def exec_stream(
+    path: str,
+    argv: list[str],
+    *,
+    flags: int = 11,
+    opts: dict[str, str] | None = None,
+    writes: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+) -> list[dict[str, Any]]:
+    """One streaming exec, its writes sent after ``started``; every response until ENODATA.
+
+    ``output`` responses are flattened: ``stream``, ``data`` (bytes) and ``eof``.
+    An error response other than ENODATA raises OSError with its errno and text.
+    """
+    from sdexec.proto.iodata import decode_io_data
+
+    raw = Raw(path)
+    try:
+        tag = raw.send("sdexec.exec", exec_payload(argv, flags, opts=opts), streaming=True)
+        out: list[dict[str, Any]] = []
+        while True:
+            m = raw.recv(tag)
+            if m.errnum == 61:
+                return out
+            if m.errnum:
+                raise OSError(m.errnum, m.error_text())
+            resp = m.json()
+            if resp["type"] == "output":
+                io = resp["io"]
+                resp = {"type": "output", "stream": io["stream"], "data": decode_io_data(io)}
+                resp["eof"] = io.get("eof", False)
+            elif resp["type"] == "started":
+                for stream, data in writes:
+                    io = {"stream": stream, "rank": "0", "data": data.decode()}
+                    raw.send("sdexec.write", {"matchtag": tag, "io": io}, noresponse=True)
+            out.append(resp)
+    finally:
+        raw.close()

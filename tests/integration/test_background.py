@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Server
@@ -108,7 +110,7 @@ def test_second_wait_fails(server: Server) -> None:
     assert server.sdexec("wait", lab).returncode == 0
     r = server.sdexec("wait", lab)
     assert r.returncode != 0
-    assert b"not found" in r.stderr
+    assert b"has ended (exit 0) and was reaped" in r.stderr
 
 
 def test_concurrent_second_waiter_is_refused(server: Server) -> None:
@@ -148,3 +150,23 @@ def test_background_stdin_is_at_eof(server: Server) -> None:
     lab = label("stdin")
     bg(server, lab, "cat")
     assert server.sdexec("wait", lab).returncode == 0
+
+
+def test_ps_and_list_show_a_stopped_process_as_t(server: Server) -> None:
+    lab = label("stopme")
+    pid = bg(server, lab, "sleep", "60", waitable=False)
+    time.sleep(0.2)
+    assert server.sdexec("kill", "-s", "STOP", lab).returncode == 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ps_state(server, lab) == "T"
+    listed = json.loads(server.sdexec("ps", "--json").stdout)["procs"]
+    assert [p["state"] for p in listed if p["label"] == lab] == ["T"]
+    assert server.sdexec("kill", "-s", "CONT", lab).returncode == 0
+    deadline = time.monotonic() + 10
+    while ps_state(server, lab) != "R":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert server.sdexec("kill", "-s", "KILL", lab).returncode == 0

@@ -96,7 +96,7 @@ def test_waitable_that_finished_while_down_reports_its_status_once(own: Server) 
     assert own.sdexec("wait", "fin").returncode == 6
     again = own.sdexec("wait", "fin")
     assert again.returncode != 0
-    assert b"not found" in again.stderr
+    assert b"has ended (exit 6) and was reaped" in again.stderr
 
 
 def test_labels_stay_unique_across_restarts(own: Server) -> None:
@@ -229,8 +229,35 @@ def test_lifecycle_events_are_in_the_json_log(own: Server) -> None:
     exec_ev = next(e for e in events["exec"] if e.get("label") == "ev")
     assert exec_ev["argv"] == ["sh", "-c", "sleep 0.5; exit 2"] and exec_ev["uid"] == 0
     assert any(e.get("label") == "ev" and e.get("pid") for e in events["started"])
-    assert any(e.get("label") == "ev" and e.get("status") == 512 for e in events["finished"])
+    assert any(e.get("label") == "ev" and e.get("exit_code") == 2 for e in events["finished"])
     assert any(e.get("label") == "ev2" and e.get("signum") == 9 for e in events["kill"])
+    assert any(e.get("label") == "ev2" and e.get("signal") == "SIGKILL" for e in events["finished"])
+    assert not any("status" in e for e in events["finished"])  # not the raw wait status
     assert any(e.get("label") == "ev" for e in events["attach"])
     assert any(e.get("topic") == "sdexec.wait" for e in events["request failed"])
     assert "listening" in events
+
+
+def _logs_of(srv: Server, lab: str) -> bytes:
+    deadline = time.monotonic() + 10
+    last = None
+    while time.monotonic() < deadline:
+        out = srv.sdexec("logs", lab).stdout
+        if out and out == last:
+            return out
+        last = out
+        time.sleep(0.2)
+    return last or b""
+
+
+def test_logs_of_gone_processes_survive_a_restart(own: Server) -> None:
+    """Reaped before the restart, or ended while no server ran: logs still finds the output."""
+    assert own.sdexec("exec", "--bg", "--label", "hist", "--", "echo", "kept").returncode == 0
+    assert _logs_of(own, "hist") == b"kept\n"
+    r = own.sdexec("exec", "--bg", "--label", "late", "--", "sh", "-c", "sleep 1; echo later")
+    assert r.returncode == 0
+    own.stop(signal.SIGKILL)
+    time.sleep(2)  # "late" ends while no server runs
+    own.start()
+    assert _logs_of(own, "hist") == b"kept\n"
+    assert _logs_of(own, "late") == b"later\n"

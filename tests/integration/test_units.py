@@ -74,3 +74,29 @@ def test_unknown_property_is_refused(server: Server) -> None:
     r = server.sdexec("exec", "-p", "NoSuchThing=1", "--", "true")
     assert r.returncode != 0
     assert b"NoSuchThing" in r.stderr
+
+
+def test_a_background_unit_shows_what_the_user_ran_and_carries_the_label(server: Server) -> None:
+    r = server.sdexec("exec", "--bg", "--label", "shown", "--", "sh", "-c", "sleep 30 # $HOME")
+    assert r.returncode == 0, r.stderr
+    try:
+        unit = _unit_of(server, "shown")
+        assert unit.startswith("sdexec-0-shown-") and unit.endswith(".service")
+        show = server.systemctl("show", "-p", "Description", "-p", "ExecStart", unit).stdout
+        assert "Description=sh -c 'sleep 30 # $HOME'" in show
+        assert "systemd-cat" not in show
+        status = server.systemctl("status", unit).stdout
+        assert f"{unit} - sh -c 'sleep 30 # $HOME'" in status
+    finally:
+        assert server.sdexec("kill", "-s", "9", "shown").returncode == 0
+    deadline = time.monotonic() + 5
+    while "shown" in server.sdexec("ps").stdout.decode() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_an_odd_label_is_escaped_in_the_unit_name(server: Server) -> None:
+    r = server.sdexec("exec", "--bg", "--waitable", "--label", "jöb@1/x", "--", "true")
+    assert r.returncode == 0, r.stderr
+    unit = _unit_of(server, "jöb@1/x")
+    assert unit.startswith("sdexec-0-j\\xc3\\xb6b\\x401\\x2fx-")
+    assert server.sdexec("wait", "jöb@1/x").returncode == 0

@@ -135,8 +135,9 @@ class FakeBus:
     def watch(self, unit: str, listener: Any) -> None:
         self.watched[unit] = listener
 
-    def unwatch(self, unit: str) -> None:
-        self.watched.pop(unit, None)
+    def unwatch(self, unit: str, listener: Any = None) -> None:
+        if listener is None or self.watched.get(unit) is listener:
+            self.watched.pop(unit, None)
 
     async def start_transient(self, unit: str, props: list[list[Any]], fds: list[int]) -> str:
         self.calls.append(("start", unit))

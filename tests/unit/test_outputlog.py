@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import socket
 from pathlib import Path
 
+import pytest
+
+from sdexec.base.errors import SdexecError
 from sdexec.server.outputlog import (
     PRIORITY_STDERR,
     FileLog,
     JournalLog,
     LogRequest,
+    choose,
     encode_record,
 )
 from sdexec.systemd.journal import Journal
@@ -73,9 +80,9 @@ def test_file_log_follow_sees_data_written_later(tmp_path: Path) -> None:
 
 
 def test_file_log_prepare_appends_to_files_in_its_directory(tmp_path: Path) -> None:
-    prefix, props = FileLog(tmp_path / "out").prepare("u.service", "lab")
-    assert prefix == []
-    assert {name for name, _ in props} == {
+    prepared = FileLog(tmp_path / "out").prepare("u.service", "lab")
+    assert prepared.fds() == []
+    assert {name for name, _ in prepared.properties} == {
         "StandardOutputFileToAppend",
         "StandardErrorFileToAppend",
     }
@@ -98,11 +105,46 @@ def test_journal_record_priority_err_is_stderr_and_bytes_survive() -> None:
     assert got == [("stderr", b"\xff\x00A\n")]
 
 
-def test_journal_prepare_runs_the_command_behind_systemd_cat() -> None:
-    prefix, props = JournalLog(Journal.for_mode("user")).prepare("u.service", "lab")
-    assert prefix[0].endswith("systemd-cat") and prefix[-1] == "--"
-    assert "lab" in prefix and "--level-prefix=false" in prefix
-    assert dict(props)["SyslogIdentifier"].value == "lab"
+def test_journal_prepare_gives_two_journald_streams_with_their_headers(tmp_path: Path) -> None:
+    path = str(tmp_path / "stdout")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as journald:
+        journald.bind(path)
+        journald.listen()
+        prepared = JournalLog(Journal.for_mode("user"), lambda: path).prepare("u.service", "lab")
+        try:
+            assert dict(prepared.properties)["SyslogIdentifier"].value == "lab"
+            headers = []
+            for _ in range(2):
+                conn, _ = journald.accept()
+                with conn:
+                    headers.append(conn.recv(4096))
+            assert sorted(headers) == [
+                b"lab\nu.service\n3\n0\n0\n0\n0\n",  # stderr: err
+                b"lab\nu.service\n6\n0\n0\n0\n0\n",  # stdout: info
+            ]
+            for fd in prepared.fds():
+                assert os.get_blocking(fd)  # the unit's processes write as to any file
+        finally:
+            for fd in prepared.fds():
+                os.close(fd)
+
+
+def test_no_journald_is_eio_and_says_where(tmp_path: Path) -> None:
+    path = str(tmp_path / "none")
+    with pytest.raises(SdexecError) as info:
+        JournalLog(Journal.for_mode("user"), lambda: path).prepare("u.service", "lab")
+    assert info.value.errno == errno.EIO
+    assert path in info.value.message
+
+
+def test_choose_takes_the_journal_only_when_its_socket_is_there(tmp_path: Path) -> None:
+    path = str(tmp_path / "stdout")
+    journal = Journal.for_mode("user")
+    assert isinstance(choose(journal, True, tmp_path, lambda: path), FileLog)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as journald:
+        journald.bind(path)
+        assert isinstance(choose(journal, True, tmp_path, lambda: path), JournalLog)
+        assert isinstance(choose(journal, False, tmp_path, lambda: path), FileLog)
 
 
 def test_json_record_is_text_or_base64() -> None:

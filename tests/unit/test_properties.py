@@ -335,7 +335,7 @@ def test_signals_reject_unknown_values(value: str) -> None:
 
 # --- booleans ----------------------------------------------------------------
 
-BOOLS = ["SendSIGKILL", "SendSIGHUP", "RemainAfterExit", "Delegate"]
+BOOLS = ["SendSIGKILL", "SendSIGHUP", "Delegate"]
 
 
 @pytest.mark.parametrize("name", BOOLS)
@@ -352,7 +352,15 @@ def test_booleans_false_spellings(name: str, value: str) -> None:
 
 @pytest.mark.parametrize("value", ["", "maybe", "2", "yes please"])
 def test_booleans_reject_other_words(value: str) -> None:
-    einval("RemainAfterExit", value)
+    einval("SendSIGKILL", value)
+
+
+@pytest.mark.parametrize("value", ["yes", "no"])
+def test_remain_after_exit_is_refused_with_the_reason(value: str) -> None:
+    with pytest.raises(SdexecError) as info:
+        convert_properties("RemainAfterExit", value)
+    assert info.value.errno == errno.EINVAL
+    assert "never end" in info.value.message
 
 
 # --- bounded integers --------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdexec.base.errors import SdexecError
+from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import (
     DEFAULT_STDIN_BUFSIZE,
     Command,
@@ -112,10 +113,18 @@ def test_parse_exec_missing_opts_and_channels_are_empty() -> None:
     assert req.cmd.channels == []
 
 
-def test_parse_exec_keeps_only_known_flag_bits() -> None:
-    req = parse_exec({"cmd": command(), "flags": 0xFFFF, "local_flags": 0xFF})
+def test_parse_exec_accepts_every_known_flag_bit() -> None:
+    req = parse_exec({"cmd": command(), "flags": 0x1F, "local_flags": 0x7})
     assert int(req.flags) == 0x1F
     assert int(req.local_flags) == 0x7
+
+
+@pytest.mark.parametrize(
+    ("flags", "local_flags"), [(0x20, 0), (-1, 0), (2**63, 0), (0, 8), (0, -1), (0, 2**63)]
+)
+def test_parse_exec_unknown_flag_bits_are_einval(flags: int, local_flags: int) -> None:
+    payload = {"cmd": command(), "flags": flags, "local_flags": local_flags}
+    assert errnum_of(parse_exec, payload) == errno.EINVAL
 
 
 @pytest.mark.parametrize("key", ["cmd", "flags"])
@@ -380,3 +389,19 @@ def test_io_object_data_with_eof_carries_both() -> None:
 def test_io_object_round_trips_through_parse_write(data: bytes) -> None:
     io = io_object("stdin", "0", data)
     assert parse_write({"matchtag": 1, "io": io}).data == data
+
+
+@pytest.mark.parametrize(
+    ("status", "words", "fields"),
+    [
+        (0, "exit 0", {"exit_code": 0}),
+        (3 << 8, "exit 3", {"exit_code": 3}),
+        (15, "signal 15 (SIGTERM)", {"signal": "SIGTERM"}),
+        (11 | 0x80, "signal 11 (SIGSEGV), core dumped", {"signal": "SIGSEGV", "core_dumped": True}),
+    ],
+)
+def test_wait_statuses_are_told_in_words(
+    status: int, words: str, fields: dict[str, object]
+) -> None:
+    assert rfc42.describe_status(status) == words
+    assert rfc42.status_fields(status) == fields

@@ -60,7 +60,7 @@ class FakeBus:
     def watch(self, unit: str, listener: object) -> None:
         pass
 
-    def unwatch(self, unit: str) -> None:
+    def unwatch(self, unit: str, listener: object = None) -> None:
         pass
 
     async def start_transient(self, unit: str, props: object, fds: object) -> None:

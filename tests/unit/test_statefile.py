@@ -7,6 +7,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from sdexec.server import statefile
 from sdexec.server.statefile import ProcRecord, StateDir
 
@@ -97,3 +99,40 @@ def test_the_state_directory_holds_the_log_only(tmp_path: Path) -> None:
     state.save(rec(1))
     state.close()
     assert os.listdir(tmp_path / "state") == ["procs.log"]
+
+
+def reaped(n: int, label: str | None = None, pid: int = 0) -> statefile.Reaped:
+    return statefile.Reaped(f"sdexec-0-{n}.service", label, f"id{n}", pid or 100 + n, 0, 1000, 1.0)
+
+
+def test_a_reaped_process_ends_its_record_and_is_remembered(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.save(rec(1, label="job"))
+    state.reaped(reaped(1, label="job"))
+    again = StateDir(tmp_path)
+    assert again.load_all() == []
+    assert again.find_reaped(label="job") == reaped(1, label="job")
+    assert again.find_reaped(pid=101) == reaped(1, label="job")
+    assert again.find_reaped(label="other") is None
+
+
+def test_the_newest_process_of_a_label_is_found(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    for n in (1, 2, 3):
+        state.reaped(reaped(n, label="job" if n < 3 else "x"))
+    assert state.find_reaped(label="job") == reaped(2, label="job")
+    assert StateDir(tmp_path).find_reaped(label="job") == reaped(2, label="job")
+
+
+def test_the_history_is_bounded_and_says_what_it_forgot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statefile, "HISTORY_MAX", 3)
+    state = StateDir(tmp_path)
+    for n in range(5):
+        state.reaped(reaped(n))
+    assert [r.unit for r in state.history()] == [reaped(n).unit for n in (2, 3, 4)]
+    assert state.evicted == [reaped(0).unit, reaped(1).unit]
+    again = StateDir(tmp_path)
+    assert [r.unit for r in again.history()] == [reaped(n).unit for n in (2, 3, 4)]
+    assert len(lines(again)) == 3  # compacted: the forgotten ones are gone from the file
