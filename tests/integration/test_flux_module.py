@@ -332,7 +332,7 @@ def test_module_remove_stops_foreground_and_keeps_background(
 def test_server_events_are_in_the_broker_log(inst: FluxInstance) -> None:
     inst.must("flux", "exec", "-r", "2", "--service=sdexec", "true")
     dmesg = inst.must("flux", "exec", "-r", "2", "flux", "dmesg")
-    assert "sdexec.info[2]: exec argv=" in dmesg and "sdexec.info[2]: finished status=0" in dmesg
+    assert "sdexec.info[2]: exec argv=" in dmesg and "sdexec.info[2]: finished exit_code=0" in dmesg
 
 
 def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> None:
