@@ -182,6 +182,13 @@ again, by label, when it restarts with the same --state-dir.
   system   the system manager (root)
   private  a private, confined user manager started by the server; for
            machines without a user session bus
+
+If the manager dies, requests fail at once with "the systemd manager died"
+(EHOSTDOWN), and the processes it ran are reported lost (their wait says
+so); a private manager is started again, and for the others the server
+waits for the manager to come back. A lost bus (its dbus-daemon died) is
+reconnected and nothing is lost. After --manager-timeout seconds without
+a manager, the server exits.
 """
 
 
@@ -469,6 +476,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         choices=("keep", "stop"),
         default="keep",
         help="what happens to background processes when the server stops (default: keep)",
+    )
+    p.add_argument(
+        "--manager-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how long to keep trying to reach a lost systemd manager again before the "
+        "server exits (default: 30)",
     )
     p.add_argument(
         "--log-level",

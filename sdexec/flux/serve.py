@@ -42,8 +42,8 @@ to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,7 @@ from sdexec.flux.output import BackgroundOutput
 from sdexec.server.daemon import user_bus_address
 from sdexec.server.outputlog import choose
 from sdexec.server.service import Service
+from sdexec.server.supervisor import Supervisor
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import STDOUT_SOCKET, Journal
 
@@ -72,7 +73,6 @@ log = structlog.get_logger("sdexec.flux")
 UNLOADING = "sdexec module is unloading"
 #: The C module keeps at most this much of a waitable process's output for ``wait``.
 WAIT_OUTPUT_MAX = 8192
-RECONNECT_INTERVAL = 1.0
 #: Environment variables a unit must never inherit from its client.
 DROP_ENV = ("NOTIFY_SOCKET", "INVOCATION_ID")
 
@@ -148,7 +148,7 @@ class ModuleServer:
         self.stop = asyncio.Event()
         self.systemd_config = SystemdConfig()
         self.service: Service | None = None
-        self.manager_pid = 0
+        self.bus: SystemdBus | None = None
 
     async def run(self) -> None:
         handle = self.handle
@@ -226,7 +226,7 @@ class ModuleServer:
         log.debug("connecting to systemd", address=bus.address)
         service.test_options = self.systemd_config.sdexec_debug
         await bus.connect()
-        await self._find_manager(bus)
+        self.bus = bus
         service.outputlog = choose(journal, True, opts.state_dir, self._journal_socket)
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
@@ -235,7 +235,11 @@ class ModuleServer:
             link.open()
             watchers = [
                 tg.create_task(service.watch_stopped()),
-                tg.create_task(self._watch_bus(bus)),
+                # A module must not leave when its manager goes (the broker
+                # would panic): requests fail meanwhile, and it keeps trying.
+                tg.create_task(
+                    Supervisor(bus, service, None, asyncio.Event(), recover_for=math.inf).run()
+                ),
                 tg.create_task(background.run()),
             ]
             handle.set_running()
@@ -257,40 +261,11 @@ class ModuleServer:
             service.close()
         log.info("unloaded", kept=service.background_kept())
 
-    async def _find_manager(self, bus: SystemdBus) -> None:
-        try:
-            self.manager_pid = await bus.manager_pid()
-        except OSError as exc:
-            log.warning("cannot tell the systemd manager's pid", error=str(exc))
-
     def _journal_socket(self) -> str:
         """journald's stream socket as the manager sees it (its mount namespace may be
         its own: /proc/PID/root enters it), where background output goes."""
-        if self.manager_pid:
-            return f"/proc/{self.manager_pid}/root{STDOUT_SOCKET}"
-        return STDOUT_SOCKET
-
-    async def _watch_bus(self, bus: SystemdBus) -> None:
-        """Keep the module up when the bus goes: say so, and connect again.
-
-        Leaving would make the broker panic (an unrequested module exit ends
-        the instance); requests meanwhile fail with ECONNRESET.
-        """
-        while True:
-            with contextlib.suppress(Exception):  # the error that closed it, if any
-                await bus.wait_closed()
-            log.error("lost the systemd bus connection; reconnecting")
-            while True:
-                await asyncio.sleep(RECONNECT_INTERVAL)
-                bus.close()
-                try:
-                    await bus.connect()
-                except OSError as exc:
-                    log.debug("systemd bus still unreachable", error=str(exc))
-                    continue
-                await self._find_manager(bus)
-                log.info("systemd bus connection restored", manager_pid=self.manager_pid)
-                break
+        pid = self.bus.manager_pid if self.bus is not None else 0
+        return f"/proc/{pid}/root{STDOUT_SOCKET}" if pid else STDOUT_SOCKET
 
     # --- what the C module does beyond RFC 42 ------------------------------------------
 

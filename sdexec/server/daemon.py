@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sdexec.base import logconfig
-from sdexec.base.errors import SdexecError
+from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.base.uri import LOCAL_SCHEME, default_local_path, local_path
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class ServeOptions:
     curve_key: str | None = None  # the server's secret certificate
     curve_authorized: str | None = None  # directory of authorized client certificates
     curve_uid: int | None = None  # uid of keys without their own (default: the owner)
+    manager_timeout: float = 30.0  # how long a lost systemd manager may take to come back
 
 
 def default_state_dir(socket_path: str) -> Path:
@@ -102,6 +103,7 @@ async def serve(
     bus_address: str | None,
     journal_dir: str | None,
     journal_socket: Callable[[], str] | None = None,
+    manager: PrivateManager | None = None,
 ) -> int:
     from sdexec.broker.builtins import Builtins
     from sdexec.broker.router import Router
@@ -109,6 +111,7 @@ async def serve(
     from sdexec.security.policy import SecurityConfig
     from sdexec.security.setup import USERID_UNKNOWN, describe
     from sdexec.server.service import Service
+    from sdexec.server.supervisor import Supervisor
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
     from sdexec.transport.unix import listen_local
@@ -156,68 +159,73 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    async def watch_bus() -> None:
-        await bus.wait_closed()
-        if not stop.is_set():
-            log.error("lost the systemd bus connection")
-            stop.set()
-
-    async with asyncio.TaskGroup() as tg:
-        router.attach(tg)
-        await service.adopt()
-        server = await listen_local(
-            opts.socket_path,
-            router,
-            sock=opts.listen_sock,
-            max_message=opts.max_message,
-            write_limit=opts.max_output_buffer,
-            public=security.allow_guests,
-            # An owner who is not the server's uid must reach the socket too.
-            socket_owner=security.owner if security.owner != security.server_uid else None,
-        )
-        bus_watch = tg.create_task(watch_bus())
-        stopped_watch = tg.create_task(service.watch_stopped())
-        tcp_task = None
-        if opts.listen:  # proxy/remote access: tcp:// with CURVE
-            from sdexec.transport.zmq_server import ZmqListener
-
-            tcp = ZmqListener(
-                opts.listen,
-                router,
-                opts.curve_key or "",
-                opts.curve_authorized or "",
-                router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+    supervisor = Supervisor(bus, service, manager, stop, recover_for=opts.manager_timeout)
+    bound = False
+    try:
+        async with asyncio.TaskGroup() as tg:
+            router.attach(tg)
+            await service.adopt(
+                killed=manager.killed if manager is not None else None,
+                manager_died=manager is not None and manager.found_dead,
             )
-            log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
-            tcp_task = tg.create_task(tcp.run())
-        log.info(
-            "listening",
-            uri=opts.uri,
-            systemd=opts.systemd,
-            rank=opts.rank,
-            state_dir=str(opts.state_dir),
-            pid=os.getpid(),
-            socket_activated=opts.listen_sock is not None,
-        )
-        log.info("security", **describe(security))
-        notify("READY=1")
-        await stop.wait()
-        notify("STOPPING=1")
-        log.info("shutting down", procs=len(service.by_pid))
-        server.close()
-        await service.shutdown(stop_background=opts.on_shutdown == "stop")
-        for conn in list(router.connections.values()):
-            conn.close()
-        bus_watch.cancel()
-        stopped_watch.cancel()
-        if tcp_task is not None:
-            tcp_task.cancel()
-        bus.close()
-        gate.close()
-        service.close()
-    if opts.listen_sock is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(opts.socket_path)
+            server = await listen_local(
+                opts.socket_path,
+                router,
+                sock=opts.listen_sock,
+                max_message=opts.max_message,
+                write_limit=opts.max_output_buffer,
+                public=security.allow_guests,
+                # An owner who is not the server's uid must reach the socket too.
+                socket_owner=security.owner if security.owner != security.server_uid else None,
+            )
+            bound = True
+            supervision = tg.create_task(supervisor.run())
+            stopped_watch = tg.create_task(service.watch_stopped())
+            tcp_task = None
+            if opts.listen:  # proxy/remote access: tcp:// with CURVE
+                from sdexec.transport.zmq_server import ZmqListener
+
+                tcp = ZmqListener(
+                    opts.listen,
+                    router,
+                    opts.curve_key or "",
+                    opts.curve_authorized or "",
+                    router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+                )
+                log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
+                tcp_task = tg.create_task(tcp.run())
+            log.info(
+                "listening",
+                uri=opts.uri,
+                systemd=opts.systemd,
+                rank=opts.rank,
+                state_dir=str(opts.state_dir),
+                pid=os.getpid(),
+                socket_activated=opts.listen_sock is not None,
+            )
+            log.info("security", **describe(security))
+            notify("READY=1")
+            await stop.wait()
+            notify("STOPPING=1")
+            log.info("shutting down", procs=len(service.by_pid))
+            server.close()
+            await service.shutdown(stop_background=opts.on_shutdown == "stop")
+            for conn in list(router.connections.values()):
+                conn.close()
+            supervision.cancel()
+            stopped_watch.cancel()
+            if tcp_task is not None:
+                tcp_task.cancel()
+            bus.close()
+            gate.close()
+            service.close()
+    finally:
+        # Whatever ends the server, its socket goes (systemd owns an inherited one).
+        if bound and opts.listen_sock is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(opts.socket_path)
+    if supervisor.gave_up is not None:
+        raise SdexecError(errnum_of(supervisor.gave_up), supervisor.gave_up.message)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
@@ -241,6 +249,17 @@ def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
 
 def _late_signal(signum: int, _frame: object) -> None:
     log.info("already shutting down", signal=signal.Signals(signum).name)
+
+
+def _manager_timeout(args: argparse.Namespace) -> float:
+    value = getattr(args, "manager_timeout", None)
+    if value is None:
+        return 30.0
+    if not value > 0:
+        raise SdexecError(
+            22, f"--manager-timeout must be a positive number of seconds, not {value}"
+        )
+    return float(value)
 
 
 def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,6 +322,7 @@ def main(args: argparse.Namespace) -> int:
             systemd=mode,
             rank=int(getattr(args, "rank", 0) or 0),
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
+            manager_timeout=_manager_timeout(args),
             listen_sock=inherited[0] if inherited else None,
             security=security,
             max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
@@ -334,7 +354,7 @@ def main(args: argparse.Namespace) -> int:
             bus_address = user_bus_address()
         kept: int | None = None
         try:
-            kept = asyncio.run(serve(opts, bus_address, journal_dir, journal_socket))
+            kept = asyncio.run(serve(opts, bus_address, journal_dir, journal_socket, manager))
         finally:
             # The loop's handlers are gone with it; a repeated SIGTERM must not
             # cut short the rest of the shutdown (stopping the private manager).

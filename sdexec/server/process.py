@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from sdexec.base.errors import SdexecError
 from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.cpuset import check_cpus
@@ -160,6 +161,8 @@ class Process:
         self.check_error: str | None = None
         self.active_state = "unknown"  # the unit's, as the last signal said
         self.sub_state = "unknown"
+        #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
+        self.lost: SdexecError | None = None
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
@@ -323,13 +326,16 @@ class Process:
                 self.service.reap(self)
                 return
         if self.waiter is not None:
-            if self.service.wait_output and self.background:
+            if self.lost is not None:
+                self.waiter.error(self.lost.errno or errno.EHOSTDOWN, self.lost.message)
+            elif self.service.wait_output and self.background:
                 if not self._answering:  # the output is read from the log first
                     self._answering = True
                     self.service.router.spawn(self._answer_wait(self.waiter), "wait output")
                 return
-            assert self.status is not None
-            self.waiter.respond({"status": self.status})
+            else:
+                assert self.status is not None
+                self.waiter.respond({"status": self.status})
             self.waiter = None
             self.service.reap(self)
         elif not self.waitable:
@@ -363,6 +369,52 @@ class Process:
         waiter.respond(answer)
         self.waiter = None
         self.service.reap(self)
+
+    # --- the systemd manager going away (sdexec.server.supervisor) ---------------
+
+    def lose(self, err: SdexecError) -> None:
+        """The unit went away with its manager: the outcome is ``err``, not a status."""
+        self.lost = err
+        self.state = ProcState.EXITED
+        self.service.bus.unwatch(self.unit, self)
+        log.warning("lost", reason=err.message, **self.log_fields())
+        self.service.router.publish(
+            "sdexec.proc.lost", {**self.event_payload(), "reason": err.message}
+        )
+        errnum = err.errno or errno.EHOSTDOWN
+        client = self.client
+        if client is not None:
+            self._unhook_writable()
+            client.error(errnum, err.message)
+            self.client = None
+        for att in list(self.attachers):
+            att.req.error(errnum, err.message)
+            self._drop_attacher(att)
+        self._close_pipes()
+        if not self.background:
+            self.service.reap(self)
+            return
+        self._maybe_end()
+
+    def fail_start(self, err: SdexecError) -> None:
+        """The unit's manager went away before the start was confirmed."""
+        self.service.bus.unwatch(self.unit, self)
+        log.info("exec failed", errnum=err.errno, reason=err.message, **self.log_fields())
+        self._close_pipes()
+        if self.client is not None:
+            self.client.error(err.errno or errno.EHOSTDOWN, err.message)
+            self.client = None
+        self.service.proc_gone(self)
+
+    def resync(self, props: dict[str, Any]) -> None:
+        """Catch up from a full property read, after signals may have been missed."""
+        self.tracker.service_changed(props)
+        if self.state is ProcState.STARTING:
+            if props.get("ExecMainPID") or props.get("ActiveState") in ("active", "deactivating"):
+                self.job_removed("done")
+            elif props.get("ActiveState") == "failed":
+                self.job_removed("failed")
+        self.unit_changed(props)
 
     # --- output ---------------------------------------------------------------------------
 
@@ -502,6 +554,10 @@ class Process:
 
     def _attach_done(self, att: Attacher) -> None:
         req = att.req
+        if self.lost is not None:
+            req.error(self.lost.errno or errno.EHOSTDOWN, self.lost.message)
+            self._drop_attacher(att)
+            return
         assert self.status is not None
         for stream in ("stdout", "stderr"):
             req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))

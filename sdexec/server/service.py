@@ -40,14 +40,14 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 from dbus_fast import Variant
 
-from sdexec.base.errors import SdexecError
+from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
 from sdexec.proto import idset, pty, rfc42
@@ -205,6 +205,8 @@ class Service:
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
         self.shutdown_reason = "server is shutting down"
+        # Why the systemd manager cannot be reached now (sdexec.server.supervisor).
+        self.down: SdexecError | None = None
         # Set while some process may have a client: watch_stopped polls only then.
         self._clients_present = asyncio.Event()
         for method, handler, streaming_only in (
@@ -347,6 +349,8 @@ class Service:
         """
         if self.shutting_down:
             raise SdexecError(errno.ENOSYS, self.shutdown_reason)
+        if self.down is not None:
+            raise SdexecError(errnum_of(self.down), self.down.message)
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
@@ -497,16 +501,29 @@ class Service:
     ) -> None:
         try:
             await self.bus.start_transient(proc.unit, props, fds)
+        except Exception:
+            if proc not in self.starting:
+                return  # already failed and answered: its manager went away (manager_lost)
+            self._start_failed(proc)
+            raise
         except BaseException:
-            # Only what this exec created: the unit name may be someone else's.
-            self.bus.unwatch(proc.unit, proc)
-            self.starting.discard(proc)
-            self._forget(proc)
-            self.state.remove(proc.unit)
+            self._start_failed(proc)
             raise
         finally:
             for fd in theirs:
                 os.close(fd)
+
+    def _start_failed(self, proc: Process) -> None:
+        # Only what this exec created: the unit name may be someone else's.
+        self.bus.unwatch(proc.unit, proc)
+        self.starting.discard(proc)
+        self._forget(proc)
+        if self.down is not None:
+            # The call was lost with the bus: the unit may exist after all.  Its
+            # record stays, as one to stop (resync, or the next adopt).
+            self.state.update(proc.unit, foreground=True)
+        else:
+            self.state.remove(proc.unit)
 
     def _make_stdio(
         self,
@@ -589,6 +606,8 @@ class Service:
         proc = self.lookup(target, errno.ENOENT, requester=req)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
+        if proc.lost is not None:
+            raise SdexecError(proc.lost.errno or errno.EHOSTDOWN, proc.lost.message)
         if stdin and proc.stdin_holder is not None:
             raise SdexecError(
                 errno.EBUSY, f"process {target}: another attached client holds its input"
@@ -676,6 +695,8 @@ class Service:
     async def kill(self, req: Request) -> None:
         kr = rfc42.parse_kill(req.payload())
         proc = self.lookup(kr.target, requester=req)
+        if proc.lost is not None:
+            raise SdexecError(errno.ESRCH, f"process {kr.target} was lost: {proc.lost.message}")
         if proc.state is ProcState.EXITED:
             raise SdexecError(errno.ESRCH, f"process {kr.target} has already exited")
         who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
@@ -801,7 +822,9 @@ class Service:
 
     # --- re-adoption ---------------------------------------------------------------------
 
-    async def adopt(self) -> None:
+    async def adopt(
+        self, *, killed: Mapping[str, Sequence[int]] | None = None, manager_died: bool = False
+    ) -> None:
         """Take back the units a previous server started.
 
         Units are systemd's, not ours: each unit has a record in the state
@@ -813,17 +836,24 @@ class Service:
         RemainAfterExit/CollectMode=inactive, so its status is read now and
         delivered to the next ``wait``.  A foreground unit's client died with
         the old server: the unit is stopped.
+
+        The systemd manager may have died while no server ran
+        (``manager_died``; ``killed``: the units whose processes were still
+        running then, and were killed when this server started a new
+        manager).  A waitable process's outcome is then that, said by the
+        next ``wait``; a record may also carry an outcome already (the
+        status, or why it was lost), saved when the unit went away while a
+        server ran.
         """
+        killed = killed or {}
         for rec in self.state.load_all():
             if rec.foreground:
                 await self._stop_orphan(rec.unit)
                 continue
-            cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
-            proc = Process(
-                self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None
-            )
-            proc.requester_uid = rec.requester_uid
-            proc.ident = rec.ident
+            proc = self._from_record(rec)
+            if rec.status is not None or rec.lost is not None:
+                self._adopt_outcome(proc, rec.status, rec.lost)
+                continue
             self.bus.watch(rec.unit, proc)  # before reading: no transition is missed
             try:
                 props = await self.bus.properties(rec.unit)
@@ -831,21 +861,34 @@ class Service:
                 props = {}
             if props.get("LoadState") != "loaded":
                 self.bus.unwatch(rec.unit, proc)
-                # It ended while no server ran; its output is still where it was.
-                self.state.reaped(
-                    Reaped(
-                        rec.unit,
-                        rec.label,
-                        rec.ident,
-                        rec.pid,
-                        rec.status,
-                        rec.requester_uid,
-                        time.time(),
+                why = self._gone_reason(rec.unit, killed, manager_died)
+                log.log(
+                    30 if why else 20,
+                    "re-adoption: unit gone",
+                    unit=rec.unit,
+                    label=rec.label,
+                    waitable=proc.waitable,
+                    reason=why,
+                    killed_pids=killed.get(rec.unit),
+                )
+                if why and proc.waitable:
+                    pids = killed.get(rec.unit) or [rec.pid]
+                    self.state.update(rec.unit, lost=why, pid=rec.pid or pids[0])
+                    proc.pid = rec.pid or pids[0]
+                    self._adopt_outcome(proc, None, why)
+                else:
+                    # It ended while no server ran; its output is still where it was.
+                    self.state.reaped(
+                        Reaped(
+                            rec.unit,
+                            rec.label,
+                            rec.ident,
+                            rec.pid or (killed.get(rec.unit) or [0])[0],
+                            rec.status,
+                            rec.requester_uid,
+                            time.time(),
+                        )
                     )
-                )
-                log.info(
-                    "re-adoption: unit gone", unit=rec.unit, label=rec.label, waitable=proc.waitable
-                )
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
@@ -856,6 +899,102 @@ class Service:
             how = {} if proc.status is None else rfc42.status_fields(proc.status)
             log.info("re-adopted", state=proc.state.value, **how, **proc.log_fields())
         self._forget_evicted()
+
+    @staticmethod
+    def _gone_reason(
+        unit: str, killed: Mapping[str, Sequence[int]], manager_died: bool
+    ) -> str | None:
+        """Why a recorded unit is gone, when that is a loss (None: it simply ended)."""
+        if unit in killed:
+            return (
+                "the systemd manager had died while the process ran; the process was "
+                "killed when the server started a new manager"
+            )
+        if manager_died:
+            return "the systemd manager had died; the unit and its status went with it"
+        return None
+
+    def _from_record(self, rec: ProcRecord) -> Process:
+        cmd = rfc42.Command(cmdline=rec.cmdline, env={}, opts={}, channels=[], label=rec.label)
+        proc = Process(self, rec.unit, cmd, ExecFlag(rec.flags), LocalFlag(rec.local_flags), None)
+        proc.requester_uid = rec.requester_uid
+        proc.ident = rec.ident
+        proc.pid = rec.pid
+        return proc
+
+    def _adopt_outcome(self, proc: Process, status: int | None, lost: str | None) -> None:
+        """A waitable process whose unit is gone, and whose record holds its outcome."""
+        proc.state = ProcState.EXITED
+        proc.status = status
+        if lost is not None:
+            proc.lost = SdexecError(errno.EHOSTDOWN, lost)
+        self.by_unit[proc.unit] = proc
+        if proc.pid and proc.pid not in self.by_pid:
+            self.by_pid[proc.pid] = proc
+        if proc.label is not None:
+            self.by_label[proc.label] = proc
+        log.info("re-adopted", state="Z", status=status, lost=lost, **proc.log_fields())
+
+    # --- the systemd manager going away (sdexec.server.supervisor) ---------------
+
+    def manager_lost(self, why: SdexecError, lost: str | None) -> None:
+        """The manager, or the bus to it, is gone.
+
+        ``why`` answers every request that needs the manager until
+        :meth:`manager_back`.  ``lost`` (the manager died, and its units with
+        it) is the outcome of every process that had not finished: its client
+        and waiter get it now, and a waitable one keeps it, in its record too,
+        for the next ``wait``.  A finished waitable process keeps its status
+        in its record, since the unit that held it is gone.
+        """
+        self.down = why
+        if lost is None:
+            return  # only the bus: the processes go on; resync() catches up
+        err = SdexecError(errno.EHOSTDOWN, lost)
+        for proc in list(self.by_unit.values()):
+            self._lose(proc, err)
+
+    def _lose(self, proc: Process, err: SdexecError) -> None:
+        if proc.state is ProcState.STARTING:
+            proc.fail_start(err)
+        elif proc.state is ProcState.EXITED:
+            if proc.background and proc.waitable and proc.lost is None:
+                self.state.update(proc.unit, status=proc.status, pid=proc.pid)
+        else:
+            if proc.background and proc.waitable:
+                self.state.update(proc.unit, lost=err.message, pid=proc.pid)
+            proc.lose(err)
+
+    def manager_back(self) -> None:
+        self.down = None
+
+    async def resync(self, why: str) -> None:
+        """After the bus came back to a manager that lived: read every unit again.
+
+        Signals sent while the bus was down are lost; a full property read of
+        each unit catches up.  A unit that went away meanwhile (it ended and
+        was collected) has an unknown outcome.  Records without a process
+        (starts lost with the bus) are stopped, as orphans.
+        """
+        for rec in list(self.state.load_all()):
+            if rec.unit not in self.by_unit:
+                await self._stop_orphan(rec.unit)
+        for proc in list(self.by_unit.values()):
+            if proc.state is ProcState.EXITED:
+                continue
+            try:
+                props = await self.bus.properties(proc.unit)
+            except OSError:
+                props = {}
+            if props.get("LoadState") != "loaded":
+                self._lose(
+                    proc,
+                    SdexecError(
+                        errno.EHOSTDOWN, f"its unit went away while {why}; its outcome is unknown"
+                    ),
+                )
+                continue
+            proc.resync(props)
 
     async def _stop_orphan(self, unit: str) -> None:
         """A foreground unit whose client died with the old server: stop it, forget it."""

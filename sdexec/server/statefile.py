@@ -34,7 +34,7 @@ import contextlib
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # Compact when the log has this many lines more than 4x its live records.
@@ -102,6 +102,15 @@ class StateDir:
         self._append({"save": asdict(rec)}, live)
         live.pop(rec.unit, None)  # a re-save moves it to the end, as on replay
         live[rec.unit] = rec
+
+    def get(self, unit: str) -> ProcRecord | None:
+        return self._records().get(unit)
+
+    def update(self, unit: str, **changes: object) -> None:
+        """Save ``unit``'s record again with ``changes`` (nothing if it has none)."""
+        rec = self._records().get(unit)
+        if rec is not None:
+            self.save(replace(rec, **changes))  # type: ignore[arg-type]
 
     def remove(self, unit: str) -> None:
         live = self._records()

@@ -27,6 +27,18 @@ window of 32 keeps what is queued far below the socket buffer while still
 keeping systemd, which handles calls one at a time, busy.
 
 D-Bus errors are translated to errnos here, once, from a table.
+
+Losing the manager: a third match follows ``NameOwnerChanged`` for
+``org.freedesktop.systemd1``, so the moment the manager leaves the bus (it
+died, or it is re-executing) is known at once, as is the moment the bus
+connection itself closes (its dbus-daemon died).  Either way
+:meth:`SystemdBus.lose` records why (:attr:`SystemdBus.down`), closes the
+connection so that every call in flight fails at once with that errno and
+reason, and wakes :meth:`SystemdBus.wait_lost`; until :meth:`reconnect`
+succeeds, new calls fail at once the same way.  Every call is sent with
+``NO_AUTO_START``: a bus whose manager is gone answers "no owner" at once,
+where an auto-started call would wait two minutes for an activation that
+cannot happen.
 """
 
 from __future__ import annotations
@@ -36,14 +48,15 @@ import errno
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from sdexec.base.errors import SdexecError
+from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.systemd.properties import unit_object_path
 
 SYSTEMD = "org.freedesktop.systemd1"
+DBUS_NAME = "org.freedesktop.DBus"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -70,6 +83,7 @@ DBUS_ERRNO: dict[str, int] = {
     "org.freedesktop.DBus.Error.NoMemory": errno.ENOMEM,
     "org.freedesktop.DBus.Error.LimitsExceeded": errno.EAGAIN,
     "org.freedesktop.DBus.Error.ServiceUnknown": errno.ECONNREFUSED,
+    "org.freedesktop.DBus.Error.NameHasNoOwner": errno.EHOSTDOWN,
     "org.freedesktop.DBus.Error.Disconnected": errno.ECONNRESET,
 }
 
@@ -107,10 +121,16 @@ class SystemdBus:
         self._by_path: dict[str, UnitListener] = {}
         self._by_name: dict[str, UnitListener] = {}
         self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        #: Why the manager cannot be reached now (None while it can).
+        self.down: SdexecError | None = None
+        self._lost = asyncio.Event()
+        #: The manager's pid, as the bus daemon knows it (0 if it could not say).
+        self.manager_pid = 0
 
     # --- connection --------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Connect, add the match rules and subscribe (EHOSTDOWN if no manager is there)."""
         try:
             if self.address:
                 bus = MessageBus(bus_address=self.address, negotiate_unix_fd=True)
@@ -128,12 +148,56 @@ class SystemdBus:
         await self._add_match(
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER_IFACE}',member='JobRemoved'"
         )
-        await self._manager("Subscribe")
+        await self._add_match(
+            f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',"
+            f"member='NameOwnerChanged',arg0='{SYSTEMD}'"
+        )
+        await self._manager("Subscribe", connecting=True)
+        self.manager_pid = await self._owner_pid()
+        self.down = None
+        self._lost.clear()
+
+    async def reconnect(self) -> None:
+        """A new connection in place of a lost one (the listeners stay registered)."""
+        self.close()
+        try:
+            await self.connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def lose(self, why: SdexecError) -> None:
+        """The manager (or its bus) is gone: fail what is in flight, refuse what comes."""
+        if self.down is not None:
+            return
+        self.down = why
+        self._lost.set()
+        if self._bus is not None:
+            self._bus.disconnect()
 
     async def wait_closed(self) -> None:
-        """Return when the bus connection is gone (the manager exited)."""
+        """Return when the bus connection is gone."""
         assert self._bus is not None
         await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    async def wait_lost(self) -> SdexecError:
+        """Return, with the reason, once the manager or the bus connection is lost."""
+        assert self._bus is not None
+        closed = asyncio.ensure_future(self._bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({closed, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (closed, lost):
+                task.cancel()
+            await asyncio.gather(closed, lost, return_exceptions=True)
+        self.lose(SdexecError(errno.ECONNRESET, "lost the connection to the systemd bus"))
+        assert self.down is not None
+        return self.down
+
+    def _down_error(self) -> SdexecError:
+        assert self.down is not None
+        return SdexecError(errnum_of(self.down), self.down.message)
 
     def close(self) -> None:
         if self._bus is not None:
@@ -146,15 +210,21 @@ class SystemdBus:
 
     # --- calls -----------------------------------------------------------------------
 
-    async def _call(self, msg: Message) -> Message:
+    async def _call(self, msg: Message, *, connecting: bool = False) -> Message:
+        if self.down is not None and not connecting:
+            raise self._down_error()
         if self._bus is None:
             raise SdexecError(errno.ECONNRESET, "not connected to systemd")
         try:
             async with self._window:
                 reply = await self._bus.call(msg)
         except Exception as exc:
+            if self.down is not None and not connecting:  # lost while in flight
+                raise self._down_error() from exc
             raise translate(exc) from exc
         if reply.message_type == MessageType.ERROR:
+            if self.down is not None and not connecting:
+                raise self._down_error()
             name = reply.error_name or ""
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
             raise SdexecError(DBUS_ERRNO.get(name, errno.EIO), text)
@@ -166,6 +236,8 @@ class SystemdBus:
         signature: str = "",
         body: Sequence[Any] = (),
         fds: Sequence[int] = (),
+        *,
+        connecting: bool = False,
     ) -> list[Any]:
         reply = await self._call(
             Message(
@@ -176,35 +248,41 @@ class SystemdBus:
                 signature=signature,
                 body=list(body),
                 unix_fds=list(fds),
-            )
+                flags=MessageFlag.NO_AUTOSTART,
+            ),
+            connecting=connecting,
         )
         return list(reply.body)
-
-    async def manager_pid(self) -> int:
-        """The pid of the systemd manager on the other end (the bus says who owns its name)."""
-        reply = await self._call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="GetConnectionUnixProcessID",
-                signature="s",
-                body=[SYSTEMD],
-            )
-        )
-        return int(reply.body[0])
 
     async def _add_match(self, rule: str) -> None:
         await self._call(
             Message(
-                destination="org.freedesktop.DBus",
+                destination=DBUS_NAME,
                 path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
+                interface=DBUS_NAME,
                 member="AddMatch",
                 signature="s",
                 body=[rule],
-            )
+            ),
+            connecting=True,
         )
+
+    async def _owner_pid(self) -> int:
+        try:
+            reply = await self._call(
+                Message(
+                    destination=DBUS_NAME,
+                    path="/org/freedesktop/DBus",
+                    interface=DBUS_NAME,
+                    member="GetConnectionUnixProcessID",
+                    signature="s",
+                    body=[SYSTEMD],
+                ),
+                connecting=True,
+            )
+        except OSError:
+            return 0
+        return int(reply.body[0])
 
     # --- units -------------------------------------------------------------------------
 
@@ -253,6 +331,7 @@ class SystemdBus:
                 member="GetAll",
                 signature="s",
                 body=[interface],
+                flags=MessageFlag.NO_AUTOSTART,
             )
         )
         return _unwrap(reply.body[0])
@@ -275,4 +354,8 @@ class SystemdBus:
             listener = self._by_name.get(unit)
             if listener is not None:
                 listener.job_removed(result)
+        elif msg.member == "NameOwnerChanged" and msg.sender == DBUS_NAME:
+            name, _old, new = msg.body
+            if name == SYSTEMD and not new:
+                self.lose(SdexecError(errno.EHOSTDOWN, "the systemd manager left the bus"))
         return False
