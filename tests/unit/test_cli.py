@@ -463,8 +463,9 @@ def test_exec_with_ranks_but_no_hosts_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
+    monkeypatch.delenv("FLUX_URI", raising=False)
     assert cli.main(["exec", "-r", "all", "true"]) == 125
-    assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
+    assert "give --hosts FILE, set SDEXEC_HOSTS, or run inside Flux" in capsys.readouterr().err
 
 
 def test_sign_goes_with_ranks() -> None:
