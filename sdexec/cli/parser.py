@@ -215,6 +215,43 @@ examples:
   sdexec proxy --reconnect tcp://node12:5555
 """
 
+_FLUX_MODULE_EPILOG = """\
+The module is the sdexec server as the sdexec service of one Flux broker
+rank: the same RFC 42 service as sdexec serve, reached through Flux's
+overlay, with the credentials the broker stamps on each request (owner
+only; on rank 0, only the broker's own clients). It runs under flux-core's
+Python and finds sdexec and its dependencies where sdexec is installed
+($SDEXEC_PYTHONPATH for other layouts).
+
+module arguments:
+  state-dir=DIR     background processes' records (default
+                    STATEDIR/sdexec.RANK, else RUNDIR/sdexec.RANK)
+  systemd=MANAGER   user (default) or system
+  journal=DIR       a journal directory to read ($SDEXEC_JOURNAL_DIR)
+  log-level=LEVEL   debug, info (default), warning, error
+
+configuration:
+  [systemd] enable = true and [modules.sdexec] module = "PATH" make rc1
+  load it on every rank instead of flux-core's C module; [exec] service =
+  "sdexec" sends job shells to it (method = "bgexec": as background units
+  that outlive a module reload). [systemd] sdexec-debug (a boolean) is
+  read at load and on every config reload.
+
+behaviour:
+  It serves exec, write, kill, wait, list, stats-get, disconnect and
+  config-reload as flux-core's module does, with SDEXEC_NAME, SDEXEC_PROP_*,
+  SDEXEC_STOP_TIMER_SEC/_SIGNAL (EDEADLK), SDEXEC_R_LOCAL through
+  sdexec-mapper, and one output response per line by default; and attach,
+  logs, write credit, channels and stopped besides. Background units keep
+  running when the module is removed and are adopted again when it is
+  loaded. Its events are in flux dmesg; unit output is in the journal.
+
+examples:
+  flux exec -r all flux module load --name=sdexec $(sdexec flux-module-path)
+  flux exec -r all flux module remove sdexec
+  sdexec exec -r all -l hostname          (inside the instance)
+"""
+
 _KEYGEN_EPILOG = """\
 Writes NAME.key (the public key, to give to the server's administrator) and
 NAME.key_secret (keep it private) in DIR, in ZeroMQ's certificate format.
@@ -576,6 +613,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         ),
         formatter_class=fmt,
     )
+    p.epilog = _FLUX_MODULE_EPILOG
     p.set_defaults(command="flux_module_path")
     subs["flux-module-path"] = p
     from sdexec.cli.perilog import add_parser as add_perilog_parser

@@ -73,6 +73,9 @@ log = structlog.get_logger("sdexec.flux")
 UNLOADING = "sdexec module is unloading"
 #: The C module keeps at most this much of a waitable process's output for ``wait``.
 WAIT_OUTPUT_MAX = 8192
+#: Broker states once it has begun to shut down (flux-core's state machine).
+BROKER_ENDING = frozenset({"cleanup", "shutdown", "finalize", "goodbye", "exit"})
+STATE_QUERY_TIMEOUT = 1.0
 #: Environment variables a unit must never inherit from its client.
 DROP_ENV = ("NOTIFY_SOCKET", "INVOCATION_ID")
 
@@ -83,6 +86,8 @@ class ModuleOptions:
     journal_dir: str | None
     systemd: str
     log_level: str
+    #: The state directory goes with the broker (its rundir).
+    ephemeral: bool = False
 
 
 def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
@@ -99,16 +104,20 @@ def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
     if systemd not in ("user", "system"):
         raise ValueError(f"systemd={systemd}: expected user or system")
     state = given.get("state-dir")
+    ephemeral = False
     if not state:
-        base = handle.attr("statedir") or handle.attr("rundir")
+        statedir = handle.attr("statedir")
+        base = statedir or handle.attr("rundir")
         if not base:
             raise ValueError("the broker has no rundir: give state-dir=DIR")
         state = os.path.join(base, f"sdexec.{handle.rank}")
+        ephemeral = not statedir
     return ModuleOptions(
         state_dir=Path(state),
         journal_dir=given.get("journal") or os.environ.get("SDEXEC_JOURNAL_DIR") or None,
         systemd=systemd,
         log_level=given.get("log-level", "info"),
+        ephemeral=ephemeral,
     )
 
 
@@ -252,14 +261,33 @@ class ModuleServer:
                 pid=os.getpid(),
             )
             await self.stop.wait()
-            log.info("unloading", procs=len(service.by_pid))
-            await service.shutdown(reason=UNLOADING)
+            ending = await self._instance_ending()
+            log.info("unloading", procs=len(service.by_pid), instance_ending=ending)
+            await service.shutdown(stop_background=ending, reason=UNLOADING)
             link.close()
             for task in watchers:
                 task.cancel()
             bus.close()
             service.close()
         log.info("unloaded", kept=service.background_kept())
+
+    async def _instance_ending(self) -> bool:
+        """Whether no module could ever adopt this one's background units again.
+
+        That is so when the broker itself is shutting down and the state
+        directory is its rundir, which goes with it; the units are stopped
+        then.  A module reload (the broker runs on), or a state directory
+        that outlives the broker (``statedir``, or ``state-dir=``), keeps
+        them running for the next module.
+        """
+        if not self.opts.ephemeral:
+            return False
+        try:
+            async with asyncio.timeout(STATE_QUERY_TIMEOUT):
+                reply = await self.handle.rpc("state-machine.get", {})
+        except (OSError, TimeoutError):
+            return False
+        return isinstance(reply, dict) and reply.get("state") in BROKER_ENDING
 
     def _journal_socket(self) -> str:
         """journald's stream socket as the manager sees it (its mount namespace may be

@@ -1035,6 +1035,9 @@ class Service:
             proc.cancel_stop_timer()
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
                 stopping.append(self._stop_quietly(proc))
+            elif stop_background and proc.background and proc.waitable:
+                # Finished, its unit kept for a wait that can no longer come.
+                stopping.append(self._release_unit(proc.unit))
         await asyncio.gather(*stopping)
         # Channels, msgchans (sdexec.server.channels).
         shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])

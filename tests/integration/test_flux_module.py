@@ -37,12 +37,14 @@ def site_config(extra: str = "") -> str:
     )
 
 
-def start_instance(manager: PrivateManager, workdir: Path, *broker_args: str) -> FluxInstance:
+def start_instance(
+    manager: PrivateManager, workdir: Path, *broker_args: str, size: int = SIZE
+) -> FluxInstance:
     inst = FluxInstance(
         flux_or_skip(),
         manager,
         workdir,
-        size=SIZE,
+        size=size,
         config=site_config(),
         extra_env={"DBUS_SYSTEM_BUS_ADDRESS": manager.bus_address},
         broker_args=list(broker_args),
@@ -66,12 +68,16 @@ def clean_stop(inst: FluxInstance) -> None:
 
 @pytest.fixture(scope="module")
 def inst(manager: PrivateManager, workdir: Path) -> Iterator[FluxInstance]:
+    before = set(units(manager, "*.service"))
     instance = start_instance(manager, workdir / "flux-module")
     try:
         yield instance
     finally:
         clean_stop(instance)
-        assert not units(manager, "shell-*"), "job shell units left behind"
+        # The instance is gone with its rundir (the modules' state): nothing
+        # could adopt its units again, so it stopped even the background ones.
+        left = set(units(manager, "*.service")) - before
+        assert not left, f"units left behind by the instance: {left}"
 
 
 def units(manager: PrivateManager, pattern: str = "sdexec-*") -> list[str]:
@@ -406,3 +412,32 @@ def check_mapped_resources(inst: FluxInstance) -> None:
     )
     assert r.returncode != 0 and "sdexec-mapper.lookup failed" in r.stderr
     assert inst.must("flux", "exec", "-r", "1", "--service=sdexec", "echo", "ok") == "ok\n"
+
+
+def test_background_units_survive_a_broker_restart(manager: PrivateManager, workdir: Path) -> None:
+    """With a persistent statedir, the next instance's module adopts the units."""
+    statedir = workdir / "flux-restart-state"
+    statedir.mkdir()
+    first = start_instance(manager, workdir / "flux-restart-1", f"-Sstatedir={statedir}", size=1)
+    try:
+        first.must(
+            "sdexec",
+            "exec",
+            "--bg",
+            "--waitable",
+            "--label",
+            "across",
+            "sh",
+            "-c",
+            "echo from-before; sleep 4; exit 5",
+        )
+    finally:
+        clean_stop(first)
+    assert [u for u in units(manager) if "across" in u], "the unit ended with the instance"
+    second = start_instance(manager, workdir / "flux-restart-2", f"-Sstatedir={statedir}", size=1)
+    try:
+        r = second.run("sdexec", "wait", "across")
+        assert r.returncode == 5, r.stderr
+        assert second.must("sdexec", "logs", "across") == "from-before\n"
+    finally:
+        clean_stop(second)

@@ -74,3 +74,10 @@ def test_man_renders_every_page_without_warnings(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert r.stderr == "", f"{path.name}: {r.stderr}"
+
+
+def test_flux_module_page_documents_the_module(pages: dict[str, str]) -> None:
+    text = pages["sdexec-flux-module-path.1"]
+    for section in (".SH MODULE ARGUMENTS", ".SH CONFIGURATION", ".SH BEHAVIOUR", ".SH EXAMPLES"):
+        assert section in text
+    assert "modules.sdexec" in text and "state\\-dir=DIR" in text
