@@ -156,10 +156,10 @@ class BrokerHandle:
         The poll fd says only that messages are waiting.  A message the
         reactor has taken may still have work behind it that the fd never
         shows: a fulfilled future runs its continuation on the reactor's
-        next iteration.  So after the last waiting message, the reactor runs
-        SETTLE more times.  ``once``: run it even if nothing is waiting (at
-        start: the broker learns that the module is running from a prepare
-        watcher of Flux's own).
+        next iteration.  So after the last waiting message, while one of our
+        RPCs is open, the reactor runs SETTLE more times.  ``once``: run it
+        even if nothing is waiting (at start: the broker learns that the
+        module is running from a prepare watcher of Flux's own).
         """
         raw, reactor = self._raw, self._reactor
         pending = once
@@ -169,6 +169,8 @@ class BrokerHandle:
                 lib.flux_reactor_run(reactor, lib.FLUX_REACTOR_NOWAIT)
                 Flux.raise_if_exception()
                 continue
+            if not self._futures:
+                return
             for _ in range(SETTLE):
                 lib.flux_reactor_run(reactor, lib.FLUX_REACTOR_NOWAIT)
                 Flux.raise_if_exception()
