@@ -411,6 +411,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="with -r: prefix each output line with its rank",
     )
+    p.add_argument(
+        "-L",
+        "--label-host",
+        action="store_true",
+        help="with -r: prefix each output line with its rank's host name (as pdsh does; "
+        "inside Flux, from the instance's hostlist)",
+    )
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     subs["exec"] = p
 

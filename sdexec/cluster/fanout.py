@@ -468,7 +468,8 @@ async def kill_all(procs: Iterable[RankProcess], signum: int) -> None:
 
 
 class LineLabeler:
-    """Prefix each line of each rank's output with ``RANK: `` (``--label-io``).
+    """Prefix each line of each rank's output with ``RANK: `` (``--label-io``),
+    or with another label (the host name, ``--label-host``).
 
     Output arrives in arbitrary chunks; a partial line is held until its end
     (or the stream's EOF, when it is completed with a newline) so that lines
@@ -478,8 +479,10 @@ class LineLabeler:
     def __init__(self) -> None:
         self._partial: dict[tuple[int, str], bytes] = {}
 
-    def feed(self, rank: int, stream: str, data: bytes, eof: bool = False) -> bytes:
-        """The labelled complete lines that ``data`` finishes."""
+    def feed(
+        self, rank: int, stream: str, data: bytes, eof: bool = False, label: str | None = None
+    ) -> bytes:
+        """The labelled complete lines that ``data`` finishes (``label``: instead of the rank)."""
         key = (rank, stream)
         buf = self._partial.pop(key, b"") + data
         lines = buf.split(b"\n")
@@ -489,5 +492,5 @@ class LineLabeler:
             rest = b""
         if rest:
             self._partial[key] = rest
-        prefix = f"{rank}: ".encode()
+        prefix = f"{rank if label is None else label}: ".encode()
         return b"".join(prefix + line + b"\n" for line in lines)

@@ -203,7 +203,13 @@ def test_ps_lists_every_rank_with_hostnames(inst: FluxInstance) -> None:
     inst.must("sdexec", "exec", "-r", "0-3", "--bg", "--label", "psjob", "sleep", "30")
     try:
         out = inst.must("sdexec", "ps", "-r", "all")
-        assert sum("psjob" in line for line in out.splitlines()) == SIZE
+        assert out.splitlines()[0].split()[:3] == ["RANK", "HOST", "PID"]
+        hostlist = inst.must("flux", "getattr", "hostlist").strip()  # "vm,vm,vm,vm" here
+        rows = [line.split() for line in out.splitlines() if "psjob" in line]
+        assert sorted(row[0] for row in rows) == [str(r) for r in range(SIZE)]
+        assert {row[1] for row in rows} <= set(hostlist.replace("[", ",").split(","))
+        labelled = inst.must("sdexec", "exec", "-r", "1", "-L", "echo", "hi").strip()
+        assert labelled.endswith(": hi") and labelled.split(":")[0] == rows[0][1]
     finally:
         inst.must("sdexec", "kill", "-r", "all", "psjob")
 
@@ -441,3 +447,119 @@ def test_background_units_survive_a_broker_restart(manager: PrivateManager, work
         assert second.must("sdexec", "logs", "across") == "from-before\n"
     finally:
         clean_stop(second)
+
+
+def test_perilog_runs_on_every_rank_through_flux(inst: FluxInstance) -> None:
+    r = inst.run(
+        "sdexec",
+        "perilog",
+        "run",
+        "--phase",
+        "prolog",
+        "-r",
+        "all",
+        "--timeout",
+        "30",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        'echo "prolog on $SDEXEC_RANK"; test "$SDEXEC_RANK" != 2',
+    )
+    assert r.returncode == 1, r.stderr
+    report = json.loads(r.stdout)
+    (drained,) = report["drain"]
+    assert drained["rank"] == 2 and drained["outcome"] == "exit", drained
+    assert "prolog on 2" in "\n".join(drained["output"])
+
+
+BAD_PAYLOADS = [
+    ("sdexec.exec", {}),
+    ("sdexec.exec", {"cmd": {}, "flags": 0}),
+    ("sdexec.exec", {"cmd": {"cmdline": [], "env": {}, "opts": {}, "channels": []}, "flags": 3}),
+    ("sdexec.exec", {"cmd": {"cmdline": [1], "env": {}, "opts": {}, "channels": []}, "flags": 3}),
+    (
+        "sdexec.exec",
+        {"cmd": {"cmdline": ["true"], "env": [], "opts": {}, "channels": []}, "flags": 3},
+    ),
+    (
+        "sdexec.exec",
+        {"cmd": {"cmdline": ["true"], "env": {}, "opts": {}, "channels": []}, "flags": -1},
+    ),
+    (
+        "sdexec.exec",
+        {
+            "cmd": {
+                "cmdline": ["true"],
+                "env": {},
+                "opts": {"SDEXEC_PROP_ExecStart": "x"},
+                "channels": [],
+            },
+            "flags": 3,
+        },
+    ),
+    (
+        "sdexec.exec",
+        {
+            "cmd": {
+                "cmdline": ["true"],
+                "env": {},
+                "opts": {"stdout_LINE_BUFFER": "x"},
+                "channels": [],
+            },
+            "flags": 3,
+        },
+    ),
+    (
+        "sdexec.exec",
+        {
+            "cmd": {
+                "cmdline": ["true"],
+                "env": {},
+                "opts": {"SDEXEC_STOP_TIMER_SEC": "x"},
+                "channels": [],
+            },
+            "flags": 3,
+        },
+    ),
+    ("sdexec.kill", {"pid": "x", "signum": 9}),
+    ("sdexec.kill", {"pid": 1, "signum": 999}),
+    ("sdexec.wait", {"label": 7}),
+    ("sdexec.wait", {"pid": 999999}),
+    ("sdexec.attach", {"pid": -1, "label": ""}),
+    ("sdexec.logs", {"pid": -1, "label": "nope", "tail": -3}),
+    ("sdexec.nosuchmethod", {}),
+]
+
+
+def test_bad_requests_through_the_broker_get_an_errno_and_the_module_keeps_serving(
+    inst: FluxInstance,
+) -> None:
+    import asyncio
+
+    from sdexec.client.handle import Handle
+
+    async def send_all() -> list[tuple[str, int]]:
+        handle = await Handle.connect(inst.uri)
+        got = []
+        try:
+            for topic, payload in BAD_PAYLOADS:
+                streaming = topic in ("sdexec.attach", "sdexec.logs")
+                try:
+                    if streaming:
+                        async for _ in handle.stream(topic, payload, nodeid=1):
+                            pass
+                        got.append((topic, 0))
+                    else:
+                        await handle.rpc(topic, payload, nodeid=1)
+                        got.append((topic, 0))
+                except OSError as exc:
+                    got.append((topic, exc.errno or 0))
+            return got
+        finally:
+            await handle.close()
+
+    results = asyncio.run(send_all())
+    assert all(errnum != 0 for _, errnum in results), results
+    assert inst.must("flux", "exec", "-r", "1", "--service=sdexec", "echo", "alive") == "alive\n"
+    assert "Traceback" not in inst.log_path.read_text(errors="replace")
