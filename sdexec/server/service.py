@@ -182,7 +182,7 @@ class Service:
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
         root = state_dir if state_dir is not None else Path(tempfile.mkdtemp(prefix="sdexec-"))
-        self.state = StateDir(root)
+        self.state = StateDir(root, rank)
         self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
