@@ -192,6 +192,8 @@ async def serve(
                     opts.curve_key or "",
                     opts.curve_authorized or "",
                     router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+                    max_message=opts.max_message,
+                    write_limit=opts.max_output_buffer,
                 )
                 log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
                 tcp_task = tg.create_task(tcp.run())
