@@ -52,15 +52,17 @@ _MAX_DEPTH = 8
 def default_local_path() -> str:
     """The default server socket path for the calling user.
 
-    ``$XDG_RUNTIME_DIR/sdexec/local`` when XDG_RUNTIME_DIR is set, else
-    ``/run/sdexec/local`` for root, else ``/tmp/sdexec-<uid>/local``.
+    ``/run/sdexec/local`` (the system service's) for root, whatever its
+    environment: a root ssh login has an XDG_RUNTIME_DIR too.  For anyone
+    else ``$XDG_RUNTIME_DIR/sdexec/local`` when XDG_RUNTIME_DIR is set (the
+    user service's), else ``/tmp/sdexec-<uid>/local``.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "sdexec", "local")
     uid = os.getuid()
     if uid == 0:
         return "/run/sdexec/local"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "sdexec", "local")
     return f"/tmp/sdexec-{uid}/local"
 
 

@@ -30,8 +30,8 @@ _EPILOG = """\
 server:
   The server is named by a URI: --uri, else $SDEXEC_URI (the server sets it
   in the environment of every process it runs), else
-  local://$XDG_RUNTIME_DIR/sdexec/local (or /run/sdexec/local for root,
-  /tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
+  local:///run/sdexec/local for root, local://$XDG_RUNTIME_DIR/sdexec/local
+  for anyone else (/tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
   absolute PATH, ssh://[USER@]HOST[:PORT]/PATH (OpenSSH, then "sdexec relay
   PATH" on HOST), tcp://HOST:PORT (ZeroMQ with CURVE keys, see "sdexec
   keygen"), or pid:PID for the server of process PID. "sdexec uri TARGET"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -162,6 +163,20 @@ async def serve(
 
     supervisor = Supervisor(bus, service, manager, stop, recover_for=opts.manager_timeout)
     bound = False
+    tcp = None
+    if opts.listen:  # proxy/remote access: tcp:// with CURVE; bound before adopting anything
+        from sdexec.transport.zmq_server import ZmqListener
+
+        tcp = ZmqListener(
+            opts.listen,
+            router,
+            opts.curve_key or "",
+            opts.curve_authorized or "",
+            router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+            max_message=opts.max_message,
+            write_limit=opts.max_output_buffer,
+        )
+        tcp_uri = tcp.bind()
     try:
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
@@ -183,19 +198,8 @@ async def serve(
             supervision = tg.create_task(supervisor.run())
             stopped_watch = tg.create_task(service.watch_stopped())
             tcp_task = None
-            if opts.listen:  # proxy/remote access: tcp:// with CURVE
-                from sdexec.transport.zmq_server import ZmqListener
-
-                tcp = ZmqListener(
-                    opts.listen,
-                    router,
-                    opts.curve_key or "",
-                    opts.curve_authorized or "",
-                    router.owner_uid if opts.curve_uid is None else opts.curve_uid,
-                    max_message=opts.max_message,
-                    write_limit=opts.max_output_buffer,
-                )
-                log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
+            if tcp is not None:
+                log.info("listening", uri=tcp_uri, authorized=opts.curve_authorized)
                 tcp_task = tg.create_task(tcp.run())
             log.info(
                 "listening",
@@ -315,6 +319,7 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
         raise SdexecError(22, f"--curve-key {args.curve_key}: no secret key (NAME.key_secret)")
     if not os.path.isdir(args.curve_authorized):
         raise SdexecError(2, f"--curve-authorized {args.curve_authorized}: not a directory")
+    _check_port(listen)
     return {
         "listen": listen,
         "curve_key": args.curve_key,
@@ -323,9 +328,26 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _check_port(listen: str) -> None:
+    """EADDRINUSE now, before a manager is started, if the tcp:// port is taken."""
+    from sdexec.base.uri import parse_tcp
+
+    host, port = parse_tcp(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+        try:
+            probe.bind((host if host != "*" else "", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SdexecError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+            # Anything else (a name to resolve, say) is ZeroMQ's to judge.
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
     logconfig.configure(getattr(args, "log_level", None) or "info")
+    ran = False  # the server's loop started (refusals before that are one line only)
     from sdexec.server.memory import tune_malloc
 
     tune_malloc()
@@ -365,6 +387,11 @@ def main(args: argparse.Namespace) -> int:
             or security_setup.DEFAULT_MAX_OUTPUT_BUFFER,
             **_tcp_options(args),
         )
+        from sdexec.server.instance import claim
+
+        # Before any state, manager or unit is touched: a second server on
+        # this socket or state directory leaves the first one alone.
+        held = claim(path, state_dir, rank=opts.rank, inherited=inherited is not None)
         manager = None
         bus_address: str | None = None
         journal_dir: str | None = None
@@ -388,6 +415,7 @@ def main(args: argparse.Namespace) -> int:
         elif mode == "user":
             bus_address = user_bus_address()
         kept: int | None = None
+        ran = True
         try:
             kept = asyncio.run(serve(opts, bus_address, journal_dir, journal_socket, manager))
         finally:
@@ -399,13 +427,33 @@ def main(args: argparse.Namespace) -> int:
                 if kept is None:  # the server failed: what it kept is on disk
                     from sdexec.server.statefile import StateDir
 
-                    kept = len(StateDir(state_dir).load_all())
+                    kept = len(StateDir(state_dir, opts.rank).load_all())
                 if kept == 0:
                     manager.stop()
                     log.info("private systemd stopped")
+        held.release()
         log.info("stopped")
         return 0
-    except SdexecError as exc:
-        log.error("cannot serve", errnum=exc.errno, error=exc.message)
-        print(f"sdexec: serve: {exc.message}", file=sys.stderr)
+    except (SdexecError, OSError, BaseExceptionGroup) as exc:
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        if ran:  # a server that ran ends with a log event too
+            log.error("cannot serve", errnum=failure[0], error=failure[1])
+        # One line, like any command's error, also in the journal when run as a service.
+        print(f"sdexec: serve: {failure[1]}", file=sys.stderr)
         return 1
+
+
+def _failure(exc: BaseException) -> tuple[int, str] | None:
+    """(errno, one line) for an error the operator can act on; None for a real bug."""
+    if isinstance(exc, SdexecError):
+        return exc.errno or 1, exc.message
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return exc.errno or 5, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, BaseExceptionGroup):  # from the server's TaskGroup
+        inner = [_failure(e) for e in exc.exceptions]
+        if inner and all(f is not None for f in inner):
+            return inner[0]
+    return None

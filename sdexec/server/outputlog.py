@@ -52,6 +52,7 @@ PRIORITY_STDOUT = 6
 PRIORITY_STDERR = 3
 QUIET_AFTER_EXIT = 0.25
 POLL = 0.05
+EXIT_GRACE = 5.0  # for a journalctl that has closed its output to exit by itself
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class JournalLog:
             limit=1 << 24,
         )
         assert proc.stdout is not None
+        at_eof = False
         try:
             quiet_since: float | None = None
             loop = asyncio.get_running_loop()
@@ -228,16 +230,14 @@ class JournalLog:
                             return cursor
                     continue
                 if not line:
+                    at_eof = True
                     return cursor
                 quiet_since = None
                 cursor = self._deliver(line, sink) or cursor
                 if drain is not None:
                     await drain()
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
+            await _end(proc, exiting=at_eof)
 
     @staticmethod
     def _deliver(line: bytes, sink: Sink) -> str | None:
@@ -255,6 +255,26 @@ class JournalLog:
 
     def forget(self, unit: str) -> None:
         pass  # the journal keeps it, under its own retention policy
+
+
+async def _end(proc: asyncio.subprocess.Process, *, exiting: bool) -> None:
+    """Stop following: let a journalctl that closed its output exit, kill one that did not.
+
+    Never kill one that is exiting by itself: asyncio's ``kill()`` polls
+    first (``Popen.send_signal`` calls ``waitpid(WNOHANG)``), which can reap
+    the process under asyncio's own child watcher; the watcher then logs
+    "Unknown child process pid N, will report returncode 255".
+    """
+    if exiting:
+        try:
+            await asyncio.wait_for(proc.wait(), EXIT_GRACE)
+            return
+        except TimeoutError:
+            pass
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()
 
 
 class FileLog:

@@ -91,6 +91,10 @@ class OutputPipe:
         if not data:
             self._finish()
             return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        """Hand ``data`` to the sink, holding back a split UTF-8 character."""
         if self._tail:
             data = self._tail + data
             self._tail = b""

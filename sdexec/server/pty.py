@@ -22,13 +22,21 @@ go of the terminal: after all their output.  That ``EIO`` is the stream's
 EOF (:class:`~sdexec.server.pipes.OutputPipe` treats a read error as EOF).
 
 The master is used through two descriptors, as channel sockets are: the
-:class:`~sdexec.server.pipes.OutputPipe` that reads it, and a
-:class:`PtyInput` on a ``dup`` that writes typed input, sets the window
-size, and turns EOF into the terminal's EOF character.
+:class:`PtyOutput` that reads it, and a :class:`PtyInput` on a ``dup``
+that writes typed input, sets the window size, and turns EOF into the
+terminal's EOF character.
+
+A pty hands its reader at most about 4 KiB per read (the line
+discipline's buffer), however fast the program writes.  One response per
+read would cost a message, two wake-ups and a client write per 4 KiB; so
+:class:`PtyOutput` forwards a *small* read at once (an echo, a prompt: what
+latency is made of) and gathers bulk output, up to BULK_LIMIT bytes or
+BULK_DELAY seconds, into one response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -36,7 +44,11 @@ import struct
 import termios
 from dataclasses import dataclass
 
-from sdexec.server.pipes import InputPipe
+from sdexec.server.pipes import READ_SIZE, InputPipe, OutputPipe, OutputSink
+
+BULK_READ = 2048  # a read this big is bulk output, not typing
+BULK_LIMIT = 256 << 10
+BULK_DELAY = 0.002  # seconds
 
 
 @dataclass(slots=True)
@@ -70,6 +82,55 @@ def open_pty(cols: int, rows: int) -> Pty:
         os.close(slave)
         raise
     return Pty(master, slave, path)
+
+
+class PtyOutput(OutputPipe):
+    """The server's reader of a pty master: small reads at once, bulk output gathered."""
+
+    __slots__ = ("_pending", "_pending_size", "_timer")
+
+    def __init__(self, stream: str, fd: int, sink: OutputSink) -> None:
+        super().__init__(stream, fd, sink)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # EIO: every process has let go of the terminal
+        if not data:
+            self._flush()
+            self._finish()
+            return
+        if not self._pending and len(data) < BULK_READ:
+            self._deliver(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= BULK_LIMIT:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(BULK_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._deliver(data)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().close()
 
 
 class PtyInput(InputPipe):

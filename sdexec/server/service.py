@@ -57,7 +57,7 @@ from sdexec.server.channels import setup_aux, shutdown_aux
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, proc_state
-from sdexec.server.pty import PtyInput, open_pty
+from sdexec.server.pty import PtyInput, PtyOutput, open_pty
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.server.stats import unit_stats
 from sdexec.systemd import properties
@@ -162,7 +162,7 @@ class Service:
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
         root = state_dir if state_dir is not None else Path(tempfile.mkdtemp(prefix="sdexec-"))
-        self.state = StateDir(root)
+        self.state = StateDir(root, rank)
         self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
@@ -502,7 +502,7 @@ class Service:
             term.close_slave()
             raise
         proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.cmd.stdin_bufsize())
-        proc.outputs["stdout"] = OutputPipe("stdout", term.master, proc.output)
+        proc.outputs["stdout"] = PtyOutput("stdout", term.master, proc.output)
         spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
         spec.extra.append(("TTYPath", Variant("s", term.path)))
         return [term.slave], [term.slave]

@@ -86,10 +86,12 @@ def _line(entry: dict[str, object]) -> bytes:
 
 
 class StateDir:
-    def __init__(self, root: Path) -> None:
+    """``root``'s record of one rank's processes (servers of other ranks may share ``root``)."""
+
+    def __init__(self, root: Path, rank: int = 0) -> None:
         self.root = root
-        self.log = root / "procs.log"
-        self.legacy = root / "procs"
+        self.log = root / ("procs.log" if rank == 0 else f"procs-rank{rank}.log")
+        self.legacy = root / "procs" if rank == 0 else root / f"procs-rank{rank}"
         self._fd = -1
         self._live: dict[str, ProcRecord] | None = None  # known once read
         self._history: OrderedDict[str, Reaped] = OrderedDict()  # oldest first

@@ -424,6 +424,10 @@ class ZmqListener:
         try:
             r.bind(f"tcp://{host}:{port}")
         except zmq.ZMQError as exc:
+            self.monitor.close(0)
+            r.close(0)
+            self.zap.close(0)
+            self.ctx.term()
             raise SdexecError(
                 exc.errno or errno.EADDRINUSE, f"cannot listen on {self.endpoint}: {exc.strerror}"
             ) from None

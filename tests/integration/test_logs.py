@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import Server
+from faults import log_mark, log_since
 
 _n = itertools.count()
 
@@ -127,3 +128,13 @@ def test_output_of_children_that_exited_before_journald_read_it_is_found(server:
     r = server.sdexec("attach", lab)
     assert (r.returncode, r.stdout, r.stderr) == (0, b"from-a-child\nshell\n", b"err-child\n")
     server.sdexec("wait", lab)
+
+
+def test_reading_logs_leaves_no_unknown_child_warning(server: Server) -> None:
+    lab = label("reaper")
+    bg(server, lab, "sh", "-c", "echo once")
+    assert server.sdexec("wait", lab).returncode == 0
+    mark = log_mark(server)
+    for _ in range(20):
+        assert server.sdexec("logs", lab).returncode == 0
+    assert "Unknown child process" not in log_since(server, mark)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server
+from conftest import TCP_RANK, Cluster, Server
 from remote import Sshd
-from rpc import exec_stream
+from rpc import Raw, exec_payload, exec_stream
 from terminal import Tmux, tmux
 
 SDEXEC_ARGV = [sys.executable, "-m", "sdexec.cli.main"]
@@ -221,6 +221,19 @@ def test_bad_terminal_requests_are_einval(
     assert message in str(info.value)
 
 
+def test_a_terminal_in_the_background_is_einval(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    try:
+        msg = raw.rpc("sdexec.exec", exec_payload(["true"], 3, opts={"SDEXEC_PTY": "80x24"}))
+    finally:
+        raw.close()
+    assert msg.errnum == errno.EINVAL
+    assert "needs a streaming exec" in (msg.error_text() or "")
+    r = server.sdexec("exec", "-tt", "--bg", "--", "true")
+    assert r.returncode == 125
+    assert b"--pty cannot be combined with --bg" in r.stderr
+
+
 def test_winsize_write_to_a_process_without_a_terminal_is_ignored(server: Server) -> None:
     responses = exec_stream(
         server.socket_path,
@@ -240,6 +253,17 @@ def test_pty_over_ssh(term: Tmux, server: Server, sshd: Sshd) -> None:
     term.wait_text(rf"/dev/pts/\d+\s+{rows} {cols}\s")
     term.keys("C-c")
     term.wait_text(r"rc=130\b")
+
+
+def test_pty_over_tcp(cluster: Cluster, tmp_path: Path) -> None:
+    uri = cluster.uris[TCP_RANK]
+    assert uri.startswith("tcp://")
+    with tmux(tmp_path, cluster.env()) as term:
+        cols, rows = term.pane_size()
+        term.type(run_line(f"{SDEXEC} exec --uri {uri} -t -- sh -c 'tty; stty size; sleep 300'"))
+        term.wait_text(rf"/dev/pts/\d+\s+{rows} {cols}\s")
+        term.keys("C-c")
+        term.wait_text(r"rc=130\b")
 
 
 # --- helpers ---------------------------------------------------------------------------

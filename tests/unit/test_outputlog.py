@@ -150,3 +150,15 @@ def test_choose_takes_the_journal_only_when_its_socket_is_there(tmp_path: Path) 
 def test_json_record_is_text_or_base64() -> None:
     assert encode_record("stdout", b"hi") == {"stream": "stdout", "data": "hi"}
     assert encode_record("stderr", b"\xff")["encoding"] == "base64"
+
+
+def test_a_reader_that_ends_its_output_is_waited_for_never_killed(tmp_path: Path) -> None:
+    """Killing a journalctl that is exiting by itself lets asyncio's kill() reap it
+    under the child watcher ("Unknown child process pid N, will report returncode 255")."""
+    mark = tmp_path / "exited-by-itself"
+    script = f'echo \'{{"MESSAGE":"line","PRIORITY":"6"}}\'; exec >&-; sleep 0.3; touch "{mark}"'
+    got: list[tuple[str, bytes]] = []
+    log = JournalLog(Journal.for_mode("user"))
+    asyncio.run(log._run(["sh", "-c", script], lambda s, d: got.append((s, d)), None, None, None))
+    assert got == [("stdout", b"line\n")]
+    assert mark.exists()
