@@ -33,6 +33,7 @@ import os
 import socket
 import stat
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +109,10 @@ class Connection(asyncio.Protocol):
         self._holds: set[str] = set()
         self._backlog: collections.deque[Message] = collections.deque()
         self._fd = -1  # the socket, for writev past an empty transport buffer
+        #: Requests that still owe a response, and when the peer last sent
+        #: anything: what makes a connection idle (the router's eviction).
+        self.pending = 0
+        self.last_active = time.monotonic()
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.accepted:
             return
+        self.last_active = time.monotonic()
         try:
             messages = self.decoder.feed(data)
         except ProtocolError as exc:
