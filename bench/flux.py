@@ -10,9 +10,10 @@ manager, configured as a site is (``[systemd] enable``, ``[exec] service =
 (``flux module load --name=sdexec sdexec/flux/module.py``) are loaded in turn
 on every rank, twice each (C, ours, C, ours), and every case runs on each:
 
-1. ``flux exec -r all --service=sdexec true``, whole command, N runs per
-   round (median over both rounds);
-2. N jobs through job-exec: ``flux submit --cc=1-N --wait true``, total time;
+1. ``flux exec -r all --service=sdexec true``, whole command, N/2 runs per
+   round (the median of all 2N);
+2. N jobs through job-exec: ``flux submit --cc=1-N --wait true``, total time
+   (the median of the four rounds);
 3. ``sdexec.list`` round trips per second through the broker, one client, to
    rank 0 and to rank 3 (through the overlay);
 4. the module's resident memory, idle and with N background units: ours is a
@@ -49,6 +50,7 @@ from sdexec.client.handle import Handle  # noqa: E402
 from sdexec.systemd.private import PrivateManager  # noqa: E402
 
 SIZE = 4
+ROUNDS = 4
 CONFIG = '[systemd]\nenable = true\n\n[exec]\nservice = "sdexec"\n'
 
 
@@ -188,12 +190,14 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         w: {"exec": [], "jobs": [], "list0": [], "list3": []} for w in ("c", "ours")
     }
-    for rnd in range(2):
-        for which in ("c", "ours"):
+    # Four rounds, the modules alternating (C, ours, ours, C, ...), so that a
+    # drift of the machine's load (other work on it) weighs on both alike.
+    for rnd in range(ROUNDS):
+        for which in ("c", "ours") if rnd % 2 == 0 else ("ours", "c"):
             step(f"round {rnd + 1}: {which} module")
             bench.load(which)
             r = res[which]
-            r["exec"] += bench.exec_all(args.runs)
+            r["exec"] += bench.exec_all(max(1, args.runs // 2))
             r["jobs"].append(bench.jobs(args.jobs))
             r["list0"].append(bench.list_rate(0))
             r["list3"].append(bench.list_rate(3))
