@@ -563,3 +563,26 @@ def test_bad_requests_through_the_broker_get_an_errno_and_the_module_keeps_servi
     assert all(errnum != 0 for _, errnum in results), results
     assert inst.must("flux", "exec", "-r", "1", "--service=sdexec", "echo", "alive") == "alive\n"
     assert "Traceback" not in inst.log_path.read_text(errors="replace")
+
+
+def test_a_bad_module_argument_fails_the_load_and_says_why(inst: FluxInstance) -> None:
+    inst.remove_sdexec("2")
+    try:
+        r = inst.run(
+            "flux",
+            "exec",
+            "-r",
+            "2",
+            "flux",
+            "module",
+            "load",
+            "--name=sdexec",
+            str(MODULE),
+            "bogus=1",
+        )
+        assert r.returncode != 0 and "Invalid argument" in r.stderr
+        log = inst.log_path.read_text(errors="replace")
+        assert "unknown module argument 'bogus=1'" in log
+    finally:
+        inst.load_sdexec("2")
+    assert inst.must("flux", "exec", "-r", "2", "--service=sdexec", "echo", "back") == "back\n"
