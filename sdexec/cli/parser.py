@@ -178,6 +178,28 @@ examples:
   sdexec wait job                    # its status, once
 """
 
+_LOGS_DESCRIPTION = """\
+Print the output a background process has written, stdout to stdout and
+stderr to stderr, each in order. The output is kept in the journal
+(SyslogIdentifier is the label), or in files in the server's state
+directory when there is no journald, so it can be printed for as long as
+the journal keeps it: while the process runs, after it ended, and after
+"sdexec wait" or its end reaped it (the server remembers its last 4096
+background processes). An error only when neither has it.
+"""
+
+_LOGS_EPILOG = """\
+exit status:
+  0 when the output was printed (even if there was none), 1 if there is no
+  such process (running or remembered), or the request failed; 130 after
+  Ctrl-C.
+
+examples:
+  sdexec logs job1
+  sdexec logs -t --since '-10min' job1
+  sdexec logs -f --tail 20 job1
+"""
+
 _SERVE_EPILOG = """\
 The server listens on the URI's socket (default as for the other commands),
 runs every command as a transient unit of the chosen systemd manager, and
@@ -221,6 +243,43 @@ examples:
   sdexec proxy local:///run/sdexec/local
   sdexec proxy ssh://node12/run/sdexec/local sdexec ps
   sdexec proxy --reconnect tcp://node12:5555
+"""
+
+_FLUX_MODULE_EPILOG = """\
+The module is the sdexec server as the sdexec service of one Flux broker
+rank: the same RFC 42 service as sdexec serve, reached through Flux's
+overlay, with the credentials the broker stamps on each request (owner
+only; on rank 0, only the broker's own clients). It runs under flux-core's
+Python and finds sdexec and its dependencies where sdexec is installed
+($SDEXEC_PYTHONPATH for other layouts).
+
+module arguments:
+  state-dir=DIR     background processes' records (default
+                    STATEDIR/sdexec.RANK, else RUNDIR/sdexec.RANK)
+  systemd=MANAGER   user (default) or system
+  journal=DIR       a journal directory to read ($SDEXEC_JOURNAL_DIR)
+  log-level=LEVEL   debug, info (default), warning, error
+
+configuration:
+  [systemd] enable = true and [modules.sdexec] module = "PATH" make rc1
+  load it on every rank instead of flux-core's C module; [exec] service =
+  "sdexec" sends job shells to it (method = "bgexec": as background units
+  that outlive a module reload). [systemd] sdexec-debug (a boolean) is
+  read at load and on every config reload.
+
+behaviour:
+  It serves exec, write, kill, wait, list, stats-get, disconnect and
+  config-reload as flux-core's module does, with SDEXEC_NAME, SDEXEC_PROP_*,
+  SDEXEC_STOP_TIMER_SEC/_SIGNAL (EDEADLK), SDEXEC_R_LOCAL through
+  sdexec-mapper, and one output response per line by default; and attach,
+  logs, write credit, channels and stopped besides. Background units keep
+  running when the module is removed and are adopted again when it is
+  loaded. Its events are in flux dmesg; unit output is in the journal.
+
+examples:
+  flux exec -r all flux module load --name=sdexec $(sdexec flux-module-path)
+  flux exec -r all flux module remove sdexec
+  sdexec exec -r all -l hostname          (inside the instance)
 """
 
 _KEYGEN_EPILOG = """\
@@ -398,6 +457,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="with -r: prefix each output line with its rank",
     )
+    p.add_argument(
+        "-L",
+        "--label-host",
+        action="store_true",
+        help="with -r: prefix each output line with its rank's host name (as pdsh does; "
+        "inside Flux, from the instance's hostlist)",
+    )
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     subs["exec"] = p
 
@@ -460,6 +526,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=_ATTACH_EPILOG,
         formatter_class=fmt,
     )
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["attach"] = p
 
@@ -467,14 +534,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "logs",
         parents=[uri_parent, sign_parent],
         help="print a background process's output",
-        description="Print the output a background process has written, stdout to stdout and "
-        "stderr to stderr, each in order. The output is kept in the journal (SyslogIdentifier "
-        "is the label), or in files in the server's state directory when there is no journald.",
+        description=_LOGS_DESCRIPTION,
+        epilog=_LOGS_EPILOG,
         formatter_class=fmt,
     )
     p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only what was written since TIME, as journalctl takes it "
+        "('2026-11-23 10:00', '-1h', '10 min ago', 'today')",
+    )
+    p.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="start each line with when it was written (as journalctl -o short-precise)",
+    )
     p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["logs"] = p
 
@@ -593,6 +672,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("target", metavar="TARGET")
     subs["uri"] = p
+
+    p = sub.add_parser(
+        "flux-module-path",
+        help="print the path of the Flux broker module file",
+        description=(
+            "Print the absolute path of sdexec's Flux broker module, for "
+            "'flux module load --name=sdexec PATH' on one rank, or "
+            "'flux exec -r all flux module load --name=sdexec PATH' on all of them, "
+            "or [modules.sdexec] module = PATH in the instance's configuration."
+        ),
+        formatter_class=fmt,
+    )
+    p.epilog = _FLUX_MODULE_EPILOG
+    p.set_defaults(command="flux_module_path")
+    subs["flux-module-path"] = p
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
@@ -600,6 +694,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     subs["top"] = add_top_parser(sub, [uri_parent, ranks_parent, sign_parent], fmt)
     return parser, subs
+
+
+def _one_rank(p: argparse.ArgumentParser) -> None:
+    """-r RANK and --hosts: the one rank a command reaches (attach, logs)."""
+    group = p.add_argument_group("another rank")
+    group.add_argument(
+        "-r",
+        "--rank",
+        dest="rank",
+        type=int,
+        metavar="RANK",
+        default=None,
+        help="the rank's server: through Flux inside a Flux instance ($FLUX_URI), "
+        "else from the hosts file",
+    )
+    group.add_argument(
+        "--hosts",
+        metavar="FILE",
+        default=None,
+        help="the hosts file for -r (default: $SDEXEC_HOSTS)",
+    )
 
 
 def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> _Parser:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 FIELDS = (
-    "pid", "label", "state", "cmd", "rank", "start", "elapsed", "waitable", "unit", "cpu", "mem",
+    "pid", "label", "state", "cmd", "rank", "host", "start", "elapsed", "waitable", "unit",
+    "cpu", "mem",
 )  # fmt: skip
 STATS_FIELDS = ("cpu", "mem")
 # A format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
@@ -44,7 +45,7 @@ def wants_stats(args: argparse.Namespace) -> bool:
 
 
 def list_payload(args: argparse.Namespace) -> dict[str, Any]:
-    return {"stats": True} if wants_stats(args) else {}
+    return {"details": True, "stats": True} if wants_stats(args) else {"details": True}
 
 
 def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,6 +67,7 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
                 "state": proc.get("state", "-"),
                 "cmd": proc.get("cmd", ""),
                 "rank": rank,
+                "host": resp.get("host", "-"),
                 "start": start_text(started),
                 "elapsed": elapsed_text(None if started is None else (ended or now) - started),
                 "waitable": _yes_no(proc.get("waitable")),

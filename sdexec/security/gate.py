@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sdexec.base.errors import SdexecError
+from sdexec.base.ratelimit import LogLimiter
 from sdexec.security.policy import Admission, RequestRules, SecurityConfig
 from sdexec.security.sign import Unwrapped
 
@@ -45,6 +46,8 @@ log = structlog.get_logger("sdexec.security")
 
 #: Queued requests per connection beyond which reading from it pauses.
 HOLD_BACKLOG = 64
+#: Refused connections are logged once per this many seconds per uid and errno.
+REFUSAL_LOG_INTERVAL = 10.0
 _HOLD = "verify"
 
 
@@ -62,6 +65,7 @@ class Gate:
         self.accepted = 0
         self.refused = 0
         self._write_topic = f"{config.service}.write"
+        self._refusals = LogLimiter(REFUSAL_LOG_INTERVAL)
 
     def install(self) -> None:
         """Hook the gate into the router: handshake admission and every request."""
@@ -73,11 +77,18 @@ class Gate:
 
     def admit(self, conn: Connection) -> int:
         """The handshake byte for a new connection: 0, EPERM or EAGAIN."""
-        errnum, reason = self.admission.admit(conn.id, conn.uid)
+        errnum, reason = self.admission.admit(conn.id, conn.uid, evict=self.router.evict_idle)
         if errnum:
-            log.warning(
-                "connection refused", uid=conn.uid, peer_pid=conn.pid, errnum=errnum, reason=reason
-            )
+            held = self._refusals.allow((conn.uid, errnum))  # a flood must not fill the disk
+            if held is not None:
+                log.warning(
+                    "connection refused",
+                    uid=conn.uid,
+                    peer_pid=conn.pid,
+                    errnum=errnum,
+                    reason=reason,
+                    **({"similar_not_logged": held} if held else {}),
+                )
         return errnum
 
     def submit(self, req: Request) -> None:

@@ -156,6 +156,7 @@ async def serve(
     service.strict_properties = opts.strict_properties
     await _watch_controllers(bus, service)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -178,6 +179,8 @@ async def serve(
             opts.curve_key or "",
             opts.curve_authorized or "",
             router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+            max_message=opts.max_message,
+            write_limit=opts.max_output_buffer,
         )
         tcp_uri = tcp.bind()
     try:
@@ -276,6 +279,38 @@ def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
         return f"/proc/{pid[0] or 0}/root{STDOUT_SOCKET}"
 
     return path
+
+
+#: Failed accept(2)s (out of descriptors) are logged once per this many seconds.
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+
+
+def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's handler, except for failed accepts: one line per interval, no traceback.
+
+    asyncio logs each accept that fails for want of descriptors (EMFILE) with
+    a traceback and tries again a second later, per listener: a flood of
+    connections would fill the disk with them.
+    """
+    from sdexec.base.ratelimit import LogLimiter
+
+    limiter = LogLimiter(ACCEPT_ERROR_LOG_INTERVAL)
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if message.startswith("socket.accept() out of system resource"):
+            exc = context.get("exception")
+            held = limiter.allow()
+            if held is not None:
+                log.error(
+                    "accept failed; retrying in a second",
+                    error=getattr(exc, "strerror", None) or str(exc),
+                    similar_not_logged=held,
+                )
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 def _late_signal(signum: int, _frame: object) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -42,10 +43,11 @@ from typing import Any, Protocol
 
 from dbus_fast import Variant
 
+from sdexec.base.errors import SdexecError
 from sdexec.proto import b64
 from sdexec.systemd.journal import STDOUT_SOCKET, Journal, open_stream
 
-Sink = Callable[[str, bytes], None]  # (stream, data)
+Sink = Callable[[str, bytes, "float | None"], None]  # (stream, data, when written, if known)
 Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
 
 PRIORITY_STDOUT = 6
@@ -74,6 +76,7 @@ class LogRequest:
     follow: bool = True
     drain: Drain | None = None
     pid: int | None = None
+    since: str | None = None  # only what was written since then (journalctl --since syntax)
 
 
 @dataclass
@@ -147,12 +150,16 @@ class JournalLog:
         follow: bool,
         after: str | None = None,
         pid: int | None = None,
+        since: str | None = None,
     ) -> list[str]:
+        # __REALTIME_TIMESTAMP and __CURSOR come with every record.
         args = ["-o", "json", "--all", "--output-fields=MESSAGE,PRIORITY,_LINE_BREAK"]
         if after is not None:
             args.append(f"--after-cursor={after}")
         else:
             args += ["--lines", str(tail)] if tail is not None else ["--lines=all"]
+            if since is not None:
+                args.append(f"--since={since}")
         if follow:
             args.append("--follow")
         common = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
@@ -176,7 +183,9 @@ class JournalLog:
         # after the last cursor seen picks up anything written but not yet
         # announced.
         cursor = await self._run(
-            self.argv(req.unit, req.ident, tail=req.tail, follow=req.follow, pid=req.pid),
+            self.argv(
+                req.unit, req.ident, tail=req.tail, follow=req.follow, pid=req.pid, since=req.since
+            ),
             req.sink,
             req.ended if req.follow else None,
             req.drain,
@@ -191,6 +200,7 @@ class JournalLog:
                     follow=False,
                     after=cursor,
                     pid=req.pid,
+                    since=req.since,
                 ),
                 req.sink,
                 None,
@@ -211,11 +221,12 @@ class JournalLog:
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             limit=1 << 24,
         )
         assert proc.stdout is not None
         at_eof = False
+        delivered = False
         try:
             quiet_since: float | None = None
             loop = asyncio.get_running_loop()
@@ -233,11 +244,22 @@ class JournalLog:
                     at_eof = True
                     return cursor
                 quiet_since = None
+                delivered = True
                 cursor = self._deliver(line, sink) or cursor
                 if drain is not None:
                     await drain()
         finally:
             await _end(proc, exiting=at_eof)
+            complaint = (
+                (await proc.stderr.read()).decode(errors="replace").strip()
+                if (proc.stderr is not None)
+                else ""
+            )
+            if at_eof and proc.returncode and not delivered and complaint:
+                # A --since journalctl cannot parse, say: the reader's error, once.
+                first = complaint.splitlines()[0]
+                num = errno.EINVAL if "parse" in first.lower() else errno.EIO
+                raise SdexecError(num, f"journalctl: {first}")
 
     @staticmethod
     def _deliver(line: bytes, sink: Sink) -> str | None:
@@ -249,7 +271,11 @@ class JournalLog:
         if not rec.get("_LINE_BREAK"):
             data += b"\n"
         stream = "stderr" if str(rec.get("PRIORITY")) == str(PRIORITY_STDERR) else "stdout"
-        sink(stream, data)
+        try:
+            when: float | None = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+        except (KeyError, TypeError, ValueError):
+            when = None
+        sink(stream, data, when)
         cursor = rec.get("__CURSOR")
         return cursor if isinstance(cursor, str) else None
 
@@ -296,6 +322,10 @@ class FileLog:
         )
 
     async def follow(self, req: LogRequest) -> None:
+        if req.since is not None:
+            raise SdexecError(
+                errno.EINVAL, "--since needs the journal (this server keeps output in files)"
+            )
         paths = {s: self.path(req.unit, s) for s in ("stdout", "stderr")}
         offsets = {s: self._start(path, req.tail) for s, path in paths.items()}
         quiet = 0.0
@@ -305,7 +335,7 @@ class FileLog:
                 data = self._read(paths[stream], off)
                 if data:
                     offsets[stream] = off + len(data)
-                    req.sink(stream, data)
+                    req.sink(stream, data, None)
                     got = True
                     if req.drain is not None:
                         await req.drain()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from remote import Sshd, curve_settings, free_port, keygen, run_sshd
@@ -72,7 +73,8 @@ class Server:
         env.update(extra)
         return env
 
-    def start(self) -> None:
+    def start(self, **popen: Any) -> None:
+        """Start the server (``popen``: more arguments for :class:`subprocess.Popen`)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -94,6 +96,7 @@ class Server:
                 stdout=log,
                 stderr=log,
                 env=self.env(),
+                **popen,
             )
         _wait_for_socket(self.socket_path, self.proc)
 
