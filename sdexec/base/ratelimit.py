@@ -18,9 +18,7 @@ MAX_KEYS = 1024
 class LogLimiter:
     """Whether to log an event now, and how many were held back before it."""
 
-    def __init__(
-        self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
         self._last: dict[Hashable, float] = {}

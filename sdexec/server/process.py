@@ -432,7 +432,17 @@ class Process:
             await req.conn.wait_writable()
 
         await self.service.outputlog.follow(
-            LogRequest(self.unit, self.ident, sink, ended, tail, follow, drain, self.pid)
+            LogRequest(
+                self.unit,
+                self.ident,
+                sink,
+                ended,
+                tail,
+                follow,
+                drain,
+                self.pid,
+                gone=lambda: not req.connected or not current(),
+            )
         )
 
     # --- attach ------------------------------------------------------------------------------

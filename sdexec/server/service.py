@@ -68,6 +68,8 @@ log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOPPED_POLL = 0.05
+#: attach and logs --follow streams at once on one connection.
+MAX_FOLLOWERS = 64
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
@@ -172,6 +174,8 @@ class Service:
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
+        self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
+        self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
@@ -533,7 +537,8 @@ class Service:
         if stdin:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req, stdin=stdin, reap=reap)
+        self._check_followers(req)
+        return self._followed(req, proc.attach(req, stdin=stdin, reap=reap))
 
     async def logs(self, req: Request) -> None:
         """Stream a background process's stored output (``sdexec logs``).
@@ -552,12 +557,17 @@ class Service:
         if proc is not None:
             if not proc.background:
                 raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
-            await proc.send_log(
+            reading = proc.send_log(
                 req,
                 tail=tail,
                 follow=follow,
                 ended=lambda: proc.state is ProcState.EXITED or not req.connected,
             )
+            if follow:
+                self._check_followers(req)
+                await self._followed(req, reading)
+            else:
+                await reading
             req.end()
             return
         gone = self.state.find_reaped(label=target.label, pid=target.pid)
@@ -699,6 +709,47 @@ class Service:
 
     def connection_closed(self, conn_id: str) -> None:
         self._drop_sender(lambda s: s[0] == conn_id)
+        # Its followers (journalctl readers) stop now, not when the process ends.
+        followers = self._followers.pop(conn_id, set())
+        for task in followers:
+            task.cancel()
+        if followers:
+            log.debug("followers stopped with their client", conn=conn_id, count=len(followers))
+
+    # --- followers: attach and logs --follow, bounded per connection ----------------
+
+    def _check_followers(self, req: Request) -> None:
+        """EAGAIN past the bound; else count one more follower on the connection."""
+        conn_id = req.conn.id
+        if self._follower_count.get(conn_id, 0) >= MAX_FOLLOWERS:
+            raise SdexecError(
+                errno.EAGAIN,
+                f"too many attach or logs --follow streams on this connection ({MAX_FOLLOWERS})",
+            )
+        self._follower_count[conn_id] = self._follower_count.get(conn_id, 0) + 1
+
+    async def _followed(self, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Run a counted follower in the request's task, cancelled if its connection closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        conn_id = req.conn.id
+        try:
+            if not req.connected:
+                work.close()
+                return
+            self._followers.setdefault(conn_id, set()).add(task)
+            await work
+        finally:
+            running = self._followers.get(conn_id)
+            if running is not None:
+                running.discard(task)
+                if not running:
+                    del self._followers[conn_id]
+            left = self._follower_count.get(conn_id, 1) - 1
+            if left > 0:
+                self._follower_count[conn_id] = left
+            else:
+                self._follower_count.pop(conn_id, None)
 
     def _drop_sender(self, match: Any) -> None:
         for proc in [*self.by_pid.values(), *self.starting]:
