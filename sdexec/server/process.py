@@ -147,6 +147,7 @@ class Process:
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
+        self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------

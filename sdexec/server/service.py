@@ -72,6 +72,29 @@ STOPPED_POLL = 0.05
 MAX_FOLLOWERS = 64
 
 
+#: The command option that carries a client's idempotency key for an exec.
+KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
+KEY_MAX = 128
+
+
+def idempotency_key(cmd: rfc42.Command) -> str | None:
+    """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
+    key = cmd.opt(KEY_OPTION)
+    if key is None:
+        return None
+    if (
+        not key
+        or len(key.encode("utf-8", "surrogatepass")) > KEY_MAX
+        or not key.isprintable()
+        or any(c.isspace() for c in key)
+    ):
+        raise SdexecError(
+            errno.EINVAL,
+            f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
+        )
+    return key
+
+
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     """The absolute path ``execvp`` would run, or ENOENT/EACCES like it."""
     if not argv0:
@@ -174,6 +197,7 @@ class Service:
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
+        self.by_key: dict[tuple[int, str], Process] = {}  # (requester uid, idempotency key)
         self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
         self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
@@ -202,6 +226,8 @@ class Service:
     def proc_started(self, proc: Process) -> None:
         self.starting.discard(proc)
         self.by_pid[proc.pid] = proc
+        if proc.key is not None:  # a retry after a crash can then say it ran, and its pid
+            self.state.update(proc.unit, pid=proc.pid)
 
     def proc_gone(self, proc: Process) -> None:
         """A process that never started (exec failure): forget it and its unit."""
@@ -222,9 +248,10 @@ class Service:
         proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        if not proc.background:
+        if not proc.background and proc.key is None:
             self.state.remove(proc.unit)
         else:
+            # A foreground process is remembered only for its idempotency key.
             self.state.reaped(
                 Reaped(
                     unit=proc.unit,
@@ -234,6 +261,9 @@ class Service:
                     status=proc.status,
                     requester_uid=proc.requester_uid,
                     ended=time.time(),
+                    key=proc.key,
+                    foreground=not proc.background,
+                    how=proc.lost.message if proc.lost is not None else None,
                 )
             )
             self._forget_evicted()
@@ -262,6 +292,8 @@ class Service:
             del self.by_pid[proc.pid]
         if self.by_unit.get(proc.unit) is proc:
             del self.by_unit[proc.unit]
+        if proc.key is not None and self.by_key.get((proc.requester_uid, proc.key)) is proc:
+            del self.by_key[(proc.requester_uid, proc.key)]
         if proc.label is not None and self.by_label.get(proc.label) is proc:
             del self.by_label[proc.label]
         if proc.sender is not None:
@@ -314,7 +346,7 @@ class Service:
         label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
         return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
 
-    def exec(self, req: Request) -> Coroutine[Any, Any, None]:
+    def exec(self, req: Request) -> Coroutine[Any, Any, None] | None:
         """Validate and register synchronously; start the unit in a task.
 
         Everything up to ``StartTransientUnit`` happens before the next request
@@ -328,6 +360,9 @@ class Service:
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
+        key = idempotency_key(cmd)
+        if key is not None and self._repeat(req, key):
+            return None  # that exec happened already: answered, nothing started
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         cmd.stdin_bufsize()  # validate options before anything is created
@@ -391,6 +426,9 @@ class Service:
             raise
         if cmd.label is not None:
             self.by_label[cmd.label] = proc
+        if key is not None:
+            proc.key = key
+            self.by_key[(req.userid, key)] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self.by_unit[unit] = proc
@@ -405,6 +443,7 @@ class Service:
                 requester_uid=req.userid,
                 ident=proc.ident,
                 foreground=not proc.background,
+                key=key,
             )
         )
         self.starting.add(proc)
@@ -438,6 +477,51 @@ class Service:
         finally:
             for fd in theirs:
                 os.close(fd)
+
+    def _repeat(self, req: Request, key: str) -> bool:
+        """Answer an exec whose idempotency key was used already (True); False: a new one.
+
+        A background exec's repeat gets the ``started`` response of the
+        process it started (with ``repeat``, and ``ended`` once it has been
+        reaped), so a client that lost its connection learns the pid; any
+        other repeat is EEXIST, saying what became of that exec.  Nothing is
+        ever started twice for one key (per requester uid).
+        """
+        uid = req.userid
+        proc = self.by_key.get((uid, key))
+        if proc is not None:
+            if proc.background and not req.streaming:
+                if proc.state is ProcState.STARTING:
+                    raise SdexecError(
+                        errno.EAGAIN, f"the exec of idempotency key {key} is still starting"
+                    )
+                log.info("exec repeated", key=key, requester=uid, **proc.log_fields())
+                req.respond({**rfc42.started(proc.pid), "repeat": True})
+                return True
+            what = "running" if proc.state is not ProcState.EXITED else "finished"
+            raise SdexecError(
+                errno.EEXIST,
+                f"idempotency key {key} belongs to a {what} exec (pid {proc.pid}, unit "
+                f"{proc.unit}); it is not started again",
+            )
+        gone = self.state.find_key(uid, key)
+        if gone is None:
+            return False
+        if not gone.foreground and not req.streaming and gone.pid:
+            log.info("exec repeated", key=key, requester=uid, pid=gone.pid, unit=gone.unit)
+            req.respond({**rfc42.started(gone.pid), "repeat": True, "ended": True})
+            return True
+        if gone.how is not None:
+            how = gone.how
+        elif gone.status is not None:
+            how = rfc42.describe_status(gone.status)
+        else:
+            how = "ended"
+        raise SdexecError(
+            errno.EEXIST,
+            f"idempotency key {key} belongs to an exec that was started already "
+            f"(pid {gone.pid or 'unknown'}: {how}); it is not started again",
+        )
 
     def _start_failed(self, proc: Process) -> None:
         # Only what this exec created: the unit name may be someone else's.
@@ -800,6 +884,21 @@ class Service:
         for rec in self.state.load_all():
             if rec.foreground:
                 await self._stop_orphan(rec.unit)
+                if rec.key is not None:  # a retry with its key learns what became of it
+                    self.state.reaped(
+                        Reaped(
+                            unit=rec.unit,
+                            label=rec.label,
+                            ident=rec.ident,
+                            pid=rec.pid,
+                            status=None,
+                            requester_uid=rec.requester_uid,
+                            ended=time.time(),
+                            key=rec.key,
+                            foreground=True,
+                            how="stopped after a server restart: its client was gone",
+                        )
+                    )
                 continue
             proc = self._from_record(rec)
             if rec.status is not None or rec.lost is not None:
@@ -838,8 +937,16 @@ class Service:
                             rec.status,
                             rec.requester_uid,
                             time.time(),
+                            key=rec.key,
+                            how=why
+                            or (
+                                "its server restarted before it was seen to start; it may have run"
+                                if rec.key is not None and not rec.pid
+                                else None
+                            ),
                         )
                     )
+                    self._forget(proc)
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
@@ -871,6 +978,9 @@ class Service:
         proc.requester_uid = rec.requester_uid
         proc.ident = rec.ident
         proc.pid = rec.pid
+        if rec.key is not None:
+            proc.key = rec.key
+            self.by_key[(rec.requester_uid, rec.key)] = proc
         return proc
 
     def _adopt_outcome(self, proc: Process, status: int | None, lost: str | None) -> None:
