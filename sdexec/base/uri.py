@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 LOCAL_SCHEME = "local://"
 URI_ENV = "SDEXEC_URI"
+FLUX_URI_ENV = "FLUX_URI"
 SSH_SCHEME = "ssh://"
 TCP_SCHEME = "tcp://"
 _PASSTHROUGH = (SSH_SCHEME, TCP_SCHEME)
@@ -67,8 +68,10 @@ def default_local_path() -> str:
 
 
 def default_uri() -> str:
-    """``$SDEXEC_URI`` if set (and not empty), else ``local://`` + the default path."""
-    uri = os.environ.get(URI_ENV)
+    """``$SDEXEC_URI`` if set (and not empty); else, inside a Flux instance,
+    ``$FLUX_URI`` (its broker routes to the instance's sdexec service); else
+    ``local://`` + the default path."""
+    uri = os.environ.get(URI_ENV) or os.environ.get(FLUX_URI_ENV)
     if uri:
         return uri
     return LOCAL_SCHEME + default_local_path()

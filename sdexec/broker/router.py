@@ -151,9 +151,10 @@ class Router:
             return
         if msg.type != MsgType.REQUEST:
             return
-        msg.userid = conn.uid
-        trusted = conn.uid in (self.owner_uid, self.server_uid)
-        msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
+        if conn.stamps_credentials:  # a peer's own claim is never trusted
+            msg.userid = conn.uid
+            trusted = conn.uid in (self.owner_uid, self.server_uid)
+            msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
         if self.gate is not None:
             self.gate(Request(conn, msg))  # dispatches once the request passes
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.cli.stream import pump
+from sdexec.cli.stream import pump, target
 from sdexec.client.exec import exit_code
 
 TYPE_CHECKING = False
@@ -37,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
             )
 
     try:
-        with connect(args.uri, sign_options(args)) as handle:
+        uri, nodeid = target(args)
+        with connect(uri, sign_options(args)) as handle:
             try:
                 pump(
                     handle,
                     ATTACH_TOPIC,
                     {**target_payload(args.target), "flags": 0, "reap": False},
                     other,
+                    nodeid=nodeid,
                 )
             except KeyboardInterrupt:
                 error(

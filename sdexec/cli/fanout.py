@@ -58,8 +58,9 @@ from sdexec.cluster.fanout import (
     connect,
     kill_all,
 )
-from sdexec.cluster.hosts import Host, load
+from sdexec.cluster.hosts import Host
 from sdexec.cluster.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
+from sdexec.cluster.ranks import instance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ INTERRUPT_WINDOW = 1.0
 
 def select_hosts(args: argparse.Namespace) -> list[Host]:
     """The hosts ``-r``/``-x``/``--hosts`` select (SdexecError if none)."""
-    return load(args.hosts).select(args.ranks, args.exclude)
+    return instance(args.hosts).select(args.ranks, args.exclude)
 
 
 def rank_command(command: dict[str, Any], host: Host) -> dict[str, Any]:
@@ -94,8 +95,9 @@ def report_summary(outcomes: dict[int, Outcome]) -> None:
 class _Output:
     """Where the ranks' output goes: sdexec's stdout/stderr, labelled or raw."""
 
-    def __init__(self, label: bool, on_broken_pipe: Callable[[], None]) -> None:
-        self.labeler = LineLabeler() if label else None
+    def __init__(self, label: bool, on_broken_pipe: Callable[[], None], host: bool = False) -> None:
+        self.labeler = LineLabeler() if label or host else None
+        self.host = host
         self.fds = {"stdout": 1, "stderr": 2}
         self.on_broken_pipe = on_broken_pipe
 
@@ -104,7 +106,8 @@ class _Output:
         if fd is None:
             return
         if self.labeler is not None:
-            data = self.labeler.feed(proc.rank, stream, data, eof)
+            name = proc.host.name if self.host else None
+            data = self.labeler.feed(proc.rank, stream, data, eof, name)
         view = memoryview(data)
         try:
             while view:
@@ -154,7 +157,7 @@ async def _exec_attached(
             pipe_broken = True
             signals.put_nowait(signal.SIGPIPE)
 
-    output = _Output(args.label_io, broken_pipe)
+    output = _Output(args.label_io, broken_pipe, host=getattr(args, "label_host", False))
     stdin_fd = _stdin_fd(args)
     prepare = _prepare(args)
     procs = [
@@ -294,6 +297,7 @@ def run_ps(args: argparse.Namespace) -> int:
         return handle.rpc(LIST_TOPIC, list_payload(args))  # type: ignore[no-any-return]
 
     results = asyncio.run(_rpc_all(args, hosts, call))
+    names = {host.rank: host.name for host in hosts}
     rc = 0
     procs: list[dict[str, Any]] = []
     responses = []
@@ -303,6 +307,7 @@ def run_ps(args: argparse.Namespace) -> int:
             rc = EXIT_FAILURE
             continue
         result["rank"] = rank
+        result.setdefault("host", names[rank])
         responses.append(result)
         procs.extend(rows(result))
     if args.json:
@@ -312,7 +317,8 @@ def run_ps(args: argparse.Namespace) -> int:
     if fmt is None:
         pid_w = max([3] + [len(str(p["pid"])) for p in procs])
         label_w = max([5] + [len(str(p["label"])) for p in procs])
-        fmt = f"{{rank:>4}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} "
+        host_w = max([4] + [len(str(p["host"])) for p in procs])
+        fmt = f"{{rank:>4}} {{host:<{host_w}}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} "
         fmt += stats_format(procs, args.stats) + "{cmd}"
     try:
         lines = [header(fmt)] if not args.no_header else []

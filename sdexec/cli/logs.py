@@ -5,7 +5,7 @@ from __future__ import annotations
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.cli.stream import pump
+from sdexec.cli.stream import pump, target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,8 +19,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tail is not None:
         payload["tail"] = args.tail
     try:
-        with connect(args.uri, sign_options(args)) as handle:
-            pump(handle, LOGS_TOPIC, payload, as_json=args.json)
+        uri, nodeid = target(args)
+        with connect(uri, sign_options(args)) as handle:
+            pump(handle, LOGS_TOPIC, payload, as_json=args.json, nodeid=nodeid)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SdexecError as exc:

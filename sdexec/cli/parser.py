@@ -215,6 +215,43 @@ examples:
   sdexec proxy --reconnect tcp://node12:5555
 """
 
+_FLUX_MODULE_EPILOG = """\
+The module is the sdexec server as the sdexec service of one Flux broker
+rank: the same RFC 42 service as sdexec serve, reached through Flux's
+overlay, with the credentials the broker stamps on each request (owner
+only; on rank 0, only the broker's own clients). It runs under flux-core's
+Python and finds sdexec and its dependencies where sdexec is installed
+($SDEXEC_PYTHONPATH for other layouts).
+
+module arguments:
+  state-dir=DIR     background processes' records (default
+                    STATEDIR/sdexec.RANK, else RUNDIR/sdexec.RANK)
+  systemd=MANAGER   user (default) or system
+  journal=DIR       a journal directory to read ($SDEXEC_JOURNAL_DIR)
+  log-level=LEVEL   debug, info (default), warning, error
+
+configuration:
+  [systemd] enable = true and [modules.sdexec] module = "PATH" make rc1
+  load it on every rank instead of flux-core's C module; [exec] service =
+  "sdexec" sends job shells to it (method = "bgexec": as background units
+  that outlive a module reload). [systemd] sdexec-debug (a boolean) is
+  read at load and on every config reload.
+
+behaviour:
+  It serves exec, write, kill, wait, list, stats-get, disconnect and
+  config-reload as flux-core's module does, with SDEXEC_NAME, SDEXEC_PROP_*,
+  SDEXEC_STOP_TIMER_SEC/_SIGNAL (EDEADLK), SDEXEC_R_LOCAL through
+  sdexec-mapper, and one output response per line by default; and attach,
+  logs, write credit, channels and stopped besides. Background units keep
+  running when the module is removed and are adopted again when it is
+  loaded. Its events are in flux dmesg; unit output is in the journal.
+
+examples:
+  flux exec -r all flux module load --name=sdexec $(sdexec flux-module-path)
+  flux exec -r all flux module remove sdexec
+  sdexec exec -r all -l hostname          (inside the instance)
+"""
+
 _KEYGEN_EPILOG = """\
 Writes NAME.key (the public key, to give to the server's administrator) and
 NAME.key_secret (keep it private) in DIR, in ZeroMQ's certificate format.
@@ -374,6 +411,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="with -r: prefix each output line with its rank",
     )
+    p.add_argument(
+        "-L",
+        "--label-host",
+        action="store_true",
+        help="with -r: prefix each output line with its rank's host name (as pdsh does; "
+        "inside Flux, from the instance's hostlist)",
+    )
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     subs["exec"] = p
 
@@ -435,6 +479,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=_ATTACH_EPILOG,
         formatter_class=fmt,
     )
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["attach"] = p
 
@@ -450,6 +495,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["logs"] = p
 
@@ -562,6 +608,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("target", metavar="TARGET")
     subs["uri"] = p
+
+    p = sub.add_parser(
+        "flux-module-path",
+        help="print the path of the Flux broker module file",
+        description=(
+            "Print the absolute path of sdexec's Flux broker module, for "
+            "'flux module load --name=sdexec PATH' on one rank, or "
+            "'flux exec -r all flux module load --name=sdexec PATH' on all of them, "
+            "or [modules.sdexec] module = PATH in the instance's configuration."
+        ),
+        formatter_class=fmt,
+    )
+    p.epilog = _FLUX_MODULE_EPILOG
+    p.set_defaults(command="flux_module_path")
+    subs["flux-module-path"] = p
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
@@ -569,6 +630,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     subs["top"] = add_top_parser(sub, [uri_parent, ranks_parent, sign_parent], fmt)
     return parser, subs
+
+
+def _one_rank(p: argparse.ArgumentParser) -> None:
+    """-r RANK and --hosts: the one rank a command reaches (attach, logs)."""
+    group = p.add_argument_group("another rank")
+    group.add_argument(
+        "-r",
+        "--rank",
+        dest="rank",
+        type=int,
+        metavar="RANK",
+        default=None,
+        help="the rank's server: through Flux inside a Flux instance ($FLUX_URI), "
+        "else from the hosts file",
+    )
+    group.add_argument(
+        "--hosts",
+        metavar="FILE",
+        default=None,
+        help="the hosts file for -r (default: $SDEXEC_HOSTS)",
+    )
 
 
 def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-FIELDS = ("pid", "label", "state", "cmd", "rank", "cpu", "mem", "elapsed")
+FIELDS = ("pid", "label", "state", "cmd", "rank", "host", "cpu", "mem", "elapsed")
 STATS_FIELDS = ("cpu", "mem", "elapsed")
 # A format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
 _SPEC = re.compile(
@@ -40,7 +40,7 @@ def wants_stats(args: argparse.Namespace) -> bool:
 
 
 def list_payload(args: argparse.Namespace) -> dict[str, Any]:
-    return {"stats": True} if wants_stats(args) else {}
+    return {"details": True, "stats": True} if wants_stats(args) else {"details": True}
 
 
 def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,6 +60,7 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
                 "state": proc.get("state", "-"),
                 "cmd": proc.get("cmd", ""),
                 "rank": rank,
+                "host": resp.get("host", "-"),
                 "cpu": "-",
                 "mem": "-",
                 "elapsed": "-",

@@ -32,6 +32,8 @@ _FLAGS = {
     "--no-stdin": "no_stdin",
     "-l": "label_io",
     "--label-io": "label_io",
+    "-L": "label_host",
+    "--label-host": "label_host",
     "--sign": "sign",
     "--no-sign": "no_sign",
 }

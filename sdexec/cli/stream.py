@@ -15,11 +15,22 @@ import sys
 from sdexec.client.blocking import BlockingHandle, _write_all
 from sdexec.client.rpc import response_payload
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.message import NODEID_ANY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+
+def target(args: Any) -> tuple[str | None, int]:
+    """(URI, nodeid) of the server a command reaches: ``--uri``, or ``-r RANK``."""
+    if getattr(args, "rank", None) is None:
+        return args.uri, NODEID_ANY
+    from sdexec.cluster.ranks import one_rank
+
+    host = one_rank(args.hosts, args.rank)
+    return host.uri, host.nodeid
 
 
 def pump(
@@ -28,9 +39,13 @@ def pump(
     payload: dict[str, Any],
     on_other: Callable[[dict[str, Any]], None] | None = None,
     as_json: bool = False,
+    nodeid: int = NODEID_ANY,
 ) -> None:
-    """Print a stream's output until it ends; raises the stream's error, if any."""
-    tag = handle.request(topic, payload, streaming=True)
+    """Print a stream's output until it ends; raises the stream's error, if any.
+
+    ``nodeid``: the rank a Flux broker is to route the request to.
+    """
+    tag = handle.request(topic, payload, streaming=True, nodeid=nodeid)
     fds = {"stdout": sys.stdout.fileno(), "stderr": sys.stderr.fileno()}
     while True:
         for msg in handle.receive():

@@ -40,6 +40,7 @@ attach that is still replaying, and the output stays readable with
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import errno
 import os
@@ -51,6 +52,7 @@ import structlog
 from sdexec.base.errors import SdexecError
 from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.server.cpuset import check_cpus
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
@@ -99,6 +101,9 @@ class ProcessOwner(Protocol):
     @property
     def outputlog(self) -> OutputLog: ...
 
+    @property
+    def wait_output(self) -> int: ...  # bytes of output a wait response carries
+
     def proc_started(self, proc: Process) -> None: ...
 
     def proc_gone(self, proc: Process) -> None: ...
@@ -145,6 +150,17 @@ class Process:
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
+        self._answering = False  # a wait's answer is being prepared
+        # SDEXEC_STOP_TIMER_SEC/_SIGNAL: (seconds or None, signal); the armed timer.
+        self.stop_timer: tuple[int | None, int] = (None, 9)
+        self._stop_handle: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        # The CPUs the unit must be confined to (AllowedCPUs from a resource
+        # map), checked when it starts; and why that check failed.
+        self.expected_cpus: set[int] | None = None
+        self.check_error: str | None = None
+        self.active_state = "unknown"  # the unit's, as the last signal said
+        self.sub_state = "unknown"
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
         self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
@@ -192,6 +208,10 @@ class Process:
         self.tracker.service_changed(props)
 
     def unit_changed(self, props: dict[str, Any]) -> None:
+        self.active_state = str(props.get("ActiveState", self.active_state))
+        self.sub_state = str(props.get("SubState", self.sub_state))
+        if self.active_state == "deactivating":
+            self._arm_stop_timer()
         for ev in self.tracker.unit_changed(props):
             self._event(ev)
 
@@ -226,6 +246,11 @@ class Process:
         self.pid = pid
         self.state = ProcState.RUNNING
         self.service.proc_started(self)
+        if self.expected_cpus is not None:
+            problem = check_cpus(pid, self.expected_cpus)
+            if problem is not None:
+                self._start_check_failed(problem)
+                return
         log.info("started", **self.log_fields())
         self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
@@ -247,7 +272,25 @@ class Process:
         if self.aux is not None:  # channel credit (sdexec.server.channels)
             self.aux.started()
 
+    def _start_check_failed(self, problem: str) -> None:
+        """The unit runs unconfined: kill it; the requester gets EIO once it is gone."""
+        log.error("post-start check failed", reason=problem, **self.log_fields())
+        self.check_error = problem
+        self._close_pipes()  # its output is not the requester's to see
+        self.service.router.spawn(self.service.bus.kill(self.unit, 9, "main"), "post-start kill")
+
     def _finished(self, status: int) -> None:
+        self.cancel_stop_timer()
+        if self.check_error is not None:
+            self.service.bus.unwatch(self.unit)
+            self.status = status
+            self.state = ProcState.EXITED
+            for req in (self.client, self.waiter):
+                if req is not None:
+                    req.error(errno.EIO, self.check_error)
+            self.client = self.waiter = None
+            self.service.reap(self)
+            return
         self.status = status
         self.state = ProcState.EXITED
         self.service.bus.unwatch(self.unit, self)
@@ -286,6 +329,11 @@ class Process:
         if self.waiter is not None:
             if self.lost is not None:
                 self.waiter.error(self.lost.errno or errno.EHOSTDOWN, self.lost.message)
+            elif self.service.wait_output and self.background:
+                if not self._answering:  # the output is read from the log first
+                    self._answering = True
+                    self.service.router.spawn(self._answer_wait(self.waiter), "wait output")
+                return
             else:
                 assert self.status is not None
                 self.waiter.respond({"status": self.status})
@@ -293,6 +341,35 @@ class Process:
             self.service.reap(self)
         elif not self.waitable:
             self.service.reap(self)
+
+    async def _answer_wait(self, waiter: Request) -> None:
+        """Answer ``wait`` with the status and the last of the output (Flux's ``output``)."""
+        try:
+            kept: list[tuple[str, bytes]] = []
+            size = 0
+            limit = self.service.wait_output
+
+            def sink(stream: str, data: bytes) -> None:
+                nonlocal size
+                kept.append((stream, data))
+                size += len(data)
+                while size > limit and len(kept) > 1:
+                    size -= len(kept.pop(0)[1])
+
+            await self.service.outputlog.follow(
+                LogRequest(self.unit, self.ident, sink, lambda: True, None, True, None, self.pid)
+            )
+        finally:
+            self._answering = False
+        if self.waiter is not waiter:
+            return  # the waiter went away meanwhile: the process stays waitable
+        assert self.status is not None
+        answer: dict[str, Any] = {"status": self.status}
+        if kept:
+            answer["output"] = [rfc42.io_object(s, self.rank, d) for s, d in kept]
+        waiter.respond(answer)
+        self.waiter = None
+        self.service.reap(self)
 
     # --- the systemd manager going away (sdexec.server.supervisor) ---------------
 
@@ -555,7 +632,67 @@ class Process:
         if self.stdin is not None:
             self.stdin.close()
 
+    # --- the stop timer (SDEXEC_STOP_TIMER_SEC: a unit that will not stop) ----------
+
+    def _arm_stop_timer(self) -> None:
+        seconds, _signum = self.stop_timer
+        if seconds is None or self._stop_handle is not None or self.timed_out:
+            return
+        loop = asyncio.get_running_loop()
+        self._stop_handle = loop.call_later(seconds, self._stop_timer_kill)
+
+    def _stop_timer_kill(self) -> None:
+        seconds, signum = self.stop_timer
+        assert seconds is not None
+        log.warning("stop timeout, signalling", seconds=seconds, signum=signum, **self.log_fields())
+        self.service.router.spawn(self.service.bus.kill(self.unit, signum, "main"), "stop timer")
+        loop = asyncio.get_running_loop()
+        self._stop_handle = loop.call_later(seconds, self._stop_timer_abandon)
+
+    def _stop_timer_abandon(self) -> None:
+        """Still not stopped after the signal: give the unit up, say EDEADLK."""
+        self._stop_handle = None
+        self.timed_out = True
+        seconds, _ = self.stop_timer
+        log.error(
+            "abandoning unit after stop timeout", seconds=2 * (seconds or 0), **self.log_fields()
+        )
+        text = "SIGKILL timeout, unit may still be active"
+        for req in (self.client, self.waiter):
+            if req is not None:
+                req.error(errno.EDEADLK, text)
+        self.client = self.waiter = None
+        self.service.bus.unwatch(self.unit)
+        self.state = ProcState.EXITED
+        self.service.reap(self)
+
+    def cancel_stop_timer(self) -> None:
+        if self._stop_handle is not None:
+            self._stop_handle.cancel()
+            self._stop_handle = None
+
+    # --- stats (flux module stats sdexec) -----------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The unit's state and its stdio ends, as flux-core's module reports them."""
+
+        def out(stream: str) -> dict[str, Any] | None:
+            pipe = self.outputs.get(stream)
+            if pipe is None:
+                return None
+            return {"local_fd": -1 if pipe.eof else pipe.fd, "remote_fd": -1, "eof": pipe.eof}
+
+        stdin = self.stdin
+        return {
+            "state": f"{self.active_state}.{self.sub_state}",
+            "pid": self.pid or -1,
+            "in": None if stdin is None else {"local_fd": stdin.fd, "remote_fd": -1},
+            "out": out("stdout"),
+            "err": out("stderr"),
+        }
+
     def release(self) -> None:
+        self.cancel_stop_timer()
         self._unhook_writable()
         self._close_pipes()
         if self.aux is not None:  # channels, msgchans (sdexec.server.channels)

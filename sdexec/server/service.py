@@ -40,7 +40,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import pty, rfc42
+from sdexec.proto import idset, pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux
@@ -93,6 +93,13 @@ def idempotency_key(cmd: rfc42.Command) -> str | None:
             f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
         )
     return key
+
+
+#: A client's service-manager handles are not the unit's: systemd sets its own.
+DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
+
+#: ``SDEXEC_R_LOCAL`` (a rank's share of a job's resources) -> unit properties.
+Mapper = Callable[[str], Awaitable[dict[str, str]]]
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
@@ -157,15 +164,19 @@ def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int]
     return winsize
 
 
-def _wants_stats(req: Request) -> bool:
-    """Whether a ``list`` asks for stats; any payload, or none, is a plain list (RFC 42)."""
+def _wants(req: Request, key: str) -> bool:
+    """Whether a ``list`` asks for ``key``; any payload, or none, is a plain list (RFC 42)."""
     if req.signed is None and not req.msg.payload:
         return False
     try:
         payload = req.payload()
     except OSError:
         return False
-    return isinstance(payload, dict) and payload.get("stats") is True
+    return isinstance(payload, dict) and payload.get(key) is True
+
+
+def _wants_stats(req: Request) -> bool:
+    return _wants(req, "stats")
 
 
 class Service:
@@ -182,7 +193,18 @@ class Service:
         journal: Journal | None = None,
         state_dir: Path | None = None,
         outputlog: OutputLog | None = None,
+        line_buffer: bool = False,
+        environment: Mapping[str, str | None] | None = None,
+        wait_output: int = 0,
+        mapper: Mapper | None = None,
     ) -> None:
+        """``line_buffer``: the default of ``<stream>_LINE_BUFFER``.
+        ``environment``: variables set (or, with None, removed) in every
+        command's environment.  ``wait_output``: how much of a background
+        process's last output a ``wait`` response carries (0: none).
+        ``mapper``: turns ``SDEXEC_R_LOCAL`` into unit properties (Flux's
+        ``sdexec-mapper``); without one that option is refused.
+        """
         self.router = router
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
@@ -191,6 +213,14 @@ class Service:
         self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
+        self.line_buffer = line_buffer
+        self.environment: dict[str, str | None] = dict(
+            DEFAULT_ENVIRONMENT if environment is None else environment
+        )
+        self.wait_output = wait_output
+        self.mapper = mapper
+        # Options only for tests (Flux's [systemd] sdexec-debug): SDEXEC_TEST_EXPECTED_CPUS.
+        self.test_options = False
         self.rank_str = str(rank)
         self.uri = uri
         self.by_pid: dict[int, Process] = {}
@@ -204,6 +234,7 @@ class Service:
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
+        self.shutdown_reason = "server is shutting down"
         # Why the systemd manager cannot be reached now (sdexec.server.supervisor).
         self.down: SdexecError | None = None
         # Set while some process may have a client: watch_stopped polls only then.
@@ -216,6 +247,7 @@ class Service:
             ("kill", self.kill, False),
             ("wait", self.wait, False),
             ("list", self.list, False),
+            ("stats-get", self.stats_get, False),
             ("disconnect", self.disconnect, False),
         ):
             router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
@@ -354,7 +386,7 @@ class Service:
         ``exec`` at once (credit borrowed before ``started``) finds its process.
         """
         if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, "server is shutting down")
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         if self.down is not None:
             raise SdexecError(errnum_of(self.down), self.down.message)
         er = rfc42.parse_exec(req.payload())
@@ -365,17 +397,68 @@ class Service:
             return None  # that exec happened already: answered, nothing started
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        cmd.stdin_bufsize()  # validate options before anything is created
+        r_local = cmd.opt("SDEXEC_R_LOCAL")
+        if r_local is not None:
+            if self.mapper is None:
+                raise SdexecError(
+                    errno.EINVAL, "SDEXEC_R_LOCAL needs a resource mapper (sdexec-mapper, in Flux)"
+                )
+            return self._exec_mapped(req, er, confined, self.mapper(r_local))
+        return self._exec(req, er, confined)
+
+    async def _exec_mapped(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped: Awaitable[dict[str, str]],
+    ) -> None:
+        """An exec whose unit properties come partly from the resource mapper."""
+        for name, value in (await mapped).items():
+            er.cmd.opts[properties.OPTS_PREFIX + name] = value
+        await self._exec(req, er, confined, mapped_cpus=er.cmd.opt("SDEXEC_PROP_AllowedCPUs"))
+
+    def _exec(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped_cpus: str | None = None,
+    ) -> Coroutine[Any, Any, None]:
+        cmd = er.cmd
+        # The CPUs a mapped unit must be confined to, checked once it runs.
+        expected = mapped_cpus
+        if self.test_options and cmd.opt("SDEXEC_TEST_EXPECTED_CPUS") is not None:
+            expected = cmd.opt("SDEXEC_TEST_EXPECTED_CPUS")
+        expected_cpus = None if expected is None else idset.decode(expected)
+        key = idempotency_key(cmd)
+        if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
+            raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
+        if cmd.label is not None and cmd.label in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        # Validate options before anything is created.
+        cmd.stdin_bufsize()
+        for stream in ("stdout", "stderr"):
+            cmd.output_bufsize(stream)
+            cmd.line_buffer(stream, self.line_buffer)
+        stop_timer = cmd.stop_timer()
         winsize = _terminal_request(er, req.streaming)
         exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
+        for name, value in self.environment.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         extra = [*properties.opts_properties(cmd.opts), *confined]
         unit = self._unit_name(er)
         if unit in self.by_unit:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        proc.stop_timer = stop_timer
+        proc.expected_cpus = expected_cpus
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
@@ -570,7 +653,11 @@ class Service:
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.outputs[stream] = OutputPipe(stream, r, proc.output)
+            cmd = proc.cmd
+            lines = (
+                cmd.output_bufsize(stream) if cmd.line_buffer(stream, self.line_buffer) else None
+            )
+            proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines)
             if stream == "stdout":
                 spec.stdout_fd = len(fds)
             else:
@@ -733,22 +820,32 @@ class Service:
     # --- list -------------------------------------------------------------------------------
 
     def list(self, req: Request) -> None:
-        """RFC 42 ``list``; with ``{"stats": true}`` each live process also gets
-        ``cpu_usec``, ``memory``, ``memory_source`` and ``started``, and the
-        response the server's ``time`` (for CPU rates between two calls)."""
+        """RFC 42 ``list``: pid, cmd, label and state of each process.
+
+        Flux's ``flux sproc ps`` makes an object of each entry and fails on
+        any other key, so more comes only when the request asks for it:
+        ``{"details": true}`` adds ``unit`` (and ``pty``); ``{"stats": true}``
+        also ``cpu_usec``, ``memory``, ``memory_source`` and ``started`` of
+        each live process, and the server's ``time`` to the response (for CPU
+        rates between two calls).
+        """
         shown = [p for p in self.by_pid.values() if guest.visible(req, p.requester_uid)]
-        procs = [
-            {
+        stats = _wants_stats(req)
+        details = stats or _wants(req, "details")
+        procs: list[dict[str, Any]] = []
+        for p in shown:  # sdexec.security: a guest sees its own
+            entry: dict[str, Any] = {
                 "pid": p.pid,
                 "cmd": p.name,
                 "label": p.label or "",
                 "state": self._state(p),
-                "unit": p.unit,
-                **({"pty": True} if p.terminal else {}),
             }
-            for p in shown  # sdexec.security: a guest sees its own
-        ]
-        if not _wants_stats(req):
+            if details:
+                entry["unit"] = p.unit
+                if p.terminal:
+                    entry["pty"] = True
+            procs.append(entry)
+        if not stats:
             req.respond({"rank": self.rank, "procs": procs})
             return
         # CPU, memory and start time from each live unit's cgroup (sdexec.server.stats).
@@ -756,6 +853,14 @@ class Service:
             if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
                 entry.update(unit_stats(proc.pid))
         req.respond({"rank": self.rank, "procs": procs, "time": round(time.time(), 3)})
+
+    def stats_get(self, req: Request) -> None:
+        """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
+        procs: dict[str, Any] = {}
+        for p in [*self.by_pid.values(), *self.starting]:
+            if guest.visible(req, p.requester_uid):
+                procs[p.unit] = p.stats()
+        req.respond({"pid": os.getpid(), "procs": procs})
 
     @staticmethod
     def _state(proc: Process) -> str:
@@ -1070,29 +1175,44 @@ class Service:
 
     # --- shutdown ---------------------------------------------------------------------------
 
-    async def shutdown(self, stop_background: bool = False) -> None:
-        """Fail streams and waits, stop foreground units (and background ones if asked)."""
+    async def shutdown(self, stop_background: bool = False, reason: str | None = None) -> None:
+        """Fail streams and waits, stop foreground units (and background ones if asked).
+
+        Open requests get ENOSYS with ``reason`` (default: the server is
+        shutting down); the units are stopped all at once.
+        """
         self.shutting_down = True
+        if reason is not None:
+            self.shutdown_reason = reason
+        stopping: list[Coroutine[Any, Any, None]] = []
         for proc in [*self.by_pid.values(), *self.starting]:
             if proc.waiter is not None:
-                proc.waiter.error(errno.ENOSYS, "server is shutting down")
+                proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
                 proc.waiter = None
             foreground = not proc.background
             for att in list(proc.attachers):
                 att.req.error(errno.ENOSYS, "server is shutting down")
                 proc.detach(att.req)
             if proc.client is not None:
-                proc.client.error(errno.ENOSYS, "server is shutting down")
+                proc.client.error(errno.ENOSYS, self.shutdown_reason)
                 proc.detach_client()
             if stop_background and proc.background:
                 self.state.remove(proc.unit)
+            proc.cancel_stop_timer()
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
-                try:
-                    await self.bus.stop(proc.unit)
-                except OSError as exc:
-                    log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+                stopping.append(self._stop_quietly(proc))
+            elif stop_background and proc.background and proc.waitable:
+                # Finished, its unit kept for a wait that can no longer come.
+                stopping.append(self._release_unit(proc.unit))
+        await asyncio.gather(*stopping)
         # Channels, msgchans (sdexec.server.channels).
         shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
+
+    async def _stop_quietly(self, proc: Process) -> None:
+        try:
+            await self.bus.stop(proc.unit)
+        except OSError as exc:
+            log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
 
     def close(self) -> None:
         """Release what the service keeps open (its state log); after shutdown."""

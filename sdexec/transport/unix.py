@@ -82,6 +82,11 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 class Connection(asyncio.Protocol):
     """One accepted client."""
 
+    #: The router stamps this connection's uid and role on each request.  A
+    #: peer that relays requests others made, with credentials it verified
+    #: itself (the Flux broker), says False.
+    stamps_credentials = True
+
     def __init__(
         self,
         acceptor: Acceptor,

@@ -65,6 +65,8 @@ def test_deb_holds_the_sdexec_command(built: Path) -> None:
     assert "/usr/bin/sdexec" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cli/main.py" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cluster/perilog.py" in files
+    # The Flux broker module, at the path `sdexec flux-module-path` prints there.
+    assert "/usr/lib/python3/dist-packages/sdexec/flux/module.py" in files
 
 
 def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None:

@@ -360,7 +360,7 @@ def test_ps_prints_a_table(tmp_path: Path, capfd: pytest.CaptureFixture[str]) ->
     seen: list[Message] = []
     with ScriptedServer(short_path(tmp_path), rpc_script(seen, LIST)) as server:
         assert cli.main(["ps", "--uri", server.uri]) == 0
-    assert seen[0].topic == "sdexec.list" and seen[0].json() == {}
+    assert seen[0].topic == "sdexec.list" and seen[0].json() == {"details": True}
     assert capfd.readouterr().out == (
         "  PID LABEL      STATE CMD\n19803 demo-sleep R     sleep\n    7 -          Z     true\n"
     )
@@ -463,8 +463,9 @@ def test_exec_with_ranks_but_no_hosts_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
+    monkeypatch.delenv("FLUX_URI", raising=False)
     assert cli.main(["exec", "-r", "all", "true"]) == 125
-    assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
+    assert "give --hosts FILE, set SDEXEC_HOSTS, or run inside Flux" in capsys.readouterr().err
 
 
 def test_sign_goes_with_ranks() -> None:

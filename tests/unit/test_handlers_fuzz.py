@@ -63,6 +63,8 @@ def open_fds() -> set[str]:
 class FakeConn:
     """A Connection-shaped object that collects what the router sends."""
 
+    stamps_credentials = True
+
     _ids = itertools.count(1)
 
     def __init__(self, uid: int) -> None:

@@ -30,6 +30,8 @@ _ids = itertools.count(1)
 class FakeConn:
     """Just enough of :class:`~sdexec.transport.unix.Connection` for the router."""
 
+    stamps_credentials = True
+
     def __init__(self, uid: int = OWNER, pid: int = 4321) -> None:
         self.id = f"conn{next(_ids)}"
         self.uid = uid
