@@ -163,6 +163,7 @@ class Process:
         self.sub_state = "unknown"
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
+        self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
@@ -509,7 +510,17 @@ class Process:
             await req.conn.wait_writable()
 
         await self.service.outputlog.follow(
-            LogRequest(self.unit, self.ident, sink, ended, tail, follow, drain, self.pid)
+            LogRequest(
+                self.unit,
+                self.ident,
+                sink,
+                ended,
+                tail,
+                follow,
+                drain,
+                self.pid,
+                gone=lambda: not req.connected or not current(),
+            )
         )
 
     # --- attach ------------------------------------------------------------------------------
