@@ -68,7 +68,7 @@ GUEST_PROPERTIES = frozenset(
     }
 )
 #: Other command options a guest may set.
-GUEST_OPTIONS = frozenset({"stdin_BUFSIZE"})
+GUEST_OPTIONS = frozenset({"stdin_BUFSIZE", "SDEXEC_IDEMPOTENCY_KEY"})
 
 
 def is_guest(req: Request) -> bool:

@@ -65,7 +65,9 @@ class LogRequest:
     ``ended()`` and the log is quiet.  ``pid`` (the process's) also finds lines
     journald could not attribute to the unit (see :meth:`JournalLog.argv`).
     ``drain`` is awaited after each delivery: that is how a slow reader holds
-    the replay back instead of filling the server's memory.
+    the replay back instead of filling the server's memory.  ``gone()``: the
+    reader has left, so reading stops at once, however much output is still
+    coming (a follower of a chatty process never sees the log quiet).
     """
 
     unit: str
@@ -76,6 +78,7 @@ class LogRequest:
     follow: bool = True
     drain: Drain | None = None
     pid: int | None = None
+    gone: Callable[[], bool] = lambda: False
     since: str | None = None  # only what was written since then (journalctl --since syntax)
 
 
@@ -190,8 +193,9 @@ class JournalLog:
             req.ended if req.follow else None,
             req.drain,
             None,
+            req.gone,
         )
-        if req.follow:
+        if req.follow and not req.gone():
             await self._run(
                 self.argv(
                     req.unit,
@@ -206,6 +210,7 @@ class JournalLog:
                 None,
                 req.drain,
                 cursor,
+                req.gone,
             )
 
     async def _run(
@@ -215,6 +220,7 @@ class JournalLog:
         ended: Callable[[], bool] | None,
         drain: Drain | None,
         cursor: str | None,
+        gone: Callable[[], bool] = lambda: False,
     ) -> str | None:
         """Deliver journalctl's records until it exits (or, following, until the end)."""
         proc = await asyncio.create_subprocess_exec(
@@ -234,6 +240,8 @@ class JournalLog:
                 try:
                     line = await asyncio.wait_for(proc.stdout.readline(), POLL)
                 except TimeoutError:
+                    if gone():
+                        return cursor
                     if ended is not None and ended():
                         now = loop.time()
                         quiet_since = quiet_since or now
@@ -248,6 +256,8 @@ class JournalLog:
                 cursor = self._deliver(line, sink) or cursor
                 if drain is not None:
                     await drain()
+                if gone():
+                    return cursor
         finally:
             await _end(proc, exiting=at_eof)
             complaint = (
@@ -329,7 +339,7 @@ class FileLog:
         paths = {s: self.path(req.unit, s) for s in ("stdout", "stderr")}
         offsets = {s: self._start(path, req.tail) for s, path in paths.items()}
         quiet = 0.0
-        while True:
+        while not req.gone():
             got = False
             for stream, off in offsets.items():
                 data = self._read(paths[stream], off)

@@ -167,6 +167,7 @@ class Process:
         self.sub_state = "unknown"
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
+        self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
 
     # --- identity -------------------------------------------------------------------
@@ -522,7 +523,18 @@ class Process:
             await req.conn.wait_writable()
 
         await self.service.outputlog.follow(
-            LogRequest(self.unit, self.ident, sink, ended, tail, follow, drain, self.pid, since)
+            LogRequest(
+                self.unit,
+                self.ident,
+                sink,
+                ended,
+                tail,
+                follow,
+                drain,
+                self.pid,
+                gone=lambda: not req.connected or not current(),
+                since=since,
+            )
         )
 
     # --- attach ------------------------------------------------------------------------------

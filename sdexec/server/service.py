@@ -68,6 +68,33 @@ log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOPPED_POLL = 0.05
+#: attach and logs --follow streams at once on one connection.
+MAX_FOLLOWERS = 64
+
+
+#: The command option that carries a client's idempotency key for an exec.
+KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
+KEY_MAX = 128
+
+
+def idempotency_key(cmd: rfc42.Command) -> str | None:
+    """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
+    key = cmd.opt(KEY_OPTION)
+    if key is None:
+        return None
+    if (
+        not key
+        or len(key.encode("utf-8", "surrogatepass")) > KEY_MAX
+        or not key.isprintable()
+        or any(c.isspace() for c in key)
+    ):
+        raise SdexecError(
+            errno.EINVAL,
+            f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
+        )
+    return key
+
+
 #: A client's service-manager handles are not the unit's: systemd sets its own.
 DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
 
@@ -215,6 +242,9 @@ class Service:
         self.by_label: dict[str, Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
+        self.by_key: dict[tuple[int, str], Process] = {}  # (requester uid, idempotency key)
+        self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
+        self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
@@ -247,6 +277,8 @@ class Service:
     def proc_started(self, proc: Process) -> None:
         self.starting.discard(proc)
         self.by_pid[proc.pid] = proc
+        if proc.key is not None:  # a retry after a crash can then say it ran, and its pid
+            self.state.update(proc.unit, pid=proc.pid)
 
     def proc_gone(self, proc: Process) -> None:
         """A process that never started (exec failure): forget it and its unit."""
@@ -267,9 +299,10 @@ class Service:
         proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        if not proc.background:
+        if not proc.background and proc.key is None:
             self.state.remove(proc.unit)
         else:
+            # A foreground process is remembered only for its idempotency key.
             self.state.reaped(
                 Reaped(
                     unit=proc.unit,
@@ -279,6 +312,9 @@ class Service:
                     status=proc.status,
                     requester_uid=proc.requester_uid,
                     ended=time.time(),
+                    key=proc.key,
+                    foreground=not proc.background,
+                    how=proc.lost.message if proc.lost is not None else None,
                 )
             )
             self._forget_evicted()
@@ -307,6 +343,8 @@ class Service:
             del self.by_pid[proc.pid]
         if self.by_unit.get(proc.unit) is proc:
             del self.by_unit[proc.unit]
+        if proc.key is not None and self.by_key.get((proc.requester_uid, proc.key)) is proc:
+            del self.by_key[(proc.requester_uid, proc.key)]
         if proc.label is not None and self.by_label.get(proc.label) is proc:
             del self.by_label[proc.label]
         if proc.sender is not None:
@@ -359,7 +397,7 @@ class Service:
         label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
         return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
 
-    def exec(self, req: Request) -> Coroutine[Any, Any, None]:
+    def exec(self, req: Request) -> Coroutine[Any, Any, None] | None:
         """Validate and register synchronously; start the unit in a task.
 
         Everything up to ``StartTransientUnit`` happens before the next request
@@ -373,6 +411,9 @@ class Service:
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
+        key = idempotency_key(cmd)
+        if key is not None and self._repeat(req, key):
+            return None  # that exec happened already: answered, nothing started
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         r_local = cmd.opt("SDEXEC_R_LOCAL")
@@ -409,6 +450,9 @@ class Service:
         if self.test_options and cmd.opt("SDEXEC_TEST_EXPECTED_CPUS") is not None:
             expected = cmd.opt("SDEXEC_TEST_EXPECTED_CPUS")
         expected_cpus = None if expected is None else idset.decode(expected)
+        key = idempotency_key(cmd)
+        if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
+            raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
         if cmd.label is not None and cmd.label in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         # Validate options before anything is created.
@@ -490,6 +534,9 @@ class Service:
             raise
         if cmd.label is not None:
             self.by_label[cmd.label] = proc
+        if key is not None:
+            proc.key = key
+            self.by_key[(req.userid, key)] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self.by_unit[unit] = proc
@@ -504,6 +551,7 @@ class Service:
                 requester_uid=req.userid,
                 ident=proc.ident,
                 foreground=not proc.background,
+                key=key,
             )
         )
         self.starting.add(proc)
@@ -537,6 +585,51 @@ class Service:
         finally:
             for fd in theirs:
                 os.close(fd)
+
+    def _repeat(self, req: Request, key: str) -> bool:
+        """Answer an exec whose idempotency key was used already (True); False: a new one.
+
+        A background exec's repeat gets the ``started`` response of the
+        process it started (with ``repeat``, and ``ended`` once it has been
+        reaped), so a client that lost its connection learns the pid; any
+        other repeat is EEXIST, saying what became of that exec.  Nothing is
+        ever started twice for one key (per requester uid).
+        """
+        uid = req.userid
+        proc = self.by_key.get((uid, key))
+        if proc is not None:
+            if proc.background and not req.streaming:
+                if proc.state is ProcState.STARTING:
+                    raise SdexecError(
+                        errno.EAGAIN, f"the exec of idempotency key {key} is still starting"
+                    )
+                log.info("exec repeated", key=key, requester=uid, **proc.log_fields())
+                req.respond({**rfc42.started(proc.pid), "repeat": True})
+                return True
+            what = "running" if proc.state is not ProcState.EXITED else "finished"
+            raise SdexecError(
+                errno.EEXIST,
+                f"idempotency key {key} belongs to a {what} exec (pid {proc.pid}, unit "
+                f"{proc.unit}); it is not started again",
+            )
+        gone = self.state.find_key(uid, key)
+        if gone is None:
+            return False
+        if not gone.foreground and not req.streaming and gone.pid:
+            log.info("exec repeated", key=key, requester=uid, pid=gone.pid, unit=gone.unit)
+            req.respond({**rfc42.started(gone.pid), "repeat": True, "ended": True})
+            return True
+        if gone.how is not None:
+            how = gone.how
+        elif gone.status is not None:
+            how = rfc42.describe_status(gone.status)
+        else:
+            how = "ended"
+        raise SdexecError(
+            errno.EEXIST,
+            f"idempotency key {key} belongs to an exec that was started already "
+            f"(pid {gone.pid or 'unknown'}: {how}); it is not started again",
+        )
 
     def _start_failed(self, proc: Process) -> None:
         # Only what this exec created: the unit name may be someone else's.
@@ -656,7 +749,8 @@ class Service:
         if stdin:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req, stdin=stdin, reap=reap)
+        self._check_followers(req)
+        return self._followed(req, proc.attach(req, stdin=stdin, reap=reap))
 
     async def logs(self, req: Request) -> None:
         """Stream a background process's stored output (``sdexec logs``).
@@ -681,7 +775,7 @@ class Service:
         if proc is not None:
             if not proc.background:
                 raise SdexecError(errno.EINVAL, f"process {target} is not a background process")
-            await proc.send_log(
+            reading = proc.send_log(
                 req,
                 tail=tail,
                 follow=follow,
@@ -689,6 +783,11 @@ class Service:
                 since=since,
                 timestamps=timestamps,
             )
+            if follow:
+                self._check_followers(req)
+                await self._followed(req, reading)
+            else:
+                await reading
             req.end()
             return
         gone = self.state.find_reaped(label=target.label, pid=target.pid)
@@ -855,6 +954,47 @@ class Service:
 
     def connection_closed(self, conn_id: str) -> None:
         self._drop_sender(lambda s: s[0] == conn_id)
+        # Its followers (journalctl readers) stop now, not when the process ends.
+        followers = self._followers.pop(conn_id, set())
+        for task in followers:
+            task.cancel()
+        if followers:
+            log.debug("followers stopped with their client", conn=conn_id, count=len(followers))
+
+    # --- followers: attach and logs --follow, bounded per connection ----------------
+
+    def _check_followers(self, req: Request) -> None:
+        """EAGAIN past the bound; else count one more follower on the connection."""
+        conn_id = req.conn.id
+        if self._follower_count.get(conn_id, 0) >= MAX_FOLLOWERS:
+            raise SdexecError(
+                errno.EAGAIN,
+                f"too many attach or logs --follow streams on this connection ({MAX_FOLLOWERS})",
+            )
+        self._follower_count[conn_id] = self._follower_count.get(conn_id, 0) + 1
+
+    async def _followed(self, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Run a counted follower in the request's task, cancelled if its connection closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        conn_id = req.conn.id
+        try:
+            if not req.connected:
+                work.close()
+                return
+            self._followers.setdefault(conn_id, set()).add(task)
+            await work
+        finally:
+            running = self._followers.get(conn_id)
+            if running is not None:
+                running.discard(task)
+                if not running:
+                    del self._followers[conn_id]
+            left = self._follower_count.get(conn_id, 1) - 1
+            if left > 0:
+                self._follower_count[conn_id] = left
+            else:
+                self._follower_count.pop(conn_id, None)
 
     def _drop_sender(self, match: Any) -> None:
         for proc in [*self.by_pid.values(), *self.starting]:
@@ -905,6 +1045,21 @@ class Service:
         for rec in self.state.load_all():
             if rec.foreground:
                 await self._stop_orphan(rec.unit)
+                if rec.key is not None:  # a retry with its key learns what became of it
+                    self.state.reaped(
+                        Reaped(
+                            unit=rec.unit,
+                            label=rec.label,
+                            ident=rec.ident,
+                            pid=rec.pid,
+                            status=None,
+                            requester_uid=rec.requester_uid,
+                            ended=time.time(),
+                            key=rec.key,
+                            foreground=True,
+                            how="stopped after a server restart: its client was gone",
+                        )
+                    )
                 continue
             proc = self._from_record(rec)
             if rec.status is not None or rec.lost is not None:
@@ -943,8 +1098,16 @@ class Service:
                             rec.status,
                             rec.requester_uid,
                             time.time(),
+                            key=rec.key,
+                            how=why
+                            or (
+                                "its server restarted before it was seen to start; it may have run"
+                                if rec.key is not None and not rec.pid
+                                else None
+                            ),
                         )
                     )
+                    self._forget(proc)
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
@@ -979,6 +1142,9 @@ class Service:
         proc.requester_uid = rec.requester_uid
         proc.ident = rec.ident
         proc.pid = rec.pid
+        if rec.key is not None:
+            proc.key = rec.key
+            self.by_key[(rec.requester_uid, rec.key)] = proc
         return proc
 
     def _adopt_outcome(self, proc: Process, status: int | None, lost: str | None) -> None:

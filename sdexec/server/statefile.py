@@ -66,6 +66,7 @@ class ProcRecord:
     pid: int = 0
     status: int | None = None
     lost: str | None = None
+    key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
 
 
 @dataclass
@@ -79,6 +80,9 @@ class Reaped:
     status: int | None
     requester_uid: int
     ended: float  # time.time() when it was reaped
+    key: str | None = None  # the client's idempotency key, if it gave one
+    foreground: bool = False  # kept only for its key: no stored output
+    how: str | None = None  # how it ended, when there is no status (lost, killed)
 
 
 def _line(entry: dict[str, object]) -> bytes:
@@ -131,9 +135,19 @@ class StateDir:
         """The most recently reaped process with this label (or else pid), if remembered."""
         self._records()
         for rec in reversed(self._history.values()):
+            if rec.foreground:
+                continue
             if (label is not None and rec.label == label) or (
                 label is None and pid is not None and rec.pid == pid
             ):
+                return rec
+        return None
+
+    def find_key(self, uid: int, key: str) -> Reaped | None:
+        """The most recently reaped process that ``uid`` started with idempotency ``key``."""
+        self._records()
+        for rec in reversed(self._history.values()):
+            if rec.key == key and rec.requester_uid == uid:
                 return rec
         return None
 
