@@ -150,6 +150,7 @@ class Process:
         self.reaped = False
         self.warnings: list[str] = []  # told to the requester with "started"
         self.started_at = 0.0  # seconds since the epoch (0: not known)
+        self._held: list[tuple[str, Any]] | None = None  # see hold_signals
         self.ended_at = 0.0
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
@@ -208,10 +209,37 @@ class Process:
 
     # --- UnitListener ------------------------------------------------------------------
 
+    def hold_signals(self) -> None:
+        """Keep the unit's signals until StartTransientUnit has answered.
+
+        The match is added before the unit is started (early transitions
+        would be missed otherwise), so when the start is refused because the
+        name is another unit's, that unit's signals came in under our name:
+        they must not become this process's ``started``.
+        """
+        self._held = []
+
+    def start_accepted(self) -> None:
+        """The unit is ours: the signals held so far are its own."""
+        held, self._held = self._held, None
+        for kind, arg in held or ():
+            if kind == "service":
+                self.service_changed(arg)
+            elif kind == "unit":
+                self.unit_changed(arg)
+            else:
+                self.job_removed(arg)
+
     def service_changed(self, props: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(("service", props))
+            return
         self.tracker.service_changed(props)
 
     def unit_changed(self, props: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(("unit", props))
+            return
         self.active_state = str(props.get("ActiveState", self.active_state))
         self.sub_state = str(props.get("SubState", self.sub_state))
         if self.active_state == "deactivating":
@@ -220,6 +248,9 @@ class Process:
             self._event(ev)
 
     def job_removed(self, result: str) -> None:
+        if self._held is not None:
+            self._held.append(("job", result))
+            return
         for ev in self.tracker.job_removed(result):
             self._event(ev)
 

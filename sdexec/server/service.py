@@ -555,6 +555,7 @@ class Service:
             )
         )
         self.starting.add(proc)
+        proc.hold_signals()  # until StartTransientUnit answers (see _start)
         self.bus.watch(unit, proc)
         log.info(
             "exec",
@@ -574,6 +575,7 @@ class Service:
     ) -> None:
         try:
             await self.bus.start_transient(proc.unit, props, fds)
+            proc.start_accepted()
         except Exception:
             if proc not in self.starting:
                 return  # already failed and answered: its manager went away (manager_lost)
