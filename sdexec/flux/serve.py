@@ -42,6 +42,7 @@ to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sdexec.base.errors import SdexecError
+from sdexec.base.errors import SdexecError, message_of
 from sdexec.broker.request import Request
 from sdexec.broker.router import Router
 from sdexec.flux import brokerlog
@@ -139,11 +140,14 @@ def mod_main(h: Any, *args: str) -> None:
         raise  # the loader reports a ValueError as EINVAL, without a traceback
     try:
         asyncio.run(ModuleServer(handle, opts).run())
+    except OSError as exc:  # SdexecError among them: a known failure, said in one line
+        log.error("module failed", errnum=exc.errno, error=message_of(exc))
+        raise OSError(exc.errno or errno.EIO, message_of(exc)) from None
     except Exception as exc:
-        # The broker panics when a module dies of an exception; say why and
-        # leave with an errno instead.
+        # A bug.  The broker panics when a module dies of an exception: say
+        # what it was, with its traceback, and leave with an errno instead.
         log.exception("module failed")
-        raise OSError(getattr(exc, "errno", None) or errno.EIO, str(exc)) from None
+        raise OSError(errno.EIO, str(exc)) from None
 
 
 class ModuleServer:
@@ -160,14 +164,12 @@ class ModuleServer:
         self.bus: SystemdBus | None = None
 
     async def run(self) -> None:
-        handle = self.handle
-        loop = asyncio.get_running_loop()
-        loop.add_reader(handle.pollfd, self._pump)
         try:
             await self._serve()
         finally:
-            loop.remove_reader(handle.pollfd)
-            handle.close()
+            with contextlib.suppress(ValueError, OSError):  # not added if the load failed early
+                asyncio.get_running_loop().remove_reader(self.handle.pollfd)
+            self.handle.close()
 
     def _pump(self, once: bool = False) -> None:
         try:
@@ -178,13 +180,20 @@ class ModuleServer:
 
     async def _serve(self) -> None:
         handle, opts = self.handle, self.opts
-        self.handle.serve(f"{self.name}.shutdown", lambda _m: self.stop.set())
+        # What can fail the load comes first, before Flux's reactor ever runs:
+        # the broker counts the module as loaded from its first run on, and a
+        # loaded module that exits makes it panic; an error now is only a
+        # failed "flux module load".
         opts.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = os.getuid()
         bus = SystemdBus(
             None if opts.systemd == "system" else user_bus_address(),
             system=opts.systemd == "system",
         )
+        log.debug("connecting to systemd", address=bus.address)
+        await bus.connect()
+        self.bus = bus
+        self.handle.serve(f"{self.name}.shutdown", lambda _m: self.stop.set())
         journal = (
             Journal.for_mode("private", opts.journal_dir)
             if opts.journal_dir
@@ -221,6 +230,7 @@ class ModuleServer:
             if topic.startswith(self.name + "."):
                 handle.serve(topic, link.received_encoded)
         background = BackgroundOutput(service, journal, handle.log)
+        asyncio.get_running_loop().add_reader(handle.pollfd, self._pump)
         self._pump(once=True)  # what queued before the reader was added
         log.debug("reading the config")
         try:
@@ -232,11 +242,7 @@ class ModuleServer:
             self.systemd_config = SystemdConfig.from_config(conf)
         except ValueError as exc:
             log.warning("ignoring bad [systemd] config", error=str(exc))
-        log.debug("connecting to systemd", address=bus.address)
         service.test_options = self.systemd_config.sdexec_debug
-        await bus.connect()
-        self.bus = bus
-        service.outputlog = choose(journal, True, opts.state_dir, self._journal_socket)
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
             log.debug("adopting units", state_dir=str(opts.state_dir))

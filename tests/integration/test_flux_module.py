@@ -586,3 +586,24 @@ def test_a_bad_module_argument_fails_the_load_and_says_why(inst: FluxInstance) -
     finally:
         inst.load_sdexec("2")
     assert inst.must("flux", "exec", "-r", "2", "--service=sdexec", "echo", "back") == "back\n"
+
+
+def test_no_systemd_bus_fails_the_load_cleanly(manager: PrivateManager, workdir: Path) -> None:
+    """The load fails with the reason; the instance lives on (no broker panic)."""
+    inst = FluxInstance(
+        flux_or_skip(),
+        manager,
+        workdir / "flux-nobus",
+        size=1,
+        extra_env={"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"},
+    )
+    inst.start()
+    try:
+        r = inst.run("flux", "module", "load", "--name=sdexec", str(MODULE))
+        assert r.returncode != 0
+        assert "sdexec" not in inst.must("flux", "module", "list")
+        log = inst.log_path.read_text(errors="replace")
+        assert "module failed errnum=" in log and "Traceback" not in log
+        assert inst.must("flux", "getattr", "size").strip() == "1"  # still there
+    finally:
+        assert inst.stop() == 0
