@@ -76,16 +76,20 @@ class Router:
         self.disconnect_hooks: list[Callable[[str], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         # The router's own services: they get what they use, not the router.
-        self.events = EventBus(owner_uid, self.connections)
+        self.events = EventBus(
+            owner_uid, self.connections, trusted=frozenset({owner_uid, self.server_uid})
+        )
         self.services = ClientServices(owner_uid, self.connections, claimed=self.claimed)
         for service in (self.events, self.services):
             for topic, handler in service.methods().items():
                 self.register(topic, handler)
             self.disconnect_hooks.append(service.forget)
 
-    def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
-        """Publish an event to its subscribers; returns its sequence number."""
-        return self.events.publish(topic, payload)
+    def publish(
+        self, topic: str, payload: dict[str, Any] | None = None, *, uid: int | None = None
+    ) -> int:
+        """Publish an event to its subscribers (a guest's only when ``uid`` is its own)."""
+        return self.events.publish(topic, payload, visible_to=uid)
 
     def attach(self, tg: asyncio.TaskGroup) -> None:
         """Give the router the TaskGroup that owns handler tasks."""

@@ -28,6 +28,8 @@ import asyncio
 import collections
 import concurrent.futures
 import errno
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,6 +37,7 @@ import structlog
 from sdexec.base.errors import SdexecError
 from sdexec.base.ratelimit import LogLimiter
 from sdexec.security.policy import Admission, RequestRules, SecurityConfig
+from sdexec.security.replaylog import ReplayLog
 from sdexec.security.sign import Unwrapped
 
 if TYPE_CHECKING:
@@ -58,6 +61,12 @@ class Gate:
         self.router = router
         self.config = config
         self.rules = RequestRules(config)
+        self.replay_log: ReplayLog | None = None
+        if config.replay_file:
+            self.replay_log = ReplayLog(Path(config.replay_file), config.sign_ttl)
+            kept = self.replay_log.load(self.rules.replay, time.time())
+            self.rules.on_accept = self.replay_log.append
+            log.info("replay cache loaded", signatures=kept, path=config.replay_file)
         self.admission = Admission(config)
         self.queues: dict[str, collections.deque[Request]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -113,7 +122,9 @@ class Gate:
         self.router.dispatch(req)
 
     def close(self) -> None:
-        """Stop the verification threads (at server shutdown)."""
+        """Stop the verification threads, close the replay log (at server shutdown)."""
+        if self.replay_log is not None:
+            self.replay_log.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

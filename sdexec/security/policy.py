@@ -81,6 +81,8 @@ class SecurityConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
     replay_capacity: int = DEFAULT_CAPACITY
+    #: Where accepted signatures are kept across restarts (None: memory only).
+    replay_file: str | None = None
     service: str = "sdexec"
     guarded: frozenset[str] = field(default_factory=frozenset)
 
@@ -190,6 +192,8 @@ class RequestRules:
         self.config = config
         self.clock = clock
         self.replay = ReplayCache(config.replay_capacity)
+        #: Called with (replay key, signing time, now) for each accepted signature.
+        self.on_accept: Callable[[bytes, float, float], None] | None = None
         self._munge_ok: bool | None = None
 
     def guarded(self, topic: str) -> bool:
@@ -263,6 +267,8 @@ class RequestRules:
             raise _refuse(errno.EPERM, f"signed topic {signed_topic!r} is not {topic!r}")
         try:
             self.replay.accept(unwrapped.replay_key, unwrapped.issued + cfg.sign_ttl + 1, now)
+            if self.on_accept is not None:  # persisted before the request runs
+                self.on_accept(unwrapped.replay_key, unwrapped.issued, now)
         except SdexecError as exc:
             raise _refuse(exc.errno or errno.EPERM, exc.message) from None
         return Accepted(payload, unwrapped.userid, unwrapped.mechanism)

@@ -399,6 +399,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SdexecError(22, str(exc)) from None
         security_setup.fit_fd_limit(security)
+        # Signatures accepted stay refused across restarts, for their TTL.
+        security.replay_file = str(state_dir / "replay.log")
         opts = ServeOptions(
             uri=uri,
             socket_path=path,

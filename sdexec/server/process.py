@@ -207,6 +207,10 @@ class Process:
             "rank": self.service.rank,
         }
 
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        """A lifecycle event, seen by the trusted uids and the process's own requester."""
+        self.service.router.publish(topic, payload, uid=self.requester_uid)
+
     # --- UnitListener ------------------------------------------------------------------
 
     def hold_signals(self) -> None:
@@ -289,7 +293,7 @@ class Process:
                 self._start_check_failed(problem)
                 return
         log.info("started", **self.log_fields())
-        self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
+        self._publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
         if client is not None:
             resp = rfc42.started(pid)
@@ -336,7 +340,7 @@ class Process:
         self.ended_at = self.ended_at or time.time()
         self.service.bus.unwatch(self.unit, self)
         log.info("finished", **rfc42.status_fields(status), **self.log_fields())
-        self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
+        self._publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
         # Attach streams send finished themselves, once all output is replayed.
@@ -420,9 +424,7 @@ class Process:
         self.state = ProcState.EXITED
         self.service.bus.unwatch(self.unit, self)
         log.warning("lost", reason=err.message, **self.log_fields())
-        self.service.router.publish(
-            "sdexec.proc.lost", {**self.event_payload(), "reason": err.message}
-        )
+        self._publish("sdexec.proc.lost", {**self.event_payload(), "reason": err.message})
         errnum = err.errno or errno.EHOSTDOWN
         client = self.client
         if client is not None:
@@ -587,7 +589,7 @@ class Process:
             attached=len(self.attachers),
             **self.log_fields(),
         )
-        self.service.router.publish("sdexec.proc.attached", self.event_payload())
+        self._publish("sdexec.proc.attached", self.event_payload())
         if self.state is ProcState.STOPPED:
             req.respond(rfc42.stopped(self.pid))
         # A finished process's output is replayed too, before its EOFs: the
@@ -628,7 +630,7 @@ class Process:
         for att in self.attachers:
             if att.req is req:
                 log.info("detach", **self.log_fields())
-                self.service.router.publish("sdexec.proc.detached", self.event_payload())
+                self._publish("sdexec.proc.detached", self.event_payload())
                 self._drop_attacher(att)
                 return
 
@@ -653,7 +655,7 @@ class Process:
         if stopped and self.state is ProcState.RUNNING:
             self.state = ProcState.STOPPED
             log.info("stopped", **self.log_fields())
-            self.service.router.publish("sdexec.proc.stopped", self.event_payload())
+            self._publish("sdexec.proc.stopped", self.event_payload())
             if self.client is not None:
                 self.client.respond(rfc42.stopped(self.pid))
             for att in self.attachers:
@@ -661,7 +663,7 @@ class Process:
         elif not stopped and self.state is ProcState.STOPPED:
             self.state = ProcState.RUNNING
             log.info("continued", **self.log_fields())
-            self.service.router.publish("sdexec.proc.continued", self.event_payload())
+            self._publish("sdexec.proc.continued", self.event_payload())
 
     # --- client going away -------------------------------------------------------------
 

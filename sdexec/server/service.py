@@ -150,7 +150,8 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.ENOTDIR, f"{argv0}: Not a directory") from None
     except PermissionError:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied") from None
-    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+    # effective_ids: as the thread's file credentials say (a guest's: security.guest.as_guest)
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK, effective_ids=True):
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
 
 
@@ -239,7 +240,9 @@ class Service:
         self.rank_str = str(rank)
         self.uri = uri
         self.by_pid: dict[int, Process] = {}
-        self.by_label: dict[str, Process] = {}
+        # Labels are kept apart per user: the trusted uids share one namespace
+        # (None), each guest has its own (sdexec.security).
+        self.by_label: dict[tuple[int | None, str], Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
         self.by_key: dict[tuple[int, str], Process] = {}  # (requester uid, idempotency key)
@@ -345,8 +348,10 @@ class Service:
             del self.by_unit[proc.unit]
         if proc.key is not None and self.by_key.get((proc.requester_uid, proc.key)) is proc:
             del self.by_key[(proc.requester_uid, proc.key)]
-        if proc.label is not None and self.by_label.get(proc.label) is proc:
-            del self.by_label[proc.label]
+        if proc.label is not None:
+            lkey = self._lkey(proc.requester_uid, proc.label)
+            if self.by_label.get(lkey) is proc:
+                del self.by_label[lkey]
         if proc.sender is not None:
             key = (proc.sender, proc.matchtag)
             if self.by_stream.get(key) is proc:
@@ -363,24 +368,47 @@ class Service:
     def lookup(
         self, target: rfc42.Target, errnum: int | None = None, *, requester: Request
     ) -> Process:
-        """The process ``target`` names; EPERM if ``requester`` may not touch it."""
-        proc = (
-            self.by_label.get(target.label)
-            if target.label is not None
-            else self.by_pid.get(target.pid)
-        )
+        """The process ``target`` names, if ``requester`` may see it.
+
+        sdexec.security: another user's process is answered exactly as one
+        that does not exist, so a guest learns nothing of it.  A guest's
+        labels are its own; a trusted requester finds a label in its own
+        namespace first, then a guest's (by pid, if several guests use it).
+        """
+        if target.label is not None:
+            proc = self.by_label.get(self._lkey(requester.userid, target.label))
+            if proc is None and not guest.is_guest(requester):
+                proc = self._guest_label(target.label)
+        else:
+            proc = self.by_pid.get(target.pid)
+        if proc is not None and not guest.visible(requester, proc.requester_uid):
+            proc = None
         if proc is None or proc.state is ProcState.STARTING:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
             raise SdexecError(errnum, self._not_found(target, requester))
-        if not guest.visible(requester, proc.requester_uid):  # sdexec.security
-            raise SdexecError(errno.EPERM, f"process {target} belongs to another user")
         return proc
+
+    def _trusted(self, uid: int) -> bool:
+        return uid in (self.router.owner_uid, self.router.server_uid)
+
+    def _lkey(self, uid: int, label: str) -> tuple[int | None, str]:
+        return (None if self._trusted(uid) else uid, label)
+
+    def _guest_label(self, label: str) -> Process | None:
+        found = [p for (uid, name), p in self.by_label.items() if uid is not None and name == label]
+        if len(found) > 1:
+            raise SdexecError(
+                errno.EINVAL, f"label {label} is used by several users; name the process by pid"
+            )
+        return found[0] if found else None
 
     def _not_found(self, target: rfc42.Target, requester: Request) -> str:
         """Why there is no process ``target``: gone (and how it ended), or never known."""
-        gone = self.state.find_reaped(label=target.label, pid=target.pid)
-        if gone is None or not guest.visible(requester, gone.requester_uid):
+        gone = self.state.find_reaped(
+            label=target.label, pid=target.pid, visible=lambda uid: guest.visible(requester, uid)
+        )
+        if gone is None:
             return f"process {target} not found"
         how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
         return f"process {target} has ended{how} and was reaped; its output: sdexec logs {target}"
@@ -414,7 +442,7 @@ class Service:
         key = idempotency_key(cmd)
         if key is not None and self._repeat(req, key):
             return None  # that exec happened already: answered, nothing started
-        if cmd.label is not None and cmd.label in self.by_label:
+        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         r_local = cmd.opt("SDEXEC_R_LOCAL")
         if r_local is not None:
@@ -453,7 +481,7 @@ class Service:
         key = idempotency_key(cmd)
         if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
             raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
-        if cmd.label is not None and cmd.label in self.by_label:
+        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         # Validate options before anything is created.
         cmd.stdin_bufsize()
@@ -462,9 +490,15 @@ class Service:
             cmd.line_buffer(stream, self.line_buffer)
         stop_timer = cmd.stop_timer()
         winsize = _terminal_request(er, req.streaming)
-        if cmd.cwd is not None and not guest.is_guest(req):  # a guest's chdir is its own
-            _check_working_directory(cmd.cwd)
-        exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
+            with guest.as_guest(req.userid, req.conn.gid):
+                if cmd.cwd is not None:
+                    _check_working_directory(cmd.cwd)
+                exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        else:
+            if cmd.cwd is not None:
+                _check_working_directory(cmd.cwd)
+            exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
@@ -533,7 +567,7 @@ class Service:
             proc.release()
             raise
         if cmd.label is not None:
-            self.by_label[cmd.label] = proc
+            self.by_label[self._lkey(req.userid, cmd.label)] = proc
         if key is not None:
             proc.key = key
             self.by_key[(req.userid, key)] = proc
@@ -792,8 +826,10 @@ class Service:
                 await reading
             req.end()
             return
-        gone = self.state.find_reaped(label=target.label, pid=target.pid)
-        if gone is None or not guest.visible(req, gone.requester_uid):
+        gone = self.state.find_reaped(
+            label=target.label, pid=target.pid, visible=lambda uid: guest.visible(req, uid)
+        )
+        if gone is None:
             raise SdexecError(errno.ENOENT, f"process {target} not found")
 
         def sink(stream: str, data: bytes, when: float | None) -> None:
@@ -1113,7 +1149,7 @@ class Service:
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
-                self.by_label[rec.label] = proc
+                self.by_label[self._lkey(rec.requester_uid, rec.label)] = proc
             # When it started and ended, as systemd saw it (microseconds since the epoch).
             proc.started_at = int(props.get("ExecMainStartTimestamp") or 0) / 1e6
             proc.ended_at = int(props.get("ExecMainExitTimestamp") or 0) / 1e6
@@ -1159,7 +1195,7 @@ class Service:
         if proc.pid and proc.pid not in self.by_pid:
             self.by_pid[proc.pid] = proc
         if proc.label is not None:
-            self.by_label[proc.label] = proc
+            self.by_label[self._lkey(proc.requester_uid, proc.label)] = proc
         log.info("re-adopted", state="Z", status=status, lost=lost, **proc.log_fields())
 
     # --- the systemd manager going away (sdexec.server.supervisor) ---------------

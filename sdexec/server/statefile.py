@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -131,11 +132,18 @@ class StateDir:
         live.pop(rec.unit, None)
         self._remember(self._history, rec)
 
-    def find_reaped(self, *, label: str | None = None, pid: int | None = None) -> Reaped | None:
-        """The most recently reaped process with this label (or else pid), if remembered."""
+    def find_reaped(
+        self,
+        *,
+        label: str | None = None,
+        pid: int | None = None,
+        visible: Callable[[int], bool] = lambda uid: True,
+    ) -> Reaped | None:
+        """The most recently reaped process with this label (or else pid), if remembered,
+        among those whose requester ``visible`` lets be seen (labels are per user)."""
         self._records()
         for rec in reversed(self._history.values()):
-            if rec.foreground:
+            if rec.foreground or not visible(rec.requester_uid):
                 continue
             if (label is not None and rec.label == label) or (
                 label is None and pid is not None and rec.pid == pid
