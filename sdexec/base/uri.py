@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 LOCAL_SCHEME = "local://"
 URI_ENV = "SDEXEC_URI"
+FLUX_URI_ENV = "FLUX_URI"
 SSH_SCHEME = "ssh://"
 TCP_SCHEME = "tcp://"
 _PASSTHROUGH = (SSH_SCHEME, TCP_SCHEME)
@@ -52,21 +53,25 @@ _MAX_DEPTH = 8
 def default_local_path() -> str:
     """The default server socket path for the calling user.
 
-    ``$XDG_RUNTIME_DIR/sdexec/local`` when XDG_RUNTIME_DIR is set, else
-    ``/run/sdexec/local`` for root, else ``/tmp/sdexec-<uid>/local``.
+    ``/run/sdexec/local`` (the system service's) for root, whatever its
+    environment: a root ssh login has an XDG_RUNTIME_DIR too.  For anyone
+    else ``$XDG_RUNTIME_DIR/sdexec/local`` when XDG_RUNTIME_DIR is set (the
+    user service's), else ``/tmp/sdexec-<uid>/local``.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "sdexec", "local")
     uid = os.getuid()
     if uid == 0:
         return "/run/sdexec/local"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "sdexec", "local")
     return f"/tmp/sdexec-{uid}/local"
 
 
 def default_uri() -> str:
-    """``$SDEXEC_URI`` if set (and not empty), else ``local://`` + the default path."""
-    uri = os.environ.get(URI_ENV)
+    """``$SDEXEC_URI`` if set (and not empty); else, inside a Flux instance,
+    ``$FLUX_URI`` (its broker routes to the instance's sdexec service); else
+    ``local://`` + the default path."""
+    uri = os.environ.get(URI_ENV) or os.environ.get(FLUX_URI_ENV)
     if uri:
         return uri
     return LOCAL_SCHEME + default_local_path()

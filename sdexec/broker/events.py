@@ -16,6 +16,10 @@ subscription; a connection's subscriptions vanish with it.
 
 ``event.pub {"topic": T, "payload": OBJ}`` lets the instance owner publish
 an event of their own (flux-core's ``flux event pub``).
+
+Guests see only their own events (sdexec.security): an event published for
+a uid (a process's lifecycle, ``visible_to``) goes to the trusted uids and
+to that uid's connections; any other event to the trusted uids only.
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ from sdexec.transport.unix import Connection
 class EventBus:
     """Subscriptions by connection, and the publication sequence."""
 
-    def __init__(self, owner_uid: int, connections: Mapping[str, Connection]) -> None:
+    def __init__(
+        self,
+        owner_uid: int,
+        connections: Mapping[str, Connection],
+        trusted: frozenset[int] | None = None,
+    ) -> None:
         self.owner_uid = owner_uid
+        self.trusted = trusted if trusted is not None else frozenset({owner_uid})
         self.connections = connections  # the router's, by connection id
         self.sequence = 0
         self.subscriptions: dict[str, Counter[str]] = {}
@@ -84,16 +94,19 @@ class EventBus:
         """A connection went away: drop its subscriptions."""
         self.subscriptions.pop(conn_id, None)
 
-    def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
-        """Send an event to every matching subscriber; returns its sequence number."""
+    def publish(
+        self, topic: str, payload: dict[str, Any] | None = None, *, visible_to: int | None = None
+    ) -> int:
+        """Send an event to every matching subscriber allowed to see it; returns its sequence."""
         self.sequence += 1
         msg = Message.event(topic, payload, sequence=self.sequence)
         msg.userid = self.owner_uid
         msg.rolemask = ROLE_OWNER
         connections = self.connections
+        trusted = self.trusted
         for conn_id, subs in self.subscriptions.items():
             if any(topic.startswith(prefix) for prefix in subs):
                 conn = connections.get(conn_id)
-                if conn is not None:
+                if conn is not None and (conn.uid in trusted or conn.uid == visible_to):
                     conn.send(msg)
         return self.sequence

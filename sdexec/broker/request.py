@@ -33,7 +33,9 @@ class Request:
     def __init__(self, conn: Connection, msg: Message) -> None:
         self.conn = conn
         self.msg = msg
-        self._done = False
+        self._done = bool(msg.noresponse)
+        if not self._done:
+            conn.pending += 1  # until its last response (see Connection.pending)
         self._write: tuple[int, str, bytes, bool] | None = None
         self._write_parsed = False
         # Set by sdexec.security.gate for a verified RFC 42 signed request:
@@ -93,8 +95,10 @@ class Request:
 
         ``payload`` is a JSON object, or its NUL-terminated encoding as bytes.
         """
-        if self.msg.noresponse or self._done:
+        if self._done:
             return
+        if not self.msg.streaming:  # RFC 6: one response ends a non-streaming request
+            self._finish()
         self.conn.send(self.msg.response(payload if payload is not None else None))
 
     def respond_pieces(self, payload: list[bytes]) -> None:
@@ -102,16 +106,22 @@ class Request:
 
         The hot path of output forwarding: see :meth:`Connection.send_pieces`.
         """
-        if self.msg.noresponse or self._done:
+        if self._done:
             return
+        if not self.msg.streaming:
+            self._finish()
         self.conn.send_pieces(self.msg.response(b""), payload)
 
     def error(self, errnum: int, text: str | None = None) -> None:
         """Send the final error response (ENODATA ends a stream successfully)."""
-        if self.msg.noresponse or self._done:
+        if self._done:
             return
-        self._done = True
+        self._finish()
         self.conn.send(self.msg.response(errnum=errnum, text=text))
+
+    def _finish(self) -> None:
+        self._done = True
+        self.conn.pending -= 1
 
     def end(self) -> None:
         """End a response stream successfully (ENODATA)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,16 +76,20 @@ class Router:
         self.disconnect_hooks: list[Callable[[str], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         # The router's own services: they get what they use, not the router.
-        self.events = EventBus(owner_uid, self.connections)
+        self.events = EventBus(
+            owner_uid, self.connections, trusted=frozenset({owner_uid, self.server_uid})
+        )
         self.services = ClientServices(owner_uid, self.connections, claimed=self.claimed)
         for service in (self.events, self.services):
             for topic, handler in service.methods().items():
                 self.register(topic, handler)
             self.disconnect_hooks.append(service.forget)
 
-    def publish(self, topic: str, payload: dict[str, Any] | None = None) -> int:
-        """Publish an event to its subscribers; returns its sequence number."""
-        return self.events.publish(topic, payload)
+    def publish(
+        self, topic: str, payload: dict[str, Any] | None = None, *, uid: int | None = None
+    ) -> int:
+        """Publish an event to its subscribers (a guest's only when ``uid`` is its own)."""
+        return self.events.publish(topic, payload, visible_to=uid)
 
     def attach(self, tg: asyncio.TaskGroup) -> None:
         """Give the router the TaskGroup that owns handler tasks."""
@@ -116,15 +121,44 @@ class Router:
         log.debug("connection accepted", uid=conn.uid, peer_pid=conn.pid, conn=conn.id)
         return 0
 
+    def evict_idle(self) -> str | None:
+        """Close the connection idle longest, to make room; returns its id (None: none idle).
+
+        Idle: no request waiting for a response, no event subscription and
+        no service of its own.  Guests' connections go before the trusted
+        uids'.
+        """
+        subscribed = self.events.subscriptions
+        providers = set(self.services.owners.values())
+        idle = [
+            c
+            for c in self.connections.values()
+            if c.pending <= 0 and not subscribed.get(c.id) and c.id not in providers
+        ]
+        if not idle:
+            return None
+        trusted = (self.owner_uid, self.server_uid)
+        victim = min(idle, key=lambda c: (c.uid in trusted, c.last_active))
+        log.warning(
+            "idle connection closed to make room",
+            uid=victim.uid,
+            conn=victim.id,
+            idle_for=round(time.monotonic() - victim.last_active, 1),
+        )
+        self.connections.pop(victim.id, None)
+        victim.close()
+        return victim.id
+
     def received(self, conn: Connection, msg: Message) -> None:
         if msg.type == MsgType.RESPONSE:
             self.services.response(conn.id, msg)  # from a client-registered service
             return
         if msg.type != MsgType.REQUEST:
             return
-        msg.userid = conn.uid
-        trusted = conn.uid in (self.owner_uid, self.server_uid)
-        msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
+        if conn.stamps_credentials:  # a peer's own claim is never trusted
+            msg.userid = conn.uid
+            trusted = conn.uid in (self.owner_uid, self.server_uid)
+            msg.rolemask = ROLE_OWNER if trusted else ROLE_USER
         if self.gate is not None:
             self.gate(Request(conn, msg))  # dispatches once the request passes
         else:

@@ -20,7 +20,7 @@ import os
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.cli.stream import first_response, follow
+from sdexec.cli.stream import first_response, follow, target
 from sdexec.client.exec import exit_code
 
 TYPE_CHECKING = False
@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         payload[pty.ATTACH_TERMINAL] = True
         payload[pty.ATTACH_WINSIZE] = pty.format_winsize(*window_size(0))
     try:
-        with connect(args.uri, sign_options(args)) as handle:
-            tag = handle.request(ATTACH_TOPIC, payload, streaming=True)
+        uri, nodeid = target(args)
+        with connect(uri, sign_options(args)) as handle:
+            tag = handle.request(ATTACH_TOPIC, payload, streaming=True, nodeid=nodeid)
             attached = first_response(handle, tag)
             if attached.get("pty") is True:
                 return _terminal(args, handle, tag, attached, detach_key)

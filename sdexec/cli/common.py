@@ -13,6 +13,7 @@ import os
 import sys
 
 from sdexec.client.blocking import BlockingHandle
+from sdexec.client.exec import exec_error_exit_code as exec_error_exit_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,15 +44,6 @@ def target_payload(arg: str) -> dict[str, Any]:
     if arg.isascii() and arg.isdigit():
         return {"pid": int(arg)}
     return {"pid": -1, "label": arg}
-
-
-def exec_error_exit_code(errnum: int | None) -> int:
-    """The exit code for a command the server could not start."""
-    if errnum == errno.ENOENT:
-        return EXIT_NOT_FOUND
-    if errnum in (errno.EACCES, errno.EPERM):
-        return EXIT_CANNOT_EXECUTE
-    return EXIT_SDEXEC_FAILED
 
 
 def exec_error_message(command: str, errnum: int | None, text: str) -> str:

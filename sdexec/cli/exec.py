@@ -39,6 +39,7 @@ from sdexec.client.exec import (
     build_command,
     exec_payload,
     exit_code,
+    started_warnings,
 )
 from sdexec.client.rpc import RemoteError
 
@@ -53,6 +54,7 @@ else:
     import _signal
 
 PROPERTY_PREFIX = "SDEXEC_PROP_"
+STRICT_OPTION = "SDEXEC_STRICT_PROPERTIES"  # sdexec.systemd.controllers
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
 # With --pty: SIGWINCH and SIGCONT resize, SIGTERM and SIGHUP end the session.
 TERMINAL_SIGNALS = (
@@ -76,6 +78,8 @@ def command_from_args(args: argparse.Namespace) -> dict[str, Any]:
     opts = dict(args.setopt)
     for name, value in args.property:
         opts[PROPERTY_PREFIX + name] = value
+    if getattr(args, "strict_properties", False):
+        opts[STRICT_OPTION] = "yes"
     cwd = args.cwd
     if cwd is None:
         try:
@@ -137,6 +141,8 @@ def _run_background(
     if resp.get("type") != "started" or not isinstance(pid, int):
         error("exec: the server's response has no pid")
         return EXIT_FAILURE
+    for text in started_warnings(resp):
+        error(f"warning: {text}")
     print(pid, flush=True)
     return 0
 
@@ -166,7 +172,7 @@ def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
             )
         except ExecFailed as exc:
             error(exec_error_message(session.name, exc.errno, exc.message))
-            return exec_error_exit_code(exc.errno)
+            return exec_error_exit_code(exc.errno, exc.message)
         except SdexecError as exc:
             if exc.errno == errno.EINTR:
                 error("interrupted; the server stops the command")
@@ -219,7 +225,7 @@ def _run_terminal(args: argparse.Namespace, command: dict[str, Any]) -> int:
         except ExecFailed as exc:
             _restore(terminal)
             error(exec_error_message(session.name, exc.errno, exc.message))
-            return exec_error_exit_code(exc.errno)
+            return exec_error_exit_code(exc.errno, exc.message)
         except SignalExit as exc:
             _restore(terminal)
             error(f"{_signal.strsignal(exc.signum)}; the server stops the command")

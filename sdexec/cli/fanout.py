@@ -39,7 +39,7 @@ from sdexec.cli.common import (
     target_payload,
 )
 from sdexec.cli.exec import FORWARDED_SIGNALS, command_from_args, exec_flags
-from sdexec.cli.ps import FIELDS, header, list_payload, rows, stats_format
+from sdexec.cli.ps import FIELDS, default_format, header, list_payload, rows
 from sdexec.cli.signing import NEVER, apply_async, sign_options
 from sdexec.client.exec import (
     EXEC_TOPIC,
@@ -58,8 +58,17 @@ from sdexec.cluster.fanout import (
     connect,
     kill_all,
 )
-from sdexec.cluster.hosts import Host, load
-from sdexec.cluster.outcome import Kind, Outcome, all_ok, exit_code, from_status, summary
+from sdexec.cluster.hosts import Host
+from sdexec.cluster.outcome import (
+    EXIT_NOHOST,
+    Kind,
+    Outcome,
+    all_ok,
+    exit_code,
+    from_status,
+    summary,
+)
+from sdexec.cluster.ranks import instance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +80,7 @@ INTERRUPT_WINDOW = 1.0
 
 def select_hosts(args: argparse.Namespace) -> list[Host]:
     """The hosts ``-r``/``-x``/``--hosts`` select (SdexecError if none)."""
-    return load(args.hosts).select(args.ranks, args.exclude)
+    return instance(args.hosts).select(args.ranks, args.exclude)
 
 
 def rank_command(command: dict[str, Any], host: Host) -> dict[str, Any]:
@@ -94,8 +103,9 @@ def report_summary(outcomes: dict[int, Outcome]) -> None:
 class _Output:
     """Where the ranks' output goes: sdexec's stdout/stderr, labelled or raw."""
 
-    def __init__(self, label: bool, on_broken_pipe: Callable[[], None]) -> None:
-        self.labeler = LineLabeler() if label else None
+    def __init__(self, label: bool, on_broken_pipe: Callable[[], None], host: bool = False) -> None:
+        self.labeler = LineLabeler() if label or host else None
+        self.host = host
         self.fds = {"stdout": 1, "stderr": 2}
         self.on_broken_pipe = on_broken_pipe
 
@@ -104,7 +114,8 @@ class _Output:
         if fd is None:
             return
         if self.labeler is not None:
-            data = self.labeler.feed(proc.rank, stream, data, eof)
+            name = proc.host.name if self.host else None
+            data = self.labeler.feed(proc.rank, stream, data, eof, name)
         view = memoryview(data)
         try:
             while view:
@@ -154,7 +165,7 @@ async def _exec_attached(
             pipe_broken = True
             signals.put_nowait(signal.SIGPIPE)
 
-    output = _Output(args.label_io, broken_pipe)
+    output = _Output(args.label_io, broken_pipe, host=getattr(args, "label_host", False))
     stdin_fd = _stdin_fd(args)
     prepare = _prepare(args)
     procs = [
@@ -254,13 +265,21 @@ async def _exec_background(
         pid = result.get("pid") if isinstance(result, dict) else None
         if isinstance(result, SdexecError):
             error(f"exec: rank {rank}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
         elif not isinstance(pid, int):
             error(f"exec: rank {rank}: the server's response has no pid")
             rc = EXIT_FAILURE
         else:
             print(f"{rank}: {pid}", flush=True)
     return rc
+
+
+def _failed(result: SdexecError) -> int:
+    """A rank's exit code for a request that did not succeed: 68 unreachable, else 1.
+
+    The highest code of all ranks is the command's, as for exec (README: exit status).
+    """
+    return EXIT_NOHOST if isinstance(result, Unreachable) else EXIT_FAILURE
 
 
 def run_exec(args: argparse.Namespace) -> int:
@@ -294,15 +313,17 @@ def run_ps(args: argparse.Namespace) -> int:
         return handle.rpc(LIST_TOPIC, list_payload(args))  # type: ignore[no-any-return]
 
     results = asyncio.run(_rpc_all(args, hosts, call))
+    names = {host.rank: host.name for host in hosts}
     rc = 0
     procs: list[dict[str, Any]] = []
     responses = []
     for rank, result in sorted(results.items()):
         if isinstance(result, SdexecError):
             error(f"ps: rank {rank}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
             continue
         result["rank"] = rank
+        result.setdefault("host", names[rank])
         responses.append(result)
         procs.extend(rows(result))
     if args.json:
@@ -310,10 +331,9 @@ def run_ps(args: argparse.Namespace) -> int:
         return rc
     fmt = args.format
     if fmt is None:
-        pid_w = max([3] + [len(str(p["pid"])) for p in procs])
-        label_w = max([5] + [len(str(p["label"])) for p in procs])
-        fmt = f"{{rank:>4}} {{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<5}} "
-        fmt += stats_format(procs, args.stats) + "{cmd}"
+        host_w = max([4] + [len(str(p["host"])) for p in procs])
+        fmt = f"{{rank:>4}} {{host:<{host_w}}} "
+        fmt += default_format(procs, args.stats, getattr(args, "long", False))
     try:
         lines = [header(fmt)] if not args.no_header else []
         lines.extend(fmt.format(**p).rstrip() for p in procs)
@@ -346,7 +366,7 @@ def run_kill(args: argparse.Namespace) -> int:
     for rank, result in sorted(results.items()):
         if isinstance(result, SdexecError):
             error(f"kill: rank {rank}: {args.target}: {_describe(result)}")
-            rc = EXIT_FAILURE
+            rc = max(rc, _failed(result))
     return rc
 
 
@@ -366,12 +386,12 @@ def run_wait(args: argparse.Namespace) -> int:
     outcomes: dict[int, Outcome] = {}
     for rank, result in results.items():
         if isinstance(result, SdexecError):
-            kind = Kind.UNREACHABLE if isinstance(result, Unreachable) else Kind.ERROR
+            kind = Kind.UNREACHABLE if isinstance(result, Unreachable) else Kind.FAILED
             outcomes[rank] = Outcome(kind, result.errno or errno.EIO, result.message)
             continue
         status = result.get("status")
         if not isinstance(status, int) or isinstance(status, bool):
-            outcomes[rank] = Outcome(Kind.ERROR, errno.EPROTO, "the response has no status")
+            outcomes[rank] = Outcome(Kind.FAILED, errno.EPROTO, "the response has no status")
         else:
             outcomes[rank] = from_status(status)
     report_summary(outcomes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.cli.stream import pump
+from sdexec.cli.stream import pump, target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,9 +18,21 @@ def run(args: argparse.Namespace) -> int:
     payload = {**target_payload(args.target), "follow": bool(args.follow)}
     if args.tail is not None:
         payload["tail"] = args.tail
+    if args.since is not None:
+        payload["since"] = args.since
+    if args.timestamps:
+        payload["timestamps"] = True
     try:
-        with connect(args.uri, sign_options(args)) as handle:
-            pump(handle, LOGS_TOPIC, payload, as_json=args.json)
+        uri, nodeid = target(args)
+        with connect(uri, sign_options(args)) as handle:
+            pump(
+                handle,
+                LOGS_TOPIC,
+                payload,
+                as_json=args.json,
+                nodeid=nodeid,
+                timestamps=args.timestamps,
+            )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SdexecError as exc:

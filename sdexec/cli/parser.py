@@ -15,6 +15,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NoReturn
 
 PROG = "sdexec"
 
@@ -30,8 +31,8 @@ _EPILOG = """\
 server:
   The server is named by a URI: --uri, else $SDEXEC_URI (the server sets it
   in the environment of every process it runs), else
-  local://$XDG_RUNTIME_DIR/sdexec/local (or /run/sdexec/local for root,
-  /tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
+  local:///run/sdexec/local for root, local://$XDG_RUNTIME_DIR/sdexec/local
+  for anyone else (/tmp/sdexec-UID/local without XDG_RUNTIME_DIR). A URI is local://PATH, an
   absolute PATH, ssh://[USER@]HOST[:PORT]/PATH (OpenSSH, then "sdexec relay
   PATH" on HOST), tcp://HOST:PORT (ZeroMQ with CURVE keys, see "sdexec
   keygen"), or pid:PID for the server of process PID. "sdexec uri TARGET"
@@ -84,10 +85,11 @@ unit properties:
 exit status:
   N        COMMAND exited with status N
   128+N    COMMAND was killed by signal N (143 for SIGTERM, 137 for SIGKILL)
-  126      COMMAND could not be executed (permission denied)
+  126      COMMAND could not be executed (permission denied, exec format error)
   127      COMMAND was not found
-  125      sdexec failed: no server, lost connection, or another error from
-           the server (the message says which)
+  125      sdexec failed: no server, lost connection, a working directory
+           that does not exist, or another error from the server (the message
+           says which)
   130      sdexec was interrupted before COMMAND started, or gave up after a
            double Ctrl-C
   With --bg: 0 once the process has started, 1 if it could not be started
@@ -119,7 +121,8 @@ SIGNAL is a number or a name, with or without the SIG prefix (TERM, SIGTERM,
 15). An argument of digits only is a pid; anything else is a label.
 
 exit status:
-  0 if the signal was delivered, 1 otherwise (the message says why).
+  0 if the signal was delivered, 1 otherwise (the message says why); with -r,
+  68 if a rank was unreachable (the highest of the ranks' statuses).
 
 examples:
   sdexec kill 12345
@@ -134,22 +137,26 @@ A process can be waited for once.
 exit status:
   N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
   signal that killed it); 125 if the wait failed (no such waitable process,
-  no server).
+  no server); with -r the highest of the ranks', 68 for an unreachable rank.
 
 example:
   sdexec exec --bg --waitable --label job -- sleep 10 && sdexec wait job
 """
 
 _PS_EPILOG = """\
-fields for -o: {pid} {label} {state} {cmd} {rank} {cpu} {mem} {elapsed}, with
-Python format specs, e.g. -o '{pid:>8} {state} {cmd}'. STATE is the server's
-one-letter process state, as in "flux sproc ps" (R: running). A process
-without a label shows "-". cpu, mem and elapsed (as --stats shows them) come
-from each unit's cgroup; mem is the cgroup's memory.current, or the resident
-set of the unit's processes where the memory controller is not enabled.
+fields for -o: {pid} {label} {state} {cmd} {rank} {start} {elapsed}
+{waitable} {unit} {cpu} {mem}, with Python format specs, e.g. -o '{pid:>8}
+{state} {cmd}'. STATE is the server's one-letter process state, as in "flux
+sproc ps": R running, T stopped, Z finished (a waitable process not yet
+waited for). A process without a label shows "-". START is when it started
+(the time today, else the date), ELAPSED how long it ran or has been running
+([[DD-]HH:]MM:SS), WAITABLE whether "sdexec wait" may collect its status,
+UNIT its systemd unit. cpu and mem (--stats) come from each unit's cgroup;
+mem is the cgroup's memory.current, or the resident set of the unit's
+processes where the memory controller is not enabled.
 
 exit status:
-  0 on success, 1 on error.
+  0 on success, 1 on error; with -r, 68 if a rank was unreachable.
 """
 
 _ATTACH_DESCRIPTION = """\
@@ -187,6 +194,28 @@ examples:
   sdexec attach dbg                  # ^] to leave it running
 """
 
+_LOGS_DESCRIPTION = """\
+Print the output a background process has written, stdout to stdout and
+stderr to stderr, each in order. The output is kept in the journal
+(SyslogIdentifier is the label), or in files in the server's state
+directory when there is no journald, so it can be printed for as long as
+the journal keeps it: while the process runs, after it ended, and after
+"sdexec wait" or its end reaped it (the server remembers its last 4096
+background processes). An error only when neither has it.
+"""
+
+_LOGS_EPILOG = """\
+exit status:
+  0 when the output was printed (even if there was none), 1 if there is no
+  such process (running or remembered), or the request failed; 130 after
+  Ctrl-C.
+
+examples:
+  sdexec logs job1
+  sdexec logs -t --since '-10min' job1
+  sdexec logs -f --tail 20 job1
+"""
+
 _SERVE_EPILOG = """\
 The server listens on the URI's socket (default as for the other commands),
 runs every command as a transient unit of the chosen systemd manager, and
@@ -222,13 +251,51 @@ SIGHUP and SIGCONT to the child and waits for it before exiting.
 
 _PROXY_EPILOG = """\
 exit status:
-  the child's exit status, or 128+N if a signal N killed it; 1 if the proxy
-  could not connect (or the server's version differs, without --force).
+  the child's exit status, or 128+N if a signal N killed it; 127 if COMMAND
+  was not found, 126 if it could not be run; 125 if the proxy could not
+  connect (or the server's version differs, without --force).
 
 examples:
   sdexec proxy local:///run/sdexec/local
   sdexec proxy ssh://node12/run/sdexec/local sdexec ps
   sdexec proxy --reconnect tcp://node12:5555
+"""
+
+_FLUX_MODULE_EPILOG = """\
+The module is the sdexec server as the sdexec service of one Flux broker
+rank: the same RFC 42 service as sdexec serve, reached through Flux's
+overlay, with the credentials the broker stamps on each request (owner
+only; on rank 0, only the broker's own clients). It runs under flux-core's
+Python and finds sdexec and its dependencies where sdexec is installed
+($SDEXEC_PYTHONPATH for other layouts).
+
+module arguments:
+  state-dir=DIR     background processes' records (default
+                    STATEDIR/sdexec.RANK, else RUNDIR/sdexec.RANK)
+  systemd=MANAGER   user (default) or system
+  journal=DIR       a journal directory to read ($SDEXEC_JOURNAL_DIR)
+  log-level=LEVEL   debug, info (default), warning, error
+
+configuration:
+  [systemd] enable = true and [modules.sdexec] module = "PATH" make rc1
+  load it on every rank instead of flux-core's C module; [exec] service =
+  "sdexec" sends job shells to it (method = "bgexec": as background units
+  that outlive a module reload). [systemd] sdexec-debug (a boolean) is
+  read at load and on every config reload.
+
+behaviour:
+  It serves exec, write, kill, wait, list, stats-get, disconnect and
+  config-reload as flux-core's module does, with SDEXEC_NAME, SDEXEC_PROP_*,
+  SDEXEC_STOP_TIMER_SEC/_SIGNAL (EDEADLK), SDEXEC_R_LOCAL through
+  sdexec-mapper, and one output response per line by default; and attach,
+  logs, write credit, channels and stopped besides. Background units keep
+  running when the module is removed and are adopted again when it is
+  loaded. Its events are in flux dmesg; unit output is in the journal.
+
+examples:
+  flux exec -r all flux module load --name=sdexec $(sdexec flux-module-path)
+  flux exec -r all flux module remove sdexec
+  sdexec exec -r all -l hostname          (inside the instance)
 """
 
 _KEYGEN_EPILOG = """\
@@ -259,6 +326,17 @@ def _terminal_width() -> int:
                 columns = 80
         _width = max(columns, 40) - 2
     return _width
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "expected one argument" says how to pass ``-x`` as a value."""
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, rest = message.partition(": expected one argument")
+        if sep and not rest and head.startswith("argument "):
+            option = head.removeprefix("argument ").split("/")[-1]
+            message += f" (a value that starts with '-' is written {option}=VALUE)"
+        super().error(message)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -317,17 +395,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     """The top-level parser and the subparsers by name."""
     fmt = _Formatter
     uri_help = "the server's URI (default: $SDEXEC_URI, else the default socket)"
-    uri_parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    uri_parent = _Parser(add_help=False, formatter_class=fmt)
     uri_parent.add_argument("--uri", metavar="URI", default=argparse.SUPPRESS, help=uri_help)
     ranks_parent = _ranks_parent(fmt)
     sign_parent = _sign_parent(fmt)
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt
-    )
+    parser = _Parser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt)
     parser.add_argument("--uri", metavar="URI", default=None, help=uri_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     subs: dict[str, argparse.ArgumentParser] = {}
 
     p = sub.add_parser(
@@ -378,6 +456,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "-n", "--no-stdin", action="store_true", help="do not forward stdin (send EOF at once)"
     )
     p.add_argument(
+        "--strict-properties",
+        action="store_true",
+        help="fail if a -p resource limit cannot be enforced (default: a warning)",
+    )
+    p.add_argument(
         "-t",
         "--pty",
         action="count",
@@ -390,6 +473,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--label-io",
         action="store_true",
         help="with -r: prefix each output line with its rank",
+    )
+    p.add_argument(
+        "-L",
+        "--label-host",
+        action="store_true",
+        help="with -r: prefix each output line with its rank's host name (as pdsh does; "
+        "inside Flux, from the instance's hostlist)",
     )
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     subs["exec"] = p
@@ -435,6 +525,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--json", action="store_true", help="print the server's raw JSON response")
     p.add_argument("-o", "--format", metavar="FORMAT", help="a format for each line")
     p.add_argument("-n", "--no-header", action="store_true", help="omit the header line")
+    p.add_argument("-l", "--long", action="store_true", help="also the WAITABLE and UNIT columns")
     p.add_argument(
         "-s",
         "--stats",
@@ -463,6 +554,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default="^]",
         help="a background terminal: the key that detaches, ^X style, or none (default: ^])",
     )
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["attach"] = p
 
@@ -470,14 +562,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "logs",
         parents=[uri_parent, sign_parent],
         help="print a background process's output",
-        description="Print the output a background process has written, stdout to stdout and "
-        "stderr to stderr, each in order. The output is kept in the journal (SyslogIdentifier "
-        "is the label), or in files in the server's state directory when there is no journald.",
+        description=_LOGS_DESCRIPTION,
+        epilog=_LOGS_EPILOG,
         formatter_class=fmt,
     )
     p.add_argument("-f", "--follow", action="store_true", help="keep following until it ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only what was written since TIME, as journalctl takes it "
+        "('2026-11-23 10:00', '-1h', '10 min ago', 'today')",
+    )
+    p.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="start each line with when it was written (as journalctl -o short-precise)",
+    )
     p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
+    _one_rank(p)
     p.add_argument("target", metavar="PID|LABEL")
     subs["logs"] = p
 
@@ -497,6 +601,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--rank", type=int, default=0, help="this server's rank (default: 0)")
     p.add_argument("--state-dir", metavar="DIR", default=None, help="where state is kept")
+    p.add_argument(
+        "--strict-properties",
+        action="store_true",
+        help="refuse an exec whose resource property (MemoryMax, CPUQuota, TasksMax...) "
+        "cannot be enforced for want of a cgroup controller, instead of a warning",
+    )
     p.add_argument(
         "--on-shutdown",
         choices=("keep", "stop"),
@@ -590,6 +700,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("target", metavar="TARGET")
     subs["uri"] = p
+
+    p = sub.add_parser(
+        "flux-module-path",
+        help="print the path of the Flux broker module file",
+        description=(
+            "Print the absolute path of sdexec's Flux broker module, for "
+            "'flux module load --name=sdexec PATH' on one rank, or "
+            "'flux exec -r all flux module load --name=sdexec PATH' on all of them, "
+            "or [modules.sdexec] module = PATH in the instance's configuration."
+        ),
+        formatter_class=fmt,
+    )
+    p.epilog = _FLUX_MODULE_EPILOG
+    p.set_defaults(command="flux_module_path")
+    subs["flux-module-path"] = p
     from sdexec.cli.perilog import add_parser as add_perilog_parser
 
     subs.update(add_perilog_parser(sub, [ranks_parent], fmt))
@@ -599,9 +724,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subs
 
 
-def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+def _one_rank(p: argparse.ArgumentParser) -> None:
+    """-r RANK and --hosts: the one rank a command reaches (attach, logs)."""
+    group = p.add_argument_group("another rank")
+    group.add_argument(
+        "-r",
+        "--rank",
+        dest="rank",
+        type=int,
+        metavar="RANK",
+        default=None,
+        help="the rank's server: through Flux inside a Flux instance ($FLUX_URI), "
+        "else from the hosts file",
+    )
+    group.add_argument(
+        "--hosts",
+        metavar="FILE",
+        default=None,
+        help="the hosts file for -r (default: $SDEXEC_HOSTS)",
+    )
+
+
+def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> _Parser:
     """--hosts, -r and -x: address many servers (ranks) of a hosts file at once."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    parent = _Parser(add_help=False, formatter_class=fmt)
     group = parent.add_argument_group("many ranks")
     group.add_argument(
         "--hosts",
@@ -626,9 +772,9 @@ def _ranks_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
     return parent
 
 
-def _sign_parent(fmt: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+def _sign_parent(fmt: type[argparse.HelpFormatter]) -> _Parser:
     """Client options for RFC 42 signed requests (see sdexec.cli.signing)."""
-    parent = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
+    parent = _Parser(add_help=False, formatter_class=fmt)
     group = parent.add_argument_group(
         "signing", "RFC 42 signed requests; by default signed when the server's owner is not you"
     )
@@ -756,11 +902,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, bool]:
     Exits with argparse's usage message (status 2) on a bad command line.
     """
     parser, subs = build_parser()
-    args = parser.parse_args(argv)
+    words = list(argv) if argv is not None else None
+    args, extra = parser.parse_known_args(words)
+    command = subs.get(args.command, parser)
+    if extra:  # the subcommand's usage, not the top level's
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     many = many_ranks(args, subs)
     if args.command == "exec":
         if args.cmdline[:1] == ["--"]:
             del args.cmdline[0]
         if not args.cmdline:
             subs["exec"].error("a COMMAND is required")
+        if args.waitable and not args.bg:
+            subs["exec"].error("--waitable needs --bg (a foreground command's status is sdexec's)")
     return args, many

@@ -180,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sdexec.base.errors import SdexecError
     from sdexec.cli.common import error
-    from sdexec.cluster.hosts import load
     from sdexec.cluster.perilog import Perilog
+    from sdexec.cluster.ranks import instance
 
     if args.perilog_command != "run":
         error(f"perilog: unknown command {args.perilog_command!r}")
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         error("perilog run: a SCRIPT is required")
         return EXIT_USAGE
     try:
-        hosts = load(args.hosts).select(args.ranks or "all", args.exclude)
+        hosts = instance(args.hosts).select(args.ranks or "all", args.exclude)
         perilog = Perilog(
             hosts,
             args.phase,

@@ -1,10 +1,11 @@
 """``sdexec ps``: list the server's processes (``sdexec.list``), like ``flux sproc ps``.
 
 The default output is a table whose columns are as wide as their widest
-value; ``-o FORMAT`` formats each process with :meth:`str.format` (fields
-pid, label, state, cmd, rank, and cpu, mem, elapsed) under a header made
-from the same format.  ``--stats`` (or a format that names cpu, mem or
-elapsed) asks the server for each unit's cgroup figures, as ``sdexec top``
+value: PID LABEL STATE START ELAPSED CMD, and with ``-l`` also WAITABLE
+and UNIT, what ``systemctl list-units`` users look for.  ``-o FORMAT``
+formats each process with :meth:`str.format` (:data:`FIELDS`) under a
+header made from the same format.  ``--stats`` (or a format that names cpu
+or mem) asks the server for each unit's cgroup figures, as ``sdexec top``
 does: CPU% is the average over the unit's life, as in ps(1).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import time
 
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_FAILURE, connect, error
@@ -25,8 +27,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-FIELDS = ("pid", "label", "state", "cmd", "rank", "cpu", "mem", "elapsed")
-STATS_FIELDS = ("cpu", "mem", "elapsed")
+FIELDS = (
+    "pid", "label", "state", "cmd", "rank", "host", "start", "elapsed", "waitable", "unit",
+    "cpu", "mem",
+)  # fmt: skip
+STATS_FIELDS = ("cpu", "mem")
 # A format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
 _SPEC = re.compile(
     r"(?:(?P<fill>.)?(?P<align>[<>=^]))?[-+ ]?z?#?(?P<zero>0)?(?P<width>\d+)?[,_]?(?:\.\d+)?"
@@ -40,7 +45,7 @@ def wants_stats(args: argparse.Namespace) -> bool:
 
 
 def list_payload(args: argparse.Namespace) -> dict[str, Any]:
-    return {"stats": True} if wants_stats(args) else {}
+    return {"details": True, "stats": True} if wants_stats(args) else {"details": True}
 
 
 def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
@@ -48,11 +53,13 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
     from sdexec.cli.top import Rates, Sample, elapsed_text, human_size, rows_of
 
     rank = resp.get("rank", 0)
+    now = _number(resp, "time") or time.time()
     out = []
     for proc in resp.get("procs") or []:
         if not isinstance(proc, dict):
             continue
         label = proc.get("label")
+        started, ended = _number(proc, "started"), _number(proc, "ended")
         out.append(
             {
                 "pid": proc.get("pid", "-"),
@@ -60,9 +67,13 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
                 "state": proc.get("state", "-"),
                 "cmd": proc.get("cmd", ""),
                 "rank": rank,
+                "host": resp.get("host", "-"),
+                "start": start_text(started),
+                "elapsed": elapsed_text(None if started is None else (ended or now) - started),
+                "waitable": _yes_no(proc.get("waitable")),
+                "unit": proc.get("unit") or "-",
                 "cpu": "-",
                 "mem": "-",
-                "elapsed": "-",
             }
         )
     if "time" in resp:  # with stats: figures as sdexec top shows them (lifetime CPU%)
@@ -71,18 +82,48 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
         for entry, row in zip(out, sample.rows, strict=True):
             entry["cpu"] = "-" if row.cpu_pct is None else f"{row.cpu_pct:.1f}"
             entry["mem"] = human_size(row.memory)
-            entry["elapsed"] = elapsed_text(row.elapsed)
+            if entry["elapsed"] == "-":  # else known from started/ended (a Z's stops)
+                entry["elapsed"] = elapsed_text(row.elapsed)
     return out
 
 
-def default_format(procs: Iterable[dict[str, Any]], stats: bool = False) -> str:
-    """A table format whose columns fit the values (CPU, MEM, ELAPSED with ``stats``)."""
+def _number(obj: dict[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _yes_no(value: Any) -> str:
+    return "yes" if value is True else "no" if value is False else "-"
+
+
+def start_text(started: float | None) -> str:
+    """As ps(1) STIME: the time of day if it started today, else the date."""
+    if started is None:
+        return "-"
+    then = time.localtime(started)
+    if time.strftime("%Y%m%d", then) == time.strftime("%Y%m%d"):
+        return time.strftime("%H:%M:%S", then)
+    return time.strftime("%b%d", then)
+
+
+def _column(procs: list[dict[str, Any]], name: str, align: str = "<") -> str:
+    width = max([len(name)] + [len(str(p[name])) for p in procs])
+    return f"{{{name}:{align}{width}}} "
+
+
+def default_format(procs: Iterable[dict[str, Any]], stats: bool = False, long: bool = False) -> str:
+    """A table format whose columns fit the values (CPU, MEM with ``stats``; WAITABLE,
+    UNIT with ``long``)."""
     procs = list(procs)
     pid_w = max([3] + [len(str(p["pid"])) for p in procs])
-    label_w = max([5] + [len(str(p["label"])) for p in procs])
-    state_w = max([5] + [len(str(p["state"])) for p in procs])
-    columns = f"{{pid:>{pid_w}}} {{label:<{label_w}}} {{state:<{state_w}}} "
-    return columns + stats_format(procs, stats) + "{cmd}"
+    columns = f"{{pid:>{pid_w}}} " + _column(procs, "label") + _column(procs, "state")
+    columns += _column(procs, "start") + _column(procs, "elapsed", ">")
+    columns += stats_format(procs, stats)
+    if long:
+        columns += _column(procs, "waitable") + _column(procs, "unit")
+    return columns + "{cmd}"
 
 
 def stats_format(procs: Iterable[dict[str, Any]], stats: bool) -> str:
@@ -119,7 +160,12 @@ def header(fmt: str) -> str:
 
 
 def render(
-    resp: dict[str, Any], fmt: str | None = None, *, with_header: bool = True, stats: bool = False
+    resp: dict[str, Any],
+    fmt: str | None = None,
+    *,
+    with_header: bool = True,
+    stats: bool = False,
+    long: bool = False,
 ) -> str:
     """The text ``sdexec ps`` prints for a ``sdexec.list`` response.
 
@@ -127,7 +173,7 @@ def render(
     """
     procs = rows(resp)
     if fmt is None:
-        fmt = default_format(procs, stats)
+        fmt = default_format(procs, stats, long)
     lines = [header(fmt)] if with_header else []
     lines.extend(fmt.format(**p).rstrip() for p in procs)
     return "".join(line + "\n" for line in lines)
@@ -145,7 +191,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(resp), flush=True)
         return 0
     try:
-        text = render(resp, args.format, with_header=not args.no_header, stats=args.stats)
+        text = render(
+            resp,
+            args.format,
+            with_header=not args.no_header,
+            stats=args.stats,
+            long=getattr(args, "long", False),
+        )
     except KeyError as exc:
         error(f"ps: unknown field {exc} in format (fields: {', '.join(FIELDS)})")
         return EXIT_FAILURE

@@ -32,8 +32,11 @@ _FLAGS = {
     "--no-stdin": "no_stdin",
     "-l": "label_io",
     "--label-io": "label_io",
+    "-L": "label_host",
+    "--label-host": "label_host",
     "--sign": "sign",
     "--no-sign": "no_sign",
+    "--strict-properties": "strict_properties",
 }
 _VALUES = {
     "--uri": "uri",
@@ -102,6 +105,6 @@ def parse_exec(argv: Sequence[str]) -> Args | None:
                 return None
             fields[_NAME_VALUES[name]].append((key, val))
     cmdline = list(argv[i:])
-    if not cmdline:
-        return None
+    if not cmdline or (fields["waitable"] and not fields["bg"]):
+        return None  # argparse says what is wrong
     return Args(cmdline=cmdline, **fields)

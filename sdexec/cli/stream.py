@@ -16,11 +16,22 @@ from sdexec.base.errors import SdexecError
 from sdexec.client.blocking import BlockingHandle, _write_all
 from sdexec.client.rpc import response_payload
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.message import NODEID_ANY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+
+def target(args: Any) -> tuple[str | None, int]:
+    """(URI, nodeid) of the server a command reaches: ``--uri``, or ``-r RANK``."""
+    if getattr(args, "rank", None) is None:
+        return args.uri, NODEID_ANY
+    from sdexec.cluster.ranks import one_rank
+
+    host = one_rank(args.hosts, args.rank)
+    return host.uri, host.nodeid
 
 
 def pump(
@@ -29,13 +40,24 @@ def pump(
     payload: dict[str, Any],
     on_other: Callable[[dict[str, Any]], None] | None = None,
     as_json: bool = False,
+    nodeid: int = NODEID_ANY,
+    timestamps: bool = False,
 ) -> None:
-    """Print a stream's output until it ends; raises the stream's error, if any."""
-    follow(handle, handle.request(topic, payload, streaming=True), on_other, as_json)
+    """Print a stream's output until it ends; raises the stream's error, if any.
+
+    ``nodeid``: the rank a Flux broker is to route the request to.
+    ``timestamps``: each line starts with when it was written (as journalctl
+    ``-o short-precise`` shows it), from the responses' ``timestamp``.
+    """
+    tag = handle.request(topic, payload, streaming=True, nodeid=nodeid)
+    follow(handle, tag, on_other, as_json, timestamps)
 
 
 def first_response(handle: BlockingHandle, tag: int) -> dict[str, Any]:
-    """The first response of stream ``tag`` (raises its error; EPROTO if it just ends)."""
+    """The first response of stream ``tag`` (raises its error; EPROTO if it just ends).
+
+    Responses that came with it stay queued for the next ``receive``.
+    """
     while True:
         for i, msg in enumerate(messages := handle.receive()):
             if msg.matchtag != tag:
@@ -51,6 +73,7 @@ def follow(
     tag: int,
     on_other: Callable[[dict[str, Any]], None] | None = None,
     as_json: bool = False,
+    timestamps: bool = False,
 ) -> None:
     """:func:`pump` for a stream already requested (matchtag ``tag``)."""
     fds = {"stdout": sys.stdout.fileno(), "stderr": sys.stderr.fileno()}
@@ -67,10 +90,24 @@ def follow(
                 continue
             io = resp.get("io") or {}
             stream = str(io.get("stream", "stdout"))
+            when = resp.get("timestamp")
             if as_json:
                 if "data" in io:
-                    _write_all(fds["stdout"], json.dumps(io).encode() + b"\n")
+                    record = {**io, "timestamp": when} if timestamps and when is not None else io
+                    _write_all(fds["stdout"], json.dumps(record).encode() + b"\n")
                 continue
             data = decode_io_data(io)
+            if data and timestamps and isinstance(when, (int, float)):
+                data = stamp(when) + data
             if data:
                 _write_all(fds.get(stream, fds["stdout"]), data)
+
+
+def stamp(when: float) -> bytes:
+    """``Nov 23 10:00:00.123456 ``: local time, as journalctl -o short-precise."""
+    import time
+
+    seconds, micro = divmod(round(when * 1_000_000), 1_000_000)
+    return time.strftime("%b %d %H:%M:%S", time.localtime(seconds)).encode() + (
+        f".{micro:06d} ".encode()
+    )

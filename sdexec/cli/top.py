@@ -31,6 +31,7 @@ from sdexec.cli.common import EXIT_FAILURE, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.client.exec import LIST_TOPIC
 from sdexec.client.rpc import response_payload
+from sdexec.cluster.outcome import EXIT_NOHOST
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -313,7 +314,9 @@ def _once(servers: Servers, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         for note in notes(sample):
             error(f"top: {note}")
-    return 0 if not sample.unreachable else EXIT_FAILURE
+    if not sample.unreachable:
+        return 0
+    return EXIT_NOHOST if servers.many else EXIT_FAILURE  # README: exit status
 
 
 def _screen(stdscr: Any, servers: Servers, args: argparse.Namespace) -> int:

@@ -438,6 +438,9 @@ class _ExecLoop:
         if event.kind == OUTPUT and event.data:
             self._write_output(event.stream, event.data)
         elif event.kind == STARTED:
+            if warn is not None:
+                for text in self.session.warnings:
+                    warn(f"warning: {text}")
             if self.stdin_fd is None:
                 self.handle.send(WRITE_TOPIC, self.session.eof_payload(self.tag))
             held, self.held = self.held, []

@@ -211,6 +211,38 @@ def borrowable_credit(opts: Mapping[str, str]) -> int:
 # --- the session -------------------------------------------------------------------
 
 
+EXIT_SDEXEC_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+#: How a server's text starts when the working directory, not the command, is wrong.
+WORKING_DIRECTORY = "working directory "
+
+
+def exec_error_exit_code(errnum: int | None, text: str = "") -> int:
+    """The shell's exit code for a command the server could not start (README: exit codes).
+
+    127 not found, 126 found but not executable (EACCES, EPERM, ENOEXEC,
+    ENOTDIR, as a shell says), 125 anything else, a bad working directory
+    included (as env -C does).
+    """
+    if text.startswith(WORKING_DIRECTORY):
+        return EXIT_SDEXEC_FAILED
+    if errnum == errno.ENOENT:
+        return EXIT_NOT_FOUND
+    if errnum in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOTDIR):
+        return EXIT_CANNOT_EXECUTE
+    return EXIT_SDEXEC_FAILED
+
+
+def started_warnings(resp: Mapping[str, Any]) -> list[str]:
+    """What the server warns about in a ``started`` response (sdexec extension
+    ``warnings``: resource properties it cannot enforce); other servers send none."""
+    raw = resp.get("warnings")
+    if not isinstance(raw, list):
+        return []
+    return [w for w in raw if isinstance(w, str)]
+
+
 class ExecEvent:
     """One decoded exec response.
 
@@ -278,6 +310,7 @@ class ExecSession:
         self.stopped = False
         self.stdin_closed = False
         self.eof_streams: set[str] = set()
+        self.warnings: list[str] = []  # from the server's started response
 
     @property
     def name(self) -> str:
@@ -303,6 +336,7 @@ class ExecSession:
         if kind == STARTED:
             self.pid = _int_field(resp, "pid")
             self.stopped = False
+            self.warnings = started_warnings(resp)
             return ExecEvent(STARTED, pid=self.pid)
         if kind == ADD_CREDIT:
             channels = resp.get("channels")

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -54,7 +55,7 @@ from sdexec.client.exec import (
 )
 from sdexec.client.handle import Handle, Stream
 from sdexec.client.rpc import RemoteError
-from sdexec.cluster.hosts import Host
+from sdexec.cluster.hosts import NODEID_ANY, Host
 from sdexec.cluster.outcome import Kind, Outcome, from_status
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -66,14 +67,100 @@ OutputCallback = Callable[["RankProcess", str, bytes, bool], None]
 Prepare = Callable[[Handle], Awaitable[None]]
 
 
+class RankHandle:
+    """One rank of a Flux instance, through a broker connection shared by all ranks.
+
+    Every request carries the rank's nodeid, so the broker routes it to that
+    rank's sdexec; :meth:`close` gives the shared connection back (it closes
+    when the last rank is done).
+    """
+
+    def __init__(self, shared: _Shared, nodeid: int) -> None:
+        self._shared = shared
+        self.nodeid = nodeid
+        self._open = True
+
+    @property
+    def closed(self) -> bool:
+        return not self._open or self._shared.handle.closed
+
+    async def rpc(self, topic: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._shared.handle.rpc(topic, payload, nodeid=self.nodeid)
+
+    def stream(self, topic: str, payload: dict[str, Any] | None = None) -> Stream:
+        return self._shared.handle.stream(topic, payload, nodeid=self.nodeid)
+
+    def send(self, topic: str, payload: dict[str, Any] | bytes | None = None) -> None:
+        self._shared.handle.send(topic, payload, nodeid=self.nodeid)
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self._shared.release()
+
+
+class _Shared:
+    """A connection to one broker and the ranks that use it."""
+
+    def __init__(self, handle: Handle, pool: dict[str, asyncio.Future[_Shared]], uri: str) -> None:
+        self.handle = handle
+        self.users = 0
+        self._pool = pool
+        self._uri = uri
+
+    async def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self._pool.pop(self._uri, None)
+            await self.handle.close()
+
+
+# Broker connections of the running event loop, by URI.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[_Shared]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _shared(uri: str) -> _Shared:
+    pool = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    future = pool.get(uri)
+    if future is None:
+        future = asyncio.get_running_loop().create_future()
+        pool[uri] = future
+        try:
+            future.set_result(_Shared(await Handle.connect(uri), pool, uri))
+        except BaseException as exc:
+            pool.pop(uri, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters get it too
+            raise
+    shared = await asyncio.shield(future)
+    shared.users += 1
+    return shared
+
+
+AnyHandle = Handle | RankHandle
+
+
 async def connect(
     host: Host, within: float = DEFAULT_CONNECT_TIMEOUT, prepare: Prepare | None = None
-) -> Handle:
+) -> AnyHandle:
     """A connection to ``host``'s server; SdexecError (ETIMEDOUT, ...) if none.
 
     ``prepare(handle)`` (request signing, for one) runs within the same time
-    limit; if it fails, the connection is closed and the error raised.
+    limit; if it fails, the connection is closed and the error raised.  A
+    rank of a Flux instance (a host with a nodeid) shares one broker
+    connection with the other ranks and is never signed: the broker
+    authenticates every request itself.
     """
+    if host.nodeid != NODEID_ANY:
+        try:
+            async with asyncio.timeout(within):
+                return RankHandle(await _shared(host.uri), host.nodeid)
+        except TimeoutError:
+            raise SdexecError(
+                errno.ETIMEDOUT, f"no answer from {host.uri} in {within:g}s"
+            ) from None
     handle = None
     try:
         async with asyncio.timeout(within):
@@ -112,7 +199,7 @@ class RankJob:
         self.host = host
         self.on_change = on_change
         self.prepare = prepare
-        self.handle: Handle | None = None
+        self.handle: AnyHandle | None = None
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()
         self.done = asyncio.Event()
@@ -148,7 +235,7 @@ class RankJob:
     def _ended(self) -> None:
         """Called when :meth:`run` ends, however it ends."""
 
-    async def _connect(self, connect_timeout: float) -> Handle | Outcome:
+    async def _connect(self, connect_timeout: float) -> AnyHandle | Outcome:
         """Open :attr:`handle`; the unreachable outcome if that fails or the job
         was abandoned meanwhile."""
         try:
@@ -242,11 +329,13 @@ class RankProcess(RankJob):
                 self._on_response(resp)
             return from_status(self.session.finish())
         except RemoteError as exc:
+            if exc.errno == errno.EHOSTUNREACH:  # Flux: the rank's broker or module is gone
+                return unreachable(exc)
             if self.session.pid is None:
                 return Outcome(Kind.ERROR, exc.errno or errno.EIO, exc.message)
-            return Outcome(Kind.ERROR, exc.errno or errno.EIO, f"server: {exc.message}")
+            return Outcome(Kind.FAILED, exc.errno or errno.EIO, f"server: {exc.message}")
         except ProtocolError as exc:
-            return Outcome(Kind.ERROR, errno.EPROTO, exc.message)
+            return Outcome(Kind.FAILED, errno.EPROTO, exc.message)
         except SdexecError as exc:
             return self._lost(exc)
 
@@ -379,7 +468,8 @@ async def kill_all(procs: Iterable[RankProcess], signum: int) -> None:
 
 
 class LineLabeler:
-    """Prefix each line of each rank's output with ``RANK: `` (``--label-io``).
+    """Prefix each line of each rank's output with ``RANK: `` (``--label-io``),
+    or with another label (the host name, ``--label-host``).
 
     Output arrives in arbitrary chunks; a partial line is held until its end
     (or the stream's EOF, when it is completed with a newline) so that lines
@@ -389,8 +479,10 @@ class LineLabeler:
     def __init__(self) -> None:
         self._partial: dict[tuple[int, str], bytes] = {}
 
-    def feed(self, rank: int, stream: str, data: bytes, eof: bool = False) -> bytes:
-        """The labelled complete lines that ``data`` finishes."""
+    def feed(
+        self, rank: int, stream: str, data: bytes, eof: bool = False, label: str | None = None
+    ) -> bytes:
+        """The labelled complete lines that ``data`` finishes (``label``: instead of the rank)."""
         key = (rank, stream)
         buf = self._partial.pop(key, b"") + data
         lines = buf.split(b"\n")
@@ -400,5 +492,5 @@ class LineLabeler:
             rest = b""
         if rest:
             self._partial[key] = rest
-        prefix = f"{rank}: ".encode()
+        prefix = f"{rank if label is None else label}: ".encode()
         return b"".join(prefix + line + b"\n" for line in lines)

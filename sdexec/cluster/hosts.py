@@ -18,6 +18,9 @@ counting from 0, so the first server is rank 0 whatever comments precede it.
 Without a hostname, the host is taken from the URI (``ssh://user@HOST:22/``,
 ``tcp://HOST:PORT``) or, for ``local://``, is this machine's name.
 
+Inside a Flux instance the ranks come from Flux instead
+(:mod:`sdexec.cluster.ranks`).
+
 Commands select ranks with RFC 22 idsets (``-r 0-3,7``, or ``all``) and
 exclude some with ``-x``; :meth:`Hosts.select` does both and refuses a rank
 the file does not have.
@@ -36,29 +39,44 @@ from sdexec.base.errors import SdexecError
 from sdexec.proto import idset
 
 HOSTS_ENV = "SDEXEC_HOSTS"
+FLUX_URI_ENV = "FLUX_URI"
 ALL = "all"
 
 
+#: RFC 3 nodeid "any": the server the URI reaches itself.
+NODEID_ANY = 0xFFFFFFFF
+
+
 class Host:
-    """One server of an instance: its rank, URI and host name."""
+    """One server of an instance: its rank, URI and host name.
 
-    __slots__ = ("name", "rank", "uri")
+    ``nodeid``: the RFC 3 node to address through the URI (a Flux broker
+    routes a request to the sdexec module of rank ``nodeid``); NODEID_ANY for
+    a server of its own (a hosts file's line).
+    """
 
-    def __init__(self, rank: int, uri: str, name: str) -> None:
+    __slots__ = ("name", "nodeid", "rank", "uri")
+
+    def __init__(self, rank: int, uri: str, name: str, nodeid: int = NODEID_ANY) -> None:
         self.rank = rank
         self.uri = uri
         self.name = name
+        self.nodeid = nodeid
 
     def __repr__(self) -> str:
-        return f"Host({self.rank}, {self.uri!r}, {self.name!r})"
+        extra = "" if self.nodeid == NODEID_ANY else f", nodeid={self.nodeid}"
+        return f"Host({self.rank}, {self.uri!r}, {self.name!r}{extra})"
+
+    def _key(self) -> tuple[int, str, str, int]:
+        return (self.rank, self.uri, self.name, self.nodeid)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Host):
             return NotImplemented
-        return (self.rank, self.uri, self.name) == (other.rank, other.uri, other.name)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.rank, self.uri, self.name))
+        return hash(self._key())
 
     def describe(self) -> str:
         """``rank N (host)``, for messages."""
@@ -117,7 +135,9 @@ def load(path: str | None = None) -> Hosts:
         path = os.environ.get(HOSTS_ENV) or None
     if path is None:
         raise SdexecError(
-            errno.EINVAL, f"-r needs a hosts file: give --hosts FILE or set {HOSTS_ENV}"
+            errno.EINVAL,
+            f"-r needs a hosts file or a Flux instance: give --hosts FILE, "
+            f"set {HOSTS_ENV}, or run inside Flux ({FLUX_URI_ENV})",
         )
     try:
         with open(path, encoding="utf-8") as f:

@@ -14,6 +14,7 @@ kind           meaning                                     exit code
 ``timeout``    still running at the deadline; stopped      124
 ``unkillable`` still alive after SIGKILL                   137
 ``error``      could not be started (not found, ...)       125/126/127
+``failed``     the request failed (no such process, ...)   125
 ``unreachable`` no server, or the connection was lost       68 (EX_NOHOST)
 =============  ==========================================  =============
 
@@ -28,8 +29,8 @@ command).  Sans-IO.
 from __future__ import annotations
 
 import enum
-import errno
 
+from sdexec.client.exec import exec_error_exit_code
 from sdexec.proto import idset
 
 TYPE_CHECKING = False
@@ -50,6 +51,7 @@ class Kind(enum.Enum):
     TIMEOUT = "timeout"
     UNKILLABLE = "unkillable"
     ERROR = "error"
+    FAILED = "failed"
     UNREACHABLE = "unreachable"
 
 
@@ -100,7 +102,7 @@ class Outcome:
             return f"exit {self.code}"
         if self.kind is Kind.SIGNAL:
             return f"signal {self.code} ({signal_name(self.code)})"
-        if self.kind is Kind.ERROR:
+        if self.kind in (Kind.ERROR, Kind.FAILED):
             return f"error: {self.detail}" if self.detail else "error"
         return str(self.kind.value)
 
@@ -119,11 +121,9 @@ class Outcome:
             return 128 + 9
         if kind is Kind.UNREACHABLE:
             return EXIT_NOHOST
-        if self.code == errno.ENOENT:
-            return EXIT_NOT_FOUND
-        if self.code in (errno.EACCES, errno.EPERM):
-            return EXIT_CANNOT_EXECUTE
-        return EXIT_SDEXEC_FAILED
+        if kind is Kind.FAILED:
+            return EXIT_SDEXEC_FAILED
+        return exec_error_exit_code(self.code, self.detail)
 
 
 def from_status(status: int) -> Outcome:

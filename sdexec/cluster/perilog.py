@@ -125,7 +125,7 @@ class ScriptRun(RankJob):
             return self._lost(exc)
         pid = resp.get("pid")
         if resp.get("type") != "started" or not isinstance(pid, int):
-            return Outcome(Kind.ERROR, errno.EPROTO, "the exec response has no pid")
+            return Outcome(Kind.FAILED, errno.EPROTO, "the exec response has no pid")
         self.pid = pid
         self.started.set()
         self._changed()
@@ -138,12 +138,12 @@ class ScriptRun(RankJob):
             resp = await handle.rpc(WAIT_TOPIC, {"pid": pid})
             self.exited.set()
         except RemoteError as exc:
-            return Outcome(Kind.ERROR, exc.errno or errno.EIO, f"server: {exc.message}")
+            return Outcome(Kind.FAILED, exc.errno or errno.EIO, f"server: {exc.message}")
         except SdexecError as exc:
             return self._lost(exc)
         status = resp.get("status")
         if not isinstance(status, int) or isinstance(status, bool):
-            return Outcome(Kind.ERROR, errno.EPROTO, "the wait response has no status")
+            return Outcome(Kind.FAILED, errno.EPROTO, "the wait response has no status")
         return from_status(status)
 
     async def _follow_log(self) -> bool:

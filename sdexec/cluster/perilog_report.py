@@ -121,7 +121,7 @@ class Report:
     def reason(self, r: RankReport) -> str:
         """The drain reason: ``prolog timeout: still running after 30s, ...``."""
         text = f"{self.phase} {r.outcome.label}"
-        if r.outcome.detail and r.outcome.kind is not Kind.ERROR:
+        if r.outcome.detail and r.outcome.kind not in (Kind.ERROR, Kind.FAILED):
             text += f": {r.outcome.detail}"
         return text
 

@@ -42,6 +42,9 @@ class LocalFlag(enum.IntFlag):
 
 
 DEFAULT_STDIN_BUFSIZE = 4096
+#: The most of an output stream held back waiting for a newline (``<stream>_BUFSIZE``),
+#: as in flux-core's subprocesses.
+DEFAULT_OUTPUT_BUFSIZE = 4 << 20
 
 
 @dataclass(slots=True)
@@ -76,6 +79,58 @@ class Command:
         if size < 1:
             raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}")
         return size
+
+    def output_bufsize(self, stream: str) -> int:
+        """``<stream>_BUFSIZE`` of an output stream (absent or 0: the default)."""
+        raw = self.opts.get(f"{stream}_BUFSIZE")
+        if raw is None:
+            return DEFAULT_OUTPUT_BUFSIZE
+        try:
+            size = _parse_size(raw)
+        except ValueError:
+            raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}") from None
+        if size < 0:
+            raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}")
+        return size or DEFAULT_OUTPUT_BUFSIZE
+
+    def line_buffer(self, stream: str, default: bool) -> bool:
+        """``<stream>_LINE_BUFFER``: one output response per line (``true``/``false``)."""
+        raw = self.opts.get(f"{stream}_LINE_BUFFER")
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value not in ("true", "false"):
+            raise SdexecError(
+                errno.EINVAL, f"invalid {stream}_LINE_BUFFER: {raw} (expected true or false)"
+            )
+        return value == "true"
+
+    def stop_timer(self) -> tuple[int | None, int]:
+        """(seconds, signal) of ``SDEXEC_STOP_TIMER_SEC``/``_SIGNAL``; seconds None: off.
+
+        Once a unit is stopping, the signal goes to its main process after
+        that many seconds, and after as many more the process is given up
+        (EDEADLK), as flux-core's sdexec does for job shells.
+        """
+        sec = self.opts.get("SDEXEC_STOP_TIMER_SEC")
+        sig = self.opts.get("SDEXEC_STOP_TIMER_SIGNAL")
+        seconds = None if sec is None else _whole_int(sec, "SDEXEC_STOP_TIMER_SEC", 0)
+        signum = 9 if sig is None else _whole_int(sig, "SDEXEC_STOP_TIMER_SIGNAL", 1)
+        if not 0 < signum < 65:
+            raise SdexecError(errno.EINVAL, f"invalid SDEXEC_STOP_TIMER_SIGNAL: {sig}")
+        if seconds is not None and seconds < 0:
+            seconds = None  # a negative time turns the timer off, as in flux-core
+        return seconds, signum
+
+
+def _whole_int(raw: str, what: str, empty: int) -> int:
+    text = raw.strip()
+    if not text:
+        return empty
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise SdexecError(errno.EINVAL, f"invalid {what}: {raw}") from None
 
 
 def _parse_size(raw: str) -> int:

@@ -43,6 +43,7 @@ from typing import Any
 from sdexec import __version__
 from sdexec.base.errors import SdexecError
 from sdexec.base.uri import resolve
+from sdexec.client.exec import exec_error_exit_code
 from sdexec.proto.message import Message
 from sdexec.proxy.router import ProxyRouter
 from sdexec.proxy.upstream import Upstream
@@ -50,6 +51,10 @@ from sdexec.transport.unix import listen_local
 
 RECONNECT_INTERVAL = 2.0
 PROG = "sdexec proxy"
+
+
+class CommandFailed(SdexecError):
+    """The child command could not be started."""
 
 
 @dataclass
@@ -142,7 +147,9 @@ class Proxy:
             except OSError as exc:
                 server.close()
                 await up.close()
-                raise SdexecError(exc.errno or 2, f"cannot run {argv[0]}: {exc.strerror}") from None
+                raise CommandFailed(
+                    exc.errno or 2, f"cannot run {argv[0]}: {exc.strerror}"
+                ) from None
             loop.add_signal_handler(signal.SIGINT, lambda: None)
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._pass_on, sig)
@@ -237,8 +244,24 @@ def run(opts: ProxyOptions) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         return asyncio.run(Proxy(opts).run())
-    except SdexecError as exc:
-        warn(exc.message)
-        return 1
+    except (SdexecError, BaseExceptionGroup) as exc:
+        failure = _sdexec_error(exc)
+        if failure is None:
+            raise
+        warn(failure.message)
+        if isinstance(failure, CommandFailed):  # 127 not found, 126 not executable
+            return exec_error_exit_code(failure.errno)
+        return 125  # sdexec itself failed, as for exec (README: exit status)
     except KeyboardInterrupt:  # before the child ran (after, SIGINT is the child's)
         return 130
+
+
+def _sdexec_error(exc: BaseException) -> SdexecError | None:
+    """The SdexecError an error is, or is the only kind in (a TaskGroup's group)."""
+    if isinstance(exc, SdexecError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        inner = [_sdexec_error(e) for e in exc.exceptions]
+        if inner and all(e is not None for e in inner):
+            return inner[0]
+    return None

@@ -28,12 +28,16 @@ import asyncio
 import collections
 import concurrent.futures
 import errno
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sdexec.base.errors import SdexecError
+from sdexec.base.ratelimit import LogLimiter
 from sdexec.security.policy import Admission, RequestRules, SecurityConfig
+from sdexec.security.replaylog import ReplayLog
 from sdexec.security.sign import Unwrapped
 
 if TYPE_CHECKING:
@@ -45,6 +49,8 @@ log = structlog.get_logger("sdexec.security")
 
 #: Queued requests per connection beyond which reading from it pauses.
 HOLD_BACKLOG = 64
+#: Refused connections are logged once per this many seconds per uid and errno.
+REFUSAL_LOG_INTERVAL = 10.0
 _HOLD = "verify"
 
 
@@ -55,6 +61,12 @@ class Gate:
         self.router = router
         self.config = config
         self.rules = RequestRules(config)
+        self.replay_log: ReplayLog | None = None
+        if config.replay_file:
+            self.replay_log = ReplayLog(Path(config.replay_file), config.sign_ttl)
+            kept = self.replay_log.load(self.rules.replay, time.time())
+            self.rules.on_accept = self.replay_log.append
+            log.info("replay cache loaded", signatures=kept, path=config.replay_file)
         self.admission = Admission(config)
         self.queues: dict[str, collections.deque[Request]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -62,6 +74,7 @@ class Gate:
         self.accepted = 0
         self.refused = 0
         self._write_topic = f"{config.service}.write"
+        self._refusals = LogLimiter(REFUSAL_LOG_INTERVAL)
 
     def install(self) -> None:
         """Hook the gate into the router: handshake admission and every request."""
@@ -73,11 +86,18 @@ class Gate:
 
     def admit(self, conn: Connection) -> int:
         """The handshake byte for a new connection: 0, EPERM or EAGAIN."""
-        errnum, reason = self.admission.admit(conn.id, conn.uid)
+        errnum, reason = self.admission.admit(conn.id, conn.uid, evict=self.router.evict_idle)
         if errnum:
-            log.warning(
-                "connection refused", uid=conn.uid, peer_pid=conn.pid, errnum=errnum, reason=reason
-            )
+            held = self._refusals.allow((conn.uid, errnum))  # a flood must not fill the disk
+            if held is not None:
+                log.warning(
+                    "connection refused",
+                    uid=conn.uid,
+                    peer_pid=conn.pid,
+                    errnum=errnum,
+                    reason=reason,
+                    **({"similar_not_logged": held} if held else {}),
+                )
         return errnum
 
     def submit(self, req: Request) -> None:
@@ -102,7 +122,9 @@ class Gate:
         self.router.dispatch(req)
 
     def close(self) -> None:
-        """Stop the verification threads (at server shutdown)."""
+        """Stop the verification threads, close the replay log (at server shutdown)."""
+        if self.replay_log is not None:
+            self.replay_log.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

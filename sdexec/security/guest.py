@@ -21,13 +21,27 @@ and message channels (the server would connect to the msgchan's ``uri`` as
 itself, a confused deputy: a guest could reach this very server as root).
 
 :func:`visible` is the rule for ``kill``, ``wait``, ``list`` and ``attach``:
-a trusted client sees every process, a guest only those it started.
+a trusted client sees every process, a guest only those it started; another
+user's process is answered as one that does not exist, its labels are kept
+apart, and its events are not sent to the guest.
+
+:func:`as_guest` makes the checks a guest's exec needs before any unit is
+created (the PATH search, "is it executable") with the guest's own file
+permissions: the calling thread's filesystem uid, gid and groups are the
+guest's meanwhile (``setfsuid``/``setfsgid`` and ``setgroups`` as raw
+system calls, which change that one thread only).  Run as root, the checks
+would tell a guest whether a file it cannot see exists (EACCES against
+ENOENT).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
+import pwd
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dbus_fast import Variant
@@ -68,7 +82,7 @@ GUEST_PROPERTIES = frozenset(
     }
 )
 #: Other command options a guest may set.
-GUEST_OPTIONS = frozenset({"stdin_BUFSIZE"})
+GUEST_OPTIONS = frozenset({"stdin_BUFSIZE", "SDEXEC_IDEMPOTENCY_KEY"})
 
 
 def is_guest(req: Request) -> bool:
@@ -78,6 +92,53 @@ def is_guest(req: Request) -> bool:
 def visible(req: Request, requester_uid: int) -> bool:
     """May ``req``'s sender see and touch a process started by ``requester_uid``?"""
     return not is_guest(req) or requester_uid == req.userid
+
+
+# Raw system call numbers (the libc wrappers of setgroups change every thread).
+_SYSCALLS: dict[str, tuple[int, int, int]] = {  # machine: (setgroups, setfsuid, setfsgid)
+    "x86_64": (116, 122, 123),
+    "aarch64": (159, 151, 152),
+}
+
+
+def _guest_groups(uid: int, gid: int) -> list[int]:
+    try:
+        return os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except (KeyError, OSError):
+        return [gid]
+
+
+@contextlib.contextmanager
+def as_guest(uid: int, gid: int) -> Iterator[None]:
+    """File permission checks in this block are the guest's (EPERM if that is impossible)."""
+    numbers = _SYSCALLS.get(os.uname().machine)
+    if numbers is None or os.geteuid() != 0:
+        raise SdexecError(errno.EPERM, "cannot check files with a guest's permissions here")
+    setgroups, setfsuid, setfsgid = numbers
+    libc = ctypes.CDLL(None, use_errno=True)
+    groups = _guest_groups(uid, gid)
+    old_groups = os.getgroups()
+
+    def call(number: int, *args: object) -> None:
+        if libc.syscall(number, *args) < 0:
+            raise OSError(ctypes.get_errno(), "switching file credentials")
+
+    def set_groups(values: list[int]) -> None:
+        array = (ctypes.c_uint * max(1, len(values)))(*values)
+        call(setgroups, ctypes.c_size_t(len(values)), array)
+
+    set_groups(groups)
+    try:
+        libc.syscall(setfsgid, ctypes.c_uint(gid))
+        libc.syscall(setfsuid, ctypes.c_uint(uid))
+        # setfsuid(2) cannot report failure: ask (an invalid id changes nothing).
+        if libc.syscall(setfsuid, ctypes.c_uint(0xFFFFFFFF)) != uid:
+            raise SdexecError(errno.EPERM, "cannot check files with a guest's permissions")
+        yield
+    finally:
+        libc.syscall(setfsuid, ctypes.c_uint(os.geteuid()))
+        libc.syscall(setfsgid, ctypes.c_uint(os.getegid()))
+        set_groups(old_groups)
 
 
 def can_switch_user() -> bool:

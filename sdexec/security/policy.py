@@ -12,11 +12,18 @@ Three kinds of peer, by the uid ``SO_PEERCRED`` gives the transport:
   (:mod:`sdexec.server.service` checks ``rolemask``), and its commands run as
   itself (:mod:`sdexec.security.guest`).
 
-Connections are counted: at most ``max_connections`` in all and
-``max_connections_per_uid`` per uid (trusted or not, so that one flooding
-user leaves room for everyone else).  Over a limit the handshake byte is
-EAGAIN and the connection is closed, so a flood of connections costs the
-server one file descriptor per admitted connection and nothing for the rest.
+Connections are counted: at most ``max_connections`` in all.  Guests are
+held to ``max_connections_per_uid`` each, and all of them together to the
+total less a reserve kept for the trusted uids (:func:`owner_reserve`), so
+no number of guests can lock the owner out.  The trusted uids have no cap
+of their own (200 attached clients of the owner are all let in); when the
+table is full, a trusted uid's new connection is admitted by closing the
+connection that has been idle longest (nothing in flight, no subscription:
+the ``evict`` callback the gate gets from the router), so the owner always
+gets in, even past a flood from its own uid.  Over a limit the handshake
+byte is EAGAIN and the connection is closed, so a flood of connections
+costs the server one file descriptor per admitted connection and nothing
+for the rest.
 
 A server whose uid differs from the owner, or whose owner could not be
 determined, requires every RFC 42 request to be signed (RFC 42 "Request
@@ -54,7 +61,7 @@ from sdexec.security import sign
 from sdexec.security.replay import DEFAULT_CAPACITY, ReplayCache
 
 DEFAULT_TTL = 60.0
-DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_CONNECTIONS_PER_UID = 128
 #: A signature dated this many seconds ahead of the server's clock is refused.
 FUTURE_SLACK = 2.0
@@ -74,6 +81,8 @@ class SecurityConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
     replay_capacity: int = DEFAULT_CAPACITY
+    #: Where accepted signatures are kept across restarts (None: memory only).
+    replay_file: str | None = None
     service: str = "sdexec"
     guarded: frozenset[str] = field(default_factory=frozenset)
 
@@ -90,6 +99,11 @@ class SecurityConfig:
         return uid == self.server_uid or (self.owner is not None and uid == self.owner)
 
 
+def owner_reserve(max_connections: int) -> int:
+    """Connections only the trusted uids may use: an eighth, at least 16 (all, if fewer)."""
+    return min(max_connections, max(16, max_connections // 8))
+
+
 class Admission:
     """Handshake decisions and connection counting."""
 
@@ -97,20 +111,43 @@ class Admission:
         self.config = config
         self.uid_of: dict[str, int] = {}
         self.per_uid: collections.Counter[int] = collections.Counter()
+        self.guests = 0
+        self.evicted = 0
 
-    def admit(self, conn_id: str, uid: int) -> tuple[int, str]:
-        """(0, "") to accept, else (errno, reason)."""
+    def admit(
+        self, conn_id: str, uid: int, evict: Callable[[], str | None] | None = None
+    ) -> tuple[int, str]:
+        """(0, "") to accept, else (errno, reason).
+
+        ``evict`` closes the longest-idle connection and returns its id (None
+        if there is none to close); it is called for a trusted uid when the
+        table is full.
+        """
         cfg = self.config
         trusted = cfg.trusted(uid)
         if not trusted and not cfg.allow_guests:
             return errno.EPERM, "guests are not allowed"
-        if len(self.uid_of) >= cfg.max_connections:
-            return errno.EAGAIN, f"connection limit reached ({cfg.max_connections})"
-        if self.per_uid[uid] >= cfg.max_connections_per_uid:
-            return (
-                errno.EAGAIN,
-                f"per-user connection limit reached ({cfg.max_connections_per_uid})",
-            )
+        if trusted:
+            if len(self.uid_of) >= cfg.max_connections:
+                victim = evict() if evict is not None else None
+                if victim is None:
+                    return (
+                        errno.EAGAIN,
+                        f"connection limit reached ({cfg.max_connections}) "
+                        "and no idle connection to close",
+                    )
+                self.release(victim)
+                self.evicted += 1
+        else:
+            guest_room = cfg.max_connections - owner_reserve(cfg.max_connections)
+            if len(self.uid_of) >= cfg.max_connections or self.guests >= guest_room:
+                return errno.EAGAIN, f"connection limit for guests reached ({guest_room})"
+            if self.per_uid[uid] >= cfg.max_connections_per_uid:
+                return (
+                    errno.EAGAIN,
+                    f"per-user connection limit reached ({cfg.max_connections_per_uid})",
+                )
+            self.guests += 1
         self.uid_of[conn_id] = uid
         self.per_uid[uid] += 1
         return 0, ""
@@ -118,6 +155,8 @@ class Admission:
     def release(self, conn_id: str) -> None:
         uid = self.uid_of.pop(conn_id, None)
         if uid is not None:
+            if not self.config.trusted(uid):
+                self.guests -= 1
             self.per_uid[uid] -= 1
             if self.per_uid[uid] <= 0:
                 del self.per_uid[uid]
@@ -153,6 +192,8 @@ class RequestRules:
         self.config = config
         self.clock = clock
         self.replay = ReplayCache(config.replay_capacity)
+        #: Called with (replay key, signing time, now) for each accepted signature.
+        self.on_accept: Callable[[bytes, float, float], None] | None = None
         self._munge_ok: bool | None = None
 
     def guarded(self, topic: str) -> bool:
@@ -226,6 +267,8 @@ class RequestRules:
             raise _refuse(errno.EPERM, f"signed topic {signed_topic!r} is not {topic!r}")
         try:
             self.replay.accept(unwrapped.replay_key, unwrapped.issued + cfg.sign_ttl + 1, now)
+            if self.on_accept is not None:  # persisted before the request runs
+                self.on_accept(unwrapped.replay_key, unwrapped.issued, now)
         except SdexecError as exc:
             raise _refuse(exc.errno or errno.EPERM, exc.message) from None
         return Accepted(payload, unwrapped.userid, unwrapped.mechanism)

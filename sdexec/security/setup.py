@@ -7,10 +7,11 @@ server's own uid).  A name that does not resolve means the owner cannot be
 determined, and RFC 42 then requires a signature on every request; the
 server says so in its log rather than refusing to start.
 
-The server raises its soft ``RLIMIT_NOFILE`` towards the hard limit so that
-``--max-connections`` connections plus the descriptors of the processes it
-runs fit; if the hard limit is too low, the connection limit is lowered to
-fit instead, and logged.
+The server raises its soft ``RLIMIT_NOFILE`` to the hard limit at start (a
+connection, a pipe, a journal stream are each a descriptor, and running out
+of them locks everyone out), so that ``--max-connections`` connections plus
+the descriptors of the processes it runs fit; if the hard limit is too low,
+the connection limit is lowered to fit instead, and logged.
 """
 
 from __future__ import annotations
@@ -83,17 +84,22 @@ def config_from_args(args: argparse.Namespace, service: str = "sdexec") -> Secur
     )
 
 
+#: The soft limit set when the hard one is unlimited.
+NOFILE_UNLIMITED = 1 << 20
+
+
 def fit_fd_limit(config: SecurityConfig) -> None:
-    """Raise RLIMIT_NOFILE for the connection limit, or lower the limit to fit."""
+    """Raise RLIMIT_NOFILE to the hard limit, and lower the connection limit to fit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = config.max_connections + FD_RESERVE
-    if soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    want = max(config.max_connections + FD_RESERVE, NOFILE_UNLIMITED)
+    new = want if hard == resource.RLIM_INFINITY else hard
+    if soft < new:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             soft = new
         except (ValueError, OSError):
             pass
+    want = config.max_connections + FD_RESERVE
     if soft < want:
         fitted = max(1, soft - FD_RESERVE)
         log.warning(

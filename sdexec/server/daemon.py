@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sdexec.security.policy import SecurityConfig
+    from sdexec.server.service import Service
+    from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.private import PrivateManager
 
 log = structlog.get_logger("sdexec.server")
@@ -54,6 +57,8 @@ class ServeOptions:
     curve_key: str | None = None  # the server's secret certificate
     curve_authorized: str | None = None  # directory of authorized client certificates
     curve_uid: int | None = None  # uid of keys without their own (default: the owner)
+    # A resource property the manager's cgroup cannot enforce is an error, not a warning.
+    strict_properties: bool = False
     manager_timeout: float = 30.0  # how long a lost systemd manager may take to come back
 
 
@@ -148,7 +153,10 @@ async def serve(
         state_dir=opts.state_dir,
         outputlog=outputlog,
     )
+    service.strict_properties = opts.strict_properties
+    await _watch_controllers(bus, service)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -161,6 +169,20 @@ async def serve(
 
     supervisor = Supervisor(bus, service, manager, stop, recover_for=opts.manager_timeout)
     bound = False
+    tcp = None
+    if opts.listen:  # proxy/remote access: tcp:// with CURVE; bound before adopting anything
+        from sdexec.transport.zmq_server import ZmqListener
+
+        tcp = ZmqListener(
+            opts.listen,
+            router,
+            opts.curve_key or "",
+            opts.curve_authorized or "",
+            router.owner_uid if opts.curve_uid is None else opts.curve_uid,
+            max_message=opts.max_message,
+            write_limit=opts.max_output_buffer,
+        )
+        tcp_uri = tcp.bind()
     try:
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
@@ -182,17 +204,8 @@ async def serve(
             supervision = tg.create_task(supervisor.run())
             stopped_watch = tg.create_task(service.watch_stopped())
             tcp_task = None
-            if opts.listen:  # proxy/remote access: tcp:// with CURVE
-                from sdexec.transport.zmq_server import ZmqListener
-
-                tcp = ZmqListener(
-                    opts.listen,
-                    router,
-                    opts.curve_key or "",
-                    opts.curve_authorized or "",
-                    router.owner_uid if opts.curve_uid is None else opts.curve_uid,
-                )
-                log.info("listening", uri=tcp.bind(), authorized=opts.curve_authorized)
+            if tcp is not None:
+                log.info("listening", uri=tcp_uri, authorized=opts.curve_authorized)
                 tcp_task = tg.create_task(tcp.run())
             log.info(
                 "listening",
@@ -229,6 +242,27 @@ async def serve(
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
 
 
+async def _watch_controllers(bus: SystemdBus, service: Service) -> None:
+    """Let the service check resource properties against the manager's cgroup controllers."""
+    from sdexec.systemd.controllers import available
+    from sdexec.systemd.private import cgroup2_root
+
+    try:
+        cgroup = await bus.manager_cgroup()
+    except OSError as exc:
+        log.warning("cannot read the manager's cgroup", error=exc.strerror)
+        return
+    root = cgroup2_root()
+    service.controllers = lambda: available(root, cgroup)
+    found = service.controllers()
+    log.info(
+        "manager cgroup",
+        cgroup=cgroup,
+        controllers=sorted(found) if found is not None else None,
+        strict_properties=service.strict_properties,
+    )
+
+
 def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
     """Where the private journald's stream socket is, seen from outside its namespace.
 
@@ -245,6 +279,38 @@ def _private_journal_socket(manager: PrivateManager) -> Callable[[], str]:
         return f"/proc/{pid[0] or 0}/root{STDOUT_SOCKET}"
 
     return path
+
+
+#: Failed accept(2)s (out of descriptors) are logged once per this many seconds.
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+
+
+def _loop_exception_handler() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's handler, except for failed accepts: one line per interval, no traceback.
+
+    asyncio logs each accept that fails for want of descriptors (EMFILE) with
+    a traceback and tries again a second later, per listener: a flood of
+    connections would fill the disk with them.
+    """
+    from sdexec.base.ratelimit import LogLimiter
+
+    limiter = LogLimiter(ACCEPT_ERROR_LOG_INTERVAL)
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if message.startswith("socket.accept() out of system resource"):
+            exc = context.get("exception")
+            held = limiter.allow()
+            if held is not None:
+                log.error(
+                    "accept failed; retrying in a second",
+                    error=getattr(exc, "strerror", None) or str(exc),
+                    similar_not_logged=held,
+                )
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 def _late_signal(signum: int, _frame: object) -> None:
@@ -280,6 +346,7 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
         raise SdexecError(22, f"--curve-key {args.curve_key}: no secret key (NAME.key_secret)")
     if not os.path.isdir(args.curve_authorized):
         raise SdexecError(2, f"--curve-authorized {args.curve_authorized}: not a directory")
+    _check_port(listen)
     return {
         "listen": listen,
         "curve_key": args.curve_key,
@@ -288,9 +355,26 @@ def _tcp_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _check_port(listen: str) -> None:
+    """EADDRINUSE now, before a manager is started, if the tcp:// port is taken."""
+    from sdexec.base.uri import parse_tcp
+
+    host, port = parse_tcp(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+        try:
+            probe.bind((host if host != "*" else "", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SdexecError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+            # Anything else (a name to resolve, say) is ZeroMQ's to judge.
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point for ``sdexec serve`` (args from the CLI's parser)."""
     logconfig.configure(getattr(args, "log_level", None) or "info")
+    ran = False  # the server's loop started (refusals before that are one line only)
     from sdexec.server.memory import tune_malloc
 
     tune_malloc()
@@ -315,6 +399,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SdexecError(22, str(exc)) from None
         security_setup.fit_fd_limit(security)
+        # Signatures accepted stay refused across restarts, for their TTL.
+        security.replay_file = str(state_dir / "replay.log")
         opts = ServeOptions(
             uri=uri,
             socket_path=path,
@@ -324,12 +410,18 @@ def main(args: argparse.Namespace) -> int:
             on_shutdown=getattr(args, "on_shutdown", None) or "keep",
             manager_timeout=_manager_timeout(args),
             listen_sock=inherited[0] if inherited else None,
+            strict_properties=bool(getattr(args, "strict_properties", False)),
             security=security,
             max_message=getattr(args, "max_message", None) or security_setup.DEFAULT_MAX_MESSAGE,
             max_output_buffer=getattr(args, "max_output_buffer", None)
             or security_setup.DEFAULT_MAX_OUTPUT_BUFFER,
             **_tcp_options(args),
         )
+        from sdexec.server.instance import claim
+
+        # Before any state, manager or unit is touched: a second server on
+        # this socket or state directory leaves the first one alone.
+        held = claim(path, state_dir, rank=opts.rank, inherited=inherited is not None)
         manager = None
         bus_address: str | None = None
         journal_dir: str | None = None
@@ -353,6 +445,7 @@ def main(args: argparse.Namespace) -> int:
         elif mode == "user":
             bus_address = user_bus_address()
         kept: int | None = None
+        ran = True
         try:
             kept = asyncio.run(serve(opts, bus_address, journal_dir, journal_socket, manager))
         finally:
@@ -364,13 +457,33 @@ def main(args: argparse.Namespace) -> int:
                 if kept is None:  # the server failed: what it kept is on disk
                     from sdexec.server.statefile import StateDir
 
-                    kept = len(StateDir(state_dir).load_all())
+                    kept = len(StateDir(state_dir, opts.rank).load_all())
                 if kept == 0:
                     manager.stop()
                     log.info("private systemd stopped")
+        held.release()
         log.info("stopped")
         return 0
-    except SdexecError as exc:
-        log.error("cannot serve", errnum=exc.errno, error=exc.message)
-        print(f"sdexec: serve: {exc.message}", file=sys.stderr)
+    except (SdexecError, OSError, BaseExceptionGroup) as exc:
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        if ran:  # a server that ran ends with a log event too
+            log.error("cannot serve", errnum=failure[0], error=failure[1])
+        # One line, like any command's error, also in the journal when run as a service.
+        print(f"sdexec: serve: {failure[1]}", file=sys.stderr)
         return 1
+
+
+def _failure(exc: BaseException) -> tuple[int, str] | None:
+    """(errno, one line) for an error the operator can act on; None for a real bug."""
+    if isinstance(exc, SdexecError):
+        return exc.errno or 1, exc.message
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return exc.errno or 5, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, BaseExceptionGroup):  # from the server's TaskGroup
+        inner = [_failure(e) for e in exc.exceptions]
+        if inner and all(f is not None for f in inner):
+            return inner[0]
+    return None

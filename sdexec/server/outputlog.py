@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -42,16 +43,18 @@ from typing import Any, Protocol
 
 from dbus_fast import Variant
 
+from sdexec.base.errors import SdexecError
 from sdexec.proto import b64
 from sdexec.systemd.journal import STDOUT_SOCKET, Journal, open_stream
 
-Sink = Callable[[str, bytes], None]  # (stream, data)
+Sink = Callable[[str, bytes, "float | None"], None]  # (stream, data, when written, if known)
 Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
 
 PRIORITY_STDOUT = 6
 PRIORITY_STDERR = 3
 QUIET_AFTER_EXIT = 0.25
 POLL = 0.05
+EXIT_GRACE = 5.0  # for a journalctl that has closed its output to exit by itself
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ class LogRequest:
     ``ended()`` and the log is quiet.  ``pid`` (the process's) also finds lines
     journald could not attribute to the unit (see :meth:`JournalLog.argv`).
     ``drain`` is awaited after each delivery: that is how a slow reader holds
-    the replay back instead of filling the server's memory.
+    the replay back instead of filling the server's memory.  ``gone()``: the
+    reader has left, so reading stops at once, however much output is still
+    coming (a follower of a chatty process never sees the log quiet).
     """
 
     unit: str
@@ -73,6 +78,8 @@ class LogRequest:
     follow: bool = True
     drain: Drain | None = None
     pid: int | None = None
+    gone: Callable[[], bool] = lambda: False
+    since: str | None = None  # only what was written since then (journalctl --since syntax)
 
 
 @dataclass
@@ -146,12 +153,16 @@ class JournalLog:
         follow: bool,
         after: str | None = None,
         pid: int | None = None,
+        since: str | None = None,
     ) -> list[str]:
+        # __REALTIME_TIMESTAMP and __CURSOR come with every record.
         args = ["-o", "json", "--all", "--output-fields=MESSAGE,PRIORITY,_LINE_BREAK"]
         if after is not None:
             args.append(f"--after-cursor={after}")
         else:
             args += ["--lines", str(tail)] if tail is not None else ["--lines=all"]
+            if since is not None:
+                args.append(f"--since={since}")
         if follow:
             args.append("--follow")
         common = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
@@ -175,13 +186,16 @@ class JournalLog:
         # after the last cursor seen picks up anything written but not yet
         # announced.
         cursor = await self._run(
-            self.argv(req.unit, req.ident, tail=req.tail, follow=req.follow, pid=req.pid),
+            self.argv(
+                req.unit, req.ident, tail=req.tail, follow=req.follow, pid=req.pid, since=req.since
+            ),
             req.sink,
             req.ended if req.follow else None,
             req.drain,
             None,
+            req.gone,
         )
-        if req.follow:
+        if req.follow and not req.gone():
             await self._run(
                 self.argv(
                     req.unit,
@@ -190,11 +204,13 @@ class JournalLog:
                     follow=False,
                     after=cursor,
                     pid=req.pid,
+                    since=req.since,
                 ),
                 req.sink,
                 None,
                 req.drain,
                 cursor,
+                req.gone,
             )
 
     async def _run(
@@ -204,16 +220,19 @@ class JournalLog:
         ended: Callable[[], bool] | None,
         drain: Drain | None,
         cursor: str | None,
+        gone: Callable[[], bool] = lambda: False,
     ) -> str | None:
         """Deliver journalctl's records until it exits (or, following, until the end)."""
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             limit=1 << 24,
         )
         assert proc.stdout is not None
+        at_eof = False
+        delivered = False
         try:
             quiet_since: float | None = None
             loop = asyncio.get_running_loop()
@@ -221,6 +240,8 @@ class JournalLog:
                 try:
                     line = await asyncio.wait_for(proc.stdout.readline(), POLL)
                 except TimeoutError:
+                    if gone():
+                        return cursor
                     if ended is not None and ended():
                         now = loop.time()
                         quiet_since = quiet_since or now
@@ -228,16 +249,27 @@ class JournalLog:
                             return cursor
                     continue
                 if not line:
+                    at_eof = True
                     return cursor
                 quiet_since = None
+                delivered = True
                 cursor = self._deliver(line, sink) or cursor
                 if drain is not None:
                     await drain()
+                if gone():
+                    return cursor
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
+            await _end(proc, exiting=at_eof)
+            complaint = (
+                (await proc.stderr.read()).decode(errors="replace").strip()
+                if (proc.stderr is not None)
+                else ""
+            )
+            if at_eof and proc.returncode and not delivered and complaint:
+                # A --since journalctl cannot parse, say: the reader's error, once.
+                first = complaint.splitlines()[0]
+                num = errno.EINVAL if "parse" in first.lower() else errno.EIO
+                raise SdexecError(num, f"journalctl: {first}")
 
     @staticmethod
     def _deliver(line: bytes, sink: Sink) -> str | None:
@@ -249,12 +281,36 @@ class JournalLog:
         if not rec.get("_LINE_BREAK"):
             data += b"\n"
         stream = "stderr" if str(rec.get("PRIORITY")) == str(PRIORITY_STDERR) else "stdout"
-        sink(stream, data)
+        try:
+            when: float | None = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+        except (KeyError, TypeError, ValueError):
+            when = None
+        sink(stream, data, when)
         cursor = rec.get("__CURSOR")
         return cursor if isinstance(cursor, str) else None
 
     def forget(self, unit: str) -> None:
         pass  # the journal keeps it, under its own retention policy
+
+
+async def _end(proc: asyncio.subprocess.Process, *, exiting: bool) -> None:
+    """Stop following: let a journalctl that closed its output exit, kill one that did not.
+
+    Never kill one that is exiting by itself: asyncio's ``kill()`` polls
+    first (``Popen.send_signal`` calls ``waitpid(WNOHANG)``), which can reap
+    the process under asyncio's own child watcher; the watcher then logs
+    "Unknown child process pid N, will report returncode 255".
+    """
+    if exiting:
+        try:
+            await asyncio.wait_for(proc.wait(), EXIT_GRACE)
+            return
+        except TimeoutError:
+            pass
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()
 
 
 class FileLog:
@@ -276,16 +332,20 @@ class FileLog:
         )
 
     async def follow(self, req: LogRequest) -> None:
+        if req.since is not None:
+            raise SdexecError(
+                errno.EINVAL, "--since needs the journal (this server keeps output in files)"
+            )
         paths = {s: self.path(req.unit, s) for s in ("stdout", "stderr")}
         offsets = {s: self._start(path, req.tail) for s, path in paths.items()}
         quiet = 0.0
-        while True:
+        while not req.gone():
             got = False
             for stream, off in offsets.items():
                 data = self._read(paths[stream], off)
                 if data:
                     offsets[stream] = off + len(data)
-                    req.sink(stream, data)
+                    req.sink(stream, data, None)
                     got = True
                     if req.drain is not None:
                         await req.drain()

@@ -16,6 +16,12 @@ so a text stream never degrades to base64 at a chunk boundary.
 ``pause()``/``resume()`` remove and re-add the reader: that is the whole of
 output back-pressure, since a process writing to a full pipe simply blocks.
 
+Line-buffered (``<stream>_LINE_BUFFER``, which Flux clients expect by
+default): each complete line is one chunk, a partial line is held until its
+newline comes or it fills the stream's buffer size, and what is left at EOF
+goes with the EOF.  job-exec turns each output response into one eventlog
+entry, so a line is the unit it expects.
+
 :class:`InputPipe` owns the write end of a unit's stdin.  Data is queued and
 written with non-blocking ``os.write``; when the pipe is full a writer
 callback waits for room.  Every byte drained into the pipe is reported to a
@@ -57,15 +63,19 @@ def split_utf8_tail(data: bytes) -> int:
 class OutputPipe:
     """The server's read end of a process output stream."""
 
-    __slots__ = ("_loop", "_tail", "eof", "fd", "paused", "sink", "stream")
+    __slots__ = ("_line_limit", "_loop", "_tail", "eof", "fd", "paused", "sink", "stream")
 
-    def __init__(self, stream: str, fd: int, sink: OutputSink) -> None:
+    def __init__(
+        self, stream: str, fd: int, sink: OutputSink, *, line_buffer: int | None = None
+    ) -> None:
+        """``line_buffer``: the buffer size of a line-buffered stream (None: raw)."""
         self.stream = stream
         self.fd = fd
         self.sink = sink
         self.eof = False
         self.paused = True
         self._tail = b""
+        self._line_limit = line_buffer
         self._loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         with contextlib.suppress(OSError):  # EPERM past the user's pipe quota: keep 64 KiB
@@ -98,6 +108,9 @@ class OutputPipe:
         if self._tail:
             data = self._tail + data
             self._tail = b""
+        if self._line_limit is not None:
+            self._lines(data)
+            return
         cut = split_utf8_tail(data)
         if cut:
             self._tail = data[-cut:]
@@ -106,9 +119,26 @@ class OutputPipe:
                 return
         self.sink(self.stream, data, False)
 
+    def _lines(self, data: bytes) -> None:
+        """Line mode: one chunk per complete line; hold the rest (up to the limit)."""
+        assert self._line_limit is not None
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self.sink(self.stream, data[start : end + 1], False)
+            start = end + 1
+        rest = data[start:]
+        if len(rest) >= self._line_limit:  # a full buffer without a newline goes as it is
+            cut = split_utf8_tail(rest)
+            self.sink(self.stream, rest[: len(rest) - cut], False)
+            rest = rest[len(rest) - cut :]
+        self._tail = rest
+
     def _finish(self) -> None:
         tail, self._tail = self._tail, b""
         self.close()
+        if tail and self._line_limit is not None:
+            self.sink(self.stream, tail, True)  # the last partial line goes with the EOF
+            return
         if tail:
             self.sink(self.stream, tail, False)
         self.sink(self.stream, b"", True)

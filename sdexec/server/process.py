@@ -56,6 +56,7 @@ import asyncio
 import enum
 import errno
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +65,7 @@ import structlog
 from sdexec.base.errors import SdexecError
 from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.server.cpuset import check_cpus
 from sdexec.server.outputlog import LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.pty import Holder, TerminalLink
@@ -113,6 +115,9 @@ class ProcessOwner(Protocol):
     @property
     def outputlog(self) -> OutputLog: ...
 
+    @property
+    def wait_output(self) -> int: ...  # bytes of output a wait response carries
+
     def proc_started(self, proc: Process) -> None: ...
 
     def proc_gone(self, proc: Process) -> None: ...
@@ -156,11 +161,27 @@ class Process:
         self.stdin_holder: Request | None = None  # the attach stream whose writes go in
         self.waiter: Request | None = None
         self.reaped = False
+        self.warnings: list[str] = []  # told to the requester with "started"
+        self.started_at = 0.0  # seconds since the epoch (0: not known)
+        self._held: list[tuple[str, Any]] | None = None  # see hold_signals
+        self.ended_at = 0.0
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
+        self._answering = False  # a wait's answer is being prepared
+        # SDEXEC_STOP_TIMER_SEC/_SIGNAL: (seconds or None, signal); the armed timer.
+        self.stop_timer: tuple[int | None, int] = (None, 9)
+        self._stop_handle: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        # The CPUs the unit must be confined to (AllowedCPUs from a resource
+        # map), checked when it starts; and why that check failed.
+        self.expected_cpus: set[int] | None = None
+        self.check_error: str | None = None
+        self.active_state = "unknown"  # the unit's, as the last signal said
+        self.sub_state = "unknown"
         #: Why the outcome is unknown (the systemd manager died): EXITED with no status.
         self.lost: SdexecError | None = None
+        self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
         self.holder: Holder | None = None  # a background terminal's holder (sdexec.server.pty)
 
@@ -200,16 +221,54 @@ class Process:
             "rank": self.service.rank,
         }
 
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        """A lifecycle event, seen by the trusted uids and the process's own requester."""
+        self.service.router.publish(topic, payload, uid=self.requester_uid)
+
     # --- UnitListener ------------------------------------------------------------------
 
+    def hold_signals(self) -> None:
+        """Keep the unit's signals until StartTransientUnit has answered.
+
+        The match is added before the unit is started (early transitions
+        would be missed otherwise), so when the start is refused because the
+        name is another unit's, that unit's signals came in under our name:
+        they must not become this process's ``started``.
+        """
+        self._held = []
+
+    def start_accepted(self) -> None:
+        """The unit is ours: the signals held so far are its own."""
+        held, self._held = self._held, None
+        for kind, arg in held or ():
+            if kind == "service":
+                self.service_changed(arg)
+            elif kind == "unit":
+                self.unit_changed(arg)
+            else:
+                self.job_removed(arg)
+
     def service_changed(self, props: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(("service", props))
+            return
         self.tracker.service_changed(props)
 
     def unit_changed(self, props: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(("unit", props))
+            return
+        self.active_state = str(props.get("ActiveState", self.active_state))
+        self.sub_state = str(props.get("SubState", self.sub_state))
+        if self.active_state == "deactivating":
+            self._arm_stop_timer()
         for ev in self.tracker.unit_changed(props):
             self._event(ev)
 
     def job_removed(self, result: str) -> None:
+        if self._held is not None:
+            self._held.append(("job", result))
+            return
         for ev in self.tracker.job_removed(result):
             self._event(ev)
 
@@ -228,7 +287,8 @@ class Process:
         failure = await self.service.journal.spawn_failure(self.unit)
         if failure is not None:
             errnum, text, step = failure
-            subject = (self.cmd.cwd or "working directory") if step == "CHDIR" else None
+            where = f"working directory {self.cmd.cwd or ''}".rstrip()
+            subject = where if step == "CHDIR" else None
             self._exec_failed(errnum, text, subject)
         else:
             self._started(fin.pid)
@@ -239,12 +299,21 @@ class Process:
     def _started(self, pid: int) -> None:
         self.pid = pid
         self.state = ProcState.RUNNING
+        self.started_at = self.started_at or time.time()
         self.service.proc_started(self)
+        if self.expected_cpus is not None:
+            problem = check_cpus(pid, self.expected_cpus)
+            if problem is not None:
+                self._start_check_failed(problem)
+                return
         log.info("started", **self.log_fields())
-        self.service.router.publish("sdexec.proc.started", self.event_payload())  # proxy: events
+        self._publish("sdexec.proc.started", self.event_payload())  # proxy: events
         client = self.client
         if client is not None:
-            client.respond(rfc42.started(pid))
+            resp = rfc42.started(pid)
+            if self.warnings:
+                resp["warnings"] = list(self.warnings)  # sdexec extension: unenforced properties
+            client.respond(resp)
             if self.terminal and self.flags & ExecFlag.STDERR:  # stderr is the terminal too
                 client.respond(rfc42.output(pid, rfc42.io_object("stderr", self.rank, None, True)))
             if self.background:
@@ -261,12 +330,31 @@ class Process:
         if self.aux is not None:  # channel credit (sdexec.server.channels)
             self.aux.started()
 
+    def _start_check_failed(self, problem: str) -> None:
+        """The unit runs unconfined: kill it; the requester gets EIO once it is gone."""
+        log.error("post-start check failed", reason=problem, **self.log_fields())
+        self.check_error = problem
+        self._close_pipes()  # its output is not the requester's to see
+        self.service.router.spawn(self.service.bus.kill(self.unit, 9, "main"), "post-start kill")
+
     def _finished(self, status: int) -> None:
+        self.cancel_stop_timer()
+        if self.check_error is not None:
+            self.service.bus.unwatch(self.unit)
+            self.status = status
+            self.state = ProcState.EXITED
+            for req in (self.client, self.waiter):
+                if req is not None:
+                    req.error(errno.EIO, self.check_error)
+            self.client = self.waiter = None
+            self.service.reap(self)
+            return
         self.status = status
         self.state = ProcState.EXITED
+        self.ended_at = self.ended_at or time.time()
         self.service.bus.unwatch(self.unit, self)
         log.info("finished", **rfc42.status_fields(status), **self.log_fields())
-        self.service.router.publish("sdexec.proc.finished", self.event_payload())  # proxy: events
+        self._publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
         # Attach streams send finished themselves, once all output is replayed.
@@ -302,6 +390,11 @@ class Process:
         if self.waiter is not None:
             if self.lost is not None:
                 self.waiter.error(self.lost.errno or errno.EHOSTDOWN, self.lost.message)
+            elif self.service.wait_output and self.background:
+                if not self._answering:  # the output is read from the log first
+                    self._answering = True
+                    self.service.router.spawn(self._answer_wait(self.waiter), "wait output")
+                return
             else:
                 assert self.status is not None
                 self.waiter.respond({"status": self.status})
@@ -309,6 +402,35 @@ class Process:
             self.service.reap(self)
         elif not self.waitable:
             self.service.reap(self)
+
+    async def _answer_wait(self, waiter: Request) -> None:
+        """Answer ``wait`` with the status and the last of the output (Flux's ``output``)."""
+        try:
+            kept: list[tuple[str, bytes]] = []
+            size = 0
+            limit = self.service.wait_output
+
+            def sink(stream: str, data: bytes, _when: float | None) -> None:
+                nonlocal size
+                kept.append((stream, data))
+                size += len(data)
+                while size > limit and len(kept) > 1:
+                    size -= len(kept.pop(0)[1])
+
+            await self.service.outputlog.follow(
+                LogRequest(self.unit, self.ident, sink, lambda: True, None, True, None, self.pid)
+            )
+        finally:
+            self._answering = False
+        if self.waiter is not waiter:
+            return  # the waiter went away meanwhile: the process stays waitable
+        assert self.status is not None
+        answer: dict[str, Any] = {"status": self.status}
+        if kept:
+            answer["output"] = [rfc42.io_object(s, self.rank, d) for s, d in kept]
+        waiter.respond(answer)
+        self.waiter = None
+        self.service.reap(self)
 
     # --- the systemd manager going away (sdexec.server.supervisor) ---------------
 
@@ -318,9 +440,7 @@ class Process:
         self.state = ProcState.EXITED
         self.service.bus.unwatch(self.unit, self)
         log.warning("lost", reason=err.message, **self.log_fields())
-        self.service.router.publish(
-            "sdexec.proc.lost", {**self.event_payload(), "reason": err.message}
-        )
+        self._publish("sdexec.proc.lost", {**self.event_payload(), "reason": err.message})
         errnum = err.errno or errno.EHOSTDOWN
         client = self.client
         if client is not None:
@@ -457,20 +577,34 @@ class Process:
         follow: bool,
         ended: Callable[[], bool],
         current: Callable[[], bool] = lambda: True,
+        since: str | None = None,
+        timestamps: bool = False,
     ) -> None:
         """Send the stored output to ``req`` as ``output`` responses (while
         ``current()``), at the pace its connection drains; following, until
-        ``ended()`` and the log is quiet."""
+        ``ended()`` and the log is quiet.  ``timestamps``: each response also
+        says when its line was written (see :func:`log_output`)."""
 
-        def sink(stream: str, data: bytes) -> None:
+        def sink(stream: str, data: bytes, when: float | None) -> None:
             if current():
-                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, data)))
+                req.respond(log_output(self.pid, stream, self.rank, data, when, timestamps))
 
         async def drain() -> None:
             await req.conn.wait_writable()
 
         await self.service.outputlog.follow(
-            LogRequest(self.unit, self.ident, sink, ended, tail, follow, drain, self.pid)
+            LogRequest(
+                self.unit,
+                self.ident,
+                sink,
+                ended,
+                tail,
+                follow,
+                drain,
+                self.pid,
+                gone=lambda: not req.connected or not current(),
+                since=since,
+            )
         )
 
     # --- attach ------------------------------------------------------------------------------
@@ -512,7 +646,7 @@ class Process:
             attached=len(self.attachers),
             **self.log_fields(),
         )
-        self.service.router.publish("sdexec.proc.attached", self.event_payload())
+        self._publish("sdexec.proc.attached", self.event_payload())
         if self.state is ProcState.STOPPED:
             req.respond(rfc42.stopped(self.pid))
         if att.link is not None:
@@ -607,7 +741,7 @@ class Process:
         for att in self.attachers:
             if att.req is req:
                 log.info("detach", **self.log_fields())
-                self.service.router.publish("sdexec.proc.detached", self.event_payload())
+                self._publish("sdexec.proc.detached", self.event_payload())
                 self._drop_attacher(att)
                 return
 
@@ -635,7 +769,7 @@ class Process:
         if stopped and self.state is ProcState.RUNNING:
             self.state = ProcState.STOPPED
             log.info("stopped", **self.log_fields())
-            self.service.router.publish("sdexec.proc.stopped", self.event_payload())
+            self._publish("sdexec.proc.stopped", self.event_payload())
             if self.client is not None:
                 self.client.respond(rfc42.stopped(self.pid))
             for att in self.attachers:
@@ -643,7 +777,7 @@ class Process:
         elif not stopped and self.state is ProcState.STOPPED:
             self.state = ProcState.RUNNING
             log.info("continued", **self.log_fields())
-            self.service.router.publish("sdexec.proc.continued", self.event_payload())
+            self._publish("sdexec.proc.continued", self.event_payload())
 
     # --- client going away -------------------------------------------------------------
 
@@ -659,11 +793,82 @@ class Process:
         if self.stdin is not None:
             self.stdin.close()
 
+    # --- the stop timer (SDEXEC_STOP_TIMER_SEC: a unit that will not stop) ----------
+
+    def _arm_stop_timer(self) -> None:
+        seconds, _signum = self.stop_timer
+        if seconds is None or self._stop_handle is not None or self.timed_out:
+            return
+        loop = asyncio.get_running_loop()
+        self._stop_handle = loop.call_later(seconds, self._stop_timer_kill)
+
+    def _stop_timer_kill(self) -> None:
+        seconds, signum = self.stop_timer
+        assert seconds is not None
+        log.warning("stop timeout, signalling", seconds=seconds, signum=signum, **self.log_fields())
+        self.service.router.spawn(self.service.bus.kill(self.unit, signum, "main"), "stop timer")
+        loop = asyncio.get_running_loop()
+        self._stop_handle = loop.call_later(seconds, self._stop_timer_abandon)
+
+    def _stop_timer_abandon(self) -> None:
+        """Still not stopped after the signal: give the unit up, say EDEADLK."""
+        self._stop_handle = None
+        self.timed_out = True
+        seconds, _ = self.stop_timer
+        log.error(
+            "abandoning unit after stop timeout", seconds=2 * (seconds or 0), **self.log_fields()
+        )
+        text = "SIGKILL timeout, unit may still be active"
+        for req in (self.client, self.waiter):
+            if req is not None:
+                req.error(errno.EDEADLK, text)
+        self.client = self.waiter = None
+        self.service.bus.unwatch(self.unit)
+        self.state = ProcState.EXITED
+        self.service.reap(self)
+
+    def cancel_stop_timer(self) -> None:
+        if self._stop_handle is not None:
+            self._stop_handle.cancel()
+            self._stop_handle = None
+
+    # --- stats (flux module stats sdexec) -----------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The unit's state and its stdio ends, as flux-core's module reports them."""
+
+        def out(stream: str) -> dict[str, Any] | None:
+            pipe = self.outputs.get(stream)
+            if pipe is None:
+                return None
+            return {"local_fd": -1 if pipe.eof else pipe.fd, "remote_fd": -1, "eof": pipe.eof}
+
+        stdin = self.stdin
+        return {
+            "state": f"{self.active_state}.{self.sub_state}",
+            "pid": self.pid or -1,
+            "in": None if stdin is None else {"local_fd": stdin.fd, "remote_fd": -1},
+            "out": out("stdout"),
+            "err": out("stderr"),
+        }
+
     def release(self) -> None:
+        self.cancel_stop_timer()
         self._unhook_writable()
         self._close_pipes()
         if self.aux is not None:  # channels, msgchans (sdexec.server.channels)
             self.aux.close()
+
+
+def log_output(
+    pid: int, stream: str, rank: str, data: bytes, when: float | None, timestamps: bool
+) -> dict[str, Any]:
+    """An ``output`` response of stored output; with ``timestamps``, also ``timestamp``
+    (an sdexec extension: seconds since the epoch when the line was written, if known)."""
+    resp = rfc42.output(pid, rfc42.io_object(stream, rank, data))
+    if timestamps and when is not None:
+        resp["timestamp"] = round(when, 6)
+    return resp
 
 
 class Attacher:

@@ -41,7 +41,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,13 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
-from sdexec.proto import pty, rfc42
+from sdexec.proto import idset, pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux, terminal_via_helper
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
-from sdexec.server.process import Process, ProcState, proc_state
+from sdexec.server.process import Process, ProcState, log_output, proc_state
 from sdexec.server.pty import (
     Holder,
     PtyInput,
@@ -70,7 +70,7 @@ from sdexec.server.pty import (
 )
 from sdexec.server.statefile import ProcRecord, Reaped, StateDir
 from sdexec.server.stats import unit_stats
-from sdexec.systemd import properties
+from sdexec.systemd import controllers, properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
 
@@ -78,6 +78,38 @@ log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOPPED_POLL = 0.05
+#: attach and logs --follow streams at once on one connection.
+MAX_FOLLOWERS = 64
+
+
+#: The command option that carries a client's idempotency key for an exec.
+KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
+KEY_MAX = 128
+
+
+def idempotency_key(cmd: rfc42.Command) -> str | None:
+    """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
+    key = cmd.opt(KEY_OPTION)
+    if key is None:
+        return None
+    if (
+        not key
+        or len(key.encode("utf-8", "surrogatepass")) > KEY_MAX
+        or not key.isprintable()
+        or any(c.isspace() for c in key)
+    ):
+        raise SdexecError(
+            errno.EINVAL,
+            f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
+        )
+    return key
+
+
+#: A client's service-manager handles are not the unit's: systemd sets its own.
+DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
+
+#: ``SDEXEC_R_LOCAL`` (a rank's share of a job's resources) -> unit properties.
+Mapper = Callable[[str], Awaitable[dict[str, str]]]
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
@@ -104,6 +136,21 @@ def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     raise SdexecError(errno.ENOENT, f"{argv0}: No such file or directory")
 
 
+def _check_working_directory(cwd: str) -> None:
+    """ENOENT/ENOTDIR now, naming the working directory, rather than a failed chdir later.
+
+    The text starts with "working directory": the CLI exits 125 for it, not
+    127 as for a command that was not found.
+    """
+    try:
+        st = os.stat(cwd)
+    except OSError as exc:
+        num = exc.errno or errno.ENOENT
+        raise SdexecError(num, f"working directory {cwd}: {os.strerror(num)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SdexecError(errno.ENOTDIR, f"working directory {cwd}: {os.strerror(errno.ENOTDIR)}")
+
+
 def _check_executable(argv0: str, path: str) -> None:
     try:
         st = os.stat(path)
@@ -113,7 +160,8 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.ENOTDIR, f"{argv0}: Not a directory") from None
     except PermissionError:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied") from None
-    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+    # effective_ids: as the thread's file credentials say (a guest's: security.guest.as_guest)
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK, effective_ids=True):
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
 
 
@@ -159,15 +207,19 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _wants_stats(req: Request) -> bool:
-    """Whether a ``list`` asks for stats; any payload, or none, is a plain list (RFC 42)."""
+def _wants(req: Request, key: str) -> bool:
+    """Whether a ``list`` asks for ``key``; any payload, or none, is a plain list (RFC 42)."""
     if req.signed is None and not req.msg.payload:
         return False
     try:
         payload = req.payload()
     except OSError:
         return False
-    return isinstance(payload, dict) and payload.get("stats") is True
+    return isinstance(payload, dict) and payload.get(key) is True
+
+
+def _wants_stats(req: Request) -> bool:
+    return _wants(req, "stats")
 
 
 class Service:
@@ -184,25 +236,54 @@ class Service:
         journal: Journal | None = None,
         state_dir: Path | None = None,
         outputlog: OutputLog | None = None,
+        line_buffer: bool = False,
+        environment: Mapping[str, str | None] | None = None,
+        wait_output: int = 0,
+        mapper: Mapper | None = None,
     ) -> None:
+        """``line_buffer``: the default of ``<stream>_LINE_BUFFER``.
+        ``environment``: variables set (or, with None, removed) in every
+        command's environment.  ``wait_output``: how much of a background
+        process's last output a ``wait`` response carries (0: none).
+        ``mapper``: turns ``SDEXEC_R_LOCAL`` into unit properties (Flux's
+        ``sdexec-mapper``); without one that option is refused.
+        """
         self.router = router
         self.bus = bus
         self.journal = journal if journal is not None else Journal()
         root = state_dir if state_dir is not None else Path(tempfile.mkdtemp(prefix="sdexec-"))
-        self.state = StateDir(root)
+        self.state = StateDir(root, rank)
         self.outputlog: OutputLog = outputlog if outputlog is not None else FileLog(root / "output")
         self.name = name
         self.rank = rank
+        self.line_buffer = line_buffer
+        self.environment: dict[str, str | None] = dict(
+            DEFAULT_ENVIRONMENT if environment is None else environment
+        )
+        self.wait_output = wait_output
+        self.mapper = mapper
+        # Options only for tests (Flux's [systemd] sdexec-debug): SDEXEC_TEST_EXPECTED_CPUS.
+        self.test_options = False
         self.rank_str = str(rank)
         self.uri = uri
         self.by_pid: dict[int, Process] = {}
-        self.by_label: dict[str, Process] = {}
+        # Labels are kept apart per user: the trusted uids share one namespace
+        # (None), each guest has its own (sdexec.security).
+        self.by_label: dict[tuple[int | None, str], Process] = {}
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
+        self.by_key: dict[tuple[int, str], Process] = {}  # (requester uid, idempotency key)
+        self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
+        self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
+        self.shutdown_reason = "server is shutting down"
+        # The manager's cgroup controllers (None: unknown, nothing is checked), and
+        # whether a property they cannot enforce is an error (sdexec.systemd.controllers).
+        self.controllers: Callable[[], frozenset[str] | None] = lambda: None
+        self.strict_properties = False
         # Why the systemd manager cannot be reached now (sdexec.server.supervisor).
         self.down: SdexecError | None = None
         # Set while some process may have a client: watch_stopped polls only then.
@@ -215,6 +296,7 @@ class Service:
             ("kill", self.kill, False),
             ("wait", self.wait, False),
             ("list", self.list, False),
+            ("stats-get", self.stats_get, False),
             ("disconnect", self.disconnect, False),
         ):
             router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
@@ -225,6 +307,8 @@ class Service:
     def proc_started(self, proc: Process) -> None:
         self.starting.discard(proc)
         self.by_pid[proc.pid] = proc
+        if proc.key is not None:  # a retry after a crash can then say it ran, and its pid
+            self.state.update(proc.unit, pid=proc.pid)
 
     def proc_gone(self, proc: Process) -> None:
         """A process that never started (exec failure): forget it and its unit."""
@@ -247,9 +331,10 @@ class Service:
         proc.reaped = True
         log.debug("reaped", **proc.log_fields())
         self._forget(proc)
-        if not proc.background:
+        if not proc.background and proc.key is None:
             self.state.remove(proc.unit)
         else:
+            # A foreground process is remembered only for its idempotency key.
             self.state.reaped(
                 Reaped(
                     unit=proc.unit,
@@ -259,6 +344,9 @@ class Service:
                     status=proc.status,
                     requester_uid=proc.requester_uid,
                     ended=time.time(),
+                    key=proc.key,
+                    foreground=not proc.background,
+                    how=proc.lost.message if proc.lost is not None else None,
                 )
             )
             self._forget_evicted()
@@ -310,8 +398,12 @@ class Service:
             del self.by_pid[proc.pid]
         if self.by_unit.get(proc.unit) is proc:
             del self.by_unit[proc.unit]
-        if proc.label is not None and self.by_label.get(proc.label) is proc:
-            del self.by_label[proc.label]
+        if proc.key is not None and self.by_key.get((proc.requester_uid, proc.key)) is proc:
+            del self.by_key[(proc.requester_uid, proc.key)]
+        if proc.label is not None:
+            lkey = self._lkey(proc.requester_uid, proc.label)
+            if self.by_label.get(lkey) is proc:
+                del self.by_label[lkey]
         if proc.sender is not None:
             key = (proc.sender, proc.matchtag)
             if self.by_stream.get(key) is proc:
@@ -328,24 +420,47 @@ class Service:
     def lookup(
         self, target: rfc42.Target, errnum: int | None = None, *, requester: Request
     ) -> Process:
-        """The process ``target`` names; EPERM if ``requester`` may not touch it."""
-        proc = (
-            self.by_label.get(target.label)
-            if target.label is not None
-            else self.by_pid.get(target.pid)
-        )
+        """The process ``target`` names, if ``requester`` may see it.
+
+        sdexec.security: another user's process is answered exactly as one
+        that does not exist, so a guest learns nothing of it.  A guest's
+        labels are its own; a trusted requester finds a label in its own
+        namespace first, then a guest's (by pid, if several guests use it).
+        """
+        if target.label is not None:
+            proc = self.by_label.get(self._lkey(requester.userid, target.label))
+            if proc is None and not guest.is_guest(requester):
+                proc = self._guest_label(target.label)
+        else:
+            proc = self.by_pid.get(target.pid)
+        if proc is not None and not guest.visible(requester, proc.requester_uid):
+            proc = None
         if proc is None or proc.state is ProcState.STARTING:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
             raise SdexecError(errnum, self._not_found(target, requester))
-        if not guest.visible(requester, proc.requester_uid):  # sdexec.security
-            raise SdexecError(errno.EPERM, f"process {target} belongs to another user")
         return proc
+
+    def _trusted(self, uid: int) -> bool:
+        return uid in (self.router.owner_uid, self.router.server_uid)
+
+    def _lkey(self, uid: int, label: str) -> tuple[int | None, str]:
+        return (None if self._trusted(uid) else uid, label)
+
+    def _guest_label(self, label: str) -> Process | None:
+        found = [p for (uid, name), p in self.by_label.items() if uid is not None and name == label]
+        if len(found) > 1:
+            raise SdexecError(
+                errno.EINVAL, f"label {label} is used by several users; name the process by pid"
+            )
+        return found[0] if found else None
 
     def _not_found(self, target: rfc42.Target, requester: Request) -> str:
         """Why there is no process ``target``: gone (and how it ended), or never known."""
-        gone = self.state.find_reaped(label=target.label, pid=target.pid)
-        if gone is None or not guest.visible(requester, gone.requester_uid):
+        gone = self.state.find_reaped(
+            label=target.label, pid=target.pid, visible=lambda uid: guest.visible(requester, uid)
+        )
+        if gone is None:
             return f"process {target} not found"
         how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
         return f"process {target} has ended{how} and was reaped; its output: sdexec logs {target}"
@@ -362,7 +477,7 @@ class Service:
         label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
         return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
 
-    def exec(self, req: Request) -> Coroutine[Any, Any, None]:
+    def exec(self, req: Request) -> Coroutine[Any, Any, None] | None:
         """Validate and register synchronously; start the unit in a task.
 
         Everything up to ``StartTransientUnit`` happens before the next request
@@ -370,26 +485,92 @@ class Service:
         ``exec`` at once (credit borrowed before ``started``) finds its process.
         """
         if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, "server is shutting down")
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         if self.down is not None:
             raise SdexecError(errnum_of(self.down), self.down.message)
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
-        if cmd.label is not None and cmd.label in self.by_label:
+        key = idempotency_key(cmd)
+        if key is not None and self._repeat(req, key):
+            return None  # that exec happened already: answered, nothing started
+        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        cmd.stdin_bufsize()  # validate options before anything is created
+        r_local = cmd.opt("SDEXEC_R_LOCAL")
+        if r_local is not None:
+            if self.mapper is None:
+                raise SdexecError(
+                    errno.EINVAL, "SDEXEC_R_LOCAL needs a resource mapper (sdexec-mapper, in Flux)"
+                )
+            return self._exec_mapped(req, er, confined, self.mapper(r_local))
+        return self._exec(req, er, confined)
+
+    async def _exec_mapped(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped: Awaitable[dict[str, str]],
+    ) -> None:
+        """An exec whose unit properties come partly from the resource mapper."""
+        for name, value in (await mapped).items():
+            er.cmd.opts[properties.OPTS_PREFIX + name] = value
+        await self._exec(req, er, confined, mapped_cpus=er.cmd.opt("SDEXEC_PROP_AllowedCPUs"))
+
+    def _exec(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped_cpus: str | None = None,
+    ) -> Coroutine[Any, Any, None]:
+        cmd = er.cmd
+        # The CPUs a mapped unit must be confined to, checked once it runs.
+        expected = mapped_cpus
+        if self.test_options and cmd.opt("SDEXEC_TEST_EXPECTED_CPUS") is not None:
+            expected = cmd.opt("SDEXEC_TEST_EXPECTED_CPUS")
+        expected_cpus = None if expected is None else idset.decode(expected)
+        key = idempotency_key(cmd)
+        if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
+            raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
+        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        # Validate options before anything is created.
+        cmd.stdin_bufsize()
+        for stream in ("stdout", "stderr"):
+            cmd.output_bufsize(stream)
+            cmd.line_buffer(stream, self.line_buffer)
+        stop_timer = cmd.stop_timer()
         winsize = _terminal_request(er, req.streaming)
         holder_start: tuple[str, list[list[object]], list[int]] | None = None
-        exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
+            with guest.as_guest(req.userid, req.conn.gid):
+                if cmd.cwd is not None:
+                    _check_working_directory(cmd.cwd)
+                exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        else:
+            if cmd.cwd is not None:
+                _check_working_directory(cmd.cwd)
+            exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
+        for name, value in self.environment.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         extra = [*properties.opts_properties(cmd.opts), *confined]
+        warnings = self._enforceable(cmd)
         unit = self._unit_name(er)
         if unit in self.by_unit:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        proc.stop_timer = stop_timer
+        proc.expected_cpus = expected_cpus
+        proc.warnings = warnings
+        for text in warnings:
+            log.warning("property not enforced", reason=text, **proc.log_fields())
         if req.streaming:
             self._clients_present.set()
         argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
@@ -442,7 +623,10 @@ class Service:
             self._discard_holder(proc, holder_start)
             raise
         if cmd.label is not None:
-            self.by_label[cmd.label] = proc
+            self.by_label[self._lkey(req.userid, cmd.label)] = proc
+        if key is not None:
+            proc.key = key
+            self.by_key[(req.userid, key)] = proc
         if req.streaming:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self.by_unit[unit] = proc
@@ -457,11 +641,13 @@ class Service:
                 requester_uid=req.userid,
                 ident=proc.ident,
                 foreground=not proc.background,
+                key=key,
                 holder_unit=proc.holder.unit if proc.holder is not None else None,
                 holder_socket=proc.holder.path if proc.holder is not None else None,
             )
         )
         self.starting.add(proc)
+        proc.hold_signals()  # until StartTransientUnit answers (see _start)
         self.bus.watch(unit, proc)
         log.info(
             "exec",
@@ -496,13 +682,13 @@ class Service:
                 finally:
                     for fd in hfds:
                         os.close(fd)
-                    holder_start = None
             try:
                 await self.bus.start_transient(proc.unit, props, fds)
             except Exception:
                 if proc.holder is not None:
                     self.router.spawn(self._release_unit(proc.holder.unit), "stop terminal holder")
                 raise
+            proc.start_accepted()
         except Exception:
             if proc not in self.starting:
                 return  # already failed and answered: its manager went away (manager_lost)
@@ -534,6 +720,51 @@ class Service:
         with contextlib.suppress(OSError):
             os.unlink(holder.path)
 
+    def _repeat(self, req: Request, key: str) -> bool:
+        """Answer an exec whose idempotency key was used already (True); False: a new one.
+
+        A background exec's repeat gets the ``started`` response of the
+        process it started (with ``repeat``, and ``ended`` once it has been
+        reaped), so a client that lost its connection learns the pid; any
+        other repeat is EEXIST, saying what became of that exec.  Nothing is
+        ever started twice for one key (per requester uid).
+        """
+        uid = req.userid
+        proc = self.by_key.get((uid, key))
+        if proc is not None:
+            if proc.background and not req.streaming:
+                if proc.state is ProcState.STARTING:
+                    raise SdexecError(
+                        errno.EAGAIN, f"the exec of idempotency key {key} is still starting"
+                    )
+                log.info("exec repeated", key=key, requester=uid, **proc.log_fields())
+                req.respond({**rfc42.started(proc.pid), "repeat": True})
+                return True
+            what = "running" if proc.state is not ProcState.EXITED else "finished"
+            raise SdexecError(
+                errno.EEXIST,
+                f"idempotency key {key} belongs to a {what} exec (pid {proc.pid}, unit "
+                f"{proc.unit}); it is not started again",
+            )
+        gone = self.state.find_key(uid, key)
+        if gone is None:
+            return False
+        if not gone.foreground and not req.streaming and gone.pid:
+            log.info("exec repeated", key=key, requester=uid, pid=gone.pid, unit=gone.unit)
+            req.respond({**rfc42.started(gone.pid), "repeat": True, "ended": True})
+            return True
+        if gone.how is not None:
+            how = gone.how
+        elif gone.status is not None:
+            how = rfc42.describe_status(gone.status)
+        else:
+            how = "ended"
+        raise SdexecError(
+            errno.EEXIST,
+            f"idempotency key {key} belongs to an exec that was started already "
+            f"(pid {gone.pid or 'unknown'}: {how}); it is not started again",
+        )
+
     def _start_failed(self, proc: Process) -> None:
         # Only what this exec created: the unit name may be someone else's.
         self.bus.unwatch(proc.unit, proc)
@@ -545,6 +776,22 @@ class Service:
             self.state.update(proc.unit, foreground=True)
         else:
             self.state.remove(proc.unit)
+
+    def _enforceable(self, cmd: rfc42.Command) -> list[str]:
+        """Warnings for resource properties the manager cannot enforce (EOPNOTSUPP if strict).
+
+        See :mod:`sdexec.systemd.controllers`: read only for an exec that
+        sets a property needing a controller.
+        """
+        settings = [
+            (key[len(properties.OPTS_PREFIX) :], value)
+            for key, value in cmd.opts.items()
+            if key.startswith(properties.OPTS_PREFIX)
+        ]
+        strict = controllers.strict_requested(cmd.opts, self.strict_properties)
+        if not controllers.needed(settings):
+            return []
+        return controllers.check(settings, self.controllers(), strict)
 
     def _make_stdio(
         self,
@@ -581,7 +828,11 @@ class Service:
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.outputs[stream] = OutputPipe(stream, r, proc.output)
+            cmd = proc.cmd
+            lines = (
+                cmd.output_bufsize(stream) if cmd.line_buffer(stream, self.line_buffer) else None
+            )
+            proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines)
             if stream == "stdout":
                 spec.stdout_fd = len(fds)
             else:
@@ -687,7 +938,8 @@ class Service:
         if stdin:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        return proc.attach(req, stdin=stdin, reap=reap, winsize=winsize)
+        self._check_followers(req)
+        return self._followed(req, proc.attach(req, stdin=stdin, reap=reap, winsize=winsize))
 
     async def logs(self, req: Request) -> None:
         """Stream a background process's stored output (``sdexec logs``).
@@ -702,6 +954,12 @@ class Service:
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise SdexecError(errno.EINVAL, "tail must be a non-negative integer")
         follow = _flag(payload, "follow", False)
+        timestamps = _flag(payload, "timestamps", False)
+        since = payload.get("since")
+        if since is not None and (
+            not isinstance(since, str) or not 0 < len(since) <= 100 or not since.isprintable()
+        ):
+            raise SdexecError(errno.EINVAL, "since must be a time as journalctl --since takes it")
         proc = self._live(target, req)
         if proc is not None:
             if not proc.background:
@@ -714,20 +972,29 @@ class Service:
                     )
                 req.end()
                 return
-            await proc.send_log(
+            reading = proc.send_log(
                 req,
                 tail=tail,
                 follow=follow,
                 ended=lambda: proc.state is ProcState.EXITED or not req.connected,
+                since=since,
+                timestamps=timestamps,
             )
+            if follow:
+                self._check_followers(req)
+                await self._followed(req, reading)
+            else:
+                await reading
             req.end()
             return
-        gone = self.state.find_reaped(label=target.label, pid=target.pid)
-        if gone is None or not guest.visible(req, gone.requester_uid):
+        gone = self.state.find_reaped(
+            label=target.label, pid=target.pid, visible=lambda uid: guest.visible(req, uid)
+        )
+        if gone is None:
             raise SdexecError(errno.ENOENT, f"process {target} not found")
 
-        def sink(stream: str, data: bytes) -> None:
-            req.respond(rfc42.output(gone.pid, rfc42.io_object(stream, self.rank_str, data)))
+        def sink(stream: str, data: bytes, when: float | None) -> None:
+            req.respond(log_output(gone.pid, stream, self.rank_str, data, when, timestamps))
 
         await self.outputlog.follow(
             LogRequest(
@@ -739,6 +1006,7 @@ class Service:
                 follow=False,
                 drain=req.conn.wait_writable,
                 pid=gone.pid or None,
+                since=since,
             )
         )
         req.end()
@@ -801,22 +1069,38 @@ class Service:
     # --- list -------------------------------------------------------------------------------
 
     def list(self, req: Request) -> None:
-        """RFC 42 ``list``; with ``{"stats": true}`` each live process also gets
-        ``cpu_usec``, ``memory``, ``memory_source`` and ``started``, and the
-        response the server's ``time`` (for CPU rates between two calls)."""
+        """RFC 42 ``list``: pid, cmd, label and state of each process.
+
+        Flux's ``flux sproc ps`` makes an object of each entry and fails on
+        any other key, so more comes only when the request asks for it:
+        ``{"details": true}`` adds ``unit``, ``waitable``, ``started`` and
+        ``ended`` (seconds since the epoch, when known), and ``pty``; ``{"stats": true}``
+        also ``cpu_usec``, ``memory``, ``memory_source`` and ``started`` of
+        each live process, and the server's ``time`` to the response (for CPU
+        rates between two calls).
+        """
         shown = [p for p in self.by_pid.values() if guest.visible(req, p.requester_uid)]
-        procs = [
-            {
+        stats = _wants_stats(req)
+        details = stats or _wants(req, "details")
+        procs: list[dict[str, Any]] = []
+        for p in shown:  # sdexec.security: a guest sees its own
+            entry: dict[str, Any] = {
                 "pid": p.pid,
                 "cmd": p.name,
                 "label": p.label or "",
                 "state": self._state(p),
-                "unit": p.unit,
-                **({"pty": True} if p.terminal else {}),
             }
-            for p in shown  # sdexec.security: a guest sees its own
-        ]
-        if not _wants_stats(req):
+            if details:
+                entry["unit"] = p.unit
+                entry["waitable"] = p.waitable
+                if p.started_at:
+                    entry["started"] = round(p.started_at, 3)
+                if p.ended_at:
+                    entry["ended"] = round(p.ended_at, 3)
+                if p.terminal:
+                    entry["pty"] = True
+            procs.append(entry)
+        if not stats:
             req.respond({"rank": self.rank, "procs": procs})
             return
         # CPU, memory and start time from each live unit's cgroup (sdexec.server.stats).
@@ -824,6 +1108,14 @@ class Service:
             if proc.state in (ProcState.RUNNING, ProcState.STOPPED):
                 entry.update(unit_stats(proc.pid))
         req.respond({"rank": self.rank, "procs": procs, "time": round(time.time(), 3)})
+
+    def stats_get(self, req: Request) -> None:
+        """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
+        procs: dict[str, Any] = {}
+        for p in [*self.by_pid.values(), *self.starting]:
+            if guest.visible(req, p.requester_uid):
+                procs[p.unit] = p.stats()
+        req.respond({"pid": os.getpid(), "procs": procs})
 
     @staticmethod
     def _state(proc: Process) -> str:
@@ -861,6 +1153,47 @@ class Service:
 
     def connection_closed(self, conn_id: str) -> None:
         self._drop_sender(lambda s: s[0] == conn_id)
+        # Its followers (journalctl readers) stop now, not when the process ends.
+        followers = self._followers.pop(conn_id, set())
+        for task in followers:
+            task.cancel()
+        if followers:
+            log.debug("followers stopped with their client", conn=conn_id, count=len(followers))
+
+    # --- followers: attach and logs --follow, bounded per connection ----------------
+
+    def _check_followers(self, req: Request) -> None:
+        """EAGAIN past the bound; else count one more follower on the connection."""
+        conn_id = req.conn.id
+        if self._follower_count.get(conn_id, 0) >= MAX_FOLLOWERS:
+            raise SdexecError(
+                errno.EAGAIN,
+                f"too many attach or logs --follow streams on this connection ({MAX_FOLLOWERS})",
+            )
+        self._follower_count[conn_id] = self._follower_count.get(conn_id, 0) + 1
+
+    async def _followed(self, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Run a counted follower in the request's task, cancelled if its connection closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        conn_id = req.conn.id
+        try:
+            if not req.connected:
+                work.close()
+                return
+            self._followers.setdefault(conn_id, set()).add(task)
+            await work
+        finally:
+            running = self._followers.get(conn_id)
+            if running is not None:
+                running.discard(task)
+                if not running:
+                    del self._followers[conn_id]
+            left = self._follower_count.get(conn_id, 1) - 1
+            if left > 0:
+                self._follower_count[conn_id] = left
+            else:
+                self._follower_count.pop(conn_id, None)
 
     def _drop_sender(self, match: Any) -> None:
         for proc in [*self.by_pid.values(), *self.starting]:
@@ -911,6 +1244,21 @@ class Service:
         for rec in self.state.load_all():
             if rec.foreground:
                 await self._stop_orphan(rec.unit)
+                if rec.key is not None:  # a retry with its key learns what became of it
+                    self.state.reaped(
+                        Reaped(
+                            unit=rec.unit,
+                            label=rec.label,
+                            ident=rec.ident,
+                            pid=rec.pid,
+                            status=None,
+                            requester_uid=rec.requester_uid,
+                            ended=time.time(),
+                            key=rec.key,
+                            foreground=True,
+                            how="stopped after a server restart: its client was gone",
+                        )
+                    )
                 continue
             proc = self._from_record(rec)
             if rec.status is not None or rec.lost is not None:
@@ -950,12 +1298,23 @@ class Service:
                             rec.status,
                             rec.requester_uid,
                             time.time(),
+                            key=rec.key,
+                            how=why
+                            or (
+                                "its server restarted before it was seen to start; it may have run"
+                                if rec.key is not None and not rec.pid
+                                else None
+                            ),
                         )
                     )
+                    self._forget(proc)
                 continue
             self.by_unit[rec.unit] = proc
             if rec.label is not None:
-                self.by_label[rec.label] = proc
+                self.by_label[self._lkey(rec.requester_uid, rec.label)] = proc
+            # When it started and ended, as systemd saw it (microseconds since the epoch).
+            proc.started_at = int(props.get("ExecMainStartTimestamp") or 0) / 1e6
+            proc.ended_at = int(props.get("ExecMainExitTimestamp") or 0) / 1e6
             events = proc.tracker.adopt(props)
             for ev in events:
                 proc._event(ev)
@@ -985,6 +1344,9 @@ class Service:
         proc.pid = rec.pid
         if rec.holder_unit and rec.holder_socket:
             proc.holder = Holder(rec.holder_unit, rec.holder_socket)
+        if rec.key is not None:
+            proc.key = rec.key
+            self.by_key[(rec.requester_uid, rec.key)] = proc
         return proc
 
     def _adopt_outcome(self, proc: Process, status: int | None, lost: str | None) -> None:
@@ -997,7 +1359,7 @@ class Service:
         if proc.pid and proc.pid not in self.by_pid:
             self.by_pid[proc.pid] = proc
         if proc.label is not None:
-            self.by_label[proc.label] = proc
+            self.by_label[self._lkey(proc.requester_uid, proc.label)] = proc
         log.info("re-adopted", state="Z", status=status, lost=lost, **proc.log_fields())
 
     # --- the systemd manager going away (sdexec.server.supervisor) ---------------
@@ -1074,31 +1436,48 @@ class Service:
 
     # --- shutdown ---------------------------------------------------------------------------
 
-    async def shutdown(self, stop_background: bool = False) -> None:
-        """Fail streams and waits, stop foreground units (and background ones if asked)."""
+    async def shutdown(self, stop_background: bool = False, reason: str | None = None) -> None:
+        """Fail streams and waits, stop foreground units (and background ones if asked).
+
+        Open requests get ENOSYS with ``reason`` (default: the server is
+        shutting down); the units are stopped all at once.
+        """
         self.shutting_down = True
+        if reason is not None:
+            self.shutdown_reason = reason
+        stopping: list[Coroutine[Any, Any, None]] = []
+        holders: list[str] = []  # background terminals' holders, stopped after their commands
         for proc in [*self.by_pid.values(), *self.starting]:
             if proc.waiter is not None:
-                proc.waiter.error(errno.ENOSYS, "server is shutting down")
+                proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
                 proc.waiter = None
             foreground = not proc.background
             for att in list(proc.attachers):
                 att.req.error(errno.ENOSYS, "server is shutting down")
                 proc.detach(att.req)
             if proc.client is not None:
-                proc.client.error(errno.ENOSYS, "server is shutting down")
+                proc.client.error(errno.ENOSYS, self.shutdown_reason)
                 proc.detach_client()
             if stop_background and proc.background:
                 self.state.remove(proc.unit)
+            proc.cancel_stop_timer()
             if (foreground or stop_background) and proc.state is not ProcState.EXITED:
-                try:
-                    await self.bus.stop(proc.unit)
-                except OSError as exc:
-                    log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+                stopping.append(self._stop_quietly(proc))
+            elif stop_background and proc.background and proc.waitable:
+                # Finished, its unit kept for a wait that can no longer come.
+                stopping.append(self._release_unit(proc.unit))
             if stop_background and proc.holder is not None:
-                await self._release_unit(proc.holder.unit)
+                holders.append(proc.holder.unit)
+        await asyncio.gather(*stopping)
+        await asyncio.gather(*(self._release_unit(unit) for unit in holders))
         # Channels, msgchans (sdexec.server.channels).
         shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
+
+    async def _stop_quietly(self, proc: Process) -> None:
+        try:
+            await self.bus.stop(proc.unit)
+        except OSError as exc:
+            log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
 
     def close(self) -> None:
         """Release what the service keeps open (its state log); after shutdown."""

@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class ProcRecord:
     pid: int = 0
     status: int | None = None
     lost: str | None = None
+    key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
     holder_unit: str | None = None
     holder_socket: str | None = None
 
@@ -83,6 +85,9 @@ class Reaped:
     status: int | None
     requester_uid: int
     ended: float  # time.time() when it was reaped
+    key: str | None = None  # the client's idempotency key, if it gave one
+    foreground: bool = False  # kept only for its key: no stored output
+    how: str | None = None  # how it ended, when there is no status (lost, killed)
 
 
 def _line(entry: dict[str, object]) -> bytes:
@@ -90,10 +95,12 @@ def _line(entry: dict[str, object]) -> bytes:
 
 
 class StateDir:
-    def __init__(self, root: Path) -> None:
+    """``root``'s record of one rank's processes (servers of other ranks may share ``root``)."""
+
+    def __init__(self, root: Path, rank: int = 0) -> None:
         self.root = root
-        self.log = root / "procs.log"
-        self.legacy = root / "procs"
+        self.log = root / ("procs.log" if rank == 0 else f"procs-rank{rank}.log")
+        self.legacy = root / "procs" if rank == 0 else root / f"procs-rank{rank}"
         self._fd = -1
         self._live: dict[str, ProcRecord] | None = None  # known once read
         self._history: OrderedDict[str, Reaped] = OrderedDict()  # oldest first
@@ -129,13 +136,30 @@ class StateDir:
         live.pop(rec.unit, None)
         self._remember(self._history, rec)
 
-    def find_reaped(self, *, label: str | None = None, pid: int | None = None) -> Reaped | None:
-        """The most recently reaped process with this label (or else pid), if remembered."""
+    def find_reaped(
+        self,
+        *,
+        label: str | None = None,
+        pid: int | None = None,
+        visible: Callable[[int], bool] = lambda uid: True,
+    ) -> Reaped | None:
+        """The most recently reaped process with this label (or else pid), if remembered,
+        among those whose requester ``visible`` lets be seen (labels are per user)."""
         self._records()
         for rec in reversed(self._history.values()):
+            if rec.foreground or not visible(rec.requester_uid):
+                continue
             if (label is not None and rec.label == label) or (
                 label is None and pid is not None and rec.pid == pid
             ):
+                return rec
+        return None
+
+    def find_key(self, uid: int, key: str) -> Reaped | None:
+        """The most recently reaped process that ``uid`` started with idempotency ``key``."""
+        self._records()
+        for rec in reversed(self._history.values()):
+            if rec.key == key and rec.requester_uid == uid:
                 return rec
         return None
 

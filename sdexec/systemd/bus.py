@@ -336,6 +336,22 @@ class SystemdBus:
         )
         return _unwrap(reply.body[0])
 
+    async def manager_cgroup(self) -> str:
+        """The manager's own cgroup (``ControlGroup``), relative to the cgroup2 root."""
+        reply = await self._call(
+            Message(
+                destination=SYSTEMD,
+                path=MANAGER_PATH,
+                interface=PROPS_IFACE,
+                member="Get",
+                signature="ss",
+                body=[MANAGER_IFACE, "ControlGroup"],
+                flags=MessageFlag.NO_AUTOSTART,
+            )
+        )
+        value = reply.body[0]
+        return str(value.value if isinstance(value, Variant) else value)
+
     # --- signals -----------------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> bool:

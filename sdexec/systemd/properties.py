@@ -44,6 +44,7 @@ from fractions import Fraction
 from dbus_fast import Variant
 
 from sdexec.base.errors import SdexecError
+from sdexec.proto import idset
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -354,8 +355,35 @@ def _as(signature: str, parse: Callable[[str], object], dbus_name: str | None = 
     return convert
 
 
-def _timespan(dbus_name: str | None = None) -> Converter:
-    return _as("t", parse_timespan, dbus_name)
+def _timespan(dbus_name: str | None = None, default_unit: int = USEC_PER_SEC) -> Converter:
+    return _as("t", lambda text: parse_timespan(text, default_unit), dbus_name)
+
+
+def _allowed_ids(name: str, value: str) -> list[Property]:
+    """``AllowedCPUs``/``AllowedMemoryNodes``: an idset (``0,57-99``) as systemd's bitmap."""
+    try:
+        ids = idset.decode(value)
+    except SdexecError as exc:
+        raise ValueError(exc.message) from None
+    bitmap = bytearray((max(ids) // 8 + 1) if ids else 0)
+    for i in ids:
+        bitmap[i // 8] |= 1 << (i % 8)
+    return [(name, Variant("ay", bytes(bitmap)))]
+
+
+def _device_allow(name: str, value: str) -> list[Property]:
+    """``DeviceAllow``: comma-separated ``DEVICE PERMISSIONS`` entries, as flux-core writes them."""
+    entries: list[list[str]] = []
+    for item in value.split(","):
+        device, _, perms = item.strip().partition(" ")
+        if not device or not perms.strip():
+            if item.strip():
+                raise ValueError(f"expected DEVICE PERMISSIONS, not {_show(item.strip())}")
+            continue
+        entries.append([device, perms.strip()])
+    if not entries:
+        raise ValueError("expected one or more DEVICE PERMISSIONS entries")
+    return [(name, Variant("a(ss)", entries))]
 
 
 def _timeout(name: str, value: str) -> list[Property]:
@@ -480,7 +508,8 @@ _CONVERTERS: dict[str, Converter] = {
     "CPUWeight": _as("t", _cpu_weight),
     "IOWeight": _as("t", _weight),
     **{f"{n}Sec": _timespan(f"{n}USec") for n in _TIMESPANS},
-    **{f"{n}USec": _timespan() for n in _TIMESPANS},
+    # The D-Bus names count microseconds, as flux-core's sdexec reads them.
+    **{f"{n}USec": _timespan(default_unit=1) for n in _TIMESPANS},
     "TimeoutSec": _timeout,
     "KillMode": _as("s", _one_of("control-group", "mixed", "process", "none")),
     "KillSignal": _as("i", _parse_signal),
@@ -498,6 +527,9 @@ _CONVERTERS: dict[str, Converter] = {
     "StandardOutput": _std_output,
     "StandardError": _std_output,
     **{f"Limit{r}": _rlimit(parse) for r, parse in _RLIMITS.items()},
+    "AllowedCPUs": _allowed_ids,
+    "AllowedMemoryNodes": _allowed_ids,
+    "DeviceAllow": _device_allow,
 }
 
 #: The setting names :func:`convert_property` understands.
@@ -518,28 +550,61 @@ def convert_properties(name: str, value: str) -> list[Property]:
     """Convert one ``Name=Value`` unit setting to the D-Bus properties it stands for.
 
     Most settings give one property; ``LimitX=SOFT:HARD`` gives ``LimitX`` and
-    ``LimitXSoft``, and ``TimeoutSec`` gives the start and stop timeouts.
-    Raises ``SdexecError(EINVAL)`` naming the property and value for an
-    unknown setting or a value that does not parse.
+    ``LimitXSoft``, and ``TimeoutSec`` gives the start and stop timeouts.  A
+    value that does not parse is ``SdexecError(EINVAL)`` naming the property
+    and the value ("error setting property").
+
+    A name this module does not know goes to systemd as a string, as
+    flux-core's sdexec sends it: systemd parses string-typed settings itself
+    (``Type``, ``DevicePolicy``, ``OOMPolicy``, ...) and refuses an unknown
+    name or a bad value before it creates the unit ("Cannot set property xxx,
+    or unknown property.", "Invalid Type setting: zzz").
     """
-    converter = _CONVERTERS.get(name)
     if name in MANAGED_PROPERTIES:
         raise SdexecError(
             errno.EINVAL, f"unit property {name}= is refused: {MANAGED_PROPERTIES[name]}"
         )
-    if converter is None:
-        raise SdexecError(
-            errno.EINVAL, f"unknown or unsupported unit property {name}= (value {_show(value)})"
-        )
-    problem = _text_problem(value)
-    if problem is None:
+    problem = _text_problem(value) or _name_problem(name)
+    converter = _CONVERTERS.get(name)
+    if problem is None and converter is None:
+        return [(name, Variant("s", value))]
+    if problem is None and converter is not None:
         try:
             return converter(name, value)
         except ValueError as exc:
             problem = str(exc)
-    raise SdexecError(
-        errno.EINVAL, f"invalid value {_show(value)} for unit property {name}=: {problem}"
-    )
+    raise SdexecError(errno.EINVAL, f"error setting property {name}={_show(value)}: {problem}")
+
+
+_PROPERTY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+#: Settings sdexec makes from the request itself (the command, its
+#: environment and stdio, the unit's lifetime): not to be replaced by a
+#: property, or the unit would no longer be the one the request describes.
+RESERVED_PROPERTIES = frozenset(
+    {
+        "ExecStart",
+        "ExecStartEx",
+        "Environment",
+        "UnsetEnvironment",
+        "PassEnvironment",
+        "EnvironmentFile",
+        "StandardInput",
+        "StandardInputFileDescriptor",
+        "StandardOutputFileDescriptor",
+        "StandardErrorFileDescriptor",
+        "CollectMode",
+    }
+)
+
+
+def _name_problem(name: str) -> str | None:
+    if _PROPERTY_NAME.fullmatch(name) is None:
+        return "a property name is letters and digits"
+    if name in RESERVED_PROPERTIES:
+        return "sdexec sets it from the request itself"
+    return None
 
 
 def convert_property(name: str, value: str) -> Property:

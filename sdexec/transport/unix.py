@@ -33,6 +33,7 @@ import os
 import socket
 import stat
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,11 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 class Connection(asyncio.Protocol):
     """One accepted client."""
 
+    #: The router stamps this connection's uid and role on each request.  A
+    #: peer that relays requests others made, with credentials it verified
+    #: itself (the Flux broker), says False.
+    stamps_credentials = True
+
     def __init__(
         self,
         acceptor: Acceptor,
@@ -103,6 +109,10 @@ class Connection(asyncio.Protocol):
         self._holds: set[str] = set()
         self._backlog: collections.deque[Message] = collections.deque()
         self._fd = -1  # the socket, for writev past an empty transport buffer
+        #: Requests that still owe a response, and when the peer last sent
+        #: anything: what makes a connection idle (the router's eviction).
+        self.pending = 0
+        self.last_active = time.monotonic()
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -129,6 +139,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.accepted:
             return
+        self.last_active = time.monotonic()
         try:
             messages = self.decoder.feed(data)
         except ProtocolError as exc:

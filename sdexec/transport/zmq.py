@@ -51,6 +51,11 @@ from sdexec.proto.framing import FrameDecoder, encode_parts_stream
 from sdexec.transport.link import Link
 
 CONNECT_TIMEOUT = 10.0
+#: Messages libzmq queues each way in the client.
+CLIENT_HWM = 16
+#: Bytes the bridge holds for a stream reader that is behind before it stops
+#: taking messages from the socket.
+BRIDGE_BUFFER = 1 << 20
 HEARTBEAT_IVL_MS = 2000
 HEARTBEAT_TIMEOUT_MS = 6000
 _CHUNK = 256 * 1024
@@ -166,8 +171,10 @@ def open_tcp(uri: str, timeout: float = CONNECT_TIMEOUT) -> Link:
     dealer.setsockopt(zmq.RECONNECT_IVL, -1)
     dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    dealer.sndhwm = 0
-    dealer.rcvhwm = 0
+    # Bounded both ways: a reader that stops reading stops libzmq reading the
+    # socket, and the server's sends to it then wait (see zmq_server).
+    dealer.sndhwm = CLIENT_HWM
+    dealer.rcvhwm = CLIENT_HWM
     if ":" in host:
         dealer.ipv6 = True
         host = f"[{host}]"
@@ -238,13 +245,14 @@ class _Bridge:
         self.stream.setblocking(False)
         fd = self.stream.fileno()
         poller = zmq.Poller()
-        poller.register(self.dealer, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         while True:
+            # Messages are taken only while the stream's reader keeps up.
+            poller.register(self.dealer, zmq.POLLIN if len(self.out) < BRIDGE_BUFFER else 0)
             poller.register(fd, zmq.POLLIN | (zmq.POLLOUT if self.out else 0))
             for item, ev in poller.poll():
                 if item is self.dealer:
-                    while readable(self.dealer):
+                    while len(self.out) < BRIDGE_BUFFER and readable(self.dealer):
                         self.out += encode_parts_stream(self.dealer.recv_multipart())
                 elif item is self.monitor:
                     event, _ = monitor_event(self.monitor)

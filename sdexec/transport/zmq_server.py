@@ -29,17 +29,34 @@ loop with ``add_reader`` on their edge-triggered ``FD``, draining while
 ``EVENTS`` says POLLIN, and re-checking after every send (libzmq may
 consume the edge while sending).
 
-Not done: per-peer back-pressure.  ZeroMQ does not report how much is
-queued for one peer, so the send high-water mark is off (unbounded) and a
-slow tcp:// reader does not pause the process's output pipes, as a slow
-``local://`` reader does.
+Bounds (the same as ``local://``'s): ``ZMQ_MAXMSGSIZE`` is the server's
+``--max-message``, so libzmq drops a peer that announces a larger frame
+before it buffers it; the receive high-water mark bounds what libzmq reads
+ahead.  Sending uses ``ZMQ_ROUTER_MANDATORY`` and a small send high-water
+mark per peer: a peer whose pipe is full makes the send fail with EAGAIN
+instead of queueing without end, and what it could not take waits in the
+peer's own queue, counted in bytes.  The peer then reports itself not
+writable (:meth:`Connection.pause_writing`), so output producers stop
+reading the process's pipes, exactly as for a slow ``local://`` reader;
+the queue is retried every :data:`RETRY_S` seconds, and writable again once
+it is empty.  A queue past ``--max-output-buffer`` closes the connection.
+
+Unauthenticated connections (TCP without a finished CURVE handshake) are
+bounded too: libzmq drops one that has not finished within
+:data:`HANDSHAKE_MS`, and at most :data:`MAX_HANDSHAKING` may be pending at
+once: the monitor reports each accepted connection's fd, and past that
+number the newest are shut down at once.  A flood of TCP connections thus
+holds a bounded number of descriptors, and the ``local://`` socket and the
+processes keep theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,9 +65,11 @@ import zmq
 import zmq.utils.z85
 
 from sdexec.base.errors import ProtocolError, SdexecError
+from sdexec.base.ratelimit import LogLimiter
 from sdexec.base.uri import parse_tcp
+from sdexec.proto.framing import DEFAULT_MAX_MESSAGE
 from sdexec.proto.message import MsgType, decode_parts, encode_parts
-from sdexec.transport.unix import Acceptor, Connection
+from sdexec.transport.unix import WRITE_HARD_LIMIT, Acceptor, Connection
 from sdexec.transport.zmq import (
     HEARTBEAT_IVL_MS,
     HEARTBEAT_TIMEOUT_MS,
@@ -67,6 +86,38 @@ log = structlog.get_logger("sdexec.transport.zmq")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"sdexec"
+#: Messages libzmq queues per peer before a send to it fails with EAGAIN.
+SEND_HWM = 4
+#: Messages libzmq reads ahead per peer.
+RECV_HWM = 256
+#: How often a peer's queue is retried while its pipe is full.
+RETRY_S = 0.02
+#: A CURVE handshake not finished in this time closes the connection.
+HANDSHAKE_MS = 10_000
+#: Connections whose CURVE handshake is not finished, at most.
+MAX_HANDSHAKING = 256
+_MONITORED = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CLOSED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def _shutdown_fd(fd: int) -> None:
+    """Shut down a TCP socket libzmq owns (it then sees EOF and closes it itself)."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return
+    try:
+        with socket.socket(fileno=dup) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _PeerTransport(asyncio.Transport):
@@ -86,7 +137,7 @@ class _PeerTransport(asyncio.Transport):
             self._peer.listener.drop(self._peer)
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self._peer.queued_bytes
 
     # Holding a peer (the security gate's back-pressure) cannot stop one
     # ZeroMQ peer's reads: its messages are queued by the router instead.
@@ -112,10 +163,12 @@ class ZmqPeer(Connection):
         self.pid = 0
         self.refusal = 0  # the acceptor's errno, if it refused this peer
         self.transport = _PeerTransport(self)
+        self.queue: collections.deque[list[bytes]] = collections.deque()
+        self.queued_bytes = 0
 
     def send(self, msg: Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.listener.send(self.routing_id, encode_parts(msg))
+            self.listener.send_to(self, encode_parts(msg))
 
 
 class ZmqListener:
@@ -128,8 +181,13 @@ class ZmqListener:
         server_cert: str | Path,
         authorized_dir: str | Path,
         default_uid: int,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        write_limit: int = WRITE_HARD_LIMIT,
     ) -> None:
         self.log = log
+        self.max_message = max_message
+        self.write_limit = write_limit
         self.endpoint = endpoint
         self.acceptor = acceptor
         cert = read_cert(server_cert)
@@ -146,6 +204,11 @@ class ZmqListener:
         self.monitor: zmq.Socket[bytes] | None = None
         self._drain_scheduled = False
         self.bound = ""
+        self.blocked: set[ZmqPeer] = set()  # peers whose pipe was full
+        self._retry: asyncio.TimerHandle | None = None
+        self.handshaking: dict[int, None] = {}  # fds accepted, handshake pending (oldest first)
+        self.shed = 0  # connections shut down past MAX_HANDSHAKING
+        self._shed_log = LogLimiter(10.0)
 
     # --- authorization ----------------------------------------------------------------
 
@@ -232,28 +295,103 @@ class ZmqListener:
         assert self.monitor is not None
         while readable(self.monitor):
             event, value = monitor_event(self.monitor)
-            if event == zmq.EVENT_DISCONNECTED:
+            if event == zmq.EVENT_ACCEPTED:
+                self.handshaking[value] = None
+                if len(self.handshaking) > MAX_HANDSHAKING:
+                    self._shed(value)
+            elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                self.handshaking.pop(value, None)
                 peer = self.by_fd.get(value)
                 if peer is not None:
                     self._closed(peer)
+            else:  # the handshake is over, one way or the other
+                self.handshaking.pop(value, None)
+
+    def _shed(self, fd: int) -> None:
+        """Too many unfinished handshakes: shut this new connection down (libzmq closes it)."""
+        self.handshaking.pop(fd, None)
+        self.shed += 1
+        _shutdown_fd(fd)
+        held = self._shed_log.allow()
+        if held is not None:
+            self.log.warning(
+                "too many unauthenticated tcp connections; closing new ones",
+                limit=MAX_HANDSHAKING,
+                closed=self.shed,
+            )
 
     def _closed(self, peer: ZmqPeer) -> None:
         if self.by_fd.get(peer.fd) is peer:
             del self.by_fd[peer.fd]
+        self.blocked.discard(peer)
+        peer.queue.clear()
+        peer.queued_bytes = 0
         peer.transport = None
         if peer.accepted:
             peer.accepted = False
             self.acceptor.closed(peer)
 
-    def send(self, routing_id: bytes, parts: list[bytes]) -> None:
+    def send(self, routing_id: bytes, parts: list[bytes]) -> bool:
+        """Send now; False if the peer's pipe is full (EAGAIN) or it is gone."""
         try:
             self.router.send_multipart([routing_id, *parts], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
+            sent = True
+        except zmq.Again:
+            sent = False
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: that peer is gone
             self.log.debug("tcp send failed", error=str(exc))
+            return True  # nothing to keep for it
         if not self._drain_scheduled:
             # Sending may have consumed the FD's edge for messages already queued.
             self._drain_scheduled = True
             asyncio.get_running_loop().call_soon(self._on_router)
+        return sent
+
+    def send_to(self, peer: ZmqPeer, parts: list[bytes]) -> None:
+        """Send to ``peer``, or queue behind what it has not taken yet."""
+        if not peer.queue and self.send(peer.routing_id, parts):
+            return
+        peer.queue.append(parts)
+        peer.queued_bytes += sum(len(p) for p in parts)
+        if peer.queued_bytes > self.write_limit:
+            self.log.warning(
+                "output limit exceeded, closing connection",
+                uid=peer.uid,
+                conn=peer.id,
+                buffered=peer.queued_bytes,
+                limit=self.write_limit,
+            )
+            self.disconnect(peer)
+            return
+        if peer not in self.blocked:
+            self.blocked.add(peer)
+            peer.pause_writing()  # output producers stop reading pipes for it
+            self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None and self.blocked:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_S, self._flush_blocked)
+
+    def _flush_blocked(self) -> None:
+        self._retry = None
+        for peer in list(self.blocked):
+            while peer.queue:
+                parts = peer.queue[0]
+                if not self.send(peer.routing_id, parts):
+                    break
+                peer.queue.popleft()
+                peer.queued_bytes -= sum(len(p) for p in parts)
+            if not peer.queue:
+                self.blocked.discard(peer)
+                peer.resume_writing()
+        self._schedule_retry()
+
+    def disconnect(self, peer: ZmqPeer) -> None:
+        """Close one peer's connection: forget it, and shut its TCP socket down."""
+        fd = peer.fd
+        self._closed(peer)
+        if fd >= 0:
+            _shutdown_fd(fd)
 
     def drop(self, peer: ZmqPeer) -> None:
         """Forget a peer the server closes (ZeroMQ has no per-peer close)."""
@@ -271,11 +409,14 @@ class ZmqListener:
         assert self.cert.secret is not None
         r.curve_secretkey = self.cert.secret
         r.zap_domain = ZAP_DOMAIN
-        r.sndhwm = 0
-        r.rcvhwm = 0
+        r.sndhwm = SEND_HWM
+        r.rcvhwm = RECV_HWM
+        r.setsockopt(zmq.MAXMSGSIZE, self.max_message)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        r.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         r.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         r.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = r.get_monitor_socket(_MONITORED)
         host, port = parse_tcp(self.endpoint)
         if ":" in host:
             r.ipv6 = True
@@ -283,6 +424,10 @@ class ZmqListener:
         try:
             r.bind(f"tcp://{host}:{port}")
         except zmq.ZMQError as exc:
+            self.monitor.close(0)
+            r.close(0)
+            self.zap.close(0)
+            self.ctx.term()
             raise SdexecError(
                 exc.errno or errno.EADDRINUSE, f"cannot listen on {self.endpoint}: {exc.strerror}"
             ) from None
@@ -304,6 +449,8 @@ class ZmqListener:
         try:
             await asyncio.Event().wait()
         finally:
+            if self._retry is not None:
+                self._retry.cancel()
             for sock, _ in handlers:
                 loop.remove_reader(socket_fd(sock))
             for peer in list(self.by_fd.values()):

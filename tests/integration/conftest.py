@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from remote import Sshd, curve_settings, free_port, keygen, run_sshd
@@ -72,7 +73,8 @@ class Server:
         env.update(extra)
         return env
 
-    def start(self) -> None:
+    def start(self, **popen: Any) -> None:
+        """Start the server (``popen``: more arguments for :class:`subprocess.Popen`)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -94,6 +96,7 @@ class Server:
                 stdout=log,
                 stderr=log,
                 env=self.env(),
+                **popen,
             )
         _wait_for_socket(self.socket_path, self.proc)
 
@@ -233,8 +236,10 @@ def cluster(
 ) -> Iterator[Cluster]:
     """Ranks 0-3 sharing the session's systemd manager, hosts file ``node0``..``node3``.
 
-    Rank 1 also listens on ``tcp://`` with CURVE and the hosts file reaches it
-    there; rank 2 is reached through ``ssh://`` and the session's sshd.  The
+    Rank 0 is the session's ``server`` (one server per rank and state
+    directory: a second rank-0 server there would be refused).  Rank 1 also
+    listens on ``tcp://`` with CURVE and the hosts file reaches it there;
+    rank 2 is reached through ``ssh://`` and the session's sshd.  The
     servers share the manager with the ``server`` fixture, so they are
     stopped with SIGKILL: a server stopped with SIGTERM also stops the
     private manager it uses, under everyone else's feet.
@@ -250,7 +255,7 @@ def cluster(
         "--curve-key", str(keys / "server.key_secret"),
         "--curve-authorized", str(authorized),
     ]  # fmt: skip
-    servers = [
+    servers = [server] + [
         Server(
             manager,
             str(workdir / f"r{rank}"),
@@ -258,7 +263,7 @@ def cluster(
             workdir / f"r{rank}.log",
             extra_args=["--rank", str(rank), *(tcp_args if rank == TCP_RANK else [])],
         )
-        for rank in range(4)
+        for rank in range(1, 4)
     ]
     uris = [srv.uri for srv in servers]
     uris[TCP_RANK] = tcp_uri
@@ -268,12 +273,12 @@ def cluster(
         "# the test cluster\n" + "".join(f"{uri} node{rank}\n" for rank, uri in enumerate(uris))
     )
     try:
-        for srv in servers:
+        for srv in servers[1:]:
             srv.start()
         yield Cluster(servers, uris, hosts_file, {**sshd.settings(), **curve_settings(keys)})
     finally:
         left = [u for u in servers[0].units() if u.split("-")[1:2] in (["1"], ["2"], ["3"])]
-        for srv in servers:
+        for srv in servers[1:]:
             if srv.proc is not None:
                 srv.stop(signal.SIGKILL)
         assert not left, f"units left behind by the cluster: {left}"

@@ -59,9 +59,10 @@ def run_sshd(d: Path) -> Iterator[Sshd]:
         "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nLogLevel VERBOSE\n"
     )
-    made_run_sshd = not os.path.isdir("/run/sshd")
-    if made_run_sshd:
-        os.makedirs("/run/sshd", mode=0o755)
+    # sshd's privilege separation directory, looked for at every connection.  It
+    # stays: another test run on this machine may be using it (removing it at
+    # teardown reset that run's ssh connections: "kex_exchange_identification").
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     with open(d / "sshd.log", "wb") as log:
         proc = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log
@@ -82,8 +83,6 @@ def run_sshd(d: Path) -> Iterator[Sshd]:
     finally:
         proc.terminate()
         proc.wait(10)
-        if made_run_sshd:
-            os.rmdir("/run/sshd")
 
 
 def keygen(keys: Path, name: str, *args: str, env: dict[str, str]) -> None:

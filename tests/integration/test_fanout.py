@@ -168,7 +168,9 @@ def test_ps_and_kill_address_every_rank(cluster: Cluster) -> None:
         }
         assert found == {1, 2}
         table = cluster.sdexec("ps", "-r", "all").stdout.decode().splitlines()
-        assert table[0].split()[:2] == ["RANK", "PID"]
+        assert table[0].split()[:3] == ["RANK", "HOST", "PID"]
+        hosts = {line.split()[0]: line.split()[1] for line in table[1:] if "fan-ps" in line}
+        assert set(hosts) == {"1", "2"} and all(hosts.values())  # names from the hosts file
     finally:
         k = cluster.sdexec("kill", "-r", "1-2", "-s", "KILL", "fan-ps")
     assert k.returncode == 0, k.stderr

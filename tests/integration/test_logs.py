@@ -4,12 +4,15 @@ process that was never waitable, by label or pid; and what the other commands sa
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 from conftest import Server
+from faults import log_mark, log_since
 
 _n = itertools.count()
 
@@ -127,3 +130,38 @@ def test_output_of_children_that_exited_before_journald_read_it_is_found(server:
     r = server.sdexec("attach", lab)
     assert (r.returncode, r.stdout, r.stderr) == (0, b"from-a-child\nshell\n", b"err-child\n")
     server.sdexec("wait", lab)
+
+
+def test_reading_logs_leaves_no_unknown_child_warning(server: Server) -> None:
+    lab = label("reaper")
+    bg(server, lab, "sh", "-c", "echo once")
+    assert server.sdexec("wait", lab).returncode == 0
+    mark = log_mark(server)
+    for _ in range(20):
+        assert server.sdexec("logs", lab).returncode == 0
+    assert "Unknown child process" not in log_since(server, mark)
+
+
+def test_timestamps_and_since(server: Server) -> None:
+    lab = label("stamps")
+    bg(server, lab, "sh", "-c", "echo early; sleep 2; echo late")
+    assert server.sdexec("wait", lab).returncode == 0
+    assert settled_logs(server, lab) == b"early\nlate\n"
+    stamped = server.sdexec("logs", "-t", lab).stdout.decode().splitlines()
+    stamp = re.compile(r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d\.\d{6} ")
+    assert [stamp.sub("", line, count=1) for line in stamped] == ["early", "late"]
+    assert all(stamp.match(line) for line in stamped)
+    # --since the second of the later line: the early one is left out.
+    when = server.sdexec("logs", "--json", "-t", lab).stdout.decode().splitlines()
+    late = json.loads(when[-1])["timestamp"]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(late - 0.5))
+    assert server.sdexec("logs", "--since", since, lab).stdout == b"late\n"
+
+
+def test_a_since_journalctl_cannot_read_is_a_clear_error(server: Server) -> None:
+    lab = label("badsince")
+    bg(server, lab, "echo", "x")
+    assert server.sdexec("wait", lab).returncode == 0
+    r = server.sdexec("logs", "--since", "the day after tomorrow-ish", lab)
+    assert r.returncode == 1
+    assert b"journalctl: Failed to parse" in r.stderr, r.stderr

@@ -65,6 +65,8 @@ def test_deb_holds_the_sdexec_command(built: Path) -> None:
     assert "/usr/bin/sdexec" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cli/main.py" in files
     assert "/usr/lib/python3/dist-packages/sdexec/cluster/perilog.py" in files
+    # The Flux broker module, at the path `sdexec flux-module-path` prints there.
+    assert "/usr/lib/python3/dist-packages/sdexec/flux/module.py" in files
 
 
 def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None:
@@ -103,3 +105,55 @@ def test_deb_depends_on_systemd_and_python(built: Path) -> None:
     depends = [d.strip().split()[0] for d in r.stdout.split(",")]
     assert "python3:any" in depends or "python3" in depends
     assert "systemd" in depends
+
+
+def maintainer_scripts(out: Path) -> dict[str, str]:
+    """The .deb's maintainer scripts (postinst, prerm, ...) by name."""
+    r = subprocess.run(
+        ["dpkg-deb", "--ctrl-tarfile", str(deb(out))], capture_output=True, check=True
+    )
+    scripts = {}
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+        for member in tar.getmembers():
+            name = member.name.removeprefix("./")
+            if name in ("preinst", "postinst", "prerm", "postrm"):
+                f = tar.extractfile(member)
+                assert f is not None
+                scripts[name] = f.read().decode()
+    return scripts
+
+
+def test_a_fresh_install_enables_and_starts_no_unit(built: Path, tmp_path: Path) -> None:
+    """The README says the units are installed, not enabled: the administrator picks one.
+
+    The real postinst runs with stand-ins for the helpers it calls, which
+    answer as on a machine that never had the package (deb-systemd-helper's
+    ``was-enabled`` is true then, ``debian-installed`` false) and record
+    what they were asked to do.
+    """
+    postinst = tmp_path / "postinst"
+    postinst.write_text(maintainer_scripts(built)["postinst"])
+    calls = tmp_path / "calls"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for tool, answer in (
+        ("deb-systemd-helper", 'case " $* " in *" debian-installed "*) exit 1;; esac; exit 0'),
+        ("deb-systemd-invoke", "exit 0"),
+        ("systemctl", "exit 0"),
+        ("py3compile", "exit 0"),  # the package's files are not installed here
+        ("pypy3compile", "exit 0"),
+    ):
+        shim = shims / tool
+        shim.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n{answer}\n')
+        shim.chmod(0o755)
+    r = subprocess.run(
+        ["sh", str(postinst), "configure", ""],
+        env={"PATH": f"{shims}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    done = calls.read_text().splitlines() if calls.exists() else []
+    enabled = [c for c in done if " enable " in f"{c} " or " start " in f"{c} "]
+    assert enabled == [], done

@@ -94,13 +94,13 @@ def test_proxy_of_a_proxy(server: Server) -> None:
 
 def test_unresolvable_target_is_an_error(server: Server) -> None:
     r = server.sdexec("proxy", "bogus:thing", "true")
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert "Unable to resolve bogus:thing to a URI" in r.stderr.decode()
 
 
 def test_missing_server_socket_is_an_error(server: Server, tmp_path: Path) -> None:
     r = server.sdexec("proxy", f"local://{tmp_path}/nothing", "true")
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert f"server socket {tmp_path}/nothing was not found" in r.stderr.decode()
 
 
@@ -124,7 +124,7 @@ def test_a_command_that_cannot_run_is_an_error(server: Server, tmp_path: Path) -
     r = server.sdexec(
         "proxy", server.uri, "/nonexistent/command", env=server.env(TMPDIR=str(tmp_path))
     )
-    assert r.returncode == 1
+    assert r.returncode == 127
     assert "cannot run /nonexistent/command" in r.stderr.decode()
     assert list(tmp_path.iterdir()) == []  # the socket directory is gone too
 

@@ -38,7 +38,7 @@ def doomed(own: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
 
 def test_version_mismatch_fails_without_force(other_version: OwnServer) -> None:
     r = other_version.sdexec("proxy", other_version.uri, "true")
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert "99.7.0" in r.stderr.decode()
     assert "--force" in r.stderr.decode()
 

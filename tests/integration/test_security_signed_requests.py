@@ -339,3 +339,36 @@ def test_owner_who_is_not_the_server_uid_is_admitted(
     # Admitted at the handshake, then refused: only the server's uid can sign.
     assert r.returncode == 1
     assert b"this server requires signed requests" in r.stderr
+
+
+def test_a_signature_replayed_after_a_server_restart_gets_eperm(
+    make_server: ServerFactory,  # noqa: F811
+    guest: Guest,  # noqa: F811
+    munged: str,  # noqa: F811
+    mech: str,
+    tmp_path: Path,
+) -> None:
+    """Issue 15, item 14: the replay cache lives in the state directory, for its TTL."""
+    import signal
+
+    from faults import assert_no_traceback
+
+    srv = make_server(
+        f"replay-restart-{mech}",
+        "--owner", str(guest.uid), "--sign-mechanisms", mech, "--munge-socket", munged,
+    )  # fmt: skip
+    ran = tmp_path / "ran"
+    payload = {
+        **EXEC,
+        "cmd": {**EXEC["cmd"], "cmdline": ["sh", "-c", f"echo once >> {ran}"]},  # type: ignore[dict-item]
+    }
+    sig = signature("sdexec.exec", payload, mech, munged)
+    assert rpc(srv, "sdexec.exec", {"signature": sig})["type"] == "started"
+    srv.stop(signal.SIGKILL)
+    srv.start()
+    assert errno_of(srv, "sdexec.exec", {"signature": sig}) == errno.EPERM
+    deadline = time.monotonic() + 10
+    while not ran.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ran.read_text() == "once\n"  # it ran once, not twice
+    assert_no_traceback(srv)

@@ -120,9 +120,9 @@ def test_ps_stats_columns(server: Server, units: dict[str, int]) -> None:
     r = server.sdexec("ps", "--stats")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.decode().splitlines()
-    assert lines[0].split() == ["PID", "LABEL", "STATE", "CPU", "MEM", "ELAPSED", "CMD"]
+    assert lines[0].split() == ["PID", "LABEL", "STATE", "START", "ELAPSED", "CPU", "MEM", "CMD"]
     mem = next(line for line in lines if " top-mem " in line).split()
-    assert mem[4].endswith("M") and float(mem[4][:-1]) >= 40
+    assert mem[6].endswith("M") and float(mem[6][:-1]) >= 40
     r = server.sdexec("ps", "-o", "{label} {elapsed}")
     assert r.returncode == 0, r.stderr
     assert any(

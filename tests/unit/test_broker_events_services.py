@@ -281,3 +281,20 @@ def test_service_registration_is_logged(router: Router) -> None:
         ok(router, Peer(router), "service.add", {"service": "svc"})
     added = [e for e in logs if e["event"] == "service added"]
     assert [(e["service"], e["uid"]) for e in added] == [("svc", OWNER)]
+
+
+def test_a_guest_gets_only_the_events_published_for_it(router: Router) -> None:
+    owner, guest, other = Peer(router), Peer(router, OWNER + 1), Peer(router, OWNER + 2)
+    for p in (owner, guest, other):
+        request(router, p, "event.subscribe", {"topic": ""})
+    router.publish("sdexec.proc.started", {"label": "g"}, uid=OWNER + 1)
+    router.publish("sdexec.proc.started", {"label": "o"}, uid=OWNER)
+    router.publish("custom", {})  # no uid: the owner's only
+
+    def topics(p: Peer) -> list[str]:
+        return [f"{m.topic}:{(m.json() or {}).get('label')}" for m in p.take()
+                if m.type == MsgType.EVENT]  # fmt: skip
+
+    assert topics(owner) == ["sdexec.proc.started:g", "sdexec.proc.started:o", "custom:None"]
+    assert topics(guest) == ["sdexec.proc.started:g"]
+    assert topics(other) == []

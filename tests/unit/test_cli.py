@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,43 @@ def test_exec_exit_code_follows_the_wait_status(tmp_path: Path, status: int, cod
         assert cli.main(["exec", "--uri", server.uri, "-n", "true"]) == code
 
 
-def test_waitable_adds_flag_16(tmp_path: Path) -> None:
-    seen: list[Message] = []
-    with ScriptedServer(short_path(tmp_path), one_exec(0, seen)) as server:
-        assert cli.main(["exec", "--uri", server.uri, "-n", "--waitable", "true"]) == 0
-    assert seen[0].json()["flags"] == 11 | 16
+def test_waitable_without_bg_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["exec", "--uri", "local:///nowhere", "-n", "--waitable", "true"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sdexec exec")
+    assert "--waitable needs --bg" in err
+
+
+def test_an_unknown_option_shows_the_subcommands_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["ps", "--bogus"], ["exec", "--bogus", "true"], ["kill", "--bogus", "x"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: sdexec {argv[0]}"), err
+        assert f"sdexec {argv[0]}: error: unrecognized arguments: --bogus" in err
+
+
+def test_an_option_value_with_a_dash_says_how_to_write_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["exec", "--bg", "--label", "-x", "true"])
+    assert "(a value that starts with '-' is written --label=VALUE)" in capsys.readouterr().err
+    assert cli_parser.parse(["exec", "--bg", "--label=-x", "true"])[0].label == "-x"
+
+
+@pytest.mark.parametrize("command", ["attach", "logs", "exec", "ps", "serve", "wait", "kill"])
+def test_help_is_wrapped_to_the_terminal(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_parser, "_width", 78)
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80, [ln for ln in lines if len(ln) > 80]
 
 
 @pytest.mark.parametrize(
@@ -354,15 +387,55 @@ LIST = {
         {"pid": 7, "cmd": "true", "label": None, "state": "Z"},
     ],
 }
+NOW = time.time()
+LONG = {
+    "rank": 0,
+    "time": NOW,  # the server's clock: ELAPSED is counted to it
+    "procs": [
+        {
+            "pid": 19803, "cmd": "sleep", "label": "job", "state": "R", "waitable": True,
+            "unit": "sdexec-0-job-1a-1.service", "started": NOW - 3725,
+        },
+        {
+            "pid": 7, "cmd": "true", "label": None, "state": "Z", "waitable": False,
+            "unit": "sdexec-0-1a-2.service", "started": NOW - 70, "ended": NOW - 10,
+        },
+    ],
+}  # fmt: skip
 
 
 def test_ps_prints_a_table(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     seen: list[Message] = []
     with ScriptedServer(short_path(tmp_path), rpc_script(seen, LIST)) as server:
         assert cli.main(["ps", "--uri", server.uri]) == 0
-    assert seen[0].topic == "sdexec.list" and seen[0].json() == {}
+    assert seen[0].topic == "sdexec.list" and seen[0].json() == {"details": True}
     assert capfd.readouterr().out == (
-        "  PID LABEL      STATE CMD\n19803 demo-sleep R     sleep\n    7 -          Z     true\n"
+        "  PID LABEL      STATE START ELAPSED CMD\n"
+        "19803 demo-sleep R     -           - sleep\n"
+        "    7 -          Z     -           - true\n"
+    )
+
+
+def test_ps_shows_start_elapsed_and_with_l_waitable_and_unit() -> None:
+    start = time.strftime("%H:%M:%S", time.localtime(NOW - 3725))
+    if time.strftime("%Y%m%d", time.localtime(NOW - 3725)) != time.strftime("%Y%m%d"):
+        start = time.strftime("%b%d", time.localtime(NOW - 3725))  # just after midnight
+    out = render(LONG, long=True).splitlines()
+    assert out[0].split() == [
+        "PID",
+        "LABEL",
+        "STATE",
+        "START",
+        "ELAPSED",
+        "WAITABLE",
+        "UNIT",
+        "CMD",
+    ]
+    assert out[1].split() == ["19803", "job", "R", start, "01:02:05", "yes",
+                              "sdexec-0-job-1a-1.service", "sleep"]  # fmt: skip
+    assert out[2].split()[3:7] == [out[2].split()[3], "01:00", "no", "sdexec-0-1a-2.service"]
+    assert render(LONG, "{label} {waitable} {unit}", with_header=False).splitlines()[1] == (
+        "- no sdexec-0-1a-2.service"
     )
 
 
@@ -463,8 +536,9 @@ def test_exec_with_ranks_but_no_hosts_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
+    monkeypatch.delenv("FLUX_URI", raising=False)
     assert cli.main(["exec", "-r", "all", "true"]) == 125
-    assert "--hosts FILE or set SDEXEC_HOSTS" in capsys.readouterr().err
+    assert "give --hosts FILE, set SDEXEC_HOSTS, or run inside Flux" in capsys.readouterr().err
 
 
 def test_sign_goes_with_ranks() -> None:

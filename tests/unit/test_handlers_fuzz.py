@@ -63,6 +63,8 @@ def open_fds() -> set[str]:
 class FakeConn:
     """A Connection-shaped object that collects what the router sends."""
 
+    stamps_credentials = True
+
     _ids = itertools.count(1)
 
     def __init__(self, uid: int) -> None:
@@ -73,6 +75,8 @@ class FakeConn:
         self.writable = True
         self.sent: list[Message] = []
         self.listeners: list[Any] = []
+        self.pending = 0  # requests owing a response (Connection.pending)
+        self.last_active = 0.0
 
     def send(self, msg: Message) -> None:
         if self.transport is not None:  # like Connection.send: a closed peer gets nothing

@@ -103,7 +103,9 @@ def test_load_reads_sdexec_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_load_without_file_or_variable_explains(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SDEXEC_HOSTS", raising=False)
-    with pytest.raises(SdexecError, match="--hosts FILE or set SDEXEC_HOSTS"):
+    with pytest.raises(
+        SdexecError, match="give --hosts FILE, set SDEXEC_HOSTS, or run inside Flux"
+    ):
         load(None)
 
 
@@ -111,3 +113,19 @@ def test_load_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(SdexecError, match=r"hosts file .*nope: No such file") as e:
         load(str(tmp_path / "nope"))
     assert e.value.errno == errno.ENOENT
+
+
+def test_inside_flux_the_ranks_are_the_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdexec.cluster import ranks
+
+    monkeypatch.setenv("FLUX_URI", "local:///run/flux/local")
+    monkeypatch.setattr(
+        ranks,
+        "flux_hosts",
+        lambda uri: [Host(r, uri, f"node{r}", nodeid=r) for r in range(3)],
+    )
+    chosen = ranks.instance(None).select("1-2")
+    assert [(h.rank, h.nodeid, h.name) for h in chosen] == [(1, 1, "node1"), (2, 2, "node2")]
+    # An explicit hosts file still wins.
+    with pytest.raises(SdexecError, match="No such file"):
+        ranks.instance("/nonexistent/hosts")

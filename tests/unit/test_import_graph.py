@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2] / "sdexec"
 LAYERS: list[tuple[str, ...]] = [
     ("cli",),  # the sdexec command; `sdexec proxy` runs proxy/
     ("proxy",),
-    ("cluster",),  # site operations across many ranks
+    ("cluster", "flux"),  # site operations across many ranks; the Flux broker module
     ("client",),
     ("server",),  # the RFC 42 service, and the standalone daemon that wires it up
     ("security",),  # the router's gate and admission; guests' exec properties

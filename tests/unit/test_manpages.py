@@ -54,7 +54,8 @@ def test_perilog_page_documents_perilog_run(pages: dict[str, str]) -> None:
 
 def test_top_page_lists_every_command(pages: dict[str, str]) -> None:
     for command in COMMANDS:
-        assert f"\\fB{command}\\fR" in pages["sdexec.1"]
+        roff = command.replace("-", "\\-")
+        assert f"\\fB{roff}\\fR" in pages["sdexec.1"]
 
 
 def test_date_comes_from_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,3 +74,10 @@ def test_man_renders_every_page_without_warnings(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert r.stderr == "", f"{path.name}: {r.stderr}"
+
+
+def test_flux_module_page_documents_the_module(pages: dict[str, str]) -> None:
+    text = pages["sdexec-flux-module-path.1"]
+    for section in (".SH MODULE ARGUMENTS", ".SH CONFIGURATION", ".SH BEHAVIOUR", ".SH EXAMPLES"):
+        assert section in text
+    assert "modules.sdexec" in text and "state\\-dir=DIR" in text

@@ -69,3 +69,20 @@ def test_summary_lists_unreachable_ranks_last_and_apart() -> None:
 
 def test_error_label_carries_the_reason() -> None:
     assert Outcome(Kind.ERROR, errno.ENOENT, "x: not found").label == "error: x: not found"
+
+
+def test_a_failed_request_is_125_whatever_its_errno() -> None:
+    from sdexec.cluster.outcome import Kind, Outcome
+
+    assert Outcome(Kind.FAILED, errno.ENOENT, "process x not found").exit_code() == 125
+    assert Outcome(Kind.ERROR, errno.ENOENT, "x: not found").exit_code() == 127
+
+
+def test_exec_errors_map_as_a_shell_does() -> None:
+    from sdexec.client.exec import exec_error_exit_code
+
+    assert exec_error_exit_code(errno.ENOENT) == 127
+    assert exec_error_exit_code(errno.ENOEXEC) == 126
+    assert exec_error_exit_code(errno.EACCES) == 126
+    assert exec_error_exit_code(errno.ENOENT, "working directory /x: No such file") == 125
+    assert exec_error_exit_code(errno.EIO) == 125

@@ -28,7 +28,7 @@ def collect(
     got: list[tuple[str, bytes]] = []
     asyncio.run(
         log.follow(
-            LogRequest(unit, unit, lambda s, d: got.append((s, d)), lambda: True, tail, follow)
+            LogRequest(unit, unit, lambda s, d, _w: got.append((s, d)), lambda: True, tail, follow)
         )
     )
     return got
@@ -72,7 +72,7 @@ def test_file_log_follow_sees_data_written_later(tmp_path: Path) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer())
             tg.create_task(
-                log.follow(LogRequest("u", "u", lambda s, d: got.append(d), lambda: done))
+                log.follow(LogRequest("u", "u", lambda s, d, _w: got.append(d), lambda: done))
             )
 
     asyncio.run(main())
@@ -91,9 +91,10 @@ def test_file_log_prepare_appends_to_files_in_its_directory(tmp_path: Path) -> N
 
 def test_journal_record_restores_newline_unless_line_break_marked() -> None:
     got: list[tuple[str, bytes]] = []
-    JournalLog._deliver(b'{"MESSAGE":"full","PRIORITY":"6"}', lambda s, d: got.append((s, d)))
+    JournalLog._deliver(b'{"MESSAGE":"full","PRIORITY":"6"}', lambda s, d, _w: got.append((s, d)))
     JournalLog._deliver(
-        b'{"MESSAGE":"part","PRIORITY":"6","_LINE_BREAK":"eof"}', lambda s, d: got.append((s, d))
+        b'{"MESSAGE":"part","PRIORITY":"6","_LINE_BREAK":"eof"}',
+        lambda s, d, _w: got.append((s, d)),
     )
     assert got == [("stdout", b"full\n"), ("stdout", b"part")]
 
@@ -101,7 +102,7 @@ def test_journal_record_restores_newline_unless_line_break_marked() -> None:
 def test_journal_record_priority_err_is_stderr_and_bytes_survive() -> None:
     got: list[tuple[str, bytes]] = []
     line = b'{"MESSAGE":[255,0,65],"PRIORITY":"%d","__CURSOR":"c1"}' % PRIORITY_STDERR
-    assert JournalLog._deliver(line, lambda s, d: got.append((s, d))) == "c1"
+    assert JournalLog._deliver(line, lambda s, d, _w: got.append((s, d))) == "c1"
     assert got == [("stderr", b"\xff\x00A\n")]
 
 
@@ -150,3 +151,17 @@ def test_choose_takes_the_journal_only_when_its_socket_is_there(tmp_path: Path) 
 def test_json_record_is_text_or_base64() -> None:
     assert encode_record("stdout", b"hi") == {"stream": "stdout", "data": "hi"}
     assert encode_record("stderr", b"\xff")["encoding"] == "base64"
+
+
+def test_a_reader_that_ends_its_output_is_waited_for_never_killed(tmp_path: Path) -> None:
+    """Killing a journalctl that is exiting by itself lets asyncio's kill() reap it
+    under the child watcher ("Unknown child process pid N, will report returncode 255")."""
+    mark = tmp_path / "exited-by-itself"
+    script = f'echo \'{{"MESSAGE":"line","PRIORITY":"6"}}\'; exec >&-; sleep 0.3; touch "{mark}"'
+    got: list[tuple[str, bytes]] = []
+    log = JournalLog(Journal.for_mode("user"))
+    asyncio.run(
+        log._run(["sh", "-c", script], lambda s, d, _w: got.append((s, d)), None, None, None)
+    )
+    assert got == [("stdout", b"line\n")]
+    assert mark.exists()

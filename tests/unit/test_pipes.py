@@ -476,3 +476,55 @@ def test_input_pipe_one_mib_to_a_slow_reader_never_blocks_the_loop() -> None:
         assert sum(credits) == size
 
     run(main, timeout=30)
+
+
+# --- line-buffered output (<stream>_LINE_BUFFER) ---------------------------------------
+
+
+def line_pipe(data: list[bytes], limit: int = 1 << 20) -> list[tuple[str, bytes, bool]]:
+    """The sink calls of a line-buffered pipe fed ``data`` in writes, then EOF."""
+    calls: list[tuple[str, bytes, bool]] = []
+
+    async def main() -> None:
+        r, w = os.pipe()
+        sink = Sink()
+        pipe = OutputPipe("stderr", r, sink, line_buffer=limit)
+        pipe.resume()
+        for chunk in data:
+            os.write(w, chunk)
+            await until_read(r)
+        os.close(w)
+        await sink.until(lambda: sink.eof)
+        calls.extend(sink.calls)
+
+    run(main)
+    return calls
+
+
+def test_line_buffer_sends_one_chunk_per_line() -> None:
+    calls = line_pipe([b"one\ntwo\nthr", b"ee\n"])
+    assert calls == [
+        ("stderr", b"one\n", False),
+        ("stderr", b"two\n", False),
+        ("stderr", b"three\n", False),
+        ("stderr", b"", True),
+    ]
+
+
+def test_line_buffer_sends_the_last_partial_line_with_the_eof() -> None:
+    assert line_pipe([b"a\nno newline"]) == [
+        ("stderr", b"a\n", False),
+        ("stderr", b"no newline", True),
+    ]
+
+
+def test_line_buffer_flushes_a_full_buffer_without_a_newline() -> None:
+    calls = line_pipe([b"x" * 10, b"y\n"], limit=8)
+    assert b"".join(d for _, d, _ in calls) == b"x" * 10 + b"y\n"
+    assert calls[0] == ("stderr", b"x" * 10, False)  # at least the limit: sent as it is
+
+
+def test_line_buffer_never_cuts_a_character_when_flushing_a_full_buffer() -> None:
+    calls = line_pipe(["é".encode() * 5], limit=5)
+    for _, data, _ in calls:
+        data.decode("utf-8")

@@ -405,3 +405,40 @@ def test_wait_statuses_are_told_in_words(
 ) -> None:
     assert rfc42.describe_status(status) == words
     assert rfc42.status_fields(status) == fields
+
+
+# --- options for output buffering and the stop timer -------------------------------------
+
+
+def _cmd(**opts: str) -> rfc42.Command:
+    return rfc42.Command(cmdline=["true"], env={}, opts=dict(opts), channels=[])
+
+
+def test_line_buffer_option_defaults_to_the_servers_choice() -> None:
+    assert _cmd().line_buffer("stdout", True) and not _cmd().line_buffer("stdout", False)
+    assert not _cmd(stdout_LINE_BUFFER="FALSE").line_buffer("stdout", True)
+    assert _cmd(stderr_LINE_BUFFER="true").line_buffer("stderr", False)
+
+
+def test_line_buffer_option_must_be_true_or_false() -> None:
+    with pytest.raises(SdexecError) as info:
+        _cmd(stdout_LINE_BUFFER="maybe").line_buffer("stdout", True)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_output_bufsize_option() -> None:
+    assert _cmd().output_bufsize("stdout") == rfc42.DEFAULT_OUTPUT_BUFSIZE
+    assert _cmd(stdout_BUFSIZE="0").output_bufsize("stdout") == rfc42.DEFAULT_OUTPUT_BUFSIZE
+    assert _cmd(stdout_BUFSIZE="64k").output_bufsize("stdout") == 64 * 1024
+    with pytest.raises(SdexecError):
+        _cmd(stderr_BUFSIZE="lots").output_bufsize("stderr")
+
+
+def test_stop_timer_options() -> None:
+    assert _cmd().stop_timer() == (None, 9)
+    assert _cmd(SDEXEC_STOP_TIMER_SEC="30", SDEXEC_STOP_TIMER_SIGNAL="10").stop_timer() == (30, 10)
+    assert _cmd(SDEXEC_STOP_TIMER_SEC="").stop_timer() == (0, 9)
+    assert _cmd(SDEXEC_STOP_TIMER_SEC="-1").stop_timer() == (None, 9)
+    for bad in ({"SDEXEC_STOP_TIMER_SEC": "soon"}, {"SDEXEC_STOP_TIMER_SIGNAL": "99"}):
+        with pytest.raises(SdexecError):
+            _cmd(**bad).stop_timer()

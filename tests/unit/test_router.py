@@ -30,6 +30,8 @@ _ids = itertools.count(1)
 class FakeConn:
     """Just enough of :class:`~sdexec.transport.unix.Connection` for the router."""
 
+    stamps_credentials = True
+
     def __init__(self, uid: int = OWNER, pid: int = 4321) -> None:
         self.id = f"conn{next(_ids)}"
         self.uid = uid
@@ -39,6 +41,8 @@ class FakeConn:
         self.sent: list[Message] = []
         self.listeners: list[Callable[[bool], None]] = []
         self.closed = False
+        self.pending = 0  # requests owing a response (Connection.pending)
+        self.last_active = 0.0
 
     def send(self, msg: Message) -> None:
         self.sent.append(msg)
@@ -524,3 +528,35 @@ def test_deeply_nested_json_payload_is_eproto() -> None:
     msg.payload = b"[" * 100_000 + b"\0"
     send(router, conn, msg)
     assert only_response(conn).errnum == errno.EPROTO
+
+
+# --- idle connections (the owner's way in past a full table) --------------------------
+
+
+def test_a_request_is_pending_until_its_last_response() -> None:
+    router = make_router()
+    seen: list[Request] = []
+    router.register("svc.hold", seen.append)
+    router.register("svc.stream", seen.append)
+    conn = connect(router)
+    send(router, conn, request("svc.hold"))
+    send(router, conn, request("svc.stream", flags=MsgFlag.STREAMING))
+    send(router, conn, request("svc.hold", flags=MsgFlag.NORESPONSE))
+    assert conn.pending == 2
+    seen[0].respond({})
+    seen[1].respond({})
+    assert conn.pending == 1
+    seen[1].end()
+    seen[1].error(5)  # after the end: nothing more is sent or counted
+    assert conn.pending == 0
+
+
+def test_evict_idle_closes_the_longest_idle_connection_guests_first() -> None:
+    router = make_router(allow_guests=True)
+    router.register("svc.hold", lambda req: None)
+    old_owner, guest, busy = connect(router), connect(router, GUEST), connect(router)
+    old_owner.last_active, guest.last_active, busy.last_active = 1.0, 5.0, 0.5
+    send(router, busy, request("svc.hold"))  # a request in flight: not idle
+    assert router.evict_idle() == guest.id and guest.closed
+    assert router.evict_idle() == old_owner.id and old_owner.closed
+    assert router.evict_idle() is None and not busy.closed

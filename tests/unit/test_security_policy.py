@@ -21,7 +21,7 @@ from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import ROLE_OWNER, ROLE_USER, Message, MsgFlag, MsgType
 from sdexec.security import guest, sign
 from sdexec.security.gate import Gate
-from sdexec.security.policy import Admission, SecurityConfig
+from sdexec.security.policy import Admission, SecurityConfig, owner_reserve
 from sdexec.transport.unix import Connection
 
 UID = os.getuid()
@@ -52,29 +52,68 @@ def test_owner_other_than_the_server_is_admitted() -> None:
     assert adm.admit("a", GUEST)[0] == 0
 
 
-def test_connections_over_the_per_uid_limit_get_eagain() -> None:
+def test_a_guest_over_the_per_uid_limit_gets_eagain() -> None:
+    adm = admission(allow_guests=True, max_connections_per_uid=2)
+    assert [adm.admit(c, GUEST)[0] for c in "abc"] == [0, 0, errno.EAGAIN]
+
+
+def test_the_owner_is_not_held_to_the_per_uid_limit() -> None:
     adm = admission(max_connections_per_uid=2)
-    assert [adm.admit(c, UID)[0] for c in "abc"] == [0, 0, errno.EAGAIN]
+    assert [adm.admit(str(i), UID)[0] for i in range(200)] == [0] * 200
 
 
 def test_per_uid_limit_leaves_room_for_other_uids() -> None:
     adm = admission(allow_guests=True, max_connections_per_uid=1)
     adm.admit("a", GUEST)
-    assert adm.admit("b", UID)[0] == 0
+    assert adm.admit("b", GUEST + 1)[0] == 0
+    assert adm.admit("c", UID)[0] == 0
 
 
-def test_connections_over_the_total_limit_get_eagain() -> None:
-    adm = admission(allow_guests=True, max_connections=2)
+def test_guests_together_leave_the_owners_reserve() -> None:
+    adm = admission(allow_guests=True, max_connections=128, max_connections_per_uid=128)
+    room = 128 - owner_reserve(128)
+    got = [adm.admit(f"g{g}-{i}", GUEST + g)[0] for g in range(4) for i in range(128)]
+    assert got.count(0) == room
+    assert {e for e in got if e} == {errno.EAGAIN}
+    assert [adm.admit(f"o{i}", UID)[0] for i in range(128 - room)] == [0] * (128 - room)
+
+
+def test_a_full_table_closes_the_idle_connection_for_the_owner() -> None:
+    adm = admission(max_connections=2)
     adm.admit("a", UID)
-    adm.admit("b", GUEST)
-    assert adm.admit("c", GUEST + 1)[0] == errno.EAGAIN
+    adm.admit("b", UID)
+    closed: list[str] = []
+
+    def evict() -> str:
+        closed.append("a")
+        return "a"
+
+    assert adm.admit("c", UID, evict=evict) == (0, "")
+    assert closed == ["a"] and set(adm.uid_of) == {"b", "c"}
+
+
+def test_a_full_table_with_nothing_idle_is_eagain() -> None:
+    adm = admission(max_connections=1)
+    adm.admit("a", UID)
+    errnum, reason = adm.admit("b", UID, evict=lambda: None)
+    assert errnum == errno.EAGAIN and "no idle connection" in reason
+
+
+def test_a_full_table_closes_nothing_for_a_guest() -> None:
+    adm = admission(allow_guests=True, max_connections=20)
+    for i in range(20):
+        adm.admit(str(i), UID)
+    assert adm.admit("g", GUEST, evict=lambda: pytest.fail("evicted for a guest"))[0] == (
+        errno.EAGAIN
+    )
 
 
 def test_a_closed_connection_frees_its_slot() -> None:
-    adm = admission(max_connections_per_uid=1)
-    adm.admit("a", UID)
+    adm = admission(allow_guests=True, max_connections_per_uid=1)
+    adm.admit("a", GUEST)
     adm.release("a")
-    assert adm.admit("b", UID)[0] == 0
+    assert adm.admit("b", GUEST)[0] == 0
+    assert adm.guests == 1
 
 
 # --- guests ---------------------------------------------------------------------------------

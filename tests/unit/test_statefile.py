@@ -136,3 +136,11 @@ def test_the_history_is_bounded_and_says_what_it_forgot(
     again = StateDir(tmp_path)
     assert [r.unit for r in again.history()] == [reaped(n).unit for n in (2, 3, 4)]
     assert len(lines(again)) == 3  # compacted: the forgotten ones are gone from the file
+
+
+def test_ranks_sharing_a_state_directory_keep_their_records_apart(tmp_path: Path) -> None:
+    zero, one = StateDir(tmp_path), StateDir(tmp_path, rank=1)
+    zero.save(rec(1))
+    one.save(rec(2))
+    assert StateDir(tmp_path).load_all() == [rec(1)]
+    assert StateDir(tmp_path, rank=1).load_all() == [rec(2)]

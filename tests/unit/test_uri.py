@@ -23,8 +23,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 
 def test_default_path_is_under_xdg_runtime_dir(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setattr(os, "getuid", lambda: 1000)
     clean_env.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert uri.default_local_path() == "/run/user/1000/sdexec/local"
+
+
+def test_root_with_xdg_runtime_dir_uses_the_system_socket(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setattr(os, "getuid", lambda: 0)
+    clean_env.setenv("XDG_RUNTIME_DIR", "/run/user/0")  # any root ssh login
+    assert uri.default_local_path() == "/run/sdexec/local"
 
 
 def test_default_path_for_root_is_under_run(clean_env: pytest.MonkeyPatch) -> None:
@@ -38,6 +45,7 @@ def test_default_path_for_other_users_is_under_tmp(clean_env: pytest.MonkeyPatch
 
 
 def test_default_uri_prefers_sdexec_uri(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setattr(os, "getuid", lambda: 7)
     clean_env.setenv("XDG_RUNTIME_DIR", "/run/user/7")
     assert uri.default_uri() == "local:///run/user/7/sdexec/local"
     clean_env.setenv("SDEXEC_URI", "local:///elsewhere")

@@ -1,0 +1,214 @@
+"""Real Flux instances for the tests: ``flux start --test-size=N`` on a confined systemd.
+
+Which flux-core: ``$SDEXEC_FLUX`` (the ``flux`` command of a flux-core build
+or install), else ``flux`` on PATH.  flux-core is not on PyPI or in Debian
+12; ``.ci/run`` builds one with ``../shared/tools/flux-core-build`` and sets
+``SDEXEC_FLUX``.  Without one the Flux tests skip with one line saying how to
+enable them, unless ``SDEXEC_REQUIRE_FLUX=1`` (CI) makes that a failure.
+
+An instance runs ``flux start`` in a session of its own with an initial
+program that waits for its standard input to close; :meth:`FluxInstance.stop`
+closes it, so the instance shuts down the normal way (rc3 unloads the
+modules), and only if that does not end it in time is the session (the
+processes this test started, by their process group) killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sdexec.systemd.private import PrivateManager
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "sdexec" / "flux" / "module.py"
+ENABLE = (
+    "Flux tests skipped: no flux-core (set SDEXEC_FLUX=/path/to/bin/flux, e.g. the path "
+    "../shared/tools/flux-core-build prints, or put flux on PATH)"
+)
+
+
+def find_flux() -> str | None:
+    """The ``flux`` command to test against, or None."""
+    flux = os.environ.get("SDEXEC_FLUX") or shutil.which("flux")
+    if not flux:
+        return None
+    try:
+        out = subprocess.run([flux, "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return flux if out.returncode == 0 and "+systemd" in out.stdout else None
+
+
+def flux_or_skip() -> str:
+    flux = find_flux()
+    if flux is None:
+        if os.environ.get("SDEXEC_REQUIRE_FLUX") == "1":
+            pytest.fail("SDEXEC_REQUIRE_FLUX=1 but no usable flux-core: " + ENABLE)
+        pytest.skip(ENABLE)
+    return flux
+
+
+def flux_core_source(flux: str) -> Path | None:
+    """The flux-core build tree a ``flux`` came from (for its sharness tests), if any."""
+    env = os.environ.get("SDEXEC_FLUX_CORE_SRC")
+    if env:
+        return Path(env)
+    # flux-core-build installs into CACHE/inst and builds in CACHE/src.
+    src = Path(flux).resolve().parents[2] / "src"
+    return src if (src / "t" / "sharness.sh").exists() else None
+
+
+@dataclass
+class FluxInstance:
+    """One ``flux start --test-size=N`` with sdexec's environment."""
+
+    flux: str
+    manager: PrivateManager
+    workdir: Path
+    size: int = 4
+    config: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    uri: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker_args: list[str] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "broker.log"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = self.manager.env()
+        for name in ("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_CONFIG"):
+            env.pop(name, None)
+        env["SDEXEC_JOURNAL_DIR"] = str(self.manager.journal_dir)
+        env["PYTHONPATH"] = str(REPO)
+        env["PATH"] = os.pathsep.join([str(Path(self.flux).parent), env.get("PATH", os.defpath)])
+        env.update(self.extra_env)
+        if self.uri:
+            env["FLUX_URI"] = self.uri
+        env.update(extra)
+        return env
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "conf"
+        conf.mkdir(exist_ok=True)
+        (conf / "sdexec.toml").write_text(self.config)
+        uri_file = self.workdir / "uri"
+        uri_file.unlink(missing_ok=True)
+        wait_for_stdin = 'echo "$FLUX_URI" > "$0.tmp" && mv "$0.tmp" "$0" && exec cat >/dev/null'
+        self.proc = subprocess.Popen(
+            [
+                self.flux,
+                "start",
+                f"--test-size={self.size}",
+                f"--config-path={conf}",
+                f"-Slog-filename={self.log_path}",
+                "-Slog-forward-level=7",
+                *self.broker_args,
+                "sh",
+                "-c",
+                wait_for_stdin,
+                str(uri_file),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "start.err", "ab"),  # noqa: SIM115 - the child owns it
+            env=self.env(),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not uri_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"flux start exited with {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"flux start did not come up in {timeout}s: {self.tail()}")
+            time.sleep(0.05)
+        self.uri = uri_file.read_text().strip()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Shut the instance down (rc3 runs); kill what is left of it after ``timeout``."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            rc = -signal.SIGKILL
+        # Brokers of a test instance are children of flux start: in its
+        # session; whatever survived is killed there (only what we started).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        self.proc = None
+        self.uri = ""
+        return rc
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        with contextlib.suppress(FileNotFoundError):
+            text += (self.workdir / "start.err").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def run(
+        self, *args: str, timeout: float = 120, input: bytes | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """A command inside the instance (``flux ...``, ``sdexec ...`` or anything)."""
+        argv = list(args)
+        if argv[0] == "flux":
+            argv[0] = self.flux
+        elif argv[0] == "sdexec":
+            argv[:1] = [sys.executable, "-m", "sdexec.cli.main"]
+        return subprocess.run(
+            argv,
+            env=self.env(**env),
+            input=input.decode() if input is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def must(self, *args: str, timeout: float = 120, **env: str) -> str:
+        """:meth:`run`, asserting success; its standard output."""
+        r = self.run(*args, timeout=timeout, **env)
+        assert r.returncode == 0, f"{args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def load_sdexec(self, ranks: str = "all", *args: str) -> None:
+        self.must(
+            "flux",
+            "exec",
+            "-r",
+            ranks,
+            "flux",
+            "module",
+            "load",
+            "--name=sdexec",
+            str(MODULE),
+            *args,
+        )
+
+    def remove_sdexec(self, ranks: str = "all") -> None:
+        self.must("flux", "exec", "-r", ranks, "flux", "module", "remove", "sdexec")
+
+    def dmesg(self) -> str:
+        return self.run("flux", "dmesg").stdout
