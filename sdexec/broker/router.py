@@ -74,6 +74,8 @@ class Router:
         self.routes: dict[str, Route] = {}
         self.connections: dict[str, Connection] = {}
         self.disconnect_hooks: list[Callable[[str], None]] = []
+        #: Called with each connection accepted (sdexec.systemd.migration's kick).
+        self.accept_hooks: list[Callable[[Connection], None]] = []
         self._tg: asyncio.TaskGroup | None = None
         # The router's own services: they get what they use, not the router.
         self.events = EventBus(
@@ -119,6 +121,8 @@ class Router:
             return errno.EPERM
         self.connections[conn.id] = conn
         log.debug("connection accepted", uid=conn.uid, peer_pid=conn.pid, conn=conn.id)
+        for hook in self.accept_hooks:
+            hook(conn)
         return 0
 
     def evict_idle(self) -> str | None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from sdexec.security.policy import SecurityConfig
     from sdexec.server.service import Service
     from sdexec.systemd.bus import SystemdBus
+    from sdexec.systemd.migration import MigrationWarmer
     from sdexec.systemd.private import PrivateManager
 
 log = structlog.get_logger("sdexec.server")
@@ -155,6 +156,10 @@ async def serve(
     )
     service.strict_properties = opts.strict_properties
     await _watch_controllers(bus, service)
+    warmer = _migration_warmer()
+    if warmer is not None:
+        service.before_exec = warmer.kick
+        router.accept_hooks.append(lambda _conn: warmer.kick())
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
@@ -233,6 +238,8 @@ async def serve(
             gate.close()
             service.close()
     finally:
+        if warmer is not None:
+            warmer.close()
         # Whatever ends the server, its socket goes (systemd owns an inherited one).
         if bound and opts.listen_sock is None:
             with contextlib.suppress(FileNotFoundError):
@@ -240,6 +247,21 @@ async def serve(
     if supervisor.gave_up is not None:
         raise SdexecError(errnum_of(supervisor.gave_up), supervisor.gave_up.message)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
+
+
+def _migration_warmer() -> MigrationWarmer | None:
+    """The thread that keeps cgroup migrations fast (None: it cannot work here)."""
+    from sdexec.systemd.migration import MigrationWarmer, own_cgroup_procs
+    from sdexec.systemd.private import cgroup2_root
+
+    procs, reason = own_cgroup_procs(cgroup2_root())
+    warmer = MigrationWarmer(procs)
+    warmer.start()
+    if warmer.disabled:
+        log.info("cgroup migrations not warmed", reason=reason or warmer.disabled)
+        return None
+    log.debug("cgroup migrations warmed", cgroup_procs=str(procs))
+    return warmer
 
 
 async def _watch_controllers(bus: SystemdBus, service: Service) -> None:

@@ -276,6 +276,8 @@ class Service:
         self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
         self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
+        # Called when an exec arrives: sdexec.systemd.migration.MigrationWarmer.kick.
+        self.before_exec: Callable[[], None] | None = None
         self._seq = itertools.count(1)
         self._stamp = f"{int(time.time() * 1000) % (36**8):x}"
         self.shutting_down = False
@@ -488,6 +490,8 @@ class Service:
             raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         if self.down is not None:
             raise SdexecError(errnum_of(self.down), self.down.message)
+        if self.before_exec is not None:
+            self.before_exec()
         er = rfc42.parse_exec(req.payload())
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
