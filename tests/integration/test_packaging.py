@@ -69,7 +69,7 @@ def test_deb_holds_the_sdexec_command(built: Path) -> None:
     assert "/usr/lib/python3/dist-packages/sdexec/flux/module.py" in files
 
 
-def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None:
+def test_packaged_command_is_our_lean_script_run_by_python3_without_site(built: Path) -> None:
     r = subprocess.run(
         ["dpkg-deb", "--fsys-tarfile", str(deb(built))], capture_output=True, check=True
     )
@@ -79,7 +79,7 @@ def test_packaged_command_is_our_lean_script_run_by_python3(built: Path) -> None
         assert script is not None
         text = script.read().decode()
     assert member.mode & 0o111
-    assert text.splitlines()[0] == "#!/usr/bin/python3"
+    assert text.splitlines()[0] == "#!/usr/bin/python3 -S"  # no site module: see bin/sdexec
     assert "from sdexec.cli.main import run" in text
     assert "import re" not in text  # not a generated wrapper: see bin/sdexec
 
