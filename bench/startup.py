@@ -9,7 +9,8 @@ Usage::
    as ``python -S``).  ``--install DIR`` uses (and updates) DIR instead.
 2. Starts a server on the embedded default, as ``bench/bench.py`` does, and
    measures whole processes, paired: the cases run round-robin, one launch
-   of each per round, each timed from spawn to reaped, with its CPU time
+   of each per round (each round starting with the next case), each timed
+   from spawn to reaped, with its CPU time
    (user + system, from ``wait4``).  Back to back (``--runs``, default 100),
    then with 100 ms of quiet before every launch (``--idle-runs``, 60):
 
@@ -102,8 +103,14 @@ def paired(
     for argv, env in cases.values():  # warm caches, bytecode, the manager's paths
         launch(argv, env)
         launch(argv, env)
-    for _ in range(runs):
-        for name, (argv, env) in cases.items():
+    names = list(cases)
+    for i in range(runs):
+        # Each round in another order: a case never always follows the same
+        # one (a launch right after an sdexec exec finds the kernel's
+        # migration lock still warm, see sdexec.systemd.migration).
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            argv, env = cases[name]
             if idle:
                 time.sleep(idle)
             wall, cpu = launch(argv, env)

@@ -6,9 +6,10 @@ Start-up time is part of every remote command's latency: an ``sdexec exec
 /bin/true`` is Python's own start, this module, the client, and one round
 trip to the server.  So a plain ``sdexec exec`` is parsed by
 :mod:`sdexec.cli.quick`, and only other command lines pay for argparse
-(:mod:`sdexec.cli.parser`).  Each command's code is imported only when it
-runs: ``sdexec.cli.<command>.run``, or ``sdexec.cli.fanout.run_<command>``
-for ``-r``.  The client path never imports asyncio, dbus_fast, zmq,
+(:mod:`sdexec.cli.parser`); it connects to the server before it imports
+the client (:func:`sdexec.transport.connector.open_early`).  Each command's
+code is imported only when it runs: ``sdexec.cli.<command>.run``, or
+``sdexec.cli.fanout.run_<command>`` for ``-r``.  The client path never imports asyncio, dbus_fast, zmq,
 structlog, ``json``, ``enum`` or ``re`` (see :mod:`sdexec.client.blocking`).
 """
 
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sdexec.cli.quick import parse_exec
 
         args = parse_exec(words[1:])
+        if args is not None:
+            # Connected before the client is imported: see sdexec.transport.connector.
+            from sdexec.transport.connector import open_early
+
+            open_early(args.uri)
     if args is None:
         from sdexec.cli.parser import parse
 

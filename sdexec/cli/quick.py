@@ -17,8 +17,6 @@ check exactly that against the real parser.
 
 from __future__ import annotations
 
-from sdexec.proto.labels import label_problem
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -94,8 +92,11 @@ def parse_exec(argv: Sequence[str]) -> Args | None:
             return None
         if name in _VALUES:
             dest = _VALUES[name]
-            if dest == "label" and label_problem(value) is not None:
-                return None
+            if dest == "label":
+                from sdexec.proto.labels import label_problem
+
+                if label_problem(value) is not None:
+                    return None
             if value not in _CHOICES.get(dest, (value,)):
                 return None
             fields[dest] = value

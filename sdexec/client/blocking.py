@@ -60,7 +60,6 @@ from sdexec.client.exec import (
     ExecSession,
 )
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
-from sdexec.proto import pty
 from sdexec.proto.framing import FrameDecoder, encode_frame
 from sdexec.proto.message import NODEID_ANY, Message, MsgFlag, MsgType, decode_json_payload
 from sdexec.transport.connector import open_link
@@ -483,6 +482,8 @@ class _ExecLoop:
         """The window size as a write to ``pty.winsize`` (no credit; see sdexec.proto.pty)."""
         if self.winsize is None or self.session.status is not None:
             return
+        from sdexec.proto import pty  # --pty only
+
         text = pty.format_winsize(*self.winsize()).encode()
         self.handle.send(WRITE_TOPIC, self.session.side_payload(self.tag, pty.WINSIZE_STREAM, text))
 

@@ -36,10 +36,7 @@ import errno
 
 from sdexec.base.errors import ProtocolError, SdexecError
 from sdexec.client.rpc import RemoteError, response_payload
-from sdexec.proto import b64
-from sdexec.proto.iodata import decode_io_data
 from sdexec.proto.jsonio import parse_output_data, write_payload
-from sdexec.proto.labels import label_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,6 +98,8 @@ def build_command(
     cmd["opts"] = dict(opts) if opts else {}
     cmd["channels"] = []
     if label is not None:
+        from sdexec.proto.labels import label_problem  # --label only
+
         problem = label_problem(label)
         if problem is not None:
             raise SdexecError(errno.EINVAL, f"--label: {problem}")
@@ -142,6 +141,8 @@ def encode_io(
         if text is not None and "\0" not in text:
             io["data"] = text
         else:
+            from sdexec.proto import b64
+
             io["data"] = b64.encode(data).decode("ascii")
             io["encoding"] = "base64"
     if eof:
@@ -332,6 +333,8 @@ class ExecSession:
             eof = io.get("eof", False) is True
             if eof:
                 self.eof_streams.add(io["stream"])
+            from sdexec.proto.iodata import decode_io_data  # output another server laid out
+
             return ExecEvent(OUTPUT, stream=io["stream"], data=decode_io_data(io), eof=eof)
         if kind == STARTED:
             self.pid = _int_field(resp, "pid")

@@ -19,7 +19,6 @@ On the CLI's start-up path: it imports the error type and
 from __future__ import annotations
 
 from sdexec.base.errors import ProtocolError
-from sdexec.proto import b64
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +42,8 @@ def decode_io_data(io: Mapping[str, Any]) -> bytes:
         except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
             raise ProtocolError("io.data is not valid UTF-8") from exc
     if encoding == "base64":
+        from sdexec.proto import b64  # not on the CLI's start-up path
+
         try:
             return b64.decode(data)
         except ValueError as exc:

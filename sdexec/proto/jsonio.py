@@ -35,9 +35,8 @@ when installed) on first use.
 from __future__ import annotations
 
 import codecs
-import warnings
 
-from sdexec.proto import b64, cjson
+from sdexec.proto import cjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,6 +96,8 @@ def _io_pieces(head: bytes, data: bytes | None, eof: bool, *, nul: bool) -> list
     body = escape_utf8(data, nul=nul)
     if body is not None:
         return [head + b',"data":"', body, b'"' + end]
+    from sdexec.proto import b64  # binary data only: not on the CLI's start-up path
+
     return [head + b',"data":"', b64.encode(data), b'","encoding":"base64"' + end]
 
 
@@ -254,6 +255,8 @@ def unescape(body: bytes | memoryview) -> bytes | None:
     """
     if isinstance(body, bytes) and b"\\" not in body:
         return body
+    import warnings  # not on the CLI's start-up path
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
@@ -320,6 +323,8 @@ def parse_output_data(payload: bytes) -> tuple[int, str, bytes, bool] | None:
         return None
     data = b""
     if tail.base64:
+        from sdexec.proto import b64
+
         try:
             data = b64.decode(memoryview(payload)[tail.begin : tail.end])
         except ValueError:
@@ -358,6 +363,8 @@ def parse_write(payload: bytes) -> tuple[int, str, bytes, bool] | None:
         return None
     data = b""
     if tail.base64:
+        from sdexec.proto import b64
+
         try:
             data = b64.decode(memoryview(payload)[tail.begin : tail.end])
         except ValueError:

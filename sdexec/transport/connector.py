@@ -25,6 +25,11 @@ is only "how to get a byte stream to the server".  :meth:`Link.close
 <sdexec.transport.link.Link.close>` closes the socket and releases what
 keeps the stream alive.
 
+The ``sdexec exec`` command connects first, before it imports the client
+(:func:`open_early`): the server then knows a request is coming while the
+command is still starting, and warms up for it (see
+:mod:`sdexec.systemd.migration`); an ssh connection is started meanwhile.
+
 This module is on the CLI's start-up path: it imports the link and the URI
 rules only; the ssh and zmq modules are imported for their schemes.
 """
@@ -34,12 +39,32 @@ from __future__ import annotations
 from sdexec.base import uri as _uri
 from sdexec.transport.link import Link, connect_local
 
+# Links opened by open_early, each for the next open_link of its URI.
+_early: dict[str | None, Link] = {}
+
+
+def open_early(uri: str | None = None) -> None:
+    """Open the link that the next ``open_link(uri)`` returns, now.
+
+    A failure is left for that call to report (it tries again).
+    """
+    if uri in _early:
+        return
+    try:
+        _early[uri] = open_link(uri)
+    except Exception:  # an SdexecError, or an OSError from a transport
+        return
+
 
 def open_link(uri: str | None = None) -> Link:
     """Connect to the server named by ``uri`` (default: :func:`sdexec.base.uri.default_uri`).
 
-    The handshake byte is left for the caller to read.
+    The handshake byte is left for the caller to read.  A link that
+    :func:`open_early` opened for the same ``uri`` is returned as it is.
     """
+    early = _early.pop(uri, None)
+    if early is not None:
+        return early
     resolved = _uri.resolve(uri if uri else _uri.default_uri())
     if resolved.startswith(_uri.SSH_SCHEME):
         from sdexec.transport.ssh import open_ssh
