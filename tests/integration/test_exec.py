@@ -213,3 +213,11 @@ def test_an_idle_server_does_not_wake_up(server: Server) -> None:
     before = _wakeups(server.proc.pid)
     time.sleep(1.0)
     assert _wakeups(server.proc.pid) - before <= 2  # a 50 ms poll would be ~20
+
+
+def test_the_server_warms_cgroup_migrations_in_its_own_cgroup(server: Server) -> None:
+    """sdexec.systemd.migration: running as root on cgroup2, the server's warmer is on."""
+    assert server.sdexec("exec", "--", "true").returncode == 0
+    log = server.log_path.read_text()
+    assert '"cgroup migrations warmed"' in log
+    assert "cgroup migrations not warmed" not in log

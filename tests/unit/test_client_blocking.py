@@ -363,3 +363,30 @@ def test_an_output_write_error_other_than_epipe_is_raised(tmp_path: Path) -> Non
         os.close(readonly)
     assert info.value.errno == errno.EBADF
     assert info.value.message == "cannot write stdout: Bad file descriptor"
+
+
+def test_a_link_opened_early_is_the_one_connect_uses(tmp_path: Path) -> None:
+    from sdexec.transport import connector
+
+    def script(conn: Conn) -> None:
+        req = conn.recv()
+        conn.respond(req, {"rank": 0, "procs": []})
+
+    with ScriptedServer(short_path(tmp_path), script) as server:
+        connector.open_early(server.uri)
+        early = connector._early[server.uri]
+        with BlockingHandle.connect(server.uri) as h:
+            assert h.fileno() == early.sock.fileno()
+            assert h.rpc("sdexec.list", {}) == {"rank": 0, "procs": []}
+        assert server.uri not in connector._early  # used once
+
+
+def test_a_failed_early_link_is_reported_by_connect(tmp_path: Path) -> None:
+    from sdexec.transport import connector
+
+    uri = f"local://{tmp_path}/none"
+    connector.open_early(uri)
+    assert uri not in connector._early
+    with pytest.raises(SdexecError) as info:
+        BlockingHandle.connect(uri)
+    assert info.value.errno == errno.ENOENT
