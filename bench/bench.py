@@ -305,10 +305,11 @@ def whole_process(argv: list[str], env: dict[str, str]) -> Callable[[], Awaitabl
 
 
 def cli_argv() -> list[str]:
-    """The ``sdexec`` console script of this interpreter, else ``python -m``."""
+    """The ``sdexec`` command of this interpreter's environment (run by its own
+    shebang, ``python -S``: see bin/sdexec), else ``python -m``."""
     script = Path(sys.executable).with_name("sdexec")
-    if script.exists():
-        return [sys.executable, str(script)]
+    if os.access(script, os.X_OK):
+        return [str(script)]
     return [sys.executable, "-m", "sdexec.cli.main"]
 
 

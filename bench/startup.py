@@ -25,9 +25,11 @@ Usage::
    back and from idle; the stretch <= 1.2x.
 3. The client's time line: the installed command under ``strace -f -ttt
    --seccomp-bpf`` (only execve, connect, sendto, recvfrom and exit_group
-   stop the process), from idle: exec -> connect (interpreter, imports,
-   command line) -> request sent (handshake, the signing check, the request)
-   -> ``started`` -> ``finished`` -> exit; medians.  Where ``perf`` is
+   stop the process), from idle: exec -> connect (the interpreter, the
+   command line and the connector: ``sdexec exec`` connects before it
+   imports the client) -> request sent (the client's imports, the
+   handshake, the signing check, the request) -> ``started`` ->
+   ``finished`` -> exit; medians.  Where ``perf`` is
    available (root), the manager's own ``write`` of each new process into
    its unit's ``cgroup.procs``, traced with ``perf trace``: the RCU grace
    period that the server's warm-up (sdexec.systemd.migration) takes off
@@ -133,8 +135,8 @@ def paired(
 
 _LINE = re.compile(r"^\d+\s+(\d+\.\d+) (\w+)\((.*)$")
 PHASES = (
-    ("exec -> connect (interpreter, imports, command line)", "execve", "connect"),
-    ("connect -> request sent (handshake, signing check)", "connect", "request"),
+    ("exec -> connect (interpreter, command line, connector)", "execve", "connect"),
+    ("connect -> request sent (client imports, handshake, signing)", "connect", "request"),
     ("request -> started (server, D-Bus, systemd)", "request", "started"),
     ("started -> finished", "started", "finished"),
     ("finished -> exit", "finished", "exit"),
@@ -328,6 +330,13 @@ def main() -> int:
     env = Env()
     t0 = time.monotonic()
     results: dict[str, Any] = {}
+    interpreter = subprocess.run(
+        [str(python), "-S", "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    results["interpreter"] = f"{os.path.realpath(python)} {interpreter}"
     try:
         env.start()
         cli_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -377,7 +386,7 @@ def main() -> int:
     load = os.getloadavg()
     print(
         f"sdexec start-up benchmark ({env.mode} manager, {os.cpu_count()} CPUs, "
-        f"{elapsed:.0f} s, load {load[0]:.2f})"
+        f"{elapsed:.0f} s, load {load[0]:.2f}; {results['interpreter']})"
     )
     print("\n".join(rows))
     Path(args.json).write_text(
