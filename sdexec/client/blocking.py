@@ -115,9 +115,11 @@ class BlockingHandle:
             except OSError:
                 byte = b""
             if not byte:
-                raise lost_error()
+                raise link.early_end() or lost_error()
             if byte[0] != 0:
-                raise SdexecError(byte[0], f"server refused the connection: {os.strerror(byte[0])}")
+                raise link.early_end(byte[0]) or SdexecError(
+                    byte[0], f"server refused the connection: {os.strerror(byte[0])}"
+                )
         except BaseException:
             link.close()
             raise
