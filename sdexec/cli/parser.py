@@ -73,7 +73,7 @@ its --label.
 With --pty (-t) COMMAND gets a terminal of its own on the server, and
 sdexec's terminal is raw until it exits. With --bg too, the terminal keeps
 running with nobody attached: "sdexec attach" shows its screen and lets you
-type, and ^] detaches again.
+type, and ^] detaches again. With -r, --pty needs a single rank.
 """
 
 _EXEC_EPILOG = """\
