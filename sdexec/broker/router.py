@@ -183,6 +183,11 @@ class Router:
         route = self.routes.get(req.topic)
         if route is None and self.services.forward(req):
             return
+        if route is None and req.topic.endswith(".disconnect") and req.msg.noresponse:
+            # RFC 6: a router (sdexec proxy, a Flux broker) tells every service
+            # a client used that it left; a service without a disconnect
+            # method (attr, state-machine) kept nothing for it.
+            return
         if route is None:
             text = (
                 f"Unknown method {req.topic}"

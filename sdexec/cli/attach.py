@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         uri, nodeid = target(args)
         with connect(uri, sign_options(args)) as handle:
-            tag = handle.request(ATTACH_TOPIC, payload, streaming=True, nodeid=nodeid)
+            handle.nodeid = nodeid  # the keys typed follow the attach to its rank
+            tag = handle.request(ATTACH_TOPIC, payload, streaming=True)
             attached = first_response(handle, tag)
             if attached.get("pty") is True:
                 return _terminal(args, handle, tag, attached, detach_key)

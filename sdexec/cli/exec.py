@@ -47,6 +47,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from typing import Any
+
+    from sdexec.client.blocking import BlockingHandle
 # The C module: ``signal`` imports ``enum``, ~5 ms of every command's start-up.
 if TYPE_CHECKING:
     import signal as _signal
@@ -108,6 +110,22 @@ def run(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(exc.message)
         return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+    return run_command(args, command)
+
+
+def run_command(
+    args: argparse.Namespace,
+    command: dict[str, Any],
+    uri: str | None = None,
+    nodeid: int | None = None,
+) -> int:
+    """Run ``command`` as ``args`` say, on the server at ``uri`` (default
+    ``--uri``), through a broker to RFC 3 node ``nodeid`` if one is given
+    (``exec -r RANK --pty``: see :func:`sdexec.cli.fanout.run_exec`)."""
+    if uri is not None:
+        args.uri = uri
+    if nodeid is not None:
+        args.nodeid = nodeid
     if args.pty and args.bg:
         return _run_background(args, command, terminal=True)
     if args.pty:
@@ -129,7 +147,7 @@ def _run_background(
         size_fd = 0 if os.isatty(0) else 1
         command["opts"][pty.PTY_OPTION] = pty.format_winsize(*window_size(size_fd))
     try:
-        with connect(args.uri, sign_options(args)) as handle:
+        with _connect(args) as handle:
             resp = handle.rpc(EXEC_TOPIC, exec_payload(command, exec_flags(args)))
     except RemoteError as exc:
         error(exec_error_message(command["cmdline"][0], exc.errno, exc.message))
@@ -147,6 +165,14 @@ def _run_background(
     return 0
 
 
+def _connect(args: argparse.Namespace) -> BlockingHandle:
+    handle = connect(args.uri, sign_options(args))
+    nodeid = getattr(args, "nodeid", None)
+    if nodeid is not None:
+        handle.nodeid = nodeid
+    return handle
+
+
 def _stdin_fd(args: argparse.Namespace) -> int | None:
     if args.no_stdin:
         return None
@@ -160,7 +186,7 @@ def _stdin_fd(args: argparse.Namespace) -> int | None:
 def _run_attached(args: argparse.Namespace, command: dict[str, Any]) -> int:
     session = ExecSession(command, flags=exec_flags(args))
     try:
-        handle = connect(args.uri, sign_options(args))
+        handle = _connect(args)
     except SdexecError as exc:
         error(exc.message)
         return EXIT_SDEXEC_FAILED
@@ -205,7 +231,7 @@ def _run_terminal(args: argparse.Namespace, command: dict[str, Any]) -> int:
     command["opts"][pty.PTY_OPTION] = pty.format_winsize(*winsize())
     session = ExecSession(command, flags=exec_flags(args))
     try:
-        handle = connect(args.uri, sign_options(args))
+        handle = _connect(args)
     except SdexecError as exc:
         error(exc.message)
         return EXIT_SDEXEC_FAILED

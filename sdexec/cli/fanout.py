@@ -284,15 +284,22 @@ def _failed(result: SdexecError) -> int:
 
 def run_exec(args: argparse.Namespace) -> int:
     """``sdexec exec -r IDSET``."""
-    if args.pty:
-        error("--pty needs one server (it cannot be combined with -r or -x)")
-        return EXIT_SDEXEC_FAILED
     try:
         hosts = select_hosts(args)
         command = command_from_args(args)
     except SdexecError as exc:
         error(exc.message)
         return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+    if args.pty:
+        # A terminal is one server's: -r with one rank reaches it (through a
+        # Flux broker by nodeid, or the hosts file's URI).
+        if len(hosts) != 1:
+            error("--pty needs one server: -r with a single rank")
+            return EXIT_FAILURE if args.bg else EXIT_SDEXEC_FAILED
+        from sdexec.cli.exec import run_command
+
+        host = hosts[0]
+        return run_command(args, rank_command(command, host), host.uri, host.nodeid)
     if args.bg:
         return asyncio.run(_exec_background(args, hosts, command))
     return asyncio.run(_exec_attached(args, hosts, command))

@@ -73,7 +73,7 @@ its --label.
 With --pty (-t) COMMAND gets a terminal of its own on the server, and
 sdexec's terminal is raw until it exits. With --bg too, the terminal keeps
 running with nobody attached: "sdexec attach" shows its screen and lets you
-type, and ^] detaches again.
+type, and ^] detaches again. With -r, --pty needs a single rank.
 """
 
 _EXEC_EPILOG = """\
@@ -246,7 +246,10 @@ between the server and that socket; then it removes the socket and exits
 with the child's status. TARGET is anything "sdexec uri" resolves.
 
 If the connection to the server is lost, the proxy prints an error, sends
-SIGHUP and SIGCONT to the child and waits for it before exiting.
+SIGHUP and SIGCONT to the child and waits for it before exiting. With
+--reconnect it tries again every 2 seconds instead: the requests that were
+in flight fail with ECONNRESET, and those made while it is down are held
+(for --hold seconds at most) and sent once it is back.
 """
 
 _PROXY_EPILOG = """\
@@ -656,7 +659,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description=_PROXY_DESCRIPTION,
         epilog=_PROXY_EPILOG,
         formatter_class=fmt,
-        usage="%(prog)s [-f] [-n] [--reconnect] TARGET [COMMAND [ARG...]]",
+        usage="%(prog)s [-f] [-n] [--reconnect [--hold SECONDS]] TARGET [COMMAND [ARG...]]",
     )
     p.add_argument(
         "-f", "--force", action="store_true", help="connect to another version, with a warning"
@@ -666,6 +669,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument(
         "--reconnect", action="store_true", help="on connection loss, reconnect every 2 s"
+    )
+    p.add_argument(
+        "--hold",
+        type=_nonnegative_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --reconnect: how long a request made while the connection is down waits"
+        " for it to come back, then fails with ECONNRESET (default: 60; 0: at once)",
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("cmdline", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -812,6 +823,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text}")
     return value
 
 

@@ -39,15 +39,17 @@ lost). The script gets SDEXEC_RANK and SDEXEC_PERILOG_PHASE in its
 environment and runs in /, as a background unit labelled
 sdexec-PHASE-TIME-PID. Its output is kept by the server where background
 output goes (the node's journal, with the label as SYSLOG_IDENTIFIER, so
-"journalctl -t LABEL" finds it later); the report quotes the last lines of
-each failing rank.
+"sdexec logs -r RANK LABEL" prints it later, as "journalctl -t LABEL" does on
+the node with a systemd journal); the report quotes the last lines of each
+failing rank.
 """
 
 _EPILOG = """\
 exit status:
   0  every rank was ok
   1  some rank was not ok: the report names the nodes to drain
-  2  usage error (bad arguments, no hosts file)
+  2  usage error (bad arguments, no hosts file), or this node's set-up is
+     wrong (no CURVE key for tcp://, no ssh): nothing was run
 
 examples:
   sdexec perilog run --phase prolog -r all --timeout 30 -- /etc/sdexec/prolog
@@ -177,10 +179,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``sdexec perilog run``; returns the exit status."""
     import asyncio
     import json
+    import shlex
 
     from sdexec.base.errors import SdexecError
     from sdexec.cli.common import error
-    from sdexec.cluster.perilog import Perilog
+    from sdexec.cluster.perilog import Perilog, check_setup
     from sdexec.cluster.ranks import instance
 
     if args.perilog_command != "run":
@@ -194,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         hosts = instance(args.hosts).select(args.ranks or "all", args.exclude)
+        check_setup(hosts)
         perilog = Perilog(
             hosts,
             args.phase,
@@ -202,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             kill_timeout=args.kill_timeout,
             connect_timeout=args.connect_timeout,
             tail_lines=args.lines,
+            logs_options=f" --hosts {shlex.quote(args.hosts)}" if args.hosts else "",
         )
     except SdexecError as exc:
         error(f"perilog run: {exc.message}")

@@ -20,5 +20,6 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         nohup=args.nohup,
         reconnect=args.reconnect,
+        hold=args.hold,
     )
     return run_proxy(opts)

@@ -95,6 +95,9 @@ class BlockingHandle:
         self._next_matchtag = 1
         self._closed = False
         self._send_failed = False
+        # The RFC 3 node requests go to unless told otherwise: through a Flux
+        # broker, the rank whose sdexec module is to get them.
+        self.nodeid = NODEID_ANY
         # RFC 42 request signing (sdexec.cli.signing.Signer): payload -> signed form.
         self.signer: Callable[[str, dict[str, Any] | None], dict[str, Any] | None] | None = None
 
@@ -114,9 +117,11 @@ class BlockingHandle:
             except OSError:
                 byte = b""
             if not byte:
-                raise lost_error()
+                raise link.early_end() or lost_error()
             if byte[0] != 0:
-                raise SdexecError(byte[0], f"server refused the connection: {os.strerror(byte[0])}")
+                raise link.early_end(byte[0]) or SdexecError(
+                    byte[0], f"server refused the connection: {os.strerror(byte[0])}"
+                )
         except BaseException:
             link.close()
             raise
@@ -153,7 +158,7 @@ class BlockingHandle:
         payload: dict[str, Any] | None = None,
         *,
         streaming: bool = False,
-        nodeid: int = NODEID_ANY,
+        nodeid: int | None = None,
     ) -> int:
         """Send a request that expects responses; returns its matchtag.
 
@@ -165,6 +170,8 @@ class BlockingHandle:
         flags = MsgFlag.STREAMING if streaming else 0
         if self.signer is not None:
             payload = self.signer(topic, payload)
+        if nodeid is None:
+            nodeid = self.nodeid
         self._write(Message.request(topic, payload, matchtag=tag, nodeid=nodeid, flags=flags))
         return tag
 
@@ -173,7 +180,7 @@ class BlockingHandle:
         topic: str,
         payload: dict[str, Any] | bytes | None = None,
         *,
-        nodeid: int = NODEID_ANY,
+        nodeid: int | None = None,
     ) -> None:
         """Send a NORESPONSE request (matchtag 0), e.g. ``sdexec.write``.
 
@@ -183,6 +190,8 @@ class BlockingHandle:
             if isinstance(payload, bytes):  # the fast path's pre-encoded JSON
                 payload = decode_json_payload(payload)
             payload = self.signer(topic, payload)
+        if nodeid is None:
+            nodeid = self.nodeid
         self._write(Message.request(topic, payload, nodeid=nodeid, flags=MsgFlag.NORESPONSE))
 
     def _write(self, msg: Message) -> None:
@@ -237,7 +246,7 @@ class BlockingHandle:
         return bool(self._inbox)
 
     def rpc(
-        self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int = NODEID_ANY
+        self, topic: str, payload: dict[str, Any] | None = None, *, nodeid: int | None = None
     ) -> dict[str, Any]:
         """Send a request and wait for its one response (see ``Handle.rpc``).
 

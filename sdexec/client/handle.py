@@ -251,12 +251,18 @@ class Handle:
             await loop.create_unix_connection(lambda: handle._protocol, sock=sock)
         try:
             status = await handle._protocol.handshake
-        except BaseException:
+        except BaseException as exc:
+            early = link.early_end() if link is not None and isinstance(exc, SdexecError) else None
             handle._abort()
+            if early is not None:
+                raise early from None
             raise
         if status != 0:
+            early = link.early_end(status) if link is not None else None
             handle._abort()
-            raise SdexecError(status, f"server refused the connection: {os.strerror(status)}")
+            raise early or SdexecError(
+                status, f"server refused the connection: {os.strerror(status)}"
+            )
         return handle
 
     # --- requests -------------------------------------------------------------------

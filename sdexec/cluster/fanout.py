@@ -262,16 +262,35 @@ class RankJob:
         if self.handle is not None:
             await self.handle.close()
 
-    async def _kill_pid(self, pid: int | None, signum: int, within: float | None) -> bool:
+    async def _kill_pid(self, pid: int | None, signum: int, within: float | None) -> bool | None:
         """``sdexec.kill`` of ``pid``, waiting at most ``within`` for the answer
-        (a hung server must not hold up a caller with deadlines of its own)."""
+        (a hung server must not hold up a caller with deadlines of its own).
+
+        True: delivered; False: not (gone already, the connection with it);
+        None: the server did not answer within ``within`` seconds.
+        """
         if pid is None or self.handle is None:
             return False
         try:
             async with asyncio.timeout(within):
                 await self.handle.rpc(KILL_TOPIC, {"pid": pid, "signum": signum})
-        except (SdexecError, TimeoutError):
-            return False  # gone already, the connection with it, or no answer
+        except TimeoutError:
+            return None
+        except SdexecError:
+            return False
+        return True
+
+    async def responds(self, within: float) -> bool:
+        """Whether the server answers a request (``attr.get``) within ``within`` seconds."""
+        if self.handle is None:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                await self.handle.rpc("attr.get", {"name": "version"})
+        except TimeoutError:
+            return False
+        except SdexecError as exc:
+            return isinstance(exc, RemoteError)  # an answer, if not the one asked for
         return True
 
 
@@ -390,8 +409,9 @@ class RankProcess(RankJob):
                 await asyncio.gather(*waiters, return_exceptions=True)
         return self.running
 
-    async def kill(self, signum: int, within: float | None = None) -> bool:
-        """Deliver ``signum`` once the process runs; True if the server did it."""
+    async def kill(self, signum: int, within: float | None = None) -> bool | None:
+        """Deliver ``signum`` once the process runs; True if the server did it
+        (None: it did not answer within ``within``)."""
         if not await self.wait_started():
             return False
         return await self._kill_pid(self.session.pid, signum, within)

@@ -13,6 +13,7 @@ kind           meaning                                     exit code
 ``signal``     killed by signal N                          128+N
 ``timeout``    still running at the deadline; stopped      124
 ``unkillable`` still alive after SIGKILL                   137
+``unresponsive`` the server stopped answering              68 (EX_NOHOST)
 ``error``      could not be started (not found, ...)       125/126/127
 ``failed``     the request failed (no such process, ...)   125
 ``unreachable`` no server, or the connection was lost       68 (EX_NOHOST)
@@ -50,6 +51,7 @@ class Kind(enum.Enum):
     SIGNAL = "signal"
     TIMEOUT = "timeout"
     UNKILLABLE = "unkillable"
+    UNRESPONSIVE = "unresponsive"
     ERROR = "error"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
@@ -104,6 +106,8 @@ class Outcome:
             return f"signal {self.code} ({signal_name(self.code)})"
         if self.kind in (Kind.ERROR, Kind.FAILED):
             return f"error: {self.detail}" if self.detail else "error"
+        if self.kind is Kind.UNRESPONSIVE:
+            return "server not responding"
         return str(self.kind.value)
 
     def exit_code(self) -> int:
@@ -119,7 +123,7 @@ class Outcome:
             return EXIT_TIMEOUT
         if kind is Kind.UNKILLABLE:
             return 128 + 9
-        if kind is Kind.UNREACHABLE:
+        if kind in (Kind.UNREACHABLE, Kind.UNRESPONSIVE):
             return EXIT_NOHOST
         if kind is Kind.FAILED:
             return EXIT_SDEXEC_FAILED

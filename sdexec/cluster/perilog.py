@@ -9,12 +9,18 @@ selected rank at once and supervises each rank with the same timeline::
 
     launch --timeout--> SIGTERM --kill-timeout--> SIGKILL --kill-timeout--> unkillable
 
+A server that does not answer the signal within ``--kill-timeout`` (or, once
+the script has ended and the deadline has passed, a simple request) is
+``unresponsive`` ("server not responding"): the node's server is at fault,
+not the script, and nothing is said about the script that the server
+never reported.
+
 The timeout counts from the launch of the run.  Each rank ends with one
 :class:`~sdexec.cluster.outcome.Outcome`: ``ok``, ``exit N``, ``signal N`` (killed
 by someone else), ``timeout`` (still running at the deadline, then stopped
 by SIGTERM or SIGKILL: the detail says which), ``unkillable`` (still alive
-after SIGKILL), ``error`` (the script could not be started) or
-``unreachable``.
+after SIGKILL), ``unresponsive``, ``error`` (the script could not be
+started) or ``unreachable``.
 
 Output is kept where every background process's output is kept, by the
 server, outside the client (:mod:`sdexec.server.outputlog`: the journal,
@@ -64,7 +70,7 @@ from sdexec.client.exec import (
 from sdexec.client.rpc import RemoteError
 from sdexec.cluster.fanout import DEFAULT_CONNECT_TIMEOUT, RankJob
 from sdexec.cluster.hosts import Host
-from sdexec.cluster.outcome import Kind, Outcome, from_status
+from sdexec.cluster.outcome import Kind, Outcome, from_status, signal_name
 from sdexec.cluster.perilog_report import RankReport, Report, Tail, classify
 from sdexec.proto.iodata import decode_io_data
 
@@ -187,8 +193,8 @@ class ScriptRun(RankJob):
         if previous:
             self.tail.replace(previous)
 
-    async def kill(self, signum: int, within: float | None = None) -> bool:
-        """Send ``signum`` to the script; True if the server did it."""
+    async def kill(self, signum: int, within: float | None = None) -> bool | None:
+        """Send ``signum`` to the script; True if the server did it (None: no answer)."""
         if not self.running:
             return False
         return await self._kill_pid(self.pid, signum, within)
@@ -203,6 +209,23 @@ class ScriptRun(RankJob):
                     await self.handle.rpc(WAIT_TOPIC, {"pid": self.pid})
 
 
+def check_setup(hosts: Sequence[Host]) -> None:
+    """Raise SdexecError for what is wrong on this node, before anything runs.
+
+    A missing CURVE key or ssh command here would make every rank it
+    concerns unreachable, and have it drained; it is the head node's
+    configuration that is wrong, so it is one error, and nothing runs.
+    """
+    from sdexec.transport.connector import check_client
+
+    for host in hosts:
+        try:
+            check_client(host.uri)
+        except SdexecError as exc:
+            text = f"{host.name} ({host.uri}): {exc.message}; nothing was run"
+            raise SdexecError(exc.errno or errno.EINVAL, text) from None
+
+
 class RankRun:
     """One rank of a run: its process, its output and what supervision did."""
 
@@ -211,6 +234,7 @@ class RankRun:
         self.timed_out = False
         self.signals_sent: list[int] = []
         self.unkillable = False
+        self.unresponsive: str | None = None  # why the server is taken as hung
         self.elapsed: float | None = None
         self.outcome: Outcome | None = None
 
@@ -243,6 +267,7 @@ class Perilog:
         cwd: str | None = "/",
         label: str | None = None,
         on_change: Callable[[Perilog], None] | None = None,
+        logs_options: str = "",
     ) -> None:
         if phase not in PHASES:
             raise SdexecError(errno.EINVAL, f"phase must be prolog or epilog, not {phase!r}")
@@ -253,6 +278,7 @@ class Perilog:
         self.tail_lines = tail_lines
         self.label = label or f"sdexec-{phase}-{int(time.time())}-{os.getpid()}"
         self.on_change = on_change
+        self.logs_options = logs_options  # for the report's "sdexec logs" command
         self.started_at = time.monotonic()
         base_env = dict(os.environ if env is None else env)
         self.runs: list[RankRun] = []
@@ -295,7 +321,7 @@ class Perilog:
             )
             for r in self.runs
         ]
-        return Report(self.phase, self.label, ranks, self.elapsed())
+        return Report(self.phase, self.label, ranks, self.elapsed(), self.logs_options)
 
     async def _supervise(self, r: RankRun) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -308,6 +334,7 @@ class Perilog:
             timed_out=r.timed_out,
             signals_sent=r.signals_sent,
             unkillable=r.unkillable,
+            unresponsive=r.unresponsive,
             timeout=self.timeout,
             kill_timeout=self.kill_timeout,
         )
@@ -316,18 +343,43 @@ class Perilog:
     async def _deadlines(self, r: RankRun, task: asyncio.Task[Outcome]) -> None:
         assert self.timeout is not None
         if await _ended(task, r.proc.exited, self.timeout - self.elapsed()):
+            await self._finish(r, task)
             return
         r.timed_out = True
         if not r.proc.running:  # still connecting or starting: give up on it
             await r.proc.abandon(SdexecError(errno.ETIMEDOUT, "timed out before it started"))
             return
         for signum in (signal.SIGTERM, signal.SIGKILL):
-            if await r.proc.kill(signum, within=self.kill_timeout):
+            delivered = await r.proc.kill(signum, within=self.kill_timeout)
+            if delivered is None and not r.proc.exited.is_set() and not task.done():
+                what = f"no answer to {signal_name(signum)} in {self.kill_timeout:g}s"
+                await self._unresponsive(r, what)
+                return
+            if delivered:
                 r.signals_sent.append(signum)
             if await _ended(task, r.proc.exited, self.kill_timeout):
+                await self._finish(r, task)
                 return
         r.unkillable = True
         await r.proc.abandon(SdexecError(errno.ETIMEDOUT, "unkillable"))
+
+    async def _finish(self, r: RankRun, task: asyncio.Task[Outcome]) -> None:
+        """The script has ended; its last output and status follow.  A server
+        that stops answering now must not hold up the run: once past the
+        deadline, it is asked a simple request every ``kill_timeout`` seconds."""
+        assert self.timeout is not None
+        while not task.done():
+            wait = max(self.timeout - self.elapsed(), self.kill_timeout)
+            await asyncio.wait([task], timeout=wait)
+            if task.done():
+                return
+            if not await r.proc.responds(self.kill_timeout) and not task.done():
+                await self._unresponsive(r, f"no answer in {self.kill_timeout:g}s")
+                return
+
+    async def _unresponsive(self, r: RankRun, what: str) -> None:
+        r.unresponsive = what
+        await r.proc.abandon(SdexecError(errno.ETIMEDOUT, "server not responding"))
 
 
 async def _ended(task: asyncio.Task[Outcome], exited: asyncio.Event, delay: float) -> bool:

@@ -61,14 +61,18 @@ def classify(
     unkillable: bool,
     timeout: float | None,
     kill_timeout: float,
+    unresponsive: str | None = None,
 ) -> Outcome:
     """A rank's outcome from its run's outcome (``base``) and what supervision did.
 
     ``timed_out``: the script was still running at the deadline;
     ``signals_sent``: the signals the server then delivered (SIGTERM, SIGKILL);
-    ``unkillable``: it was still running ``kill_timeout`` after SIGKILL.
+    ``unkillable``: it was still running ``kill_timeout`` after SIGKILL;
+    ``unresponsive``: the server stopped answering (what it did not answer).
     """
     base = base or Outcome(Kind.ERROR, errno.EIO, "no outcome")
+    if unresponsive is not None:
+        return Outcome(Kind.UNRESPONSIVE, errno.ETIMEDOUT, unresponsive)
     if unkillable:
         return Outcome(
             Kind.UNKILLABLE,
@@ -104,11 +108,26 @@ class RankReport:
 class Report:
     """The result of a run: each rank's outcome, and the ranks to drain."""
 
-    def __init__(self, phase: str, label: str, ranks: list[RankReport], elapsed: float) -> None:
+    def __init__(
+        self,
+        phase: str,
+        label: str,
+        ranks: list[RankReport],
+        elapsed: float,
+        logs_options: str = "",
+    ) -> None:
         self.phase = phase
         self.label = label
         self.ranks = ranks
         self.elapsed = elapsed
+        # What "sdexec logs" needs besides -r to find the ranks (" --hosts FILE").
+        self.logs_options = logs_options
+
+    def logs_command(self, r: RankReport) -> str | None:
+        """The command that prints all of a rank's output (None: its server was not reached)."""
+        if r.outcome.kind in (Kind.UNREACHABLE, Kind.UNRESPONSIVE):
+            return None
+        return f"sdexec logs{self.logs_options} -r {r.host.rank} {self.label}"
 
     @property
     def ok(self) -> bool:
@@ -164,6 +183,7 @@ class Report:
                     "outcome": r.outcome.kind.value,
                     "reason": self.reason(r),
                     "output": r.tail,
+                    "logs": self.logs_command(r),
                 }
                 for r in self.failed
             ],
@@ -179,5 +199,7 @@ class Report:
             for r in self.failed:
                 lines.append(f"  {r.host.name} (rank {r.host.rank}): {self.reason(r)}")
                 lines += [f"    | {line}" for line in r.tail]
-            lines.append(f"all output: journalctl -t {self.label} (or sdexec logs) on each node")
+            example = next((c for r in self.failed if (c := self.logs_command(r))), None)
+            if example is not None:
+                lines.append(f"all output: {example} (and -r for each rank above)")
         return "".join(line + "\n" for line in lines)

@@ -28,6 +28,14 @@ Some requests are the proxy's business, as in flux-core's proxy router:
   responses (routes intact) back upstream.
 
 Both tables are replayed by :meth:`ProxyRouter.renew` after a reconnect.
+
+While the connection is down and the proxy is reconnecting (``hold`` is a
+number of seconds), a request from a child is *held*, as ``flux proxy``
+holds it, and sent once the connection is back (in the order received);
+only the requests that were in flight when it was lost get ECONNRESET.  The
+hold is bounded: a request still held ``hold`` seconds after it came, or
+one that finds :data:`HOLD_MAX` others already held, gets ECONNRESET; a
+child that leaves takes its held requests with it.
 When a child disconnects, the proxy sends ``<service>.disconnect``
 (NORESPONSE, with the child's route) for every service the child used, so
 the server cleans up after it (RFC 6 "Disconnection"), drops the child's
@@ -36,10 +44,11 @@ subscriptions and removes its services upstream.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -51,15 +60,30 @@ from sdexec.proxy.upstream import Upstream
 from sdexec.transport.unix import Connection
 
 INTERCEPTED = frozenset(("event.subscribe", "event.unsubscribe", "service.add", "service.remove"))
+HOLD_SECONDS = 60.0  # the default of ``sdexec proxy --reconnect --hold``
+HOLD_MAX = 1024  # requests held at once while the connection is down
+LOST = "connection to server lost"
 
 
 class ProxyRouter:
     """The :class:`~sdexec.transport.unix.Acceptor` for children, and upstream's sink."""
 
     def __init__(
-        self, spawn: Callable[[Coroutine[Any, Any, None]], None], uid: int | None = None
+        self,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        uid: int | None = None,
+        *,
+        hold: float | None = None,
+        hold_max: int = HOLD_MAX,
     ) -> None:
         self.uid = os.getuid() if uid is None else uid
+        # Seconds a request waits for a lost connection to come back (None: it
+        # fails at once), and how many may wait (see the module docstring).
+        self.hold = hold
+        self.hold_max = hold_max
+        self.held: deque[tuple[float, str, Message]] = deque()  # (when, child id, request)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._reconnected = asyncio.Event()
         self.spawn = spawn  # run a coroutine owned by the proxy's TaskGroup
         self.upstream: Upstream | None = None
         self.children: dict[str, Connection] = {}
@@ -91,6 +115,8 @@ class ProxyRouter:
         self.children.pop(cid, None)
         for key in [k for k in self.pending if k[0] == cid]:
             del self.pending[key]
+        if any(entry[1] == cid for entry in self.held):
+            self.held = deque(entry for entry in self.held if entry[1] != cid)
         up = self.upstream
         for name in sorted(self.used.pop(cid, ())):
             if up is not None:
@@ -109,18 +135,55 @@ class ProxyRouter:
     def _forward(self, conn: Connection, msg: Message) -> None:
         up = self.upstream
         if up is None or not up.connected:
-            if not msg.noresponse:
-                conn.send(msg.response(errnum=errno.ECONNRESET, text="connection to server lost"))
+            if self.hold is not None and self.hold > 0 and len(self.held) < self.hold_max:
+                self._hold(conn, msg)
+            elif not msg.noresponse:
+                text = LOST if self.hold is None else f"{LOST} (and {len(self.held)} requests wait)"
+                conn.send(msg.response(errnum=errno.ECONNRESET, text=text))
             return
         if not msg.noresponse:
-            self.pending[(conn.id, msg.matchtag)] = msg.response(
-                errnum=errno.ECONNRESET, text="connection to server lost"
-            )
+            self.pending[(conn.id, msg.matchtag)] = msg.response(errnum=errno.ECONNRESET, text=LOST)
         topic = msg.topic or ""
         if not topic.endswith(".disconnect"):
             self.used.setdefault(conn.id, set()).add(topic.split(".", 1)[0])
         msg.push_route(conn.id)
         up.send(msg)
+
+    # --- held requests (the connection is down) ---------------------------------------
+
+    def _hold(self, conn: Connection, msg: Message) -> None:
+        loop = asyncio.get_running_loop()
+        self.held.append((loop.time(), conn.id, msg))
+        self._schedule_expiry(loop)
+
+    def _schedule_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._expiry is None and self.held and self.hold is not None:
+            self._expiry = loop.call_at(self.held[0][0] + self.hold, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the requests held longer than ``hold`` seconds."""
+        self._expiry = None
+        assert self.hold is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.held and self.held[0][0] + self.hold <= now:
+            _when, cid, msg = self.held.popleft()
+            child = self.children.get(cid)
+            if child is not None and not msg.noresponse:
+                text = f"{LOST}, and not back within {self.hold:g}s"
+                child.send(msg.response(errnum=errno.ECONNRESET, text=text))
+        self._schedule_expiry(loop)
+
+    def _release_held(self) -> None:
+        """The connection is back: send what was held, in the order it came."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        held, self.held = self.held, deque()
+        for _when, cid, msg in held:
+            child = self.children.get(cid)
+            if child is not None:
+                self._forward(child, msg)
 
     # --- upstream ---------------------------------------------------------------------
 
@@ -150,6 +213,7 @@ class ProxyRouter:
     def lost(self) -> None:
         """The upstream connection is gone: in-flight RPCs get ECONNRESET."""
         self.upstream = None
+        self._reconnected.clear()
         pending, self.pending = self.pending, {}
         for (cid, _tag), response in pending.items():
             child = self.children.get(cid)
@@ -173,6 +237,8 @@ class ProxyRouter:
                 await up.rpc("service.add", {"service": name})
                 added.add(name)
         self.upstream = up
+        self._reconnected.set()
+        self._release_held()
 
     def close_children(self) -> None:
         for child in list(self.children.values()):
@@ -224,8 +290,12 @@ class ProxyRouter:
             raise SdexecError(errno.EINVAL, f"invalid service name {name!r}")
         if name in self.services:
             raise SdexecError(errno.EEXIST, f"service {name} is already registered")
+        if self.upstream is None and self.hold:  # held, as other requests are
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.hold):
+                    await self._reconnected.wait()
         if self.upstream is None:
-            raise SdexecError(errno.ECONNRESET, "connection to server lost")
+            raise SdexecError(errno.ECONNRESET, LOST)
         await self.upstream.rpc("service.add", {"service": name})
         if cid in self.children:
             self.services[name] = cid

@@ -17,9 +17,12 @@ Theory of operation
 If the connection is lost, the proxy prints an error.  In-flight RPCs get
 ECONNRESET.  Without ``--reconnect`` it closes its socket, sends SIGHUP and
 then SIGCONT to the child (unless ``--nohup``), and waits for it.  With
-``--reconnect`` it tries again every :data:`RECONNECT_INTERVAL` seconds;
-once connected it re-subscribes the children's events, re-registers their
-services, sends ``state-machine.wait`` (as flux-core does) and carries on.
+``--reconnect`` it tries again every :data:`RECONNECT_INTERVAL` seconds,
+holding the requests children make meanwhile (for at most ``--hold``
+seconds each, see :mod:`sdexec.proxy.router`); once connected it
+re-subscribes the children's events, re-registers their services, sends
+what it held, then ``state-machine.wait`` (as flux-core does) and carries
+on.
 
 Ownership: one ``asyncio.TaskGroup`` owns the child's waiter, the
 connection supervisor and the tasks that serve intercepted requests; the
@@ -45,7 +48,7 @@ from sdexec.base.errors import SdexecError
 from sdexec.base.uri import resolve
 from sdexec.client.exec import exec_error_exit_code
 from sdexec.proto.message import Message
-from sdexec.proxy.router import ProxyRouter
+from sdexec.proxy.router import HOLD_SECONDS, ProxyRouter
 from sdexec.proxy.upstream import Upstream
 from sdexec.transport.unix import listen_local
 
@@ -64,6 +67,7 @@ class ProxyOptions:
     force: bool = False
     nohup: bool = False
     reconnect: bool = False
+    hold: float = HOLD_SECONDS  # with reconnect: how long a request waits for the server
 
 
 def warn(text: str) -> None:
@@ -136,7 +140,8 @@ class Proxy:
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            router = self.router = ProxyRouter(self._spawn)
+            hold = self.opts.hold if self.opts.reconnect else None
+            router = self.router = ProxyRouter(self._spawn, hold=hold)
             router.upstream = up
             server = await listen_local(path, router)
             env = dict(os.environ)

@@ -59,9 +59,14 @@ class Upstream(asyncio.Protocol):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=link.detach())
             loop = asyncio.get_running_loop()
             await loop.create_unix_connection(lambda: up, sock=sock)
-            status = await up.handshake
+            try:
+                status = await up.handshake
+            except SdexecError:
+                raise link.early_end() or lost_error() from None
             if status:
-                raise SdexecError(status, f"server refused the connection: {os.strerror(status)}")
+                raise link.early_end(status) or SdexecError(
+                    status, f"server refused the connection: {os.strerror(status)}"
+                )
         except BaseException:
             await up.close()
             raise

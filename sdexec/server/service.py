@@ -593,9 +593,10 @@ class Service:
                     ("CollectMode", Variant("s", "inactive")),
                 ]
             extra = base + extra
-        else:
+        if not proc.background or winsize is not None:
             # As in a shell: SIGPIPE ends a foreground command (systemd's
-            # default ignores it).  The CLI forwards it when its reader is gone.
+            # default ignores it).  The CLI forwards it when its reader is
+            # gone.  A background terminal is a shell's session too.
             extra = [("IgnoreSIGPIPE", Variant("b", False)), *extra]
         spec = properties.UnitSpec(
             argv=argv,

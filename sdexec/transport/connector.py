@@ -36,7 +36,10 @@ rules only; the ssh and zmq modules are imported for their schemes.
 
 from __future__ import annotations
 
+import errno
+
 from sdexec.base import uri as _uri
+from sdexec.base.errors import SdexecError
 from sdexec.transport.link import Link, connect_local
 
 # Links opened by open_early, each for the next open_link of its URI.
@@ -75,3 +78,26 @@ def open_link(uri: str | None = None) -> Link:
 
         return open_tcp(resolved)
     return Link(connect_local(_uri.local_path(resolved)), resolved)
+
+
+def check_client(uri: str) -> None:
+    """Raise SdexecError if this side cannot even try to reach ``uri``: what is
+    wrong here (no CURVE keys for tcp://, no ssh command), not at the server.
+
+    A many-rank command checks its ranks' URIs with this before it starts
+    anything, so a configuration error of the head node is one error, not
+    every rank unreachable.
+    """
+    resolved = _uri.resolve(uri)
+    if resolved.startswith(_uri.TCP_SCHEME):
+        from sdexec.transport.zmq import client_keys
+
+        client_keys()
+    elif resolved.startswith(_uri.SSH_SCHEME):
+        import shutil
+
+        from sdexec.transport.ssh import ssh_argv
+
+        command = ssh_argv(resolved)[0]
+        if shutil.which(command) is None:
+            raise SdexecError(errno.ENOENT, f"the ssh command {command!r} was not found")

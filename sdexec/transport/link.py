@@ -27,14 +27,26 @@ if TYPE_CHECKING:
 class Link:
     """A connected stream socket to a server, and its transport's clean-up."""
 
-    __slots__ = ("_cleanup", "sock", "uri")
+    __slots__ = ("_cleanup", "_explain", "sock", "uri")
 
     def __init__(
-        self, sock: _socket.socket, uri: str, cleanup: Callable[[], None] | None = None
+        self,
+        sock: _socket.socket,
+        uri: str,
+        cleanup: Callable[[], None] | None = None,
+        explain: Callable[[], str | None] | None = None,
     ) -> None:
         self.sock = sock
         self.uri = uri
         self._cleanup = cleanup
+        self._explain = explain  # why the stream ended early, in the transport's words
+
+    def early_end(self, status: int | None = None) -> SdexecError | None:
+        """The error to report when the stream ended before the handshake byte
+        (``status`` None), or the handshake refused with errno ``status``, if
+        the transport can say more than that (ssh's or the relay's message)."""
+        text = self._explain() if self._explain is not None else None
+        return SdexecError(status or errno.ECONNRESET, text) if text else None
 
     def detach(self) -> int:
         """Give up the socket's fd (for asyncio, which wraps its own socket)."""

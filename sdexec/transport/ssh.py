@@ -29,9 +29,11 @@ Configuration, from the environment (flux-core's ``FLUX_SSH``,
 
 ssh runs in a session of its own, so the user's Ctrl-C reaches the CLI
 (which forwards it to the remote process) and not ssh; it therefore cannot
-prompt for a password: use keys or an agent.  When ssh fails it prints its
-own message on stderr and the caller sees the stream end before the
-handshake byte.
+prompt for a password: use keys or an agent.  Its stderr goes to an
+anonymous file, not the caller's: when ssh fails, the caller sees the
+stream end before the handshake byte, and the error it reports is ssh's own
+last line (``ssh root@node3: Permission denied (publickey).``), also on a
+many-rank command where each rank's message must stay with its rank.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def open_ssh(uri: str) -> Link:
     """Start ssh to the server of ``uri``; the returned link's socket talks to the relay."""
     argv = ssh_argv(uri)
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    err = os.memfd_create("sdexec-ssh-stderr", os.MFD_CLOEXEC)
     try:
         pid = os.posix_spawnp(
             argv[0],
@@ -87,20 +90,59 @@ def open_ssh(uri: str) -> Link:
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
                 (os.POSIX_SPAWN_DUP2, theirs.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, err, 2),
             ],
             setsid=True,
         )
     except OSError as exc:
         ours.close()
+        os.close(err)
         num = exc.errno or errno.ENOENT
         raise SdexecError(num, f"cannot run {argv[0]}: {os.strerror(num)}") from None
     finally:
         theirs.close()
-    return Link(ours, uri, lambda: _reap_quietly(pid))
+    user, host, _port, _path = parse_ssh(uri)
+    ssh = _Ssh(pid, err, f"{user}@{host}" if user else host)
+    return Link(ours, uri, ssh.close, ssh.explain)
 
 
-def _reap_quietly(pid: int) -> None:
-    reap(pid)
+class _Ssh:
+    """The ssh process of a link: reaped once, and its stderr kept to explain a failure."""
+
+    def __init__(self, pid: int, err: int, who: str) -> None:
+        self.pid = pid
+        self.err = err
+        self.who = who
+        self.status: int | None = None
+        self.reaped = False
+
+    def _reap(self) -> None:
+        if not self.reaped:
+            self.reaped = True
+            self.status = reap(self.pid)
+
+    def explain(self) -> str:
+        """Why ssh ended the stream: its last line on stderr, or how it exited."""
+        self._reap()
+        tail = ""
+        if self.err >= 0:
+            size = os.fstat(self.err).st_size
+            tail = os.pread(self.err, 4096, max(size - 4096, 0)).decode(errors="replace")
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        if lines:
+            last = lines[-1].removeprefix("ssh: ").removeprefix("sdexec: relay: ")
+            return f"ssh {self.who}: {last}"
+        status = self.status
+        if status is not None and os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            return f"ssh {self.who} exited with status {code} before the server answered"
+        return f"ssh {self.who} ended before the server answered"
+
+    def close(self) -> None:
+        self._reap()
+        if self.err >= 0:
+            os.close(self.err)
+            self.err = -1
 
 
 def reap(pid: int, timeout: float = REAP_TIMEOUT) -> int | None:

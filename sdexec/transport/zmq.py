@@ -155,13 +155,21 @@ def curve_dir() -> Path:
 # --- client ------------------------------------------------------------------------------------
 
 
-def open_tcp(uri: str, timeout: float = CONNECT_TIMEOUT) -> Link:
-    """Connect to ``tcp://HOST:PORT`` with CURVE; see the module docstring."""
-    host, port = parse_tcp(uri)
+def client_keys() -> tuple[Cert, Cert]:
+    """The client's certificate (with its secret key) and the server's public one
+    (SdexecError naming the file that is missing or bad)."""
     cert = read_cert(os.environ.get("SDEXEC_CURVE_CERT") or curve_dir() / "client.key_secret")
     server = read_cert(os.environ.get("SDEXEC_CURVE_SERVER") or curve_dir() / "server.key")
     if cert.secret is None:
         raise SdexecError(errno.EINVAL, "the client certificate has no secret key")
+    return cert, server
+
+
+def open_tcp(uri: str, timeout: float = CONNECT_TIMEOUT) -> Link:
+    """Connect to ``tcp://HOST:PORT`` with CURVE; see the module docstring."""
+    host, port = parse_tcp(uri)
+    cert, server = client_keys()
+    assert cert.secret is not None
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0

@@ -32,7 +32,7 @@ from sdexec.systemd.private import PrivateManager, booted_with_systemd
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -98,7 +98,7 @@ class Server:
                 env=self.env(),
                 **popen,
             )
-        _wait_for_socket(self.socket_path, self.proc)
+        wait_for_socket(self.socket_path, self.proc)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -2,9 +2,11 @@
 
 It subscribes to events, registers the service ``svc``, leaves one RPC
 pending (``svc.hang``, which it never answers), prints ``ready`` and waits
-for the test to restart the server.  Then it records, as one JSON line, what
-happened to the pending RPC and whether events, its service and ``sdexec
-exec`` work again.
+for the test to kill the server.  While the server is down (the test starts
+it again only once this prints ``down``) it makes one RPC of its own and
+runs ``sdexec exec``: the proxy holds both until it has reconnected.  Then
+it records, as one JSON line, what happened to the pending RPC, to the held
+requests, and whether events, its service and ``sdexec exec`` work again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 from sdexec.base.errors import SdexecError
 from sdexec.client.handle import Handle
 from sdexec.proto.message import Message
+
+CLI = (sys.executable, "-m", "sdexec.cli.main")
+PIPE = asyncio.subprocess.PIPE
 
 
 async def serve(h: Handle, hang_seen: asyncio.Event) -> None:
@@ -60,7 +65,16 @@ async def main() -> None:
         print("ready", flush=True)
         report["pending"] = await pending
         start = time.monotonic()
-        while True:
+        held = tg.create_task(outcome_of(h.rpc("attr.get", {"name": "version"})))
+        await asyncio.sleep(0)  # the request is sent
+        held_exec = await asyncio.create_subprocess_exec(
+            *CLI, "exec", "-n", "--", "echo", "held", stdout=PIPE, stderr=PIPE
+        )
+        print("down", flush=True)
+        report["held_rpc"] = await held
+        out, err = await held_exec.communicate()
+        report["held_exec"] = [held_exec.returncode, out.decode(), err.decode()]
+        while True:  # connected again (at once, unless the requests were not held)
             try:
                 await h.rpc("attr.get", {"name": "version"})
                 break
@@ -73,7 +87,7 @@ async def main() -> None:
         report["service"] = await asyncio.wait_for(h.rpc("svc.echo", {"v": 42}), 10)
         r = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "sdexec.cli.main", "exec", "-n", "--", "echo", "after"],
+            [*CLI, "exec", "-n", "--", "echo", "after"],
             capture_output=True,
         )
         report["exec"] = [r.returncode, r.stdout.decode()]

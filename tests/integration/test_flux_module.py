@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from fluxinstance import MODULE, FluxInstance, flux_or_skip
+from terminal import tmux
 
 from sdexec.systemd.private import PrivateManager
 
@@ -246,6 +248,45 @@ def test_attach_replays_a_job_unit_from_another_rank(inst: FluxInstance) -> None
     )
     assert r.returncode == 6, r.stderr
     assert r.stdout == "before\n" and "after" in r.stderr
+
+
+def test_a_terminal_reaches_another_rank(inst: FluxInstance, tmp_path: Path) -> None:
+    """exec --pty through the broker to rank 2: a pts there, the pane's size,
+    a resize followed, Ctrl-C delivered, the remote exit code."""
+    sdexec = shlex.join([sys.executable, "-m", "sdexec.cli.main"])
+    with tmux(tmp_path, inst.env()) as term:
+        term.split()
+        cols, rows = term.pane_size()
+        term.type(
+            f"{sdexec} exec -r 2 -t -- sh -c 'echo rank=$SDEXEC_RANK; tty; stty size;"
+            " read x; stty size; sleep 300'; echo rc=$?"
+        )
+        term.wait_text(rf"rank=2\s+/dev/pts/\d+\s+{rows} {cols}\s")
+        new_cols, new_rows = term.resized(cols - 11)
+        assert new_cols == cols - 11
+        term.type("")
+        term.wait_text(rf"\n{new_rows} {new_cols}\s")
+        term.keys("C-c")
+        term.wait_text(r"rc=130\b")
+
+
+def test_a_background_terminal_on_one_rank_is_attached_from_another(
+    inst: FluxInstance, tmp_path: Path
+) -> None:
+    inst.must("sdexec", "exec", "-r", "3", "--bg", "--pty", "--label", "fluxterm", "--", "sh")
+    try:
+        sdexec = shlex.join([sys.executable, "-m", "sdexec.cli.main"])
+        with tmux(tmp_path, inst.env()) as term:
+            term.type(f"{sdexec} attach -r 3 fluxterm; echo rc=$?")
+            term.wait_for(lambda screen: screen.strip() == "#")  # the remote sh's screen
+            term.type("echo on-$SDEXEC_RANK-$((6*7))")
+            term.wait_text(r"\non-3-42\b")
+            term.keys("C-]")  # the detach key: the session stays
+            term.wait_text(r"detached from fluxterm; it goes on running.*\s+rc=0\b")
+        ps = inst.must("sdexec", "ps", "-r", "3", "-o", "{label} {state}")
+        assert "fluxterm R" in ps
+    finally:
+        inst.must("sdexec", "kill", "-r", "3", "-s", "KILL", "fluxterm")
 
 
 # --- authorization ---------------------------------------------------------------------------

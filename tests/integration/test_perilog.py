@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from conftest import Cluster
@@ -90,6 +92,7 @@ def test_json_report_names_failing_ranks_with_reason_and_last_lines(cluster: Clu
             "outcome": "exit",
             "reason": "prolog exit 4",
             "output": ["rank 3 line 11", "rank 3 line 12", "disk full"],
+            "logs": f"sdexec logs -r 3 {rep['label']}",
         }
     ]
 
@@ -199,3 +202,89 @@ def wait_for(cluster: Cluster, check: Callable[[list[str]], bool], timeout: floa
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_hung_server_is_not_responding_never_unkillable(cluster: Cluster, workdir: Path) -> None:
+    """Rank 3's server is stopped (SIGSTOP) while its script runs: at the deadline
+    the signal gets no answer, and the rank is "server not responding"."""
+    started = workdir / "perilog-hung-started"
+    script = f'if [ "$SDEXEC_RANK" = 3 ]; then touch {started}; sleep 8; fi'
+    rank3 = cluster.servers[3]
+    assert rank3.proc is not None
+    proc = subprocess.Popen(
+        [*CLI, "perilog", "run", "--phase", "prolog", "-r", "all", "--timeout", "3",
+         "--kill-timeout", "2", "--json", "--", "sh", "-c", script],
+        env=cluster.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    stopped = False
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(rank3.proc.pid, signal.SIGSTOP)
+        stopped = True
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if stopped:
+            os.kill(rank3.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    rep = json.loads(out)
+    ranks = by_rank(rep)
+    assert {n: e["outcome"] for n, e in ranks.items()} == {
+        0: "ok", 1: "ok", 2: "ok", 3: "unresponsive"
+    }  # fmt: skip
+    assert ranks[3]["status"] == "server not responding"
+    assert ranks[3]["detail"] == "no answer to SIGTERM in 2s"
+    assert ranks[3]["exit_code"] == 68
+    assert "unkillable" not in out.decode()
+    # The script ran on under the stopped server, which once resumed delivers
+    # the SIGTERM it was sent (143) unless the script ended first: collect it.
+    r = rank3.sdexec("wait", rep["label"])
+    assert r.returncode in (0, 143), r.stderr
+
+
+def test_an_ssh_failure_reports_sshs_own_message(cluster: Cluster) -> None:
+    ssh = cluster.env()["SDEXEC_SSH"].replace("/user_key", "/host_key")  # not authorized
+    r = cluster.servers[0].sdexec(
+        "perilog", "run", "--phase", "prolog", "-r", "2", "--json", "--", "true",
+        env=cluster.env(SDEXEC_SSH=ssh),
+    )  # fmt: skip
+    assert r.returncode == 1
+    (rank,) = report(r)["ranks"]
+    assert rank["outcome"] == "unreachable"
+    assert rank["detail"] == "ssh root@127.0.0.1: root@127.0.0.1: Permission denied (publickey)."
+    assert "connection to server lost" not in r.stdout.decode() + r.stderr.decode()
+
+
+def test_a_missing_curve_key_here_is_one_error_and_nothing_runs(
+    cluster: Cluster, workdir: Path
+) -> None:
+    ran = workdir / "perilog-ran-without-keys"
+    r = cluster.servers[0].sdexec(
+        "perilog", "run", "--phase", "prolog", "-r", "all", "--", "touch", str(ran),
+        env=cluster.env(SDEXEC_CURVE_CERT="/nonexistent/client.key_secret"),
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stdout == b""  # no report: nothing to drain
+    assert r.stderr.decode().splitlines() == [
+        f"sdexec: perilog run: node1 ({cluster.uris[1]}): cannot read key file"
+        " /nonexistent/client.key_secret: No such file or directory; nothing was run"
+    ]
+    assert not ran.exists()
+
+
+def test_the_reports_all_output_hint_is_a_command_that_works(cluster: Cluster) -> None:
+    script = 'echo "line one of $SDEXEC_RANK"; echo "line two"; exit 3'
+    r = perilog(cluster, "--phase", "epilog", "-r", "1", "--lines", "1", "--", "sh", "-c", script)
+    assert r.returncode == 1
+    (hint,) = [line for line in r.stdout.decode().splitlines() if "all output:" in line]
+    command = hint.split("all output: ", 1)[1].split(" (and -r")[0]
+    argv = shlex.split(command)
+    assert argv[:3] == ["sdexec", "logs", "-r"]
+    logs = cluster.sdexec(*argv[1:])
+    assert (logs.returncode, logs.stdout) == (0, b"line one of 1\nline two\n"), logs.stderr

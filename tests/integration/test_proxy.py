@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import Server
+from faults import log_mark, log_since
 
 SDEXEC = f"{shlex.quote(sys.executable)} -m sdexec.cli.main"
 
@@ -138,3 +139,16 @@ def test_exit_status_survives_an_inherited_ignored_sigchld(server: Server) -> No
     )
     r = subprocess.run([sys.executable, "-c", code], env=server.env(), timeout=60)
     assert r.returncode == 7
+
+
+def test_a_client_leaving_the_proxy_is_no_unknown_method_in_the_servers_log(
+    server: Server,
+) -> None:
+    """The proxy tells every service a client used that it left (attr, sdexec):
+    the server takes ``attr.disconnect`` as nothing to clean up, not as an error."""
+    mark = log_mark(server)
+    rc, out, err = proxy(server, script=f"{SDEXEC} exec -n -- echo x && {SDEXEC} ps")
+    assert rc == 0, err
+    assert out.startswith("x\n")
+    text = log_since(server, mark)
+    assert "Unknown method" not in text and "request refused" not in text

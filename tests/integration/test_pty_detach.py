@@ -199,6 +199,25 @@ def test_a_finished_waitable_terminal_shows_its_last_screen(own: OwnServer) -> N
     assert own.sdexec("wait", "fin").returncode == 5  # the holder goes now too
 
 
+def test_sigpipe_ends_a_pipeline_in_a_background_terminal(own: OwnServer) -> None:
+    """A background terminal is a shell's session: SIGPIPE is not ignored
+    (systemd's IgnoreSIGPIPE=yes default would make ``yes | head`` spin on EPIPE)."""
+    script = "grep SigIgn /proc/self/status; yes | head -n 1; exit 0"
+    start(own, "pipe", "sh", "-c", script, waitable=True)
+    deadline = time.monotonic() + 30
+    while "pipe Z" not in own.sdexec("ps", "-o", "{label} {state}").stdout.decode():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = own.sdexec("attach", "pipe")
+    assert r.returncode == 0, r.stderr
+    assert own.sdexec("wait", "pipe").returncode == 0
+    screen = r.stdout.decode()
+    found = re.search(r"SigIgn:\s*([0-9a-f]+)", screen)
+    assert found, screen
+    assert not int(found.group(1), 16) & (1 << (13 - 1)), screen  # SIGPIPE is 13
+    assert "Broken pipe" not in screen
+
+
 def test_a_plain_rfc42_attach_gets_the_screen_and_the_end(own: OwnServer) -> None:
     pid = start(own, "plain", "sh", "-c", "echo hello; read x; echo got $x; exit 2")
     raw = Raw(own.socket_path)

@@ -7,6 +7,7 @@ socket path that cannot exist is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Server
+from conftest import REPO, Server, wait_for_socket
 from faults import assert_no_traceback
 from remote import free_port, keygen
 from servers import OwnServer, own_manager, own_server
@@ -105,3 +106,66 @@ def test_a_socket_path_that_cannot_exist_is_one_line(own: OwnServer, workdir: Pa
 def test_the_first_server_still_stops_cleanly(own: OwnServer) -> None:
     serve(own, "--uri", own.uri, "--state-dir", str(own.state_dir))
     assert own.stop(signal.SIGTERM) == 0
+
+
+def test_a_second_server_leaves_the_first_servers_own_manager_running(workdir: Path) -> None:
+    """As an operator runs it: the first server starts its own private manager
+    (default state directory), with no background job and then with one; the
+    same command again refuses each time, and the first keeps serving."""
+    sock = workdir / "twice" / "local"
+    state = Path(f"{sock}.state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SDEXEC_", "XDG_", "DBUS_"))}
+    env["PYTHONPATH"] = str(REPO)
+    argv = [sys.executable, "-m", "sdexec.cli.main", "serve", "--uri", f"local://{sock}"]
+    cli = [sys.executable, "-m", "sdexec.cli.main"]
+
+    def client(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*cli, *args],
+            capture_output=True,
+            timeout=60,
+            env={**env, "SDEXEC_URI": f"local://{sock}"},
+            stdin=subprocess.DEVNULL,
+        )
+
+    def second() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*argv, "--systemd", "private"], capture_output=True, timeout=60, env=env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    manager = PrivateManager(state)
+    with open(workdir / "twice.log", "wb") as log:
+        first = subprocess.Popen(
+            [*argv, "--systemd", "private"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            env=env,
+        )  # fmt: skip
+    try:
+        wait_for_socket(str(sock), first)
+        manager_pid = manager.pid()
+        assert manager_pid is not None
+
+        one_line(second(), f"another server is listening on {sock}")
+        assert first.poll() is None and manager.pid() == manager_pid
+        r = client("exec", "--", "echo", "still")
+        assert (r.returncode, r.stdout) == (0, b"still\n"), r.stderr
+
+        assert client("exec", "--bg", "--label", "kept", "--", "sleep", "300").returncode == 0
+        again = second()
+        one_line(again, f"another server is listening on {sock}")
+        assert b"adopt" not in again.stdout + again.stderr
+        assert first.poll() is None and manager.pid() == manager_pid
+        ps = client("ps", "-o", "{label} {state}")
+        assert (ps.returncode, ps.stdout) == (0, b"LABEL STATE\nkept R\n"), ps.stderr
+        assert client("kill", "-s", "KILL", "kept").returncode == 0
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)
+        rc = first.wait(60)
+        left = manager.pid() is not None
+        if left:  # a failed test: what it left (its background job) keeps the manager
+            manager.stop()
+    assert rc == 0 and not left
+    assert manager.pid() is None and not manager.slice.exists()
+    log_text = (workdir / "twice.log").read_text(errors="replace")
+    assert "Traceback" not in log_text

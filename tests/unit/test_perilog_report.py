@@ -115,6 +115,7 @@ def test_report_drains_failing_ranks_with_a_reason() -> None:
             "outcome": "timeout",
             "reason": "prolog timeout: still running after 5s, stopped by SIGTERM",
             "output": ["waiting for nfs"],
+            "logs": "sdexec logs -r 1 sdexec-prolog-1",
         }
     ]
 
@@ -129,3 +130,26 @@ def test_text_report_quotes_last_lines() -> None:
     text = _report().render()
     assert "  node1 (rank 1): prolog timeout: still running after 5s" in text
     assert "    | waiting for nfs\n" in text
+
+
+def test_the_text_report_says_how_to_print_all_of_a_ranks_output() -> None:
+    assert "all output: sdexec logs -r 1 sdexec-prolog-1 (and -r for each rank above)\n" in (
+        _report().render()
+    )
+
+
+def test_an_unresponsive_server_is_its_own_outcome_never_unkillable() -> None:
+    base = Outcome(Kind.UNREACHABLE, 110, "server not responding")
+    outcome = classify(
+        base,
+        timed_out=True,
+        signals_sent=[],
+        unkillable=False,
+        timeout=3,
+        kill_timeout=2,
+        unresponsive="no answer to SIGTERM in 2s",
+    )
+    assert (outcome.kind, outcome.label, outcome.detail) == (
+        Kind.UNRESPONSIVE, "server not responding", "no answer to SIGTERM in 2s"
+    )  # fmt: skip
+    assert outcome.exit_code() == 68

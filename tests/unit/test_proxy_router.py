@@ -215,3 +215,92 @@ def test_renew_replays_subscriptions_and_services(h: Harness) -> None:
         ("service.add", {"service": "svc"}),
     ]
     assert h.router.upstream is fresh
+
+
+def test_requests_while_reconnecting_are_held_and_sent_in_order_once_back() -> None:
+    async def scenario() -> tuple[list[Message], list[Message], list[Message]]:
+        router = ProxyRouter(lambda work: None, uid=UID, hold=60)
+        router.upstream = FakeUpstream()  # type: ignore[assignment]
+        a, b = Child(router), Child(router)
+        for c in (a, b):
+            assert router.accept(c) == 0
+        router.lost()
+        router.received(a, Message.request("sdexec.list", {}, matchtag=1))
+        router.received(b, Message.request("attr.get", {"name": "size"}, matchtag=2))
+        router.received(a, Message.request("sdexec.kill", {}, flags=MsgFlag.NORESPONSE))
+        answered_while_down = a.sent + b.sent
+        fresh = FakeUpstream()
+        await router.renew(fresh)  # type: ignore[arg-type]
+        return answered_while_down, fresh.sent, a.sent + b.sent
+
+    while_down, sent, answered = asyncio.run(scenario())
+    assert while_down == [] and answered == []
+    assert [(m.topic, m.matchtag) for m in sent] == [
+        ("sdexec.list", 1), ("attr.get", 2), ("sdexec.kill", 0)
+    ]  # fmt: skip
+
+
+def test_a_child_that_leaves_takes_its_held_requests_with_it() -> None:
+    async def scenario() -> list[Message]:
+        router = ProxyRouter(lambda work: None, uid=UID, hold=60)
+        a, b = Child(router), Child(router)
+        for c in (a, b):
+            assert router.accept(c) == 0
+        router.received(a, Message.request("sdexec.list", {}, matchtag=1))
+        router.received(b, Message.request("sdexec.list", {}, matchtag=2))
+        router.closed(a)
+        fresh = FakeUpstream()
+        await router.renew(fresh)  # type: ignore[arg-type]
+        return fresh.sent
+
+    assert [m.matchtag for m in asyncio.run(scenario())] == [2]
+
+
+class CountingChild(Child):
+    def __init__(self, router: ProxyRouter, count: int) -> None:
+        super().__init__(router)
+        self.count = count
+        self.enough = asyncio.Event()
+
+    def send(self, msg: Message) -> None:
+        super().send(msg)
+        if len(self.sent) >= self.count:
+            self.enough.set()
+
+
+def test_past_hold_max_a_request_fails_at_once_and_past_hold_seconds_the_held_ones() -> None:
+    async def scenario() -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+        router = ProxyRouter(lambda work: None, uid=UID, hold=0.05, hold_max=2)
+        c = CountingChild(router, 3)
+        assert router.accept(c) == 0
+        for tag in (1, 2, 3):
+            router.received(c, Message.request("sdexec.list", {}, matchtag=tag))
+        at_once = [(m.matchtag, m.errnum) for m in c.sent]
+        await c.enough.wait()
+        return at_once, [(m.matchtag, m.errnum, m.error_text() or "") for m in c.sent[1:]]
+
+    at_once, expired = asyncio.run(scenario())
+    assert at_once == [(3, errno.ECONNRESET)]
+    text = "connection to server lost, and not back within 0.05s"
+    assert expired == [(1, errno.ECONNRESET, text), (2, errno.ECONNRESET, text)]
+
+
+def test_service_add_while_reconnecting_waits_for_the_connection() -> None:
+    async def scenario() -> tuple[list[Message], list[Message], list[tuple[str, Any]]]:
+        work: list[Awaitable[None]] = []
+        router = ProxyRouter(work.append, uid=UID, hold=60)
+        c = Child(router)
+        assert router.accept(c) == 0
+        router.received(c, Message.request("service.add", {"service": "svc"}, matchtag=5))
+        adding = asyncio.ensure_future(work.pop())
+        await asyncio.sleep(0.01)
+        before = list(c.sent)
+        fresh = FakeUpstream()
+        await router.renew(fresh)  # type: ignore[arg-type]
+        await adding
+        return before, c.sent, fresh.rpcs
+
+    before, after, rpcs = asyncio.run(scenario())
+    assert before == []
+    assert [(m.matchtag, m.errnum) for m in after] == [(5, 0)]
+    assert rpcs == [("service.add", {"service": "svc"})]
