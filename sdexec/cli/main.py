@@ -9,8 +9,9 @@ trip to the server.  So a plain ``sdexec exec`` is parsed by
 (:mod:`sdexec.cli.parser`); it connects to the server before it imports
 the client (:func:`sdexec.transport.connector.open_early`).  Each command's
 code is imported only when it runs: ``sdexec.cli.<command>.run``, or
-``sdexec.cli.fanout.run_<command>`` for ``-r``.  The client path never imports asyncio, dbus_fast, zmq,
-structlog, ``json``, ``enum`` or ``re`` (see :mod:`sdexec.client.blocking`).
+``sdexec.cli.fanout.run_<command>`` for ``-r``.  The client path never
+imports asyncio, dbus_fast, zmq, structlog, ``json``, ``enum`` or ``re``
+(see :mod:`sdexec.client.blocking`).
 """
 
 from __future__ import annotations

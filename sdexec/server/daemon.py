@@ -156,10 +156,14 @@ async def serve(
     )
     service.strict_properties = opts.strict_properties
     await _watch_controllers(bus, service)
+    from sdexec.transport.link import EXEC_ANNOUNCE
+
     warmer = _migration_warmer()
     if warmer is not None:
         service.before_exec = warmer.kick
-        router.accept_hooks.append(lambda _conn: warmer.kick())
+        router.accept_hooks.append(
+            lambda conn: warmer.kick() if conn.peer_name.startswith(EXEC_ANNOUNCE) else None
+        )
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()

@@ -15,16 +15,26 @@ after another one did not.  (The ``favordynmods`` mount option of cgroup2
 removes the wait, but it is the host's to set.)
 
 So the server pays that grace period itself, ahead of time and off the
-manager's path: :meth:`MigrationWarmer.kick` (called when a client connects
-and when an exec request arrives) wakes a thread that writes ``0`` ("this
-process") to the server's own ``cgroup.procs`` every few milliseconds until
-``hold`` seconds after the last kick.  Each write migrates the server into
+manager's path: :meth:`MigrationWarmer.kick` (called when an exec request
+arrives, and when a client connects that announces an exec: the ``sdexec
+exec`` command binds its socket to a name starting with
+:data:`sdexec.transport.link.EXEC_ANNOUNCE` and connects before it imports
+its client) wakes a thread that writes ``0`` ("this process") to the
+server's own ``cgroup.procs`` every few milliseconds until ``hold`` seconds
+after the last kick.  Each write migrates the server into
 the cgroup it is already in: nothing changes but the lock's state.  The first
 write waits for the grace period while the client is still sending its
 request and the manager is still creating the unit; the ones after it keep
 the lock warm, so the manager's own migration of the new process passes at
-once.  A ``local://`` client that connects before it does the rest of its
-start-up (the ``sdexec`` command does) gives the first write a head start.
+once.
+
+The kernel holds ``cgroup_mutex`` while a cold write waits for its grace
+period, and the manager needs that mutex to create and remove unit cgroups:
+for one grace period after a cold kick, a unit that ends waits to be
+cleaned up (``finished`` comes that much later; a kill measured 12-15 ms to
+``finished`` instead of 3 when every connection kicked).  That is why only
+an exec, or a client that announces one, kicks: the manager would have
+waited that grace period for the exec's own migration anyway.
 
 Only a process whose threads all share one cgroup may write its pid to
 ``cgroup.procs`` without moving threads: the warmer runs only in a "domain"

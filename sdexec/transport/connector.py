@@ -37,29 +37,32 @@ rules only; the ssh and zmq modules are imported for their schemes.
 from __future__ import annotations
 
 import errno
+import os
 
 from sdexec.base import uri as _uri
 from sdexec.base.errors import SdexecError
-from sdexec.transport.link import Link, connect_local
+from sdexec.transport.link import EXEC_ANNOUNCE, Link, connect_local
 
 # Links opened by open_early, each for the next open_link of its URI.
 _early: dict[str | None, Link] = {}
 
 
 def open_early(uri: str | None = None) -> None:
-    """Open the link that the next ``open_link(uri)`` returns, now.
+    """Open the link that the next ``open_link(uri)`` returns, now, for an exec.
 
-    A failure is left for that call to report (it tries again).
+    A ``local://`` socket is named as :data:`~sdexec.transport.link.EXEC_ANNOUNCE`
+    says: the server warms up at once for a client that will exec, and only
+    for one.  A failure is left for that call to report (it tries again).
     """
     if uri in _early:
         return
     try:
-        _early[uri] = open_link(uri)
+        _early[uri] = open_link(uri, exec_soon=True)
     except Exception:  # an SdexecError, or an OSError from a transport
         return
 
 
-def open_link(uri: str | None = None) -> Link:
+def open_link(uri: str | None = None, *, exec_soon: bool = False) -> Link:
     """Connect to the server named by ``uri`` (default: :func:`sdexec.base.uri.default_uri`).
 
     The handshake byte is left for the caller to read.  A link that
@@ -77,7 +80,8 @@ def open_link(uri: str | None = None) -> Link:
         from sdexec.transport.zmq import open_tcp
 
         return open_tcp(resolved)
-    return Link(connect_local(_uri.local_path(resolved)), resolved)
+    announce = f"{EXEC_ANNOUNCE}{os.getpid()}" if exec_soon else None
+    return Link(connect_local(_uri.local_path(resolved), announce), resolved)
 
 
 def check_client(uri: str) -> None:

@@ -61,9 +61,23 @@ class Link:
             cleanup()
 
 
-def connect_local(path: str) -> _socket.socket:
-    """A blocking UNIX stream socket connected to ``path`` (handshake not read)."""
+#: The abstract socket name prefix of a client that is about to exec
+#: (``sdexec exec``): the server warms up for it at once (sdexec.systemd.migration).
+EXEC_ANNOUNCE = "\0sdexec-exec-"
+
+
+def connect_local(path: str, announce: str | None = None) -> _socket.socket:
+    """A blocking UNIX stream socket connected to ``path`` (handshake not read).
+
+    With ``announce``, the socket is first bound to that abstract name (the
+    server reads it as the peer's name); if the name is taken, it is not.
+    """
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    if announce is not None:
+        try:  # noqa: SIM105 - contextlib is not on the CLI's start-up path
+            sock.bind(announce)
+        except OSError:
+            pass
     try:
         sock.connect(path)
     except FileNotFoundError:

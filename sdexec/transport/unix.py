@@ -79,6 +79,20 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
+def peer_name(sock: socket.socket) -> str:
+    """The name a UNIX socket peer bound its socket to ("" if none).
+
+    An abstract name (``"\\0..."``) comes back from the kernel as bytes.
+    """
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return ""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    return name if isinstance(name, str) else ""
+
+
 class Connection(asyncio.Protocol):
     """One accepted client."""
 
@@ -100,6 +114,8 @@ class Connection(asyncio.Protocol):
         self.uid = -1
         self.gid = -1
         self.pid = 0
+        #: The name the peer bound its socket to ("" if none; see connect_local).
+        self.peer_name = ""
         self.accepted = False
         self.writable = True
         self.write_limit = write_limit
@@ -126,6 +142,7 @@ class Connection(asyncio.Protocol):
         self._fd = sock.fileno()
         try:
             self.pid, self.uid, self.gid = peer_credentials(sock)
+            self.peer_name = peer_name(sock)
         except OSError:
             transport.abort()
             return

@@ -390,3 +390,26 @@ def test_a_failed_early_link_is_reported_by_connect(tmp_path: Path) -> None:
     with pytest.raises(SdexecError) as info:
         BlockingHandle.connect(uri)
     assert info.value.errno == errno.ENOENT
+
+
+def test_an_early_link_announces_an_exec_by_its_socket_name(tmp_path: Path) -> None:
+    import socket
+
+    from sdexec.transport.link import EXEC_ANNOUNCE, connect_local
+    from sdexec.transport.unix import peer_name
+
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(2)
+        announced = connect_local(path, f"{EXEC_ANNOUNCE}{os.getpid()}")
+        plain = connect_local(path)
+        try:
+            first, second = server.accept()[0], server.accept()[0]
+            names = [peer_name(first), peer_name(second)]
+            first.close()
+            second.close()
+        finally:
+            announced.close()
+            plain.close()
+    assert names == [f"{EXEC_ANNOUNCE}{os.getpid()}", ""]
