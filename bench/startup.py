@@ -86,7 +86,12 @@ def launch(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run ``argv`` to its end: (wall seconds, CPU seconds)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+        cwd="/",  # not this tree: `python -c` would import its sdexec/ from the cwd
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -165,6 +170,7 @@ def timeline_once(argv: list[str], env: dict[str, str], out: Path) -> dict[str, 
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         check=True,
+        cwd="/",
     )
     ev: dict[str, float] = {}
     for line in out.read_text().splitlines():
@@ -295,7 +301,7 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append(f"  time line under strace, from idle ({tl['runs']} runs, traced total ")
         rows[-1] += f"{tl['traced_total_ms']:.2f} ms):"
         for label, value in tl["phases_ms"].items():
-            rows.append(f"    {label:<54}{value:7.2f} ms")
+            rows.append(f"    {label:<62}{value:7.2f} ms")
     mig = results.get("migration")
     if mig:
         rows.append("manager's write of the new process into its cgroup (perf trace, from idle)")
