@@ -590,11 +590,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = sub.add_parser(
         "serve",
-        parents=[uri_parent],
         help="run an sdexec server",
         description="Run an sdexec server in the foreground.",
         epilog=_SERVE_EPILOG,
         formatter_class=fmt,
+    )
+    p.add_argument(
+        "--uri",
+        metavar="URI",
+        default=argparse.SUPPRESS,
+        help="where to listen (default: the default socket, never $SDEXEC_URI: that"
+        " names the server of the processes a server runs)",
     )
     p.add_argument(
         "--systemd",

@@ -35,7 +35,10 @@ process's exit on a busy node), and then its status is collected with
 are kept for the report; all of it stays in the node's journal
 (``journalctl -t LABEL``), so a failed prolog can be examined after the
 fact.  If the run is interrupted, the scripts still running are sent
-SIGKILL.
+SIGKILL.  Each script is waitable only while this run's connection lasts
+(``SDEXEC_WAITABLE_WHILE_CONNECTED``): a script left behind on a server that
+stopped answering is forgotten when it ends, not kept finished for a
+``wait`` that never comes.
 
 The result is a :class:`~sdexec.cluster.perilog_report.Report` (sans-IO): every
 rank's outcome, elapsed time and last lines, and the ranks to drain with a
@@ -73,6 +76,7 @@ from sdexec.cluster.hosts import Host
 from sdexec.cluster.outcome import Kind, Outcome, from_status, signal_name
 from sdexec.cluster.perilog_report import RankReport, Report, Tail, classify
 from sdexec.proto.iodata import decode_io_data
+from sdexec.proto.rfc42 import WAIT_SCOPE_OPTION
 
 PHASES = ("prolog", "epilog")
 DEFAULT_TAIL_LINES = 10
@@ -287,6 +291,7 @@ class Perilog:
                 argv,
                 env={**base_env, RANK_ENV: str(host.rank), PHASE_ENV: phase},
                 cwd=cwd,
+                opts={WAIT_SCOPE_OPTION: "yes"},
                 label=self.label,
             )
             proc = ScriptRun(host, command, tail_lines=tail_lines, on_change=self._changed)

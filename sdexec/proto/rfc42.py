@@ -42,6 +42,10 @@ class LocalFlag(enum.IntFlag):
 
 
 DEFAULT_STDIN_BUFSIZE = 4096
+#: Command option (``yes``/``no``): a waitable background process stays
+#: waitable only while the connection that started it lasts; after that its
+#: status is owed to nobody and it is forgotten as it ends.
+WAIT_SCOPE_OPTION = "SDEXEC_WAITABLE_WHILE_CONNECTED"
 #: The most of an output stream held back waiting for a newline (``<stream>_BUFSIZE``),
 #: as in flux-core's subprocesses.
 DEFAULT_OUTPUT_BUFSIZE = 4 << 20

@@ -184,6 +184,10 @@ class Process:
         self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
         self.holder: Holder | None = None  # a background terminal's holder (sdexec.server.pty)
+        # SDEXEC_WAITABLE_WHILE_CONNECTED: the connection whose going ends the
+        # waitability; then its status is owed to nobody (reaped as it ends).
+        self.wait_conn: str | None = None
+        self.reap_when_done = False
 
     # --- identity -------------------------------------------------------------------
 
@@ -400,7 +404,7 @@ class Process:
                 self.waiter.respond({"status": self.status})
             self.waiter = None
             self.service.reap(self)
-        elif not self.waitable:
+        elif not self.waitable or self.reap_when_done:
             self.service.reap(self)
 
     async def _answer_wait(self, waiter: Request) -> None:

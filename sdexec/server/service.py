@@ -87,6 +87,17 @@ KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
 KEY_MAX = 128
 
 
+def _yes(cmd: rfc42.Command, name: str) -> bool:
+    """A boolean option: ``1``/``yes``/``true``; absent or ``0``/``no``/``false``
+    is false; anything else EINVAL."""
+    value = cmd.opt(name)
+    if value is None or value.lower() in ("0", "no", "false"):
+        return False
+    if value.lower() in ("1", "yes", "true"):
+        return True
+    raise SdexecError(errno.EINVAL, f"option {name} must be yes or no, not {value!r}")
+
+
 def idempotency_key(cmd: rfc42.Command) -> str | None:
     """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
     key = cmd.opt(KEY_OPTION)
@@ -540,6 +551,7 @@ class Service:
         if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         # Validate options before anything is created.
+        wait_scoped = _yes(cmd, rfc42.WAIT_SCOPE_OPTION)
         cmd.stdin_bufsize()
         for stream in ("stdout", "stderr"):
             cmd.output_bufsize(stream)
@@ -570,6 +582,8 @@ class Service:
         if unit in self.by_unit:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
+        if wait_scoped and proc.background and proc.waitable:
+            proc.wait_conn = req.conn.id
         proc.stop_timer = stop_timer
         proc.expected_cpus = expected_cpus
         proc.warnings = warnings
@@ -1158,6 +1172,12 @@ class Service:
 
     def connection_closed(self, conn_id: str) -> None:
         self._drop_sender(lambda s: s[0] == conn_id)
+        for proc in [p for p in self.by_unit.values() if p.wait_conn == conn_id]:
+            proc.wait_conn = None
+            proc.reap_when_done = True
+            if proc.state is ProcState.EXITED and proc.waiter is None:
+                log.info("status owed to nobody: its connection is gone", **proc.log_fields())
+                self.reap(proc)
         # Its followers (journalctl readers) stop now, not when the process ends.
         followers = self._followers.pop(conn_id, set())
         for task in followers:

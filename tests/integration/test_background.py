@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Server
+from rpc import Raw, exec_payload
 
 _n = itertools.count()
 
@@ -170,3 +172,57 @@ def test_ps_and_list_show_a_stopped_process_as_t(server: Server) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert server.sdexec("kill", "-s", "KILL", lab).returncode == 0
+
+
+# --- waitable while connected (SDEXEC_WAITABLE_WHILE_CONNECTED) -----------------------------
+
+WHILE_CONNECTED = {"SDEXEC_WAITABLE_WHILE_CONNECTED": "yes"}
+BG_WAITABLE = 16 | 1 | 2  # waitable, stdout, stderr (a non-streaming exec: background)
+
+
+def test_waitable_while_connected_is_waited_on_that_connection(server: Server) -> None:
+    lab = label("scoped")
+    raw = Raw(server.socket_path)
+    try:
+        started = raw.rpc("sdexec.exec", exec_payload(["sh", "-c", "exit 3"], BG_WAITABLE, lab,
+                                                      WHILE_CONNECTED))  # fmt: skip
+        assert started.json()["type"] == "started"
+        deadline = time.monotonic() + 30
+        while ps_state(server, lab) != "Z":  # finished, still owed to this connection
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert raw.rpc("sdexec.wait", {"pid": started.json()["pid"]}).json()["status"] == 3 << 8
+    finally:
+        raw.close()
+
+
+def test_waitable_while_connected_is_forgotten_once_its_connection_goes(server: Server) -> None:
+    done, running = label("scoped-done"), label("scoped-running")
+    raw = Raw(server.socket_path)
+    try:
+        raw.rpc("sdexec.exec", exec_payload(["true"], BG_WAITABLE, done, WHILE_CONNECTED))
+        raw.rpc("sdexec.exec", exec_payload(["sleep", "1"], BG_WAITABLE, running, WHILE_CONNECTED))
+        deadline = time.monotonic() + 30
+        while ps_state(server, done) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        raw.close()
+    deadline = time.monotonic() + 30
+    while ps_state(server, done) is not None or ps_state(server, running) is not None:
+        assert time.monotonic() < deadline, server.sdexec("ps").stdout.decode()
+        time.sleep(0.05)
+    while [u for u in server.units() if done in u or running in u]:  # the units go too
+        assert time.monotonic() < deadline, server.units()
+        time.sleep(0.05)
+
+
+def test_waitable_while_connected_must_be_yes_or_no(server: Server) -> None:
+    raw = Raw(server.socket_path)
+    try:
+        bad = {"SDEXEC_WAITABLE_WHILE_CONNECTED": "maybe"}
+        msg = raw.rpc("sdexec.exec", exec_payload(["true"], BG_WAITABLE, label("scoped-bad"), bad))
+        assert msg.errnum == errno.EINVAL
+        assert "yes or no" in (msg.error_text() or "")
+    finally:
+        raw.close()

@@ -261,3 +261,30 @@ def test_logs_of_gone_processes_survive_a_restart(own: Server) -> None:
     own.start()
     assert _logs_of(own, "hist") == b"kept\n"
     assert _logs_of(own, "late") == b"later\n"
+
+
+def test_attach_after_a_restart_leaves_no_unknown_child_warning(own: Server) -> None:
+    """Readers of adopted processes (attach, logs) are the server's own children,
+    reaped by asyncio's child watcher alone: nothing else may reap them."""
+    r = own.sdexec(
+        "exec", "--bg", "--waitable", "--label", "adopted", "--",
+        "sh", "-c", "echo before; sleep 1; echo after",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = own.sdexec("exec", "--bg", "--waitable", "--label", "done-before", "--", "echo", "early")
+    assert r.returncode == 0, r.stderr
+    own.stop(signal.SIGKILL)
+    own.start()
+    mark = own.log_path.stat().st_size
+    att = own.sdexec("attach", "adopted")
+    assert (att.returncode, att.stdout) == (0, b"before\nafter\n"), att.stderr
+    for _ in range(10):
+        assert own.sdexec("attach", "done-before").stdout == b"early\n"
+        assert own.sdexec("logs", "adopted").returncode == 0
+    assert own.sdexec("wait", "adopted").returncode == 0
+    assert own.sdexec("wait", "done-before").returncode == 0
+    with open(own.log_path, "rb") as f:
+        f.seek(mark)
+        text = f.read().decode(errors="replace")
+    assert "Unknown child process" not in text
+    assert "returncode 255" not in text
