@@ -1,6 +1,7 @@
 """bin/sdexec run as ``python -S`` (scripts/install, scripts/bootstrap, the .deb).
 
-Each layout is a real virtual environment (made without pip) holding this
+Each layout is a real one (a virtual environment made without pip, or
+Debian's prefix with its dist-packages) holding this
 tree's ``sdexec`` as an installation would: the package in site-packages, or
 an editable install's ``.pth`` path.  ``PYTHONVERBOSE`` shows whether the
 ``site`` module was imported.
@@ -48,6 +49,23 @@ def editable(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def debian(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian package's layout: /usr/bin/python3 -S, the package in
+    PREFIX/lib/python3/dist-packages (PREFIX/bin/python3 links to Debian's)."""
+    prefix = tmp_path_factory.mktemp("debian") / "usr"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python3").symlink_to("/usr/bin/python3")
+    dist_packages = prefix / "lib" / "python3" / "dist-packages"
+    dist_packages.mkdir(parents=True)
+    (dist_packages / "sdexec").symlink_to(REPO / "sdexec")
+    launcher = prefix / "bin" / "sdexec"
+    text = (REPO / "bin" / "sdexec").read_text().split("\n", 1)[1]
+    launcher.write_text(f"#!{prefix}/bin/python3 -S\n{text}")
+    launcher.chmod(0o755)
+    return launcher
+
+
+@pytest.fixture(scope="module")
 def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An environment without sdexec: only $PYTHONPATH can find it."""
     return _venv(tmp_path_factory.mktemp("elsewhere"))[1]
@@ -80,6 +98,13 @@ def test_exec_runs_without_site_from_an_editable_install(server: Server, editabl
     r = _run(server, editable, "exec", "--", "echo", "hi")
     assert (r.returncode, r.stdout) == (0, b"hi\n")
     assert SITE_IMPORTED not in r.stderr
+
+
+def test_exec_runs_without_site_in_the_debian_layout(server: Server, debian: Path) -> None:
+    r = _run(server, debian, "exec", "--", "echo", "hi")
+    assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr[-2000:]
+    assert SITE_IMPORTED not in r.stderr
+    assert b"/lib/python3/dist-packages/sdexec/" in r.stderr  # PYTHONVERBOSE: found there
 
 
 def test_other_commands_run_site_first(server: Server, installed: Path) -> None:
