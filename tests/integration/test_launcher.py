@@ -1,9 +1,9 @@
 """bin/sdexec run as ``python -S`` (scripts/install, scripts/bootstrap, the .deb).
 
-Each layout is a real one (a virtual environment made without pip, or
-Debian's prefix with its dist-packages) holding this
-tree's ``sdexec`` as an installation would: the package in site-packages, or
-an editable install's ``.pth`` path.  ``PYTHONVERBOSE`` shows whether the
+Each layout is a real one (a virtual environment made without pip, or a
+prefix like Debian's whose ``python3`` is Debian's) holding this tree's
+``sdexec`` as an installation would: the package in site-packages or
+dist-packages, or an editable install's ``.pth`` path.  ``PYTHONVERBOSE`` shows whether the
 ``site`` module was imported.
 """
 
