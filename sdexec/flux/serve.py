@@ -63,6 +63,7 @@ from sdexec.server.daemon import user_bus_address
 from sdexec.server.outputlog import choose
 from sdexec.server.service import Service
 from sdexec.server.supervisor import Supervisor
+from sdexec.server.warmup import warm_migrations
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import STDOUT_SOCKET, Journal
 
@@ -243,6 +244,23 @@ class ModuleServer:
         except ValueError as exc:
             log.warning("ignoring bad [systemd] config", error=str(exc))
         service.test_options = self.systemd_config.sdexec_debug
+        warmer = warm_migrations(service)
+        try:
+            await self._run_service(router, service, link, background, bus)
+        finally:
+            if warmer is not None:
+                warmer.close()
+        log.info("unloaded", kept=service.background_kept())
+
+    async def _run_service(
+        self,
+        router: Router,
+        service: Service,
+        link: FluxLink,
+        background: BackgroundOutput,
+        bus: SystemdBus,
+    ) -> None:
+        handle, opts = self.handle, self.opts
         async with asyncio.TaskGroup() as tg:
             router.attach(tg)
             log.debug("adopting units", state_dir=str(opts.state_dir))
@@ -275,7 +293,6 @@ class ModuleServer:
                 task.cancel()
             bus.close()
             service.close()
-        log.info("unloaded", kept=service.background_kept())
 
     async def _instance_ending(self) -> bool:
         """Whether no module could ever adopt this one's background units again.

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from sdexec.security.policy import SecurityConfig
     from sdexec.server.service import Service
     from sdexec.systemd.bus import SystemdBus
-    from sdexec.systemd.migration import MigrationWarmer
     from sdexec.systemd.private import PrivateManager
 
 log = structlog.get_logger("sdexec.server")
@@ -118,6 +117,7 @@ async def serve(
     from sdexec.security.setup import USERID_UNKNOWN, describe
     from sdexec.server.service import Service
     from sdexec.server.supervisor import Supervisor
+    from sdexec.server.warmup import warm_migrations
     from sdexec.systemd.bus import SystemdBus
     from sdexec.systemd.journal import Journal
     from sdexec.transport.unix import listen_local
@@ -156,14 +156,7 @@ async def serve(
     )
     service.strict_properties = opts.strict_properties
     await _watch_controllers(bus, service)
-    from sdexec.transport.link import EXEC_ANNOUNCE
-
-    warmer = _migration_warmer()
-    if warmer is not None:
-        service.before_exec = warmer.kick
-        router.accept_hooks.append(
-            lambda conn: warmer.kick() if conn.peer_name.startswith(EXEC_ANNOUNCE) else None
-        )
+    warmer = warm_migrations(service, router)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler())
     stop = asyncio.Event()
@@ -251,21 +244,6 @@ async def serve(
     if supervisor.gave_up is not None:
         raise SdexecError(errnum_of(supervisor.gave_up), supervisor.gave_up.message)
     return 0 if opts.on_shutdown == "stop" else service.background_kept()
-
-
-def _migration_warmer() -> MigrationWarmer | None:
-    """The thread that keeps cgroup migrations fast (None: it cannot work here)."""
-    from sdexec.systemd.migration import MigrationWarmer, own_cgroup_procs
-    from sdexec.systemd.private import cgroup2_root
-
-    procs, reason = own_cgroup_procs(cgroup2_root())
-    warmer = MigrationWarmer(procs)
-    warmer.start()
-    if warmer.disabled:
-        log.info("cgroup migrations not warmed", reason=reason or warmer.disabled)
-        return None
-    log.debug("cgroup migrations warmed", cgroup_procs=str(procs))
-    return warmer
 
 
 async def _watch_controllers(bus: SystemdBus, service: Service) -> None:

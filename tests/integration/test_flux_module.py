@@ -388,6 +388,14 @@ def test_server_events_are_in_the_broker_log(inst: FluxInstance) -> None:
     assert "sdexec.info[2]: exec argv=" in dmesg and "sdexec.info[2]: finished exit_code=0" in dmesg
 
 
+def test_the_module_warms_cgroup_migrations_as_the_server_does(inst: FluxInstance) -> None:
+    """The same warm-up as ``sdexec serve`` (sdexec.server.warmup), in the broker's cgroup."""
+    for rank in range(SIZE):
+        dmesg = inst.must("flux", "exec", "-r", str(rank), "flux", "dmesg")
+        assert "cgroup migrations warmed" in dmesg, dmesg[-2000:]
+        assert "cgroup migrations not warmed" not in dmesg
+
+
 def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> None:
     """Requests in flight and new ones fail cleanly; reloading re-adopts the units."""
     inst = start_instance(manager, workdir / "flux-sigkill", "-Sbroker.module-nopanic=1")
