@@ -916,23 +916,31 @@ def main() -> int:
     )
     print("\n".join(rows))
     print("(MB = 10^6 bytes; ratios are of medians measured in this run)")
-    Path(args.json).write_text(
-        json.dumps(
-            {
-                "host": socket.gethostname(),
-                "python": platform.python_version(),
-                "time": time.time(),
-                "mode": mode,
-                "manager": env.mode,
-                "args": vars(args),
-                "elapsed_s": elapsed,
-                "results": results,
-                "table": rows,
-            },
-            indent=2,
-        )
-    )
+    write_results(args, env, elapsed, results, rows, mode=mode)
     return 0
+
+
+def write_results(
+    args: argparse.Namespace,
+    env: Env,
+    elapsed: float,
+    results: dict[str, Any],
+    rows: list[str],
+    **extra: Any,
+) -> None:
+    """A run's results and printed table as JSON, to ``args.json``."""
+    record = {
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "time": time.time(),
+        **extra,
+        "manager": env.mode,
+        "args": vars(args),
+        "elapsed_s": elapsed,
+        "results": results,
+        "table": rows,
+    }
+    Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

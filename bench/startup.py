@@ -41,9 +41,7 @@ It prints, never asserts; the results also go to ``bench/results-startup.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -59,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import Env  # noqa: E402
+from bench import Env, write_results  # noqa: E402
 
 TRUE = "/bin/true"
 IDLE_S = 0.1
@@ -395,20 +393,7 @@ def main() -> int:
         f"{elapsed:.0f} s, load {load[0]:.2f}; {results['interpreter']})"
     )
     print("\n".join(rows))
-    Path(args.json).write_text(
-        json.dumps(
-            {
-                "python": platform.python_version(),
-                "time": time.time(),
-                "manager": env.mode,
-                "args": vars(args),
-                "elapsed_s": elapsed,
-                "results": results,
-                "table": rows,
-            },
-            indent=2,
-        )
-    )
+    write_results(args, env, elapsed, results, rows)
     return 0
 
 
