@@ -51,8 +51,16 @@ def own(own_mgr: PrivateManager, workdir: Path) -> Iterator[OwnServer]:
 def helper_pids(srv: Server) -> dict[str, int]:
     """The private manager's journald and dbus-daemon, found in its cgroup tree."""
     found: dict[str, int] = {}
-    for procs in srv.manager.slice.rglob("cgroup.procs"):
-        for pid in procs.read_text().split():
+    # os.walk, not rglob: the manager removes and makes unit cgroups meanwhile
+    # (a killed journald's goes and comes back), and a walk skips what went.
+    for top, _dirs, files in os.walk(srv.manager.slice):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            pids = Path(top, "cgroup.procs").read_text().split()
+        except OSError:
+            continue  # removed since the walk saw it
+        for pid in pids:
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
