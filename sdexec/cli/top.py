@@ -219,20 +219,23 @@ class Servers:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.many = bool(args.ranks or args.exclude)
-        targets: list[tuple[int, str | None]]
+        targets: list[tuple[int, str | None, int | None]]
         if self.many:
-            from sdexec.cluster.hosts import load
+            # The hosts file, or inside Flux the instance's ranks (by nodeid).
+            from sdexec.cluster.ranks import instance
 
-            hosts = load(args.hosts).select(args.ranks, args.exclude)
-            targets = [(h.rank, h.uri) for h in hosts]
+            hosts = instance(args.hosts).select(args.ranks, args.exclude)
+            targets = [(h.rank, h.uri, h.nodeid) for h in hosts]
         else:
-            targets = [(0, args.uri)]
+            targets = [(0, args.uri, None)]
         self.handles: dict[int, BlockingHandle] = {}
         self.down: dict[int, str] = {}
         sign = sign_options(args)
-        for rank, uri in targets:
+        for rank, uri, nodeid in targets:
             try:
                 self.handles[rank] = connect(uri, sign)
+                if nodeid is not None:
+                    self.handles[rank].nodeid = nodeid
             except SdexecError as exc:
                 if not self.many:
                     raise

@@ -216,6 +216,15 @@ def test_ps_lists_every_rank_with_hostnames(inst: FluxInstance) -> None:
         inst.must("sdexec", "kill", "-r", "all", "psjob")
 
 
+def test_top_shows_the_units_of_every_rank(inst: FluxInstance) -> None:
+    inst.must("sdexec", "exec", "-r", "1,3", "--bg", "--label", "topjob", "sleep", "30")
+    try:
+        procs = json.loads(inst.must("sdexec", "top", "-r", "all", "--json"))["procs"]
+        assert sorted(p["rank"] for p in procs if p["label"] == "topjob") == [1, 3]
+    finally:
+        inst.must("sdexec", "kill", "-r", "1,3", "topjob")
+
+
 def test_attach_replays_a_job_unit_from_another_rank(inst: FluxInstance) -> None:
     inst.must(
         "sdexec",
