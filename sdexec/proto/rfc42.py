@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import errno
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,20 @@ DEFAULT_OUTPUT_BUFSIZE = 4 << 20
 class MsgChan:
     name: str
     uri: str
+
+
+def bool_option(opts: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A yes/no command option (``1``/``yes``/``true``/``on`` or
+    ``0``/``no``/``false``/``off``); ``default`` when absent, EINVAL otherwise."""
+    raw = opts.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise SdexecError(errno.EINVAL, f"invalid {name}: {raw!r} (yes or no)")
 
 
 @dataclass(slots=True)

@@ -87,17 +87,6 @@ KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
 KEY_MAX = 128
 
 
-def _yes(cmd: rfc42.Command, name: str) -> bool:
-    """A boolean option: ``1``/``yes``/``true``; absent or ``0``/``no``/``false``
-    is false; anything else EINVAL."""
-    value = cmd.opt(name)
-    if value is None or value.lower() in ("0", "no", "false"):
-        return False
-    if value.lower() in ("1", "yes", "true"):
-        return True
-    raise SdexecError(errno.EINVAL, f"option {name} must be yes or no, not {value!r}")
-
-
 def idempotency_key(cmd: rfc42.Command) -> str | None:
     """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
     key = cmd.opt(KEY_OPTION)
@@ -551,7 +540,7 @@ class Service:
         if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
         # Validate options before anything is created.
-        wait_scoped = _yes(cmd, rfc42.WAIT_SCOPE_OPTION)
+        wait_scoped = rfc42.bool_option(cmd.opts, rfc42.WAIT_SCOPE_OPTION)
         cmd.stdin_bufsize()
         for stream in ("stdout", "stderr"):
             cmd.output_bufsize(stream)
@@ -663,6 +652,7 @@ class Service:
                 key=key,
                 holder_unit=proc.holder.unit if proc.holder is not None else None,
                 holder_socket=proc.holder.path if proc.holder is not None else None,
+                wait_scoped=proc.wait_conn is not None,
             )
         )
         self.starting.add(proc)
@@ -1369,6 +1359,7 @@ class Service:
         proc.pid = rec.pid
         if rec.holder_unit and rec.holder_socket:
             proc.holder = Holder(rec.holder_unit, rec.holder_socket)
+        proc.reap_when_done = rec.wait_scoped  # its connection went with the old server
         if rec.key is not None:
             proc.key = rec.key
             self.by_key[(rec.requester_uid, rec.key)] = proc
@@ -1386,6 +1377,8 @@ class Service:
         if proc.label is not None:
             self.by_label[self._lkey(proc.requester_uid, proc.label)] = proc
         log.info("re-adopted", state="Z", status=status, lost=lost, **proc.log_fields())
+        if proc.reap_when_done:  # its status was owed to a connection that is gone
+            self.reap(proc)
 
     # --- the systemd manager going away (sdexec.server.supervisor) ---------------
 

@@ -72,6 +72,9 @@ class ProcRecord:
     key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
     holder_unit: str | None = None
     holder_socket: str | None = None
+    # SDEXEC_WAITABLE_WHILE_CONNECTED: waitable only for the connection that
+    # started it, which a restart ends (its status is then owed to nobody).
+    wait_scoped: bool = False
 
 
 @dataclass

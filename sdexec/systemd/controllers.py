@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sdexec.base.errors import SdexecError
+from sdexec.proto.rfc42 import bool_option
 
 #: The unit setting (as the user writes it) -> the cgroup v2 controller it needs.
 PROPERTY_CONTROLLERS: dict[str, str] = {
@@ -72,15 +73,7 @@ def unenforced(
 
 def strict_requested(opts: Mapping[str, str], default: bool) -> bool:
     """Whether an exec's options ask for strict properties (EINVAL for a bad value)."""
-    raw = opts.get(STRICT_OPTION)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("0", "no", "false", "off"):
-        return False
-    raise SdexecError(errno.EINVAL, f"invalid {STRICT_OPTION}: {raw!r} (yes or no)")
+    return bool_option(opts, STRICT_OPTION, default)
 
 
 def check(

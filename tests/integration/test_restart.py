@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Server
+from rpc import Raw, exec_payload
 
 from sdexec.systemd.private import PrivateManager
 
@@ -97,6 +98,33 @@ def test_waitable_that_finished_while_down_reports_its_status_once(own: Server) 
     again = own.sdexec("wait", "fin")
     assert again.returncode != 0
     assert b"has ended (exit 6) and was reaped" in again.stderr
+
+
+def test_waitable_while_connected_is_owed_to_nobody_after_a_restart(own: Server) -> None:
+    """SDEXEC_WAITABLE_WHILE_CONNECTED: the connection went with the old server,
+    so a process that finished meanwhile, and one that finishes later, are
+    forgotten (no Z entry), not kept for a wait."""
+    scoped = {"SDEXEC_WAITABLE_WHILE_CONNECTED": "yes"}
+    raw = Raw(own.socket_path)
+    try:
+        for label, script in (("gone-fin", "exit 6"), ("gone-run", "sleep 3; exit 7")):
+            started = raw.rpc("sdexec.exec", exec_payload(["sh", "-c", script], 16 | 1 | 2,
+                                                          label, scoped))  # fmt: skip
+            assert started.json()["type"] == "started", started.error_text()
+        own.stop(signal.SIGKILL)
+    finally:
+        raw.close()
+    time.sleep(1.0)
+    own.start()
+    deadline = time.monotonic() + 30
+    while any(lab in own.sdexec("ps", "-o", "{label}").stdout.decode()
+              for lab in ("gone-fin", "gone-run")):  # fmt: skip
+        assert time.monotonic() < deadline, own.sdexec("ps").stdout.decode()
+        time.sleep(0.1)
+    for label in ("gone-fin", "gone-run"):
+        r = own.sdexec("wait", label)
+        assert r.returncode != 0 and b"reaped" in r.stderr, r.stderr
+    assert not [u for u in own.units() if "gone-" in u]
 
 
 def test_labels_stay_unique_across_restarts(own: Server) -> None:
