@@ -113,19 +113,10 @@ def run(args: argparse.Namespace) -> int:
     return run_command(args, command)
 
 
-def run_command(
-    args: argparse.Namespace,
-    command: dict[str, Any],
-    uri: str | None = None,
-    nodeid: int | None = None,
-) -> int:
-    """Run ``command`` as ``args`` say, on the server at ``uri`` (default
-    ``--uri``), through a broker to RFC 3 node ``nodeid`` if one is given
-    (``exec -r RANK --pty``: see :func:`sdexec.cli.fanout.run_exec`)."""
-    if uri is not None:
-        args.uri = uri
-    if nodeid is not None:
-        args.nodeid = nodeid
+def run_command(args: argparse.Namespace, command: dict[str, Any]) -> int:
+    """Run ``command`` as ``args`` say, on the server at ``args.uri``; through
+    a broker to RFC 3 node ``args.nodeid`` if it is set (``exec -r RANK
+    --pty``: see :func:`sdexec.cli.fanout.run_exec`)."""
     if args.pty and args.bg:
         return _run_background(args, command, terminal=True)
     if args.pty:

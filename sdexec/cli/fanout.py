@@ -299,7 +299,8 @@ def run_exec(args: argparse.Namespace) -> int:
         from sdexec.cli.exec import run_command
 
         host = hosts[0]
-        return run_command(args, rank_command(command, host), host.uri, host.nodeid)
+        args.uri, args.nodeid = host.uri, host.nodeid
+        return run_command(args, rank_command(command, host))
     if args.bg:
         return asyncio.run(_exec_background(args, hosts, command))
     return asyncio.run(_exec_attached(args, hosts, command))
