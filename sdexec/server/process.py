@@ -184,9 +184,10 @@ class Process:
         self.key: str | None = None  # the client's idempotency key (SDEXEC_IDEMPOTENCY_KEY)
         self.pty: PtyInput | None = None  # a pty is its stdio; also self.stdin (sdexec.server.pty)
         self.holder: Holder | None = None  # a background terminal's holder (sdexec.server.pty)
-        # SDEXEC_WAITABLE_WHILE_CONNECTED: the connection whose going ends the
-        # waitability; then its status is owed to nobody (reaped as it ends).
-        self.wait_conn: str | None = None
+        # SDEXEC_WAITABLE_WHILE_CONNECTED: waitable only while the connection
+        # that started it lasts; once that is gone, its status is owed to
+        # nobody and it is reaped as it ends (reap_when_done).
+        self.wait_scoped = False
         self.reap_when_done = False
 
     # --- identity -------------------------------------------------------------------

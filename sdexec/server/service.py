@@ -276,6 +276,8 @@ class Service:
         self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
         self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
         self.starting: set[Process] = set()
+        # conn id -> its processes waitable only while it lasts (WAIT_SCOPE_OPTION)
+        self._wait_scoped: dict[str, set[Process]] = {}
         # Called when an exec arrives: sdexec.systemd.migration.MigrationWarmer.kick.
         self.before_exec: Callable[[], None] | None = None
         self._seq = itertools.count(1)
@@ -572,7 +574,8 @@ class Service:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
         proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
         if wait_scoped and proc.background and proc.waitable:
-            proc.wait_conn = req.conn.id
+            proc.wait_scoped = True
+            self._wait_scoped.setdefault(req.conn.id, set()).add(proc)
         proc.stop_timer = stop_timer
         proc.expected_cpus = expected_cpus
         proc.warnings = warnings
@@ -652,7 +655,7 @@ class Service:
                 key=key,
                 holder_unit=proc.holder.unit if proc.holder is not None else None,
                 holder_socket=proc.holder.path if proc.holder is not None else None,
-                wait_scoped=proc.wait_conn is not None,
+                wait_scoped=proc.wait_scoped,
             )
         )
         self.starting.add(proc)
@@ -1162,8 +1165,9 @@ class Service:
 
     def connection_closed(self, conn_id: str) -> None:
         self._drop_sender(lambda s: s[0] == conn_id)
-        for proc in [p for p in self.by_unit.values() if p.wait_conn == conn_id]:
-            proc.wait_conn = None
+        for proc in self._wait_scoped.pop(conn_id, ()):
+            if self.by_unit.get(proc.unit) is not proc:
+                continue  # reaped already, or it never started
             proc.reap_when_done = True
             if proc.state is ProcState.EXITED and proc.waiter is None:
                 log.info("status owed to nobody: its connection is gone", **proc.log_fields())
@@ -1359,7 +1363,8 @@ class Service:
         proc.pid = rec.pid
         if rec.holder_unit and rec.holder_socket:
             proc.holder = Holder(rec.holder_unit, rec.holder_socket)
-        proc.reap_when_done = rec.wait_scoped  # its connection went with the old server
+        # Its connection went with the old server: owed to nobody now.
+        proc.wait_scoped = proc.reap_when_done = rec.wait_scoped
         if rec.key is not None:
             proc.key = rec.key
             self.by_key[(rec.requester_uid, rec.key)] = proc
