@@ -20,7 +20,7 @@ on every rank, twice each (C, ours, C, ours), and every case runs on each:
    process of its own (its VmRSS); the C module is a thread of the broker, so
    its figure is the rank's broker process growth over the idle broker.
 
-``flux`` is ``--flux``, else ``$SDEXEC_FLUX``, else ``../shared/tools/flux-core-build``'s.
+``flux`` is ``--flux``, else ``$SDEXEC_FLUX``, else ``flux`` on PATH (an installed flux-core).
 It prints a table with ratios (ours / C) and writes ``bench/flux-results.json``.
 This is a benchmark, not a test: it prints, it never asserts.
 """
@@ -43,7 +43,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))
 
+import fluxcore  # noqa: E402
 from fluxinstance import FluxInstance  # noqa: E402
 
 from sdexec.client.handle import Handle  # noqa: E402
@@ -55,17 +57,13 @@ CONFIG = '[systemd]\nenable = true\n\n[exec]\nservice = "sdexec"\n'
 
 
 def find_flux(given: str | None) -> str:
+    """``--flux``, else the installed flux-core the tests use (tests/fluxcore.py)."""
     if given:
         return given
-    if os.environ.get("SDEXEC_FLUX"):
-        return os.environ["SDEXEC_FLUX"]
-    out = subprocess.run(
-        [str(REPO.parent / "shared" / "tools" / "flux-core-build")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    core, line = fluxcore.find()
+    if core is None:
+        sys.exit(f"bench/flux.py: {line}")
+    return core.flux
 
 
 class Bench:

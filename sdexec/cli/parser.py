@@ -269,8 +269,12 @@ The module is the sdexec server as the sdexec service of one Flux broker
 rank: the same RFC 42 service as sdexec serve, reached through Flux's
 overlay, with the credentials the broker stamps on each request (owner
 only; on rank 0, only the broker's own clients). It runs under flux-core's
-Python and finds sdexec and its dependencies where sdexec is installed
-($SDEXEC_PYTHONPATH for other layouts).
+Python and finds sdexec and its dependencies where sdexec is installed: a
+virtual environment, pip --user, the Debian package or a source tree's
+.venv. For an editable install the printed file is a copy the command
+writes into the environment (PREFIX/share/sdexec/flux-module.py), since
+the source tree cannot know which environment it was installed into.
+$SDEXEC_PYTHONPATH, in the broker's environment, serves other layouts.
 
 module arguments:
   state-dir=DIR     background processes' records (default

@@ -1,10 +1,8 @@
 """Real Flux instances for the tests: ``flux start --test-size=N`` on a confined systemd.
 
-Which flux-core: ``$SDEXEC_FLUX`` (the ``flux`` command of a flux-core build
-or install), else ``flux`` on PATH.  flux-core is not on PyPI or in Debian
-12; ``.ci/run`` builds one with ``../shared/tools/flux-core-build`` and sets
-``SDEXEC_FLUX``.  Without one the Flux tests skip with one line saying how to
-enable them, unless ``SDEXEC_REQUIRE_FLUX=1`` (CI) makes that a failure.
+Which flux-core: an installed one, found as :mod:`fluxcore` says.  Without
+one the Flux tests skip with one line saying how to enable them, unless
+``SDEXEC_REQUIRE_FLUX=1`` (a developer's opt-in) makes that a failure.
 
 An instance runs ``flux start`` in a session of its own with an initial
 program that waits for its standard input to close; :meth:`FluxInstance.stop`
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,47 +22,39 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fluxcore
 import pytest
 
 from sdexec.systemd.private import PrivateManager
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "sdexec" / "flux" / "module.py"
-ENABLE = (
-    "Flux tests skipped: no flux-core (set SDEXEC_FLUX=/path/to/bin/flux, e.g. the path "
-    "../shared/tools/flux-core-build prints, or put flux on PATH)"
-)
 
 
-def find_flux() -> str | None:
-    """The ``flux`` command to test against, or None."""
-    flux = os.environ.get("SDEXEC_FLUX") or shutil.which("flux")
-    if not flux:
-        return None
-    try:
-        out = subprocess.run([flux, "version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return flux if out.returncode == 0 and "+systemd" in out.stdout else None
+def required() -> bool:
+    return os.environ.get("SDEXEC_REQUIRE_FLUX") == "1"
 
 
 def flux_or_skip() -> str:
-    flux = find_flux()
-    if flux is None:
-        if os.environ.get("SDEXEC_REQUIRE_FLUX") == "1":
-            pytest.fail("SDEXEC_REQUIRE_FLUX=1 but no usable flux-core: " + ENABLE)
-        pytest.skip(ENABLE)
-    return flux
+    """The ``flux`` command to test against; skips (or fails, if required) without one."""
+    core, line = fluxcore.find()
+    if core is None:
+        if required():
+            pytest.fail(f"SDEXEC_REQUIRE_FLUX=1, but {line}")
+        pytest.skip(line)
+    return core.flux
 
 
-def flux_core_source(flux: str) -> Path | None:
-    """The flux-core build tree a ``flux`` came from (for its sharness tests), if any."""
-    env = os.environ.get("SDEXEC_FLUX_CORE_SRC")
-    if env:
-        return Path(env)
-    # flux-core-build installs into CACHE/inst and builds in CACHE/src.
-    src = Path(flux).resolve().parents[2] / "src"
-    return src if (src / "t" / "sharness.sh").exists() else None
+def flux_core_source() -> Path:
+    """flux-core's build tree, for its own tests; skips (or fails) without one."""
+    flux_or_skip()
+    core, line = fluxcore.find()
+    assert core is not None
+    if core.build_tree is None:
+        if required():
+            pytest.fail(f"SDEXEC_REQUIRE_FLUX=1, but {line}")
+        pytest.skip(f"{line}; {fluxcore.HOW}")
+    return core.build_tree
 
 
 @dataclass
@@ -80,6 +69,8 @@ class FluxInstance:
     proc: subprocess.Popen[bytes] | None = None
     uri: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: The source tree on the instance's PYTHONPATH (off to test an install's own layout).
+    source_on_path: bool = True
     broker_args: list[str] = field(default_factory=list)
 
     @property
@@ -91,7 +82,10 @@ class FluxInstance:
         for name in ("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_CONFIG"):
             env.pop(name, None)
         env["SDEXEC_JOURNAL_DIR"] = str(self.manager.journal_dir)
-        env["PYTHONPATH"] = str(REPO)
+        if self.source_on_path:
+            env["PYTHONPATH"] = str(REPO)
+        else:
+            env.pop("PYTHONPATH", None)
         env["PATH"] = os.pathsep.join([str(Path(self.flux).parent), env.get("PATH", os.defpath)])
         env.update(self.extra_env)
         if self.uri:

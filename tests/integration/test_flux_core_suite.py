@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, flux_core_source, flux_or_skip
+from fluxinstance import MODULE, flux_core_source
 
 from sdexec.systemd.private import PrivateManager
 
@@ -59,15 +59,7 @@ def counts(log: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def flux_core() -> Path:
-    src = flux_core_source(flux_or_skip())
-    if src is None:
-        if os.environ.get("SDEXEC_REQUIRE_FLUX") == "1":
-            pytest.fail("SDEXEC_REQUIRE_FLUX=1 but no flux-core build tree (SDEXEC_FLUX_CORE_SRC)")
-        pytest.skip(
-            "flux-core's sharness tests skipped: the flux found is not a build tree "
-            "(set SDEXEC_FLUX_CORE_SRC to one, e.g. from ../shared/tools/flux-core-build)"
-        )
-    return src
+    return flux_core_source()
 
 
 @pytest.mark.parametrize("name", sorted(SUITE))

@@ -1,7 +1,8 @@
 """``packaging/``: the Debian package builds, passes lintian, and holds what it must.
 
-This runs the real ``packaging/build-deb`` (``dpkg-buildpackage -us -uc -b``
-on a copy of this tree) once for the module, about 10-20 s.
+The package is the real ``packaging/build-deb``'s (``dpkg-buildpackage -us
+-uc -b`` on a copy of this tree), built once per session (conftest), about
+10-20 s.
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from sdexec.cli.parser import build_parser
 
@@ -23,16 +22,8 @@ assert {"exec", "kill", "wait", "ps", "serve", "perilog"} <= set(COMMANDS)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("deb")
-    r = subprocess.run(
-        [str(REPO / "packaging" / "build-deb"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    yield out
+def built(debian_package: Path) -> Path:
+    return debian_package.parent
 
 
 def deb(out: Path) -> Path:
