@@ -41,11 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
 from dbus_fast import Variant
 
 from sdexec.base.errors import SdexecError
 from sdexec.proto import b64
-from sdexec.systemd.journal import STDOUT_SOCKET, Journal, open_stream
+from sdexec.systemd.journal import STDOUT_SOCKET, Journal, StreamsRead, open_stream
+from sdexec.systemd.sdjournal import Reader
+
+log = structlog.get_logger("sdexec.outputlog")
 
 Sink = Callable[[str, bytes, "float | None"], None]  # (stream, data, when written, if known)
 Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
@@ -82,31 +86,82 @@ class LogRequest:
     since: str | None = None  # only what was written since then (journalctl --since syntax)
 
 
+class Barrier(Protocol):
+    """Says when everything a finished unit wrote is in its log, so one plain read finds it."""
+
+    async def wait(self) -> bool:
+        """True once it is (then the barrier is spent); False if that cannot be told."""
+        ...
+
+    def close(self) -> None:
+        """Give up the barrier's resources (its fds) without waiting."""
+        ...
+
+
+class InFile:
+    """The barrier of file output: what a process wrote before it ended is in the file."""
+
+    async def wait(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Prepared:
     """How a background unit's output is kept: properties, and fds for stdout/stderr.
 
     The fds (when not None) are the caller's, to pass to the unit and close.
+    ``barrier`` (when asked for) is the caller's too, to wait on once the
+    unit has ended, or close.
     """
 
     properties: list[tuple[str, Variant]]
     stdout_fd: int | None = None
     stderr_fd: int | None = None
+    barrier: Barrier | None = None
 
     def fds(self) -> list[int]:
         return [fd for fd in (self.stdout_fd, self.stderr_fd) if fd is not None]
 
 
+class Tail:
+    """Keeps the newest output, at most ``limit`` bytes (always the newest piece)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept: list[tuple[str, bytes]] = []
+        self.size = 0
+
+    def sink(self, stream: str, data: bytes, _when: float | None = None) -> None:
+        self.kept.append((stream, data))
+        self.size += len(data)
+        while self.size > self.limit and len(self.kept) > 1:
+            self.size -= len(self.kept.pop(0)[1])
+
+
 class OutputLog(Protocol):
     """What the service needs from an output store."""
 
-    def prepare(self, unit: str, ident: str) -> Prepared:
-        """Where a background unit's output goes (EIO/EAGAIN if it cannot go there now)."""
+    def prepare(self, unit: str, ident: str, barrier: bool = False) -> Prepared:
+        """Where a background unit's output goes (EIO/EAGAIN if it cannot go there now);
+        with ``barrier``, also a :class:`Barrier` for when it has ended."""
         ...
 
     async def follow(self, req: LogRequest) -> None:
         """Replay the output, then (``req.follow``) follow until ``req.ended()``
         and the log is quiet."""
+        ...
+
+    async def last(
+        self, unit: str, ident: str, pid: int | None, limit: int, settled: bool
+    ) -> list[tuple[str, bytes]]:
+        """The newest ``limit`` bytes of a finished process's output, as (stream, data).
+
+        ``settled``: its barrier said everything is in (one read will do);
+        otherwise the log is followed until it has been quiet for a moment.
+        """
         ...
 
     def forget(self, unit: str) -> None:
@@ -133,8 +188,10 @@ class JournalLog:
         self.unit_field = (
             "_SYSTEMD_UNIT" if journal.unit_field == "UNIT" else ("_SYSTEMD_USER_UNIT")
         )
+        self._reader: Reader | None = None
+        self._reader_tried = False
 
-    def prepare(self, unit: str, ident: str) -> Prepared:
+    def prepare(self, unit: str, ident: str, barrier: bool = False) -> Prepared:
         path = self.stdout_socket()
         out = open_stream(path, ident, unit, PRIORITY_STDOUT)
         try:
@@ -142,7 +199,8 @@ class JournalLog:
         except BaseException:
             os.close(out)
             raise
-        return Prepared([("SyslogIdentifier", Variant("s", ident))], out, err)
+        props = [("SyslogIdentifier", Variant("s", ident))]
+        return Prepared(props, out, err, StreamsRead([out, err]) if barrier else None)
 
     def argv(
         self,
@@ -165,19 +223,50 @@ class JournalLog:
                 args.append(f"--since={since}")
         if follow:
             args.append("--follow")
+        terms = self.terms(unit, ident, pid)
+        match = [arg for i, term in enumerate(terms) for arg in (["+"] if i else []) + term]
+        return self.journal.argv(*args, *match)
+
+    def terms(self, unit: str, ident: str, pid: int | None) -> list[list[str]]:
+        """A unit's output lines as OR-ed terms of AND-ed matches (journalctl's ``+``)."""
         common = [f"SYSLOG_IDENTIFIER={ident}", "_TRANSPORT=stdout"]
         # journald takes each line's unit from /proc/PID/cgroup of the process
         # that wrote it.  When that process has already exited, it takes the
         # unit our stream header names, as _SYSTEMD_UNIT (even for a user
         # unit); a server that is not root cannot name it, and then the main
         # process's pid (from the socket's credentials) still finds its lines.
-        # "+" is OR.
         fields = dict.fromkeys([self.unit_field, "_SYSTEMD_UNIT"])
         terms = [[f"{field}={unit}", *common] for field in fields]
         if pid is not None:
             terms.append([f"_PID={pid}", *common])
-        match = [arg for i, term in enumerate(terms) for arg in (["+"] if i else []) + term]
-        return self.journal.argv(*args, *match)
+        return terms
+
+    async def last(
+        self, unit: str, ident: str, pid: int | None, limit: int, settled: bool
+    ) -> list[tuple[str, bytes]]:
+        tail = Tail(limit)
+        reader = self._open_reader() if settled else None
+        if reader is not None:
+            try:
+                for e in reader.last(self.terms(unit, ident, pid), limit):
+                    stream = "stderr" if e.priority == PRIORITY_STDERR else "stdout"
+                    tail.sink(stream, e.message if e.line_break else e.message + b"\n")
+                return tail.kept
+            except OSError as exc:
+                log.warning("journal reader failed, using journalctl", error=str(exc))
+                reader.close()
+                self._reader = None
+                tail = Tail(limit)
+        await self.follow(
+            LogRequest(unit, ident, tail.sink, lambda: True, follow=not settled, pid=pid)
+        )
+        return tail.kept
+
+    def _open_reader(self) -> Reader | None:
+        if not self._reader_tried:
+            self._reader_tried = True
+            self._reader = self.journal.open_reader()
+        return self._reader
 
     async def follow(self, req: LogRequest) -> None:
         # journalctl --follow learns of new entries through journald's change
@@ -322,13 +411,14 @@ class FileLog:
     def path(self, unit: str, stream: str) -> Path:
         return self.dir / f"{unit}.{stream}"
 
-    def prepare(self, unit: str, ident: str) -> Prepared:
+    def prepare(self, unit: str, ident: str, barrier: bool = False) -> Prepared:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return Prepared(
             [
                 ("StandardOutputFileToAppend", Variant("s", str(self.path(unit, "stdout")))),
                 ("StandardErrorFileToAppend", Variant("s", str(self.path(unit, "stderr")))),
-            ]
+            ],
+            barrier=InFile() if barrier else None,
         )
 
     async def follow(self, req: LogRequest) -> None:
@@ -359,6 +449,13 @@ class FileLog:
                 if quiet >= QUIET_AFTER_EXIT:
                     return
             await asyncio.sleep(POLL)
+
+    async def last(
+        self, unit: str, ident: str, pid: int | None, limit: int, settled: bool
+    ) -> list[tuple[str, bytes]]:
+        tail = Tail(limit)
+        await self.follow(LogRequest(unit, ident, tail.sink, lambda: True, follow=not settled))
+        return tail.kept
 
     @staticmethod
     def _read(path: Path, offset: int) -> bytes:

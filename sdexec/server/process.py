@@ -66,7 +66,7 @@ from sdexec.base.errors import SdexecError
 from sdexec.proto import jsonio, pty, rfc42
 from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
 from sdexec.server.cpuset import check_cpus
-from sdexec.server.outputlog import LogRequest
+from sdexec.server.outputlog import Barrier, LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.pty import Holder, TerminalLink
 from sdexec.systemd.unitstate import Ambiguous, Event, ExecFailed, Finished, Started, UnitTracker
@@ -168,6 +168,8 @@ class Process:
         self._writable_hooked = False
         self._early_credit = 0  # stdin drained before `started` could be sent
         self.aux: AuxChannels | None = None  # channels, msgchans (sdexec.server.channels)
+        #: When all a background process wrote is in its log (see _answer_wait).
+        self.barrier: Barrier | None = None
         self._answering = False  # a wait's answer is being prepared
         # SDEXEC_STOP_TIMER_SEC/_SIGNAL: (seconds or None, signal); the armed timer.
         self.stop_timer: tuple[int | None, int] = (None, 9)
@@ -409,21 +411,18 @@ class Process:
             self.service.reap(self)
 
     async def _answer_wait(self, waiter: Request) -> None:
-        """Answer ``wait`` with the status and the last of the output (Flux's ``output``)."""
+        """Answer ``wait`` with the status and the last of the output (Flux's ``output``).
+
+        A process started by this server has a barrier: once it says all the
+        output is in the log, one plain read gets it.  Otherwise (adopted
+        after a restart, or the barrier could not tell) the log is followed
+        until it has been quiet for a moment.
+        """
         try:
-            kept: list[tuple[str, bytes]] = []
-            size = 0
-            limit = self.service.wait_output
-
-            def sink(stream: str, data: bytes, _when: float | None) -> None:
-                nonlocal size
-                kept.append((stream, data))
-                size += len(data)
-                while size > limit and len(kept) > 1:
-                    size -= len(kept.pop(0)[1])
-
-            await self.service.outputlog.follow(
-                LogRequest(self.unit, self.ident, sink, lambda: True, None, True, None, self.pid)
+            barrier, self.barrier = self.barrier, None
+            settled = barrier is not None and await barrier.wait()
+            kept = await self.service.outputlog.last(
+                self.unit, self.ident, self.pid, self.service.wait_output, settled
             )
         finally:
             self._answering = False
@@ -863,6 +862,9 @@ class Process:
         self._close_pipes()
         if self.aux is not None:  # channels, msgchans (sdexec.server.channels)
             self.aux.close()
+        if self.barrier is not None:
+            self.barrier.close()
+            self.barrier = None
 
 
 def log_output(

@@ -591,7 +591,10 @@ class Service:
             # a server restart until it is waited for.
             base: list[tuple[str, Variant]] = []
             if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH and winsize is None:
-                prepared = self.outputlog.prepare(unit, proc.ident)
+                # A wait that answers with the output needs to know when it is all in.
+                barrier = proc.waitable and self.wait_output > 0
+                prepared = self.outputlog.prepare(unit, proc.ident, barrier)
+                proc.barrier = prepared.barrier
                 base += prepared.properties
             if proc.waitable:
                 base += [
@@ -621,6 +624,7 @@ class Service:
         except BaseException:
             for fd in prepared.fds() if prepared is not None else ():
                 os.close(fd)
+            proc.release()
             raise
         try:
             fds, proc.aux = setup_aux(  # channels, msgchans

@@ -21,15 +21,19 @@ trusts that only from root), so a short-lived child's lines keep their unit.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import fcntl
 import json
 import os
 import socket
+import termios
 import time
 from dataclasses import dataclass, field
 
 from sdexec.base.errors import SdexecError
+from sdexec.systemd.sdjournal import Reader, open_reader
 
 SPAWN_FAILED = "641257651c1b4ec9a8624d7a40a9e1e7"
 #: journald's stream socket (systemd-journald.service(8)), as the manager's units see it.
@@ -66,6 +70,52 @@ def open_stream(path: str, identifier: str, unit: str, priority: int) -> int:
         sock.close()
 
 
+def unread(fd: int) -> int:
+    """Bytes written to stream ``fd`` that its reader has not taken yet (SIOCOUTQ)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.TIOCOUTQ, buf)  # TIOCOUTQ is SIOCOUTQ
+    return buf[0]
+
+
+class StreamsRead:
+    """Knows when journald has read everything a unit wrote to its streams.
+
+    It keeps copies of the unit's stream sockets.  A socket's send queue
+    (SIOCOUTQ) holds what journald has not read yet; journald turns each
+    line into an entry as it reads it, so once the queues of a finished
+    unit are empty its complete lines are in the journal and a plain read
+    finds them: no following, no waiting for the log to go quiet (journald
+    announces new entries to followers up to 250 ms late).  A last line
+    without a newline is journald's to keep until the stream closes.
+    """
+
+    POLL = 0.001
+    LIMIT = 2.0  # seconds journald may take to empty the queues
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = [os.dup(fd) for fd in fds]
+
+    async def wait(self) -> bool:
+        """True once every queue is empty; False if journald did not empty them in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.LIMIT
+        try:
+            while any(unread(fd) for fd in self.fds):
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(self.POLL)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
 @dataclass
 class Journal:
     """How to ask journalctl about our manager's units."""
@@ -83,6 +133,11 @@ class Journal:
 
     def argv(self, *match: str) -> list[str]:
         return ["journalctl", "--no-pager", "-q", *self.selector, *match]
+
+    def open_reader(self) -> Reader | None:
+        """An in-process reader of this same journal, if libsystemd can open it."""
+        directory = self.selector[1] if self.selector[:1] == ["--directory"] else None
+        return open_reader(directory, user="--user" in self.selector)
 
     async def spawn_failure(self, unit: str, within: float = 0.5) -> tuple[int, str, str] | None:
         """(errno, strerror, step) of systemd's exec failure for ``unit``, if it logged one.

@@ -150,6 +150,27 @@ def test_jobs_run_through_job_exec_bulk_exec(inst: FluxInstance) -> None:
     assert inst.run("flux", "run", "-N2", "false").returncode == 1
 
 
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_wait_output_holds_the_last_of_a_burst_written_just_before_the_end(
+    inst: FluxInstance, stream: str
+) -> None:
+    """``wait --output``: the tail of all the process wrote, up to its very last line."""
+    redirect = ">&2" if stream == "stderr" else ""
+    inst.must(
+        "flux", "exec", "-r", "1", "--service=sdexec", "--bg", "--waitable",
+        f"--label=burst-{stream}", "sh", "-c", f"seq 1 20000 {redirect}",
+    )  # fmt: skip
+    r = inst.run(
+        "flux", "sproc", "wait", "-r", "1", "--service=sdexec", "--output", f"burst-{stream}"
+    )
+    assert r.returncode == 0, r.stderr
+    got = r.stderr if stream == "stderr" else r.stdout
+    assert (r.stdout if stream == "stderr" else r.stderr) == ""
+    full = "".join(f"{i}\n" for i in range(1, 20001))
+    assert got.endswith("19999\n20000\n") and full.endswith(got), got[-200:]
+    assert 4096 < len(got) <= 8192
+
+
 def test_bgexec_job_survives_an_sdexec_reload(inst: FluxInstance, manager: PrivateManager) -> None:
     """job-exec bgexec: remove job-exec, reload sdexec everywhere, load job-exec: it completes."""
     inst.must("flux", "module", "reload", "job-exec", "method=bgexec")

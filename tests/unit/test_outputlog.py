@@ -19,7 +19,7 @@ from sdexec.server.outputlog import (
     choose,
     encode_record,
 )
-from sdexec.systemd.journal import Journal
+from sdexec.systemd.journal import Journal, StreamsRead
 
 
 def collect(
@@ -128,6 +128,69 @@ def test_journal_prepare_gives_two_journald_streams_with_their_headers(tmp_path:
         finally:
             for fd in prepared.fds():
                 os.close(fd)
+
+
+def _journald_streams(tmp_path: Path) -> tuple[socket.socket, str]:
+    path = str(tmp_path / "stdout")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    journald.bind(path)
+    journald.listen()
+    return journald, path
+
+
+def test_journal_barrier_is_reached_once_journald_has_read_all_of_both_streams(
+    tmp_path: Path,
+) -> None:
+    journald, path = _journald_streams(tmp_path)
+    with journald:
+        log = JournalLog(Journal.for_mode("user"), lambda: path)
+        prepared = log.prepare("u.service", "lab", barrier=True)
+        assert prepared.barrier is not None
+        conns = [journald.accept()[0] for _ in range(2)]
+        for conn in conns:  # the stream headers
+            conn.recv(4096)
+        os.write(prepared.fds()[0], b"line\n" * 1000)  # the unit writes, then ends
+        for fd in prepared.fds():
+            os.close(fd)
+
+        async def scenario() -> tuple[bool, bool]:
+            assert prepared.barrier is not None
+            waiting = asyncio.ensure_future(prepared.barrier.wait())
+            await asyncio.sleep(0.05)
+            early = waiting.done()  # journald has not read the lines yet
+            got = b""
+            while len(got) < 5000:
+                got += await asyncio.to_thread(conns[0].recv, 65536)
+            return early, await waiting
+
+        early, reached = asyncio.run(scenario())
+        for conn in conns:
+            conn.close()
+    assert (early, reached) == (False, True)
+    assert prepared.barrier.fds == []  # its copies are closed once spent
+
+
+def test_journal_barrier_says_false_when_journald_does_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StreamsRead, "LIMIT", 0.05)
+    journald, path = _journald_streams(tmp_path)
+    with journald:
+        prepared = JournalLog(Journal.for_mode("user"), lambda: path).prepare("u", "l", True)
+        conns = [journald.accept()[0] for _ in range(2)]
+        os.write(prepared.fds()[1], b"never read\n")
+        for fd in prepared.fds():
+            os.close(fd)
+        assert prepared.barrier is not None
+        assert asyncio.run(prepared.barrier.wait()) is False
+        for conn in conns:
+            conn.close()
+
+
+def test_file_output_is_in_the_file_when_the_process_ends(tmp_path: Path) -> None:
+    barrier = FileLog(tmp_path).prepare("u.service", "lab", barrier=True).barrier
+    assert barrier is not None and asyncio.run(barrier.wait()) is True
+    assert FileLog(tmp_path).prepare("u.service", "lab").barrier is None
 
 
 def test_no_journald_is_eio_and_says_where(tmp_path: Path) -> None:
