@@ -45,6 +45,8 @@ ROLE_LOCAL = 4
 Receiver = Callable[[bytes], None]
 #: Reactor iterations after the last waiting message (see BrokerHandle.pump).
 SETTLE = 2
+#: The C type of a message handler (flux_msg_handler_f).
+_MSG_HANDLER = "void(flux_t *, flux_msg_handler_t *, const flux_msg_t *, void *)"
 
 
 class BrokerHandle:
@@ -54,7 +56,7 @@ class BrokerHandle:
         self.h = h
         self._raw = h.handle
         self._reactor = lib.flux_get_reactor(self._raw)
-        self._watchers: list[Any] = []
+        self._handlers: list[tuple[Any, Any, Any]] = []  # (handler, callback, topic)
         self._futures: set[Any] = set()
         self._u32 = ffi.new("uint32_t[1]")
 
@@ -84,14 +86,34 @@ class BrokerHandle:
     # --- requests in, responses out -----------------------------------------------
 
     def serve(self, topic: str, receive: Receiver) -> None:
-        """Deliver each request for exactly ``topic`` to ``receive`` as its encoding."""
+        """Deliver each request for exactly ``topic`` to ``receive`` as its encoding.
 
-        def on_message(_h: Any, _watcher: Any, msg: Any, _arg: Any) -> None:
-            receive(self._encode(msg.handle))
+        The handler is a C callback of our own on ``flux_msg_handler_create``,
+        not the bindings' message watcher, which wraps each message in a
+        Python object we would only take apart again.  An exception in
+        ``receive`` stops Flux's reactor with it, as the bindings do.
+        """
 
-        watcher = self.h.msg_watcher_create(on_message, FLUX_MSGTYPE_REQUEST, topic)
-        watcher.start()
-        self._watchers.append(watcher)
+        def on_message(_h: Any, _mh: Any, msg: Any, _arg: Any) -> None:
+            try:
+                receive(self._encode(msg))
+            except Exception as exc:
+                Flux.set_exception(exc)
+                lib.flux_reactor_stop_error(self._reactor)
+
+        callback = ffi.callback(_MSG_HANDLER, on_message)
+
+        topic_c = ffi.new("char[]", topic.encode())
+        match = ffi.new(
+            "struct flux_match *",
+            {"typemask": FLUX_MSGTYPE_REQUEST, "matchtag": 0, "topic_glob": topic_c},
+        )
+        mh = lib.flux_msg_handler_create(self._raw, match[0], callback, ffi.NULL)
+        if mh == ffi.NULL:
+            raise OSError(ffi.errno or errno.ENOMEM, f"flux_msg_handler_create {topic}")
+        lib.flux_msg_handler_start(mh)
+        # The callback and the topic must live as long as the handler does.
+        self._handlers.append((mh, callback, topic_c))
 
     def send(self, encoded: bytes) -> None:
         """Send one message given as its RFC 3 encoding (a response, typically).
@@ -182,10 +204,10 @@ class BrokerHandle:
         lib.flux_module_set_running(self._raw)
 
     def close(self) -> None:
-        for watcher in self._watchers:
-            watcher.stop()
-            watcher.destroy()
-        self._watchers.clear()
+        for mh, _callback, _topic in self._handlers:
+            lib.flux_msg_handler_stop(mh)
+            lib.flux_msg_handler_destroy(mh)
+        self._handlers.clear()
 
     # --- the broker log -----------------------------------------------------------------
 

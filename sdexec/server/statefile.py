@@ -35,7 +35,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Compact when the log has this many lines more than 4x its live records.
@@ -95,6 +95,11 @@ class Reaped:
 
 def _line(entry: dict[str, object]) -> bytes:
     return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+
+
+def asdict(rec: ProcRecord | Reaped) -> dict[str, object]:
+    """A record's fields (its values are plain: no deep copy as dataclasses.asdict makes)."""
+    return dict(vars(rec))
 
 
 class StateDir:

@@ -68,6 +68,8 @@ def _text_problem(text: str) -> str | None:
     """Why ``text`` cannot be a D-Bus string, or None if it can."""
     if "\0" in text:
         return "contains a NUL character"
+    if text.isascii():  # a flag CPython keeps on the string: no encoding needed
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
