@@ -50,7 +50,7 @@ def list_payload(args: argparse.Namespace) -> dict[str, Any]:
 
 def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict of FIELDS per process of a ``sdexec.list`` response."""
-    from sdexec.cli.top import Rates, Sample, elapsed_text, human_size, rows_of
+    from sdexec.cli.top import Rates, Sample, elapsed_text, human_size, rows_of, state_text
 
     rank = resp.get("rank", 0)
     now = _number(resp, "time") or time.time()
@@ -64,7 +64,7 @@ def rows(resp: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "pid": proc.get("pid", "-"),
                 "label": label if label else "-",
-                "state": proc.get("state", "-"),
+                "state": state_text(proc),
                 "cmd": proc.get("cmd", ""),
                 "rank": rank,
                 "host": resp.get("host", "-"),

@@ -89,6 +89,13 @@ class Rates:
         return cpu_usec / 1e4 / life if life > 0 else 0.0
 
 
+def state_text(proc: dict[str, Any]) -> str:
+    """A process's state as ps and top show it: ``Z (oom-kill)`` when the server says why."""
+    state = str(proc.get("state") or "-")
+    reason = proc.get("reason")
+    return f"{state} ({reason})" if isinstance(reason, str) and reason else state
+
+
 def rows_of(resp: dict[str, Any], rates: Rates, sample: Sample) -> None:
     """Add one server's ``sdexec.list`` (with stats) to ``sample``."""
     rank = resp.get("rank", 0)
@@ -103,7 +110,7 @@ def rows_of(resp: dict[str, Any], rates: Rates, sample: Sample) -> None:
             pid=int(proc.get("pid") or 0),
             label=str(proc.get("label") or "-"),
             unit=str(proc.get("unit") or "-"),
-            state=str(proc.get("state") or "-"),
+            state=state_text(proc),
             cmd=str(proc.get("cmd") or ""),
             pty=proc.get("pty") is True,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sdexec.base.errors import SdexecError
 from sdexec.cli.common import EXIT_SDEXEC_FAILED, connect, error, target_payload
 from sdexec.cli.signing import sign_options
-from sdexec.client.exec import WAIT_TOPIC, exit_code
+from sdexec.client.exec import WAIT_TOPIC, exit_code, finish_reason, reason_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,4 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(status, int) or isinstance(status, bool):
         error(f"wait: {args.target}: the server's response has no status")
         return EXIT_SDEXEC_FAILED
+    reason = finish_reason(resp)
+    if reason is not None:
+        error(f"wait: {args.target}: the process ended: {reason_text(reason)}")
     return exit_code(status)

@@ -58,6 +58,7 @@ from sdexec.client.exec import (
     WRITE_TOPIC,
     ExecFailed,
     ExecSession,
+    reason_text,
 )
 from sdexec.client.rpc import MATCHTAG_MAX, RemoteError, lost_error, response_payload
 from sdexec.proto.framing import FrameDecoder, encode_frame
@@ -456,6 +457,8 @@ class _ExecLoop:
                 self._kill(signum)
         elif event.kind == FINISHED:
             self._poll_stdin(False)
+            if warn is not None and self.session.reason is not None:
+                warn(f"the command ended: {reason_text(self.session.reason)}")
         return None
 
     def _write_output(self, stream: str, data: bytes) -> None:

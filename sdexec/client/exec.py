@@ -244,6 +244,25 @@ def started_warnings(resp: Mapping[str, Any]) -> list[str]:
     return [w for w in raw if isinstance(w, str)]
 
 
+#: What a ``reason`` (systemd's Result) means, for a person.
+REASON_TEXT = {
+    "oom-kill": "killed by the kernel's OOM killer: the unit reached its memory limit",
+    "timeout": "stopped by systemd after a timeout",
+}
+
+
+def finish_reason(resp: Mapping[str, Any]) -> str | None:
+    """The ``reason`` of a ``finished`` or ``wait`` response (an sdexec extension), if any."""
+    reason = resp.get("reason")
+    return reason if isinstance(reason, str) and reason else None
+
+
+def reason_text(reason: str) -> str:
+    """``reason`` named for a person: ``oom-kill (killed by the kernel's OOM killer: ...)``."""
+    meaning = REASON_TEXT.get(reason)
+    return f"{reason} ({meaning})" if meaning else reason
+
+
 class ExecEvent:
     """One decoded exec response.
 
@@ -312,6 +331,7 @@ class ExecSession:
         self.stdin_closed = False
         self.eof_streams: set[str] = set()
         self.warnings: list[str] = []  # from the server's started response
+        self.reason: str | None = None  # why it ended, when its status does not tell
 
     @property
     def name(self) -> str:
@@ -355,6 +375,7 @@ class ExecSession:
             return ExecEvent(STOPPED)
         if kind == FINISHED:
             self.status = _int_field(resp, "status")
+            self.reason = finish_reason(resp)
             return ExecEvent(FINISHED, status=self.status)
         return None
 

@@ -371,8 +371,13 @@ def stopped(pid: int) -> dict[str, Any]:
     return {"type": "stopped", "pid": pid}
 
 
-def finished(pid: int, status: int) -> dict[str, Any]:
-    return {"type": "finished", "pid": pid, "status": status}
+def finished(pid: int, status: int, reason: str | None = None) -> dict[str, Any]:
+    """``finished``; ``reason`` (an sdexec extension) is systemd's ``Result`` when the
+    status does not tell it, such as ``oom-kill``."""
+    resp: dict[str, Any] = {"type": "finished", "pid": pid, "status": status}
+    if reason:
+        resp["reason"] = reason
+    return resp
 
 
 def output(pid: int, io: dict[str, Any]) -> dict[str, Any]:

@@ -152,6 +152,7 @@ class Process:
         self.requester_uid = client.userid if client else -1
         self.pid = 0
         self.status: int | None = None
+        self.reason: str | None = None  # systemd's Result, when the status does not tell it
         self.state = ProcState.STARTING
         self.tracker = UnitTracker()
         self.outputs: dict[str, OutputPipe] = {}
@@ -283,7 +284,7 @@ class Process:
         if isinstance(ev, Started):
             self._started(ev.pid)
         elif isinstance(ev, Finished):
-            self._finished(ev.status)
+            self._finished(ev.status, ev.reason)
         elif isinstance(ev, ExecFailed):
             self._exec_failed(ev.errnum, ev.message)
         elif isinstance(ev, Ambiguous):
@@ -299,7 +300,7 @@ class Process:
             self._exec_failed(errnum, text, subject)
         else:
             self._started(fin.pid)
-            self._finished(fin.status)
+            self._finished(fin.status, fin.reason)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -344,7 +345,7 @@ class Process:
         self._close_pipes()  # its output is not the requester's to see
         self.service.router.spawn(self.service.bus.kill(self.unit, 9, "main"), "post-start kill")
 
-    def _finished(self, status: int) -> None:
+    def _finished(self, status: int, reason: str | None = None) -> None:
         self.cancel_stop_timer()
         if self.check_error is not None:
             self.service.bus.unwatch(self.unit)
@@ -357,16 +358,18 @@ class Process:
             self.service.reap(self)
             return
         self.status = status
+        self.reason = reason
         self.state = ProcState.EXITED
         self.ended_at = self.ended_at or time.time()
         self.service.bus.unwatch(self.unit, self)
-        log.info("finished", **rfc42.status_fields(status), **self.log_fields())
+        told = {"reason": reason} if reason else {}
+        log.info("finished", **rfc42.status_fields(status), **told, **self.log_fields())
         self._publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
         # Attach streams send finished themselves, once all output is replayed.
         if self.client is not None:
-            self.client.respond(rfc42.finished(self.pid, status))
+            self.client.respond(rfc42.finished(self.pid, status, reason))
         for att in self.attachers:
             att.wake.set()
         self._maybe_end()
@@ -404,11 +407,18 @@ class Process:
                 return
             else:
                 assert self.status is not None
-                self.waiter.respond({"status": self.status})
+                self.waiter.respond(self.wait_answer())
             self.waiter = None
             self.service.reap(self)
         elif not self.waitable or self.reap_when_done:
             self.service.reap(self)
+
+    def wait_answer(self) -> dict[str, Any]:
+        """``wait``'s response: the status, and (an extension) the reason when known."""
+        answer: dict[str, Any] = {"status": self.status}
+        if self.reason:
+            answer["reason"] = self.reason
+        return answer
 
     async def _answer_wait(self, waiter: Request) -> None:
         """Answer ``wait`` with the status and the last of the output (Flux's ``output``).
@@ -429,7 +439,7 @@ class Process:
         if self.waiter is not waiter:
             return  # the waiter went away meanwhile: the process stays waitable
         assert self.status is not None
-        answer: dict[str, Any] = {"status": self.status}
+        answer = self.wait_answer()
         if kept:
             answer["output"] = [rfc42.io_object(s, self.rank, d) for s, d in kept]
         waiter.respond(answer)
@@ -734,7 +744,7 @@ class Process:
         assert self.status is not None
         for stream in ("stdout", "stderr"):
             req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
-        req.respond(rfc42.finished(self.pid, self.status))
+        req.respond(rfc42.finished(self.pid, self.status, self.reason))
         req.end()
         self._drop_attacher(att)
         if att.reap and self.waitable and not self.reaped:

@@ -1090,7 +1090,8 @@ class Service:
         Flux's ``flux sproc ps`` makes an object of each entry and fails on
         any other key, so more comes only when the request asks for it:
         ``{"details": true}`` adds ``unit``, ``waitable``, ``started`` and
-        ``ended`` (seconds since the epoch, when known), and ``pty``; ``{"stats": true}``
+        ``ended`` (seconds since the epoch, when known), ``pty``, and
+        ``reason`` (systemd's ``Result`` when the status does not tell it); ``{"stats": true}``
         also ``cpu_usec``, ``memory``, ``memory_source`` and ``started`` of
         each live process, and the server's ``time`` to the response (for CPU
         rates between two calls).
@@ -1115,6 +1116,8 @@ class Service:
                     entry["ended"] = round(p.ended_at, 3)
                 if p.terminal:
                     entry["pty"] = True
+                if p.reason:
+                    entry["reason"] = p.reason
             procs.append(entry)
         if not stats:
             req.respond({"rank": self.rank, "procs": procs})

@@ -68,6 +68,13 @@ class Started:
 class Finished:
     pid: int
     status: int
+    #: systemd's ``Result`` when the wait status does not tell it ("oom-kill":
+    #: the kernel's OOM killer ended the unit at its memory limit; "timeout").
+    reason: str | None = None
+
+
+#: ``Result`` values a wait status already tells (exited, killed, dumped).
+TOLD_BY_STATUS = frozenset({"", "success", "exit-code", "signal", "core-dump"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +138,8 @@ class UnitTracker:
         status = wait_status(self.code, self.status)
         if status is None:
             return []  # the early inactive/dead before the process ran
-        fin = Finished(self.pid, status)
+        reason = None if self.result in TOLD_BY_STATUS else self.result
+        fin = Finished(self.pid, status, reason)
         if self.phase is Phase.STARTING:
             self._held = fin
             return []

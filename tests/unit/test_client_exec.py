@@ -18,6 +18,7 @@ from sdexec.client.exec import (
     build_command,
     encode_io,
     exit_code,
+    reason_text,
 )
 
 
@@ -213,3 +214,16 @@ def test_write_payloads_name_the_exec_matchtag_and_charge_credit() -> None:
     with pytest.raises(SdexecError) as info:
         s.write_payload(7, b"late")
     assert info.value.errno == errno.EPIPE
+
+
+def test_finished_with_a_reason_keeps_it_and_names_it_for_a_person() -> None:
+    ended = session()
+    ended.feed({"type": "started", "pid": 7})
+    ended.feed({"type": "finished", "pid": 7, "status": 9, "reason": "oom-kill"})
+    assert ended.reason == "oom-kill"
+    assert reason_text("oom-kill").startswith("oom-kill (killed by the kernel's OOM killer")
+    assert reason_text("something-new") == "something-new"
+    plain = session()
+    plain.feed({"type": "started", "pid": 7})
+    plain.feed({"type": "finished", "pid": 7, "status": 9})
+    assert plain.reason is None

@@ -68,3 +68,11 @@ def test_table_columns_and_notes() -> None:
         " (no memory controller for its cgroups)",
         "rank 3: unreachable: no server",
     ]
+
+
+def test_the_state_says_why_a_process_ended_when_the_server_does() -> None:
+    from sdexec.cli.top import state_text
+
+    assert state_text({"state": "Z", "reason": "oom-kill"}) == "Z (oom-kill)"
+    assert state_text({"state": "R"}) == "R"
+    assert state_text({}) == "-"

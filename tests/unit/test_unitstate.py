@@ -366,3 +366,20 @@ def test_wait_status_decodes_with_the_os_wait_macros(code: int, status: int) -> 
         assert os.WIFSIGNALED(ws)
         assert os.WTERMSIG(ws) == status
         assert os.WCOREDUMP(ws) is (code == CLD_DUMPED)
+
+
+def test_an_oom_kill_is_a_sigkill_with_its_reason() -> None:
+    t = UnitTracker()
+    running(t)
+    events = pair(
+        t, "failed", "failed", ExecMainCode=CLD_KILLED, ExecMainStatus=9, Result="oom-kill"
+    )
+    assert events == [Finished(PID, signal.SIGKILL, "oom-kill")]
+
+
+@pytest.mark.parametrize("result", ["signal", "success"])
+def test_a_result_the_status_tells_gives_no_reason(result: str) -> None:
+    t = UnitTracker()
+    running(t)
+    events = pair(t, "failed", "failed", ExecMainCode=CLD_KILLED, ExecMainStatus=9, Result=result)
+    assert events == [Finished(PID, signal.SIGKILL)]
