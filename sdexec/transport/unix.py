@@ -281,15 +281,21 @@ class Connection(asyncio.Protocol):
 def prepare_socket_path(path: str, *, dir_mode: int = 0o700) -> None:
     """Create the socket's directory (mode ``dir_mode``) and remove a stale socket.
 
-    An existing directory gets ``dir_mode`` too, unless it is shared (sticky,
-    like /tmp) or not ours: those are left alone.
+    An existing directory gets ``dir_mode`` too when it is the socket's own:
+    ours, not sticky, and holding nothing but this socket.  Any other (/run,
+    /tmp, a home directory) is left as it is: a socket put straight into
+    /run must not take everyone else's access to /run away.
     """
     p = Path(path)
     parent = p.parent
     if not parent.exists():
         parent.mkdir(mode=dir_mode, parents=True)
     st_dir = os.stat(parent)
-    if st_dir.st_uid == os.geteuid() and not st_dir.st_mode & stat.S_ISVTX:
+    if (
+        st_dir.st_uid == os.geteuid()
+        and not st_dir.st_mode & stat.S_ISVTX
+        and set(os.listdir(parent)) <= {p.name}
+    ):
         os.chmod(parent, dir_mode)
     try:
         st = os.lstat(p)

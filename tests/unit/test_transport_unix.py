@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import stat
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from sdexec.proto.framing import FrameDecoder
 from sdexec.proto.message import Message, MsgFlag
-from sdexec.transport.unix import Connection
+from sdexec.transport.unix import Connection, prepare_socket_path
 
 
 class Acceptor:
@@ -87,3 +89,24 @@ def test_a_closed_connection_sends_nothing() -> None:
         theirs.close()
 
     run(main())
+
+
+def test_the_sockets_own_directory_gets_its_mode(tmp_path: Path) -> None:
+    own = tmp_path / "sdexec"
+    own.mkdir(mode=0o755)
+    prepare_socket_path(str(own / "local"), dir_mode=0o700)
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+
+
+def test_a_shared_directory_keeps_its_mode(tmp_path: Path) -> None:
+    """A socket put straight into /run must not take /run away from everyone else."""
+    shared = tmp_path / "run"
+    shared.mkdir(mode=0o755)
+    (shared / "other-daemon.pid").touch()
+    prepare_socket_path(str(shared / "sdexec.sock"), dir_mode=0o700)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+def test_a_missing_directory_is_made_with_the_mode(tmp_path: Path) -> None:
+    prepare_socket_path(str(tmp_path / "a" / "b" / "local"), dir_mode=0o711)
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o711
