@@ -178,7 +178,11 @@ detach key, ^] unless --detach-key says otherwise, leaves it running.
 Attaching does not reap: a finished waitable process stays (state Z in
 "sdexec ps") until "sdexec wait" collects its status, and "sdexec logs"
 prints its output as long as the journal keeps it, also after it was reaped.
-(RFC 42 lets an attach reap; sdexec attach asks the server not to.)
+(sdexec attach is a follower, an sdexec extension of RFC 42's attach: an
+RFC 42 client's attach, one at a time, reaps; followers never do.)
+
+The process is PID|LABEL (digits are a pid), or --label NAME, or --pid PID;
+kill, wait and logs take these too.
 
 exit status:
   N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
