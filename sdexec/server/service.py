@@ -475,15 +475,14 @@ class Service:
         gone = self.state.find_reaped(
             label=target.label, pid=target.pid, visible=lambda uid: guest.visible(requester, uid)
         )
-        # Flux's servers' words, which Flux's tools and users match on.
+        # The words of Flux's servers, which Flux's tools and users match on:
+        # flux-core's sdexec says "not found", its rexec "does not belong ...".
         what = f"pid {target.pid}" if target.label is None else f"label {target.label}"
+        text = f"{what} not found: it does not belong to any subprocess"
         if gone is None:
-            return f"{what} does not belong to any subprocess"
+            return text
         how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
-        return (
-            f"{what} does not belong to any subprocess: it has ended{how} and was reaped; "
-            f"its output: sdexec logs {target}"
-        )
+        return f"{text}; it has ended{how} and was reaped; its output: sdexec logs {target}"
 
     # --- exec -------------------------------------------------------------------------------
 

@@ -143,6 +143,33 @@ def flux_core() -> Path:
     return src
 
 
+def sdexec_units(manager: PrivateManager) -> set[str]:
+    r = subprocess.run(
+        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "sdexec-*"],
+        env=manager.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+
+
+@pytest.fixture
+def units_stopped_after(manager: PrivateManager) -> Iterator[None]:
+    """Stop the units a suite leaves: background ones outlive the module's unload
+    (by design), and some tests leave finished waitable processes unwaited for."""
+    before = sdexec_units(manager)
+    yield
+    for unit in sorted(sdexec_units(manager) - before):
+        for verb in ("stop", "reset-failed"):
+            subprocess.run(
+                ["systemctl", "--user", verb, unit],
+                env=manager.env(),
+                capture_output=True,
+                timeout=60,
+            )
+
+
 @pytest.fixture
 def relay_dir() -> Iterator[Path]:
     # Short: a UNIX socket's path has at most 107 bytes.
@@ -214,6 +241,7 @@ def run_suite(
     return text
 
 
+@pytest.mark.usefixtures("units_stopped_after")
 @pytest.mark.parametrize("name", sorted(SUITES))
 def test_flux_core_rexec_suite_passes_against_sdexec(
     name: str, flux_core: Path, manager: PrivateManager, tmp_path: Path, relay_dir: Path
