@@ -2,9 +2,11 @@
 
 The server replays what the process wrote before (from the journal) and then
 follows it live.  Ctrl-C detaches: the process goes on in the background.
-Any number of clients may attach at once.  The request asks the server not
-to reap (``"reap": false``): ``sdexec wait`` still collects a waitable
-process's status afterwards, and its output stays readable with ``logs``.
+The request is a *follower* (``"follow": true``, an sdexec extension of RFC
+42's attach): any number of them may follow a process at once, beside an
+RFC 42 client's attach or ``wait``, and a follower reaps nothing, so
+``sdexec wait`` still collects a waitable process's status afterwards; its
+output stays readable with ``logs``.
 
 A background terminal (``exec --bg --pty``) shows its screen instead of
 a replay, and then follows it (:mod:`sdexec.client.attach`).  From a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 
 from sdexec.base.errors import SdexecError
-from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.cli.common import EXIT_INTERRUPTED, EXIT_SDEXEC_FAILED, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.cli.stream import first_response, follow, target
 from sdexec.client.exec import exit_code
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         error(f"attach: {exc.message}")
         return EXIT_SDEXEC_FAILED
     interactive = not getattr(args, "read_only", False) and os.isatty(0)
-    payload: dict[str, Any] = {**target_payload(args.target), "flags": 0, "reap": False}
+    # stdout and stderr (RFC 42: the attach flags name the streams forwarded).
+    payload: dict[str, Any] = {**dict(args.target_ref), "flags": 3, "follow": True}
     if interactive:
         from sdexec.client.terminal import window_size
         from sdexec.proto import pty

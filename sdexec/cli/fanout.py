@@ -36,7 +36,6 @@ from sdexec.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_SDEXEC_FAILED,
     error,
-    target_payload,
 )
 from sdexec.cli.exec import FORWARDED_SIGNALS, command_from_args, exec_flags
 from sdexec.cli.ps import FIELDS, default_format, header, list_payload, rows
@@ -363,7 +362,7 @@ def run_kill(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(f"kill: {exc.message}")
         return EXIT_FAILURE
-    payload = target_payload(args.target)
+    payload = dict(args.target_ref)
     payload["signum"] = args.signal
 
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
@@ -385,7 +384,7 @@ def run_wait(args: argparse.Namespace) -> int:
     except SdexecError as exc:
         error(f"wait: {exc.message}")
         return EXIT_SDEXEC_FAILED
-    payload = target_payload(args.target)
+    payload = dict(args.target_ref)
 
     def call(handle: Any, host: Host) -> Awaitable[dict[str, Any]]:
         return handle.rpc(WAIT_TOPIC, payload)  # type: ignore[no-any-return]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdexec.base.errors import SdexecError
-from sdexec.cli.common import EXIT_FAILURE, connect, error, target_payload
+from sdexec.cli.common import EXIT_FAILURE, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.client.exec import KILL_TOPIC
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sdexec kill``; returns the exit status."""
-    payload = target_payload(args.target)
+    payload = dict(args.target_ref)
     payload["signum"] = args.signal
     try:
         with connect(args.uri, sign_options(args)) as handle:

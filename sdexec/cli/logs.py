@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdexec.base.errors import SdexecError
-from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error, target_payload
+from sdexec.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.cli.stream import pump, target
 
@@ -15,7 +15,7 @@ LOGS_TOPIC = "sdexec.logs"
 
 
 def run(args: argparse.Namespace) -> int:
-    payload = {**target_payload(args.target), "follow": bool(args.follow)}
+    payload = {**dict(args.target_ref), "follow": bool(args.follow)}
     if args.tail is not None:
         payload["tail"] = args.tail
     if args.since is not None:

@@ -178,7 +178,11 @@ detach key, ^] unless --detach-key says otherwise, leaves it running.
 Attaching does not reap: a finished waitable process stays (state Z in
 "sdexec ps") until "sdexec wait" collects its status, and "sdexec logs"
 prints its output as long as the journal keeps it, also after it was reaped.
-(RFC 42 lets an attach reap; sdexec attach asks the server not to.)
+(sdexec attach is a follower, an sdexec extension of RFC 42's attach: an
+RFC 42 client's attach, one at a time, reaps; followers never do.)
+
+The process is PID|LABEL (digits are a pid), or --label NAME, or --pid PID;
+kill, wait and logs take these too.
 
 exit status:
   N or 128+N as for "sdexec exec" (the process's exit status, or 128 plus the
@@ -507,7 +511,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default=15,
         help="the signal (default: SIGTERM)",
     )
-    p.add_argument("target", metavar="PID|LABEL")
+    _process_target(p)
     subs["kill"] = p
 
     p = sub.add_parser(
@@ -518,7 +522,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog=_WAIT_EPILOG,
         formatter_class=fmt,
     )
-    p.add_argument("target", metavar="PID|LABEL")
+    _process_target(p)
     subs["wait"] = p
 
     p = sub.add_parser(
@@ -562,7 +566,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="a background terminal: the key that detaches, ^X style, or none (default: ^])",
     )
     _one_rank(p)
-    p.add_argument("target", metavar="PID|LABEL")
+    _process_target(p)
     subs["attach"] = p
 
     p = sub.add_parser(
@@ -589,7 +593,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--json", action="store_true", help="one RFC 24 io object per line")
     _one_rank(p)
-    p.add_argument("target", metavar="PID|LABEL")
+    _process_target(p)
     subs["logs"] = p
 
     p = sub.add_parser(
@@ -743,6 +747,42 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     subs["top"] = add_top_parser(sub, [uri_parent, ranks_parent, sign_parent], fmt)
     return parser, subs
+
+
+def _process_target(p: argparse.ArgumentParser) -> None:
+    """The process a command names: PID|LABEL, or --label NAME, or --pid PID."""
+    p.add_argument(
+        "target",
+        metavar="PID|LABEL",
+        nargs="?",
+        help="the process: digits are a pid, anything else a label",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--label", metavar="NAME", dest="target_label", help="the process's label")
+    group.add_argument(
+        "--pid", metavar="PID", dest="target_pid", type=_positive_int, help="the process's pid"
+    )
+
+
+def _resolve_target(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """``args.target_ref``: the RFC 42 reference of the process named; ``args.target``:
+    how to name it again on a command line (``--label 123`` for a label of digits)."""
+    given = [x for x in (args.target, args.target_label, args.target_pid) if x is not None]
+    if len(given) != 1:
+        p.error("name the process once: PID|LABEL, --label NAME or --pid PID")
+    if args.target_label is not None:
+        if not args.target_label:
+            p.error("--label: a label must not be empty")
+        args.target_ref = {"pid": -1, "label": args.target_label}
+        digits = args.target_label.isascii() and args.target_label.isdigit()
+        args.target = f"--label {args.target_label}" if digits else args.target_label
+    elif args.target_pid is not None:
+        args.target_ref = {"pid": args.target_pid}
+        args.target = str(args.target_pid)
+    else:
+        from sdexec.cli.common import target_payload
+
+        args.target_ref = target_payload(args.target)
 
 
 def _one_rank(p: argparse.ArgumentParser) -> None:
@@ -939,6 +979,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, bool]:
     if extra:  # the subcommand's usage, not the top level's
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     many = many_ranks(args, subs)
+    if args.command in ("kill", "wait", "attach", "logs"):
+        _resolve_target(args, subs[args.command])
     if args.command == "exec":
         if args.cmdline[:1] == ["--"]:
             del args.cmdline[0]

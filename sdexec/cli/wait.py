@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdexec.base.errors import SdexecError
-from sdexec.cli.common import EXIT_SDEXEC_FAILED, connect, error, target_payload
+from sdexec.cli.common import EXIT_SDEXEC_FAILED, connect, error
 from sdexec.cli.signing import sign_options
 from sdexec.client.exec import WAIT_TOPIC, exit_code, finish_reason, reason_text
 
@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``sdexec wait``; exits with the process's status, as ``exec`` does."""
     try:
         with connect(args.uri, sign_options(args)) as handle:
-            resp = handle.rpc(WAIT_TOPIC, target_payload(args.target))
+            resp = handle.rpc(WAIT_TOPIC, dict(args.target_ref))
     except SdexecError as exc:
         error(f"wait: {args.target}: {exc.message}")
         return EXIT_SDEXEC_FAILED

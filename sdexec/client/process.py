@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 from sdexec.base.errors import SdexecError
 from sdexec.client.exec import (
     EXEC_TOPIC,
-    FLAG_WAITABLE,
     KILL_TOPIC,
     OUTPUT,
     STREAMING_FLAGS,
@@ -185,7 +184,6 @@ async def run(
     cwd: str | None = None,
     opts: Mapping[str, str] | None = None,
     label: str | None = None,
-    waitable: bool = False,
 ) -> Completed:
     """Run a command to completion, like :func:`subprocess.run` with captured output.
 
@@ -195,8 +193,7 @@ async def run(
     command = build_command(
         cmdline, env=os.environ if env is None else env, cwd=cwd, opts=opts, label=label
     )
-    flags = STREAMING_FLAGS | (FLAG_WAITABLE if waitable else 0)
-    proc = RemoteProcess(handle, command, flags=flags)
+    proc = RemoteProcess(handle, command, flags=STREAMING_FLAGS)
     pid = await proc.start()
     if input:
         try:

@@ -43,6 +43,9 @@ class LocalFlag(enum.IntFlag):
 
 
 DEFAULT_STDIN_BUFSIZE = 4096
+#: How the error text of an exec whose command could not be started begins
+#: (as from Flux's own servers, whose tools and users match on it).
+LAUNCH_ERROR = "error launching process: "
 #: Command option (``yes``/``no``): a waitable background process stays
 #: waitable only while the connection that started it lasts; after that its
 #: status is owed to nobody and it is forgotten as it ends.
@@ -179,6 +182,22 @@ class Target:
 
 
 @dataclass(slots=True)
+class AttachRequest:
+    """An ``attach``: its target, and the output streams it asks for (``flags``)."""
+
+    target: Target
+    flags: ExecFlag
+
+    def streams(self) -> frozenset[str]:
+        """The output streams forwarded for this attach (RFC 42: the attach flags)."""
+        return frozenset(
+            name
+            for name, flag in (("stdout", ExecFlag.STDOUT), ("stderr", ExecFlag.STDERR))
+            if self.flags & flag
+        )
+
+
+@dataclass(slots=True)
 class KillRequest:
     target: Target
     signum: int
@@ -274,8 +293,10 @@ def parse_command(obj: Any) -> Command:
 
 def parse_exec(obj: dict[str, Any]) -> ExecRequest:
     cmd = parse_command(_get(obj, "cmd", dict, "exec"))
-    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "flags")
-    local_flags = _known_bits(_opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "local_flags")
+    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "exec flags")
+    local_flags = _known_bits(
+        _opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "exec local_flags"
+    )
     return ExecRequest(cmd, ExecFlag(flags), LocalFlag(local_flags))
 
 
@@ -286,16 +307,27 @@ def _known_bits(value: int, kind: type[enum.IntFlag], what: str) -> int:
     for member in kind:
         known |= int(member)
     if value < 0 or value & ~known:
-        raise SdexecError(errno.EINVAL, f"exec: unknown bits in {what} ({value:#x})")
+        raise SdexecError(errno.EINVAL, f"unknown bits in {what} ({value:#x})")
     return value
 
 
 def parse_target(obj: dict[str, Any], what: str) -> Target:
-    label = _label(obj, what)
+    """The process a request names.  A label that no exec could have created
+    because it is digits only is still a label here: looking it up finds
+    nothing (ENOENT), as for any unknown label; other bad labels are EINVAL."""
+    label: str | None = _opt(obj, "label", str, what)
+    if label is not None and not (label.isascii() and label.isdigit()):
+        check_label(label)
     if label is not None:
         pid = obj.get("pid", -1)
         return Target(pid if isinstance(pid, int) else -1, label)
     return Target(_get(obj, "pid", int, what), None)
+
+
+def parse_attach(obj: dict[str, Any]) -> AttachRequest:
+    target = parse_target(obj, "attach")
+    flags = _known_bits(_get(obj, "flags", int, "attach"), ExecFlag, "attach flags")
+    return AttachRequest(target, ExecFlag(flags))
 
 
 def parse_kill(obj: dict[str, Any]) -> KillRequest:
@@ -329,6 +361,15 @@ def describe_status(status: int) -> str:
         name = f"SIG{signum}"
     core = ", core dumped" if status & 0x80 else ""
     return f"signal {signum} ({name}){core}"
+
+
+def end_line(label: str | None, name: str, pid: int, status: int) -> str:
+    """How a background process ended, as Flux's subprocess servers log it:
+    ``[LABEL: ]NAME[PID]: Exit N`` or ``...: Killed by signal N``."""
+    signum = status & 0x7F
+    how = f"Killed by signal {signum}" if signum else f"Exit {(status >> 8) & 0xFF}"
+    prefix = f"{label}: " if label else ""
+    return f"{prefix}{name}[{pid}]: {how}"
 
 
 def status_fields(status: int) -> dict[str, Any]:
@@ -388,5 +429,26 @@ def add_credit(channels: dict[str, int]) -> dict[str, Any]:
     return {"type": "add-credit", "channels": channels}
 
 
-def attached(pid: int, flags: int) -> dict[str, Any]:
-    return {"type": "attached", "pid": pid, "flags": flags}
+def command_object(cmd: Command) -> dict[str, Any]:
+    """The RFC 42 command object of ``cmd``, as an ``attached`` response carries it.
+
+    ``channels`` is empty: an attach forwards no auxiliary channel, and a
+    Flux client waits for an EOF on every channel the object names.
+    """
+    obj: dict[str, Any] = {
+        "cmdline": list(cmd.cmdline),
+        "env": dict(cmd.env),
+        "opts": dict(cmd.opts),
+        "channels": [],
+    }
+    if cmd.cwd is not None:
+        obj["cwd"] = cmd.cwd
+    if cmd.label is not None:
+        obj["label"] = cmd.label
+    return obj
+
+
+def attached(pid: int, flags: int, cmd: Command) -> dict[str, Any]:
+    """``attached``: the pid, the flags the process was started with (the
+    original RFC 42 text) and its command object (the current text)."""
+    return {"type": "attached", "pid": pid, "flags": flags, "cmd": command_object(cmd)}

@@ -16,6 +16,15 @@ so a text stream never degrades to base64 at a chunk boundary.
 ``pause()``/``resume()`` remove and re-add the reader: that is the whole of
 output back-pressure, since a process writing to a full pipe simply blocks.
 
+A pipe may be read before its chunks may be sent (``hold``): a unit's
+process runs, and writes, before the server has learnt that it started, and
+no ``output`` may precede ``started``.  Read from the start, its chunks keep
+the pieces the process wrote them in (as the client sees them from any
+other RFC 42 server); held, they wait, in order, for :meth:`OutputPipe.release`.
+Had the pipe been left unread until then, everything written meanwhile
+would come out of the pipe as one chunk (up to PIPE_SIZE is held; past
+that the pipe is paused).
+
 Line-buffered (``<stream>_LINE_BUFFER``, which Flux clients expect by
 default): each complete line is one chunk, a partial line is held until its
 newline comes or it fills the stream's buffer size, and what is left at EOF
@@ -63,12 +72,30 @@ def split_utf8_tail(data: bytes) -> int:
 class OutputPipe:
     """The server's read end of a process output stream."""
 
-    __slots__ = ("_line_limit", "_loop", "_tail", "eof", "fd", "paused", "sink", "stream")
+    __slots__ = (
+        "_held",
+        "_held_size",
+        "_line_limit",
+        "_loop",
+        "_tail",
+        "eof",
+        "fd",
+        "paused",
+        "sink",
+        "stream",
+    )
 
     def __init__(
-        self, stream: str, fd: int, sink: OutputSink, *, line_buffer: int | None = None
+        self,
+        stream: str,
+        fd: int,
+        sink: OutputSink,
+        *,
+        line_buffer: int | None = None,
+        hold: bool = False,
     ) -> None:
-        """``line_buffer``: the buffer size of a line-buffered stream (None: raw)."""
+        """``line_buffer``: the buffer size of a line-buffered stream (None: raw).
+        ``hold``: read from now on, but keep the chunks until :meth:`release`."""
         self.stream = stream
         self.fd = fd
         self.sink = sink
@@ -76,10 +103,32 @@ class OutputPipe:
         self.paused = True
         self._tail = b""
         self._line_limit = line_buffer
+        self._held: list[tuple[bytes, bool]] | None = [] if hold else None
+        self._held_size = 0
         self._loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         with contextlib.suppress(OSError):  # EPERM past the user's pipe quota: keep 64 KiB
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if hold:
+            self.resume()
+
+    def release(self) -> None:
+        """Send the held chunks, in order, and every chunk from now on; read on."""
+        held, self._held = self._held, None
+        self._held_size = 0
+        for data, eof in held or ():
+            self.sink(self.stream, data, eof)
+        self.resume()
+
+    def _emit(self, data: bytes, eof: bool) -> None:
+        held = self._held
+        if held is None:
+            self.sink(self.stream, data, eof)
+            return
+        held.append((data, eof))
+        self._held_size += len(data)
+        if self._held_size >= PIPE_SIZE:
+            self.pause()  # as much as the pipe holds: let the process wait for release()
 
     def resume(self) -> None:
         if self.paused and not self.eof:
@@ -117,19 +166,19 @@ class OutputPipe:
             data = data[:-cut]
             if not data:
                 return
-        self.sink(self.stream, data, False)
+        self._emit(data, False)
 
     def _lines(self, data: bytes) -> None:
         """Line mode: one chunk per complete line; hold the rest (up to the limit)."""
         assert self._line_limit is not None
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
-            self.sink(self.stream, data[start : end + 1], False)
+            self._emit(data[start : end + 1], False)
             start = end + 1
         rest = data[start:]
         if len(rest) >= self._line_limit:  # a full buffer without a newline goes as it is
             cut = split_utf8_tail(rest)
-            self.sink(self.stream, rest[: len(rest) - cut], False)
+            self._emit(rest[: len(rest) - cut], False)
             rest = rest[len(rest) - cut :]
         self._tail = rest
 
@@ -137,11 +186,11 @@ class OutputPipe:
         tail, self._tail = self._tail, b""
         self.close()
         if tail and self._line_limit is not None:
-            self.sink(self.stream, tail, True)  # the last partial line goes with the EOF
+            self._emit(tail, True)  # the last partial line goes with the EOF
             return
         if tail:
-            self.sink(self.stream, tail, False)
-        self.sink(self.stream, b"", True)
+            self._emit(tail, False)
+        self._emit(b"", True)
 
     def close(self) -> None:
         if not self.eof:

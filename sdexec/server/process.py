@@ -20,11 +20,13 @@ from the unit's pipes, ``finished``, and ENODATA once the process has
 finished *and* every forwarded stream has reached EOF.
 
 A background process's output never passes through the server (see
-:mod:`sdexec.server.outputlog`).  Any number of ``attach`` clients may
-follow it at once, each on its own: it gets ``attached``, then the stored
-output replayed and followed live, ``stopped`` when the process is stopped,
-and — once the process has finished and its output has all been read back
-— the EOFs, ``finished`` and ENODATA.  At most one of them holds the
+:mod:`sdexec.server.outputlog`).  One RFC 42 ``attach`` client at a time,
+and any number of *followers* (an sdexec extension of ``attach``) beside
+it, follow it, each on its own: it gets ``attached``, then the stored
+output of the streams it asked for replayed and followed live, ``stopped``
+when the process is stopped, and — once the process has finished and its
+output has all been read back — the EOFs of those streams, ``finished``
+and ENODATA.  At most one of them holds the
 process's input (the attach request's ``stdin``): its ``write`` requests,
 named by the attach's matchtag, go to the process's channels.  When an
 attached client goes away the process simply goes on in the background.
@@ -43,9 +45,9 @@ whose stream ends (see :meth:`Process.take_over`).
 
 Reaping (forgetting a finished process): a streaming exec's process when
 its stream ends, a waitable one when ``wait`` has its status, any other
-background one when it finishes.  An attach reaps a finished waitable
-process only if it asks to (``reap``, RFC 42's default); ``sdexec attach``
-does not, so ``wait`` still has the status after it.  Reaping never stops an
+background one when it finishes.  The RFC 42 attach reaps a finished
+waitable process; a follower (``sdexec attach``) does not, so ``wait``
+still has the status after it.  Reaping never stops an
 attach that is still replaying, and the output stays readable with
 ``logs`` (see :mod:`sdexec.server.statefile`, the history).
 """
@@ -333,7 +335,7 @@ class Process:
                     self._early_credit = 0
         self._hook_writable()
         for pipe in self.outputs.values():
-            pipe.resume()
+            pipe.release()  # what it wrote before `started` could be sent, then the rest
         self._flow()
         if self.aux is not None:  # channel credit (sdexec.server.channels)
             self.aux.started()
@@ -364,6 +366,8 @@ class Process:
         self.service.bus.unwatch(self.unit, self)
         told = {"reason": reason} if reason else {}
         log.info("finished", **rfc42.status_fields(status), **told, **self.log_fields())
+        if self.background:  # the line Flux's servers log, which Flux's tests and users read
+            log.info(rfc42.end_line(self.label, self.name, self.pid, status), unit=self.unit)
         self._publish("sdexec.proc.finished", self.event_payload())  # proxy: events
         if self.stdin is not None:
             self.stdin.close()
@@ -379,7 +383,8 @@ class Process:
         log.info("exec failed", errnum=errnum, reason=message, **self.log_fields())
         self._close_pipes()
         if self.client is not None:
-            self.client.error(errnum, f"{subject or self.cmd.cmdline[0]}: {message}")
+            text = f"{subject}: {message}" if subject else f"{self.cmd.cmdline[0]}: {message}"
+            self.client.error(errnum, text if subject else rfc42.LAUNCH_ERROR + text)
             self.client = None
         self.service.proc_gone(self)
 
@@ -593,14 +598,16 @@ class Process:
         current: Callable[[], bool] = lambda: True,
         since: str | None = None,
         timestamps: bool = False,
+        streams: frozenset[str] = frozenset(("stdout", "stderr")),
     ) -> None:
         """Send the stored output to ``req`` as ``output`` responses (while
         ``current()``), at the pace its connection drains; following, until
         ``ended()`` and the log is quiet.  ``timestamps``: each response also
-        says when its line was written (see :func:`log_output`)."""
+        says when its line was written (see :func:`log_output`).  ``streams``:
+        the streams sent (the others are read and skipped)."""
 
         def sink(stream: str, data: bytes, when: float | None) -> None:
-            if current():
+            if current() and stream in streams:
                 req.respond(log_output(self.pid, stream, self.rank, data, when, timestamps))
 
         async def drain() -> None:
@@ -628,19 +635,22 @@ class Process:
         req: Request,
         *,
         stdin: bool,
-        reap: bool,
+        exclusive: bool,
+        streams: frozenset[str],
         winsize: tuple[int, int] | None = None,
     ) -> Coroutine[Any, Any, None]:
         """Add an attach stream; returns its follower, to run in the request's task.
 
+        ``exclusive``: the RFC 42 attach (its end reaps a waitable process);
+        otherwise a follower.  ``streams``: the output streams it forwards.
         ``winsize``: a background terminal's new window size, set before its
         screen is drawn for this stream, if the stream is its writer.
         """
-        att = Attacher(req, reap)
+        att = Attacher(req, exclusive, streams)
         self.attachers.append(att)
         if stdin:
             self.stdin_holder = req
-        resp = rfc42.attached(self.pid, int(self.flags))
+        resp = rfc42.attached(self.pid, int(self.flags), self.cmd)
         if stdin:
             resp["stdin"] = True
         if self.terminal:
@@ -657,6 +667,7 @@ class Process:
             "attach",
             requester=req.userid,
             stdin=stdin,
+            follow=not exclusive,
             attached=len(self.attachers),
             **self.log_fields(),
         )
@@ -668,6 +679,11 @@ class Process:
         # A finished process's output is replayed too, before its EOFs: the
         # RFC's required responses all come, and the operator sees the output.
         return self._follow(att, follow=self.state is not ProcState.EXITED)
+
+    @property
+    def attached_client(self) -> Request | None:
+        """The RFC 42 attach (not a follower) streaming this process, if any."""
+        return next((a.req for a in self.attachers if a.exclusive), None)
 
     async def _follow_terminal(
         self, att: Attacher, writer: bool, winsize: tuple[int, int] | None
@@ -691,11 +707,13 @@ class Process:
                 packet = await link.receive()
                 if not packet or packet[:1] == b"e":
                     break
-                if packet[:1] == b"o":
+                if packet[:1] == b"o" and "stdout" in att.streams:
                     self._screen_output(req, link.text(packet[1:]))
                 if not req.conn.writable:
                     await req.conn.wait_writable()
-            self._screen_output(req, link.flush_text())
+            tail = link.flush_text()
+            if "stdout" in att.streams:
+                self._screen_output(req, tail)
         finally:
             link.close()
         while att in self.attachers and self.state is not ProcState.EXITED:
@@ -731,6 +749,7 @@ class Process:
                 self.state is ProcState.EXITED or att not in self.attachers or not req.connected
             ),
             current=lambda: att in self.attachers,
+            streams=att.streams,
         )
         if att in self.attachers:
             self._attach_done(att)
@@ -743,11 +762,12 @@ class Process:
             return
         assert self.status is not None
         for stream in ("stdout", "stderr"):
-            req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
+            if stream in att.streams:
+                req.respond(rfc42.output(self.pid, rfc42.io_object(stream, self.rank, None, True)))
         req.respond(rfc42.finished(self.pid, self.status, self.reason))
         req.end()
         self._drop_attacher(att)
-        if att.reap and self.waitable and not self.reaped:
+        if att.exclusive and self.waitable and not self.reaped:
             self.service.reap(self)  # RFC 42: a finished attach reaps the process
 
     def detach(self, req: Request) -> None:
@@ -889,14 +909,16 @@ def log_output(
 
 
 class Attacher:
-    """One attach stream: its request, whether its end reaps the process, and,
-    for a background terminal, its link to the holder."""
+    """One attach stream: its request, whether it is the RFC 42 attach (its
+    end reaps the process) or a follower, the output streams it forwards,
+    and, for a background terminal, its link to the holder."""
 
-    __slots__ = ("link", "reap", "req", "wake")
+    __slots__ = ("exclusive", "link", "req", "streams", "wake")
 
-    def __init__(self, req: Request, reap: bool) -> None:
+    def __init__(self, req: Request, exclusive: bool, streams: frozenset[str]) -> None:
         self.req = req
-        self.reap = reap
+        self.exclusive = exclusive
+        self.streams = streams
         self.link: TerminalLink | None = None
         self.wake = asyncio.Event()  # the process finished, or the stream was dropped
 

@@ -136,6 +136,17 @@ def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     raise SdexecError(errno.ENOENT, f"{argv0}: No such file or directory")
 
 
+def launch_error(exc: SdexecError) -> SdexecError:
+    """``exc`` worded as Flux's servers word a command that could not be started.
+
+    A bad working directory keeps its own words (its text starts with
+    "working directory": the CLI exits 125 for it, not 126 or 127).
+    """
+    if exc.message.startswith("working directory "):
+        return exc
+    return SdexecError(errnum_of(exc), rfc42.LAUNCH_ERROR + exc.message)
+
+
 def _check_working_directory(cwd: str) -> None:
     """ENOENT/ENOTDIR now, naming the working directory, rather than a failed chdir later.
 
@@ -464,10 +475,14 @@ class Service:
         gone = self.state.find_reaped(
             label=target.label, pid=target.pid, visible=lambda uid: guest.visible(requester, uid)
         )
+        # The words of Flux's servers, which Flux's tools and users match on:
+        # flux-core's sdexec says "not found", its rexec "does not belong ...".
+        what = f"pid {target.pid}" if target.label is None else f"label {target.label}"
+        text = f"{what} not found: it does not belong to any subprocess"
         if gone is None:
-            return f"process {target} not found"
+            return text
         how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
-        return f"process {target} has ended{how} and was reaped; its output: sdexec logs {target}"
+        return f"{text}; it has ended{how} and was reaped; its output: sdexec logs {target}"
 
     # --- exec -------------------------------------------------------------------------------
 
@@ -495,6 +510,9 @@ class Service:
         if self.before_exec is not None:
             self.before_exec()
         er = rfc42.parse_exec(req.payload())
+        if er.flags & ExecFlag.WAITABLE and req.streaming:
+            # A streaming exec's status goes to its client; there is none left to wait for.
+            raise SdexecError(errno.EINVAL, "waitable flag only supported in background mode")
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
         key = idempotency_key(cmd)
@@ -550,15 +568,18 @@ class Service:
         stop_timer = cmd.stop_timer()
         winsize = _terminal_request(er, req.streaming)
         holder_start: tuple[str, list[list[object]], list[int]] | None = None
-        if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
-            with guest.as_guest(req.userid, req.conn.gid):
+        try:
+            if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
+                with guest.as_guest(req.userid, req.conn.gid):
+                    if cmd.cwd is not None:
+                        _check_working_directory(cmd.cwd)
+                    exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+            else:
                 if cmd.cwd is not None:
                     _check_working_directory(cmd.cwd)
                 exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
-        else:
-            if cmd.cwd is not None:
-                _check_working_directory(cmd.cwd)
-            exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
+        except SdexecError as exc:
+            raise launch_error(exc) from None
         env = dict(cmd.env)
         if self.uri:
             env["SDEXEC_URI"] = self.uri
@@ -848,7 +869,8 @@ class Service:
             lines = (
                 cmd.output_bufsize(stream) if cmd.line_buffer(stream, self.line_buffer) else None
             )
-            proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines)
+            # Read from now on, the output keeps the pieces it was written in.
+            proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines, hold=True)
             if stream == "stdout":
                 spec.stdout_fd = len(fds)
             else:
@@ -921,21 +943,27 @@ class Service:
     # --- attach / logs -----------------------------------------------------------------
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
-        """Follow a background process (RFC 42 ``attach``), beside any other attach.
+        """RFC 42 ``attach``: one client at a time, forwarding the streams its flags name.
 
-        Extensions of the request: ``stdin`` (true: this stream's ``write``
-        requests go to the process; one stream at a time, EBUSY otherwise)
-        and ``reap`` (false: the end of this stream does not reap a finished
-        waitable process; RFC 42's default is true).  For a background
-        terminal (see :mod:`sdexec.proto.pty`): ``terminal`` (true: become
-        its writer, taking the input over from the stream that held it) and
-        ``winsize`` (``COLSxROWS``: the writer's window size, set before the
-        screen is drawn); both change nothing for any other process.
+        The attach is exclusive: EBUSY while another client is attached or a
+        ``wait`` is pending, and a waitable process whose ``finished`` it
+        received is reaped.  Extensions of the request (none of which a plain
+        RFC 42 client sends): ``follow`` (true: a *follower*, any number of
+        them beside the attached client and a waiter; its end reaps nothing,
+        so ``wait`` still has the status; ``sdexec attach`` is one), ``stdin``
+        (true: this stream's ``write`` requests go to the process; one stream
+        at a time, EBUSY otherwise).  For a background terminal (see
+        :mod:`sdexec.proto.pty`): ``terminal`` (true: become its writer,
+        taking the input over from the stream that held it) and ``winsize``
+        (``COLSxROWS``: the writer's window size, set before the screen is
+        drawn); both change nothing for any other process.  ``reap: false``
+        is the older spelling of ``follow: true``.
         """
         payload = req.payload()
-        target = rfc42.parse_target(payload, "attach")
+        ar = rfc42.parse_attach(payload)
+        target = ar.target
         stdin = _flag(payload, "stdin", False)
-        reap = _flag(payload, "reap", True)
+        follow = _flag(payload, "follow", False) or not _flag(payload, "reap", True)
         terminal = _flag(payload, pty.ATTACH_TERMINAL, False)
         winsize = _winsize_member(payload)
         proc = self.lookup(target, errno.ENOENT, requester=req)
@@ -943,6 +971,11 @@ class Service:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
         if proc.lost is not None:
             raise SdexecError(proc.lost.errno or errno.EHOSTDOWN, proc.lost.message)
+        if not follow:
+            if proc.attached_client is not None:
+                raise SdexecError(errno.EBUSY, f"process {target} already has a client attached")
+            if proc.waiter is not None:
+                raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
         takeover = terminal and proc.holder is not None
         stdin = stdin or takeover
         if stdin and proc.stdin_holder is not None:
@@ -955,7 +988,12 @@ class Service:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
         self._check_followers(req)
-        return self._followed(req, proc.attach(req, stdin=stdin, reap=reap, winsize=winsize))
+        return self._followed(
+            req,
+            proc.attach(
+                req, stdin=stdin, exclusive=not follow, streams=ar.streams(), winsize=winsize
+            ),
+        )
 
     async def logs(self, req: Request) -> None:
         """Stream a background process's stored output (``sdexec logs``).
@@ -1007,7 +1045,7 @@ class Service:
             label=target.label, pid=target.pid, visible=lambda uid: guest.visible(req, uid)
         )
         if gone is None:
-            raise SdexecError(errno.ENOENT, f"process {target} not found")
+            raise SdexecError(errno.ENOENT, self._not_found(target, req))
 
         def sink(stream: str, data: bytes, when: float | None) -> None:
             req.respond(log_output(gone.pid, stream, self.rank_str, data, when, timestamps))
@@ -1062,7 +1100,7 @@ class Service:
         if proc.lost is not None:
             raise SdexecError(errno.ESRCH, f"process {kr.target} was lost: {proc.lost.message}")
         if proc.state is ProcState.EXITED:
-            raise SdexecError(errno.ESRCH, f"process {kr.target} has already exited")
+            raise SdexecError(errno.ESRCH, f"No such process: {kr.target} has already exited")
         who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
         log.info("kill", signum=kr.signum, who=who, requester=req.userid, **proc.log_fields())
         await self.bus.kill(proc.unit, kr.signum, who)
@@ -1071,12 +1109,17 @@ class Service:
     # --- wait -------------------------------------------------------------------------------
 
     def wait(self, req: Request) -> None:
+        """RFC 42 ``wait``: one waiter at a time (EINVAL for a second, as Flux
+        says), and none while a client is attached (EBUSY): the attach would
+        reap the process too.  Followers (``attach`` with ``follow``) do not count."""
         target = rfc42.parse_target(req.payload(), "wait")
         proc = self.lookup(target, requester=req)
         if not proc.waitable:
             raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
-        if proc.waiter is not None or (proc.client is not None and not proc.background):
-            raise SdexecError(errno.EBUSY, f"process {target} is already being waited on")
+        if proc.waiter is not None:
+            raise SdexecError(errno.EINVAL, f"process {target} is already being waited on")
+        if proc.attached_client is not None:
+            raise SdexecError(errno.EBUSY, f"process {target} has a client attached")
         proc.waiter = req
         log.info("wait", requester=req.userid, **proc.log_fields())
         if proc.state is ProcState.EXITED:

@@ -82,7 +82,7 @@ def test_attach_stream_has_the_rfc_shape(server: Server) -> None:
     time.sleep(0.5)
     raw = Raw(server.socket_path)
     msgs = raw.stream(
-        raw.send("sdexec.attach", {"pid": -1, "label": lab, "flags": 0}, streaming=True)
+        raw.send("sdexec.attach", {"pid": -1, "label": lab, "flags": 3}, streaming=True)
     )
     raw.close()
     assert types(msgs) == [
@@ -93,7 +93,13 @@ def test_attach_stream_has_the_rfc_shape(server: Server) -> None:
         "finished",
         f"errno={errno.ENODATA}",
     ]
-    assert msgs[0].json() == {"type": "attached", "pid": pid, "flags": 19}  # as the CLI sent
+    first = msgs[0].json()
+    assert {k: first[k] for k in ("type", "pid", "flags")} == {
+        "type": "attached",
+        "pid": pid,
+        "flags": 19,  # as the CLI sent
+    }
+    assert first["cmd"]["cmdline"] == ["sh", "-c", "echo hi"]
     assert msgs[1].json()["io"]["data"] == "hi\n"
     assert {m.json()["io"]["stream"] for m in msgs[2:4]} == {"stdout", "stderr"}
     assert all(m.json()["io"]["eof"] for m in msgs[2:4])

@@ -138,14 +138,14 @@ def test_unknown_label_is_not_found(server: Server) -> None:
     for cmd in (["wait", "no-such-label"], ["kill", "no-such-label"]):
         r = server.sdexec(*cmd)
         assert r.returncode != 0
-        assert b"not found" in r.stderr
+        assert b"does not belong to any subprocess" in r.stderr
 
 
 def test_unknown_pid_is_not_found(server: Server) -> None:
     for cmd in (["wait", "999999"], ["kill", "999999"]):
         r = server.sdexec(*cmd)
         assert r.returncode != 0
-        assert b"not found" in r.stderr
+        assert b"does not belong to any subprocess" in r.stderr
 
 
 def test_background_stdin_is_at_eof(server: Server) -> None:

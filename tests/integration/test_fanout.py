@@ -106,7 +106,10 @@ def test_stdin_is_broadcast_to_every_rank(cluster: Cluster) -> None:
 def test_missing_command_is_an_error_on_every_rank(cluster: Cluster) -> None:
     r = cluster.sdexec("exec", "-r", "0-1", "--", "/no/such/cmd")
     assert r.returncode == 127
-    assert "[0-1]: error: /no/such/cmd: No such file or directory" in r.stderr.decode()
+    assert (
+        "[0-1]: error: error launching process: /no/such/cmd: No such file or directory"
+        in r.stderr.decode()
+    )
 
 
 def test_sigterm_is_forwarded_to_every_rank(cluster: Cluster) -> None:

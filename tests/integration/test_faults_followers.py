@@ -47,7 +47,7 @@ def test_followers_are_bounded_per_connection_and_end_with_their_client(
     assert own.sdexec("exec", "--bg", "--label", label, "--", "sh", "-c", CHATTY).returncode == 0
     raw = Raw(own.socket_path)
     try:
-        payload = {"pid": -1, "label": label, "follow": True}
+        payload = {"pid": -1, "label": label, "flags": 3, "follow": True}
         tags = [raw.send(method, payload, streaming=True) for _ in range(200)]
         first = [raw.recv(tag) for tag in tags]
         refused = [m for m in first if m.errnum]

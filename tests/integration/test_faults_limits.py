@@ -190,8 +190,9 @@ def test_200_attach_streams_of_the_owner_are_all_admitted(
         try:
             for _ in range(200):
                 c = Raw(srv.socket_path)
-                clients.append((c, c.send("sdexec.attach", {"pid": -1, "label": "watched"},
-                                          streaming=True)))  # fmt: skip
+                # Followers (sdexec attach): an RFC 42 attach is one at a time.
+                payload = {"pid": -1, "label": "watched", "flags": 3, "follow": True}
+                clients.append((c, c.send("sdexec.attach", payload, streaming=True)))
             assert all(c.recv(tag).json()["type"] == "attached" for c, tag in clients)
         finally:
             for c, _ in clients:

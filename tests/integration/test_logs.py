@@ -84,7 +84,10 @@ def test_kill_and_wait_of_a_reaped_process_say_so(server: Server) -> None:
 def test_logs_of_a_label_never_seen_is_a_clear_error(server: Server) -> None:
     r = server.sdexec("logs", "never-was")
     assert r.returncode != 0
-    assert r.stderr == b"sdexec: logs: never-was: process never-was not found\n"
+    assert r.stderr == (
+        b"sdexec: logs: never-was: label never-was not found: "
+        b"it does not belong to any subprocess\n"
+    )
 
 
 def test_the_readme_sequence_attach_then_logs_kill_wait(server: Server) -> None:

@@ -230,7 +230,8 @@ def test_a_terminal_in_the_background_starts_without_a_terminal_on_stdin(
     assert int(r.stdout) > 0
     assert server.sdexec("wait", "bgt").returncode == 0
     out = server.sdexec("attach", "bgt")
-    assert b"attach: bgt: process bgt has ended" in out.stderr  # reaped by the wait
+    assert b"attach: bgt: label bgt not found" in out.stderr  # reaped by the wait
+    assert b"it has ended (exit 0) and was reaped" in out.stderr
 
 
 def test_a_background_terminal_with_channels_is_einval(server: Server) -> None:

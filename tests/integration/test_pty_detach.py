@@ -222,7 +222,7 @@ def test_a_plain_rfc42_attach_gets_the_screen_and_the_end(own: OwnServer) -> Non
     pid = start(own, "plain", "sh", "-c", "echo hello; read x; echo got $x; exit 2")
     raw = Raw(own.socket_path)
     try:
-        tag = raw.send("sdexec.attach", {"pid": pid, "label": "plain"}, streaming=True)
+        tag = raw.send("sdexec.attach", {"pid": pid, "label": "plain", "flags": 3}, streaming=True)
         out = b""
         responses = []
         while b"hello" not in out:
@@ -291,7 +291,9 @@ def test_bad_attach_members_are_refused(
     start(own, "bad", "sh", "-c", "exec sleep 300")
     raw = Raw(own.socket_path)
     try:
-        msg = raw.rpc("sdexec.attach", {"pid": -1, "label": "bad", **members}, streaming=True)
+        msg = raw.rpc(
+            "sdexec.attach", {"pid": -1, "label": "bad", "flags": 3, **members}, streaming=True
+        )
     finally:
         raw.close()
     assert msg.errnum == errnum

@@ -215,7 +215,7 @@ def test_another_users_process_is_answered_as_one_that_does_not_exist(
     r = guest.sdexec(guest_server.uri, command, root_job)
     absent = guest.sdexec(guest_server.uri, command, "no-such-job")
     _as_if_absent(r, absent, root_job)
-    assert b"not found" in r.stderr
+    assert b"does not belong to any subprocess" in r.stderr
 
 
 def test_guest_may_kill_its_own_process(

@@ -544,3 +544,31 @@ def test_exec_with_ranks_but_no_hosts_file(
 def test_sign_goes_with_ranks() -> None:
     args, many = cli_parser.parse(["exec", "--sign", "-r", "all", "true"])
     assert many and args.sign
+
+
+@pytest.mark.parametrize("command", ["attach", "kill", "wait", "logs"])
+@pytest.mark.parametrize(
+    ("argv", "ref", "shown"),
+    [
+        (["job"], {"pid": -1, "label": "job"}, "job"),
+        (["42"], {"pid": 42}, "42"),
+        (["--label", "job"], {"pid": -1, "label": "job"}, "job"),
+        (["--label", "4294967297"], {"pid": -1, "label": "4294967297"}, "--label 4294967297"),
+        (["--pid", "42"], {"pid": 42}, "42"),
+    ],
+)
+def test_a_process_is_named_by_pid_label_or_the_label_and_pid_options(
+    command: str, argv: list[str], ref: dict[str, Any], shown: str
+) -> None:
+    args = cli_parser.parse([command, *argv])[0]
+    assert (args.target_ref, args.target) == (ref, shown)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["job", "--label", "job"], ["--pid", "1", "--label", "x"], ["--pid", "0"]]
+)
+def test_a_process_must_be_named_once(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_parser.parse(["attach", *argv])
+    assert info.value.code == 2
+    assert "sdexec attach: error:" in capsys.readouterr().err

@@ -192,8 +192,10 @@ class FakeBus:
             proc.unit_changed({"ActiveState": "failed", "SubState": "failed"})
             proc.job_removed("failed")
 
-    def output(self, stream: str, data: bytes) -> None:
-        for unit, _proc in self.listeners(ProcState.RUNNING):
+    def output(self, stream: str, data: bytes, state: ProcState = ProcState.RUNNING) -> None:
+        """``data`` written by the running processes (``state``: or those the
+        server does not know to be started yet, which run and write already)."""
+        for unit, _proc in self.listeners(state):
             fd = unit.fds.get(stream)
             if fd is not None:
                 with contextlib.suppress(BlockingIOError, BrokenPipeError):
@@ -326,7 +328,7 @@ class Req:
 
 @dataclass(frozen=True)
 class Sig:
-    kind: str  # start | exec-fail | output | finish | reconnect
+    kind: str  # start | exec-fail | output | early-output | finish | reconnect
     stream: str = "stdout"
     data: bytes = b""
     code: int = CLD_EXITED
@@ -359,8 +361,8 @@ def requests(draw: st.DrawFn) -> Req:
 @st.composite
 def signals(draw: st.DrawFn) -> Sig:
     kind = draw(st.sampled_from(["start"] * 4 + ["output"] * 3 + ["finish"] * 3 + ["exec-fail"]
-                                + ["reconnect"]))  # fmt: skip
-    if kind == "output":
+                                + ["early-output", "reconnect"]))  # fmt: skip
+    if kind in ("output", "early-output"):
         data = draw(st.sampled_from([b"hello\n", "\u20ac".encode()[:2], b"\xff\xfe"]) | st.binary())
         return Sig(kind, stream=draw(st.sampled_from(["stdout", "stderr"])), data=data)
     if kind == "finish":
@@ -483,6 +485,8 @@ class Harness:
             self.bus.exec_fail_all()
         elif sig.kind == "output":
             self.bus.output(sig.stream, sig.data)
+        elif sig.kind == "early-output":
+            self.bus.output(sig.stream, sig.data, ProcState.STARTING)
         elif sig.kind == "finish":
             self.bus.finish_all(sig.code, sig.status)
         elif sig.kind == "reconnect":
@@ -623,6 +627,26 @@ def test_fake_run_streams_started_output_finished_and_enodata() -> None:
     data = "".join(io.get("data", "") for io in outputs if io["stream"] == "stdout")
     assert data == "hi\n"
     assert sorted(io["stream"] for io in outputs if io.get("eof")) == ["stderr", "stdout"]
+
+
+def test_output_written_before_started_is_sent_after_it_in_the_pieces_written() -> None:
+    # t0005-rexec.t "line buffering can be disabled": a process that writes at
+    # once runs before the server learns it started; its output was read only
+    # then, all of it in one chunk, so unbuffered output came as one response.
+    flags = int(ExecFlag.STDOUT)
+    steps: list[Req | Sig] = [
+        exec_request({"stdout_LINE_BUFFER": "false"}, flags),
+        Sig("early-output", data=b"one"),
+        Sig("early-output", data=b"two"),
+        Sig("start"),
+        Sig("output", data=b"three"),
+        Sig("finish"),
+    ]
+    harness, _ = run_steps(steps)
+    bodies = [m.json() for m in harness.conn.sent if not m.errnum]
+    assert bodies[0]["type"] == "started"
+    data = [b["io"]["data"] for b in bodies if b["type"] == "output" and "data" in b["io"]]
+    assert data == ["one", "two", "three"]
 
 
 def test_fake_exec_failure_is_answered_with_enoent() -> None:
