@@ -1510,6 +1510,9 @@ class Service:
         """Background processes whose unit or status must outlive this server.
 
         A finished waitable process counts: its status is still owed to a
-        ``wait``, and its unit (kept by RemainAfterExit) holds it.
+        ``wait``, and its unit (kept by RemainAfterExit) holds it.  One that
+        :meth:`shutdown` stopped does not: its record is gone with it.
         """
-        return sum(1 for p in self.by_pid.values() if p.background)
+        return sum(
+            1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
+        )
