@@ -1,8 +1,11 @@
-"""Guests' jobs in a 3-node Flux system instance whose sdexec is ours (installed from the .deb).
+"""Guests' jobs in a 3-node Flux system instance, with our sdexec and side by side with flux-core's.
 
 Each node is a container with systemd as PID 1; ``flux.service`` runs the
 broker as ``flux``; guests' job shells start through the setuid IMP from
 units of ``flux``'s own manager (``imp-shell-<rank>-<jobid>.service``).
+Every test runs twice: with our module (from the ``.deb``, ``[modules.sdexec]``)
+and with flux-core's C module, in the same harness; they must give the same
+results.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ GUESTS = {"alice": 1001, "bob": 1002}
 NODES = 3
 
 
-@pytest.fixture(scope="module")
-def site(start_site: object) -> Iterator[Site]:
-    with start_site(nodes=NODES) as s:  # type: ignore[operator]
+@pytest.fixture(scope="module", params=["sdexec", "c"])
+def site(request: pytest.FixtureRequest, start_site: object) -> Iterator[Site]:
+    with start_site(nodes=NODES, module=request.param) as s:  # type: ignore[operator]
         yield s
 
 
@@ -35,7 +38,12 @@ def job_units(site: Site, jobid: str) -> dict[int, list[str]]:
     return {n: [u for u in site.units(n) if name.search(u)] for n in range(NODES)}
 
 
-def test_every_rank_loaded_our_module_from_the_deb(site: Site) -> None:
+def test_every_rank_loaded_the_chosen_module(site: Site) -> None:
+    if site.info.module == "c":
+        listed = site.ok(0, "flux exec -r all flux module list")
+        assert listed.count("sdexec") == NODES
+        assert "module-python-exec sdexec" not in site.dmesg(1)
+        return
     for node in range(NODES):
         text = site.dmesg(node)
         assert re.search(rf"sdexec\.info\[{node}\]: loaded rank={node} ", text), text
