@@ -1,9 +1,11 @@
-"""``systemctl restart flux`` on a follower of a 3-node system instance (job-exec's bgexec).
+"""Our module in a 3-node system instance (job-exec's bgexec): restarts, and operators' tools.
 
 Our module keeps its state in ``/var/lib/flux/sdexec.<rank>`` on every rank
-(systemd's ``StateDirectory=`` of ``flux.service``), so a follower's
-restart leaves its background units running and the restarted module
-adopts them again.
+(systemd's ``StateDirectory=`` of ``flux.service``), so ``systemctl restart
+flux`` on a follower leaves its background units running and the restarted
+module adopts them again.  An operator's shell on a node (as ``flux`` or
+root) has no ``FLUX_URI``: our CLI finds the node's system instance as
+flux's own commands do.
 """
 
 from __future__ import annotations
@@ -101,3 +103,24 @@ def test_a_bgexec_job_across_a_follower_restart(site: Site) -> None:
         site.wait_until(
             f"no process of alice on node{node}", lambda n=node: site.pids_of(n, "alice") == []
         )
+
+
+def test_operators_reach_every_rank_without_flux_uri(site: Site) -> None:
+    status, out = sdexec(site, 2, "exec --bg --label op1 -- sleep 30")
+    assert status == 0, out
+    for user in ("flux", None):  # the instance owner, and root (allow-root-owner)
+        res = site.run(0, "sdexec ps -r all", user=user)
+        assert res.returncode == 0, res.stderr
+        assert re.search(r"^ +2 node2 +\d+ op1 +R ", res.stdout, re.M), res.stdout
+    # Rank 0 takes requests from its own node only, as flux-core's module does.
+    res = site.run(1, "sdexec ps -r all", user="flux")
+    assert res.returncode == 1
+    assert "rank 0: Remote sdexec requests are not allowed on rank 0" in res.stderr
+    assert re.search(r"^ +2 node2 +\d+ op1 +R ", res.stdout, re.M), res.stdout
+    assert site.run(1, "sdexec kill -r 2 op1", user="flux").returncode == 0
+
+
+def test_a_guest_gets_no_sdexec_through_the_instance(site: Site) -> None:
+    res = site.run(1, "sdexec ps -r all", user="bob")
+    assert res.returncode != 0
+    assert "requires owner credentials" in res.stderr
