@@ -1053,6 +1053,10 @@ class Service:
     # --- kill -------------------------------------------------------------------------------
 
     async def kill(self, req: Request) -> None:
+        # Once shutting down, the manager's connection is on its way out: say
+        # so (job-exec reads ENOSYS as "not loaded"), not that systemd is gone.
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         kr = rfc42.parse_kill(req.payload())
         proc = self.lookup(kr.target, requester=req)
         if proc.lost is not None:
@@ -1067,6 +1071,8 @@ class Service:
     # --- wait -------------------------------------------------------------------------------
 
     def wait(self, req: Request) -> None:
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         target = rfc42.parse_target(req.payload(), "wait")
         proc = self.lookup(target, requester=req)
         if not proc.waitable:
