@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sitectl
 
 REPO = Path(__file__).resolve().parents[2]
-UP_TIMEOUT = 240.0  # a first run builds the root filesystem (about 2 minutes)
+UP_TIMEOUT = 600.0  # a first run builds the root filesystem (2-3 minutes)
 
 
 @dataclass
@@ -119,13 +119,15 @@ def site_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def start_site(site_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A factory: ``start_site(nodes=3, module="sdexec", exec_method=None)`` as a context."""
+    """A factory of sites, as contexts: ``start_site(nodes=3, module="sdexec", ...)``."""
 
     @contextlib.contextmanager
     def start(
         nodes: int = 3,
         module: str = "sdexec",
         exec_method: str | None = None,
+        bind_ro: Sequence[str] = (),
+        sudo_user: str | None = None,
     ) -> Iterator[Site]:
         run_dir = tmp_path_factory.mktemp("site")
         argv = [
@@ -144,6 +146,10 @@ def start_site(site_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ]
         if exec_method:
             argv += ["--exec-method", exec_method]
+        for spec in bind_ro:
+            argv += ["--bind-ro", spec]
+        if sudo_user:
+            argv += ["--sudo-user", sudo_user]
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -81,7 +81,9 @@ FLUX_RUNTIME = [
     "python3-yaml",
     "python3-ply",
 ]
-PACKAGES = sorted({*SYSTEM, *SDEXEC, *FLUX_RUNTIME})
+#: What flux-core's own system-instance tests (its t/t9000-system.t) use on a node.
+FLUX_TESTSUITE = ["jq", "sudo"]
+PACKAGES = sorted({*SYSTEM, *SDEXEC, *FLUX_RUNTIME, *FLUX_TESTSUITE})
 
 
 def key(packages: Sequence[str] = PACKAGES) -> str:

@@ -320,6 +320,7 @@ def prepare_site(
     nodes: Sequence[Node],
     module: str,
     exec_method: str | None = None,
+    sudo_user: str | None = None,
 ) -> Path:
     """The layer every node shares: the .deb, users, munge, Flux and IMP config.
 
@@ -378,6 +379,24 @@ def prepare_site(
                 "--shell",
                 "/bin/bash",
                 name,
+            )
+        if sudo_user:
+            # flux-core's own system tests run as a guest with sudo and a user1.
+            chroot(
+                root,
+                "useradd",
+                "--uid",
+                "1003",
+                "--user-group",
+                "--create-home",
+                "--shell",
+                "/bin/bash",
+                "user1",
+            )
+            write(
+                root / "etc/sudoers.d/sitetest",
+                f"{sudo_user} ALL=(ALL) NOPASSWD: ALL\n",
+                mode=0o440,
             )
         flux_uid = int(chroot(root, "id", "-u", "flux").stdout)
         flux_gid = int(chroot(root, "id", "-g", "flux").stdout)
@@ -469,6 +488,8 @@ class Supervisor:
     ) -> None:
         self.run_dir = run_dir
         self.exec_method = exec_method
+        self.extra_binds: list[str] = []
+        self.sudo_user: str | None = None
         self.deb = deb
         self.module = module
         me = os.getpid()
@@ -482,7 +503,13 @@ class Supervisor:
         started = time.monotonic()
         rootfs_dir = rootfs.ensure()
         site_upper = prepare_site(
-            rootfs_dir, self.run_dir, self.deb, self.nodes, self.module, self.exec_method
+            rootfs_dir,
+            self.run_dir,
+            self.deb,
+            self.nodes,
+            self.module,
+            self.exec_method,
+            self.sudo_user,
         )
         log(f"site layer ready in {time.monotonic() - started:.1f} s")
         self.network()
@@ -535,6 +562,7 @@ class Supervisor:
     def boot(self, node: Node, root: Path) -> None:
         binds = [f"--bind-ro={FLUX_PREFIX}"]
         binds += [f"--bind-ro={FLUX_SYSCONF / sub}" for sub in FLUX_ETC_SHARED]
+        binds += [f"--bind-ro={spec}" for spec in self.extra_binds]
         cmd = [
             "systemd-nspawn",
             "-D",
@@ -755,8 +783,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         ]
         if args.exec_method:
             argv += ["--exec-method", args.exec_method]
+        for spec in args.bind_ro or []:
+            argv += ["--bind-ro", spec]
+        if args.sudo_user:
+            argv += ["--sudo-user", args.sudo_user]
         os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--", *argv])
     sup = Supervisor(run_dir, args.nodes, args.deb.resolve(), args.module, args.exec_method)
+    sup.extra_binds = args.bind_ro or []
+    sup.sudo_user = args.sudo_user
     (run_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
     stop = {"signal": 0}
 
@@ -838,6 +872,17 @@ def main(argv: list[str] | None = None) -> int:
         "--exec-method",
         choices=("bulk-exec", "bgexec"),
         help="job-exec's [exec] method (default: flux-core's)",
+    )
+    up.add_argument(
+        "--bind-ro",
+        action="append",
+        metavar="SRC[:DST]",
+        help="also bind SRC read-only into every node (at DST)",
+    )
+    up.add_argument(
+        "--sudo-user",
+        metavar="USER",
+        help="let USER sudo without a password, and add user1 (flux-core's tests)",
     )
     up.add_argument("--die-with-parent", action="store_true")
     up.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)

@@ -16,6 +16,9 @@ from collections.abc import Iterator
 import pytest
 from conftest import Site
 
+# The first test of a run may build the root filesystem (minutes) and boots the site.
+pytestmark = pytest.mark.timeout(900)
+
 GUESTS = {"alice": 1001, "bob": 1002}
 NODES = 3
 

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 import pytest
 from conftest import Site
 
+# The first test of a run may build the root filesystem (minutes) and boots the site.
+pytestmark = pytest.mark.timeout(900)
+
 FLUX_URI = "FLUX_URI=local:///run/flux/local"
 
 
