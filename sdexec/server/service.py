@@ -429,12 +429,15 @@ class Service:
         sdexec.security: another user's process is answered exactly as one
         that does not exist, so a guest learns nothing of it.  A guest's
         labels are its own; a trusted requester finds a label in its own
-        namespace first, then a guest's (by pid, if several guests use it).
+        namespace first, then the server owner's (an owner by role with a uid
+        of its own, such as root in a Flux instance with allow-root-owner,
+        finds the instance owner's labels), then a guest's (by pid, if
+        several guests use it).
         """
         if target.label is not None:
             proc = self.by_label.get(self._lkey(requester.userid, target.label))
             if proc is None and not guest.is_guest(requester):
-                proc = self._guest_label(target.label)
+                proc = self.by_label.get((None, target.label)) or self._guest_label(target.label)
         else:
             proc = self.by_pid.get(target.pid)
         if proc is not None and not guest.visible(requester, proc.requester_uid):

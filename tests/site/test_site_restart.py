@@ -90,7 +90,10 @@ def test_a_bgexec_job_across_a_follower_restart(site: Site) -> None:
     """What happens to the job, measured: its shell on the restarted node loses
     its broker and fails the job (flux-core: a job shell cannot outlive its
     broker); the unit itself is not stopped by the unload, is adopted again
-    with the shell's exit status, and nothing is left once the job is over."""
+    with the shell's exit status, and is kept (finished) until waited for.
+    flux-core's C module, measured in the same harness, stops the unit at
+    unload; the job gets one more exception ("sdexec service is not loaded
+    on node1") and ends the same way (exit 143)."""
     jobid = site.ok(0, "flux submit -N3 sh -c 'echo start; sleep 30'", user="alice").strip()
     site.ok(0, f"flux job wait-event -t 30 {jobid} start", user="alice")
     label = f"imp-shell-1-f{jobid.removeprefix('ƒ')}"
@@ -106,6 +109,12 @@ def test_a_bgexec_job_across_a_follower_restart(site: Site) -> None:
         site.wait_until(
             f"no process of alice on node{node}", lambda n=node: site.pids_of(n, "alice") == []
         )
+    # The shell's unit, finished, waits for a wait that job-exec no longer
+    # makes; root on rank 0's node releases it by label, with its status.
+    assert re.search(rf"^ +1 node1 +\d+ {label} +Z ", site.ok(0, "sdexec ps -r all"), re.M)
+    res = site.run(0, f"sdexec wait -r 1 {label}")
+    assert res.returncode == 1, res.stderr  # the job shell exited 1 (it lost its broker)
+    assert [u for u in site.units(1) if label in u] == []
 
 
 def test_operators_reach_every_rank_without_flux_uri(site: Site) -> None:
