@@ -85,8 +85,8 @@ class Journal:
     """How to ask journalctl about our manager's units.
 
     ``owner``: matches every query must meet, whatever else it matches (each
-    alternative of a ``+`` included): the writer's uid, when the records are
-    looked for in a journal shared with other users.
+    alternative of a ``+`` included): the manager's user, when the records
+    are looked for in a journal shared with other users.
     """
 
     selector: list[str] = field(default_factory=list)
@@ -103,8 +103,10 @@ class Journal:
         if not journald_splits_off(uid):
             # A system user's manager (the flux user of a Flux system
             # instance): its units' records are in the system journal, which
-            # it reads as a member of systemd-journal (or adm).
-            return cls([], "USER_UNIT", [f"_UID={uid}"])
+            # it reads as a member of systemd-journal (or adm).  Its own are
+            # those written from under user@UID.service, whatever uid the
+            # writer runs as (a guest's job shell, the IMP's root script).
+            return cls([], "USER_UNIT", [f"_SYSTEMD_OWNER_UID={uid}"])
         return cls(["--user"], "USER_UNIT")
 
     def argv(self, *match: str) -> list[str]:

@@ -13,14 +13,28 @@ def test_a_regular_user_reads_their_own_user_journal() -> None:
 def test_a_system_user_reads_the_system_journal_limited_to_its_own_records() -> None:
     # The flux user of a system instance: journald never gives it a user journal.
     journal = Journal.for_mode("user", uid=999)
-    assert journal.argv("-t", "x") == ["journalctl", "--no-pager", "-q", "_UID=999", "-t", "x"]
+    assert journal.argv("-t", "x") == [
+        "journalctl",
+        "--no-pager",
+        "-q",
+        "_SYSTEMD_OWNER_UID=999",
+        "-t",
+        "x",
+    ]
     assert journal.unit_field == "USER_UNIT"
 
 
 def test_the_owner_match_holds_in_every_alternative() -> None:
     journal = Journal.for_mode("user", uid=998)
     argv = journal.argv("A=1", "B=2", "+", "C=3")
-    assert argv[3:] == ["_UID=998", "A=1", "B=2", "+", "_UID=998", "C=3"]
+    assert argv[3:] == [
+        "_SYSTEMD_OWNER_UID=998",
+        "A=1",
+        "B=2",
+        "+",
+        "_SYSTEMD_OWNER_UID=998",
+        "C=3",
+    ]
 
 
 def test_journalds_split_follows_its_own_uid_ranges() -> None:
