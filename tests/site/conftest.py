@@ -128,6 +128,7 @@ def start_site(site_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         exec_method: str | None = None,
         bind_ro: Sequence[str] = (),
         sudo_user: str | None = None,
+        prolog: bool = False,
     ) -> Iterator[Site]:
         run_dir = tmp_path_factory.mktemp("site")
         argv = [
@@ -150,6 +151,8 @@ def start_site(site_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             argv += ["--bind-ro", spec]
         if sudo_user:
             argv += ["--sudo-user", sudo_user]
+        if prolog:
+            argv.append("--prolog")
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -297,6 +297,55 @@ allowed-users = ["flux"]
 allowed-shells = ["{FLUX_PREFIX}/libexec/flux/flux-shell"]
 """
 
+#: The site's prolog through sdexec (``--prolog``): job-manager runs the
+#: command on rank 0 with the job's ranks in FLUX_JOB_RANKS; it runs the
+#: IMP's ``run prolog`` (the site's script, as root) on each rank as a unit of
+#: its own, and drains the ranks where it failed, with the report's reason.
+PERILOG_CONFIG = """[job-manager]
+plugins = [{ load = "perilog.so" }]
+
+[job-manager.prolog]
+command = ["/etc/flux/system/sdexec-perilog", "prolog"]
+timeout = "2m"
+"""
+
+PERILOG_COMMAND = """#!/bin/sh
+# Run the site's prolog or epilog (the IMP's "run PHASE", as root) on every
+# rank of the job as a systemd unit of its own, and drain the nodes where it
+# did not succeed, with the reason sdexec perilog gives and the script's
+# last line of output.  Its whole output stays in each node's journal.
+phase=$1
+report=$(sdexec perilog run --phase "$phase" -r "$FLUX_JOB_RANKS" --timeout 60 \\
+    --kill-timeout 10 --json -- /usr/libexec/flux/flux-imp run "$phase")
+status=$?
+printf '%s\\n' "$report" | jq -r '.drain[]? | [.host, .reason + ((.output // "")
+    | if type == "array" then . else split("\\n") end | map(select(length > 0))
+    | if length > 0 then ": " + .[-1] else "" end)] | @tsv' |
+while IFS="$(printf '\\t')" read -r host reason; do
+    flux resource drain "$host" "$reason"
+done
+printf '%s\\n' "$report" | jq -r '"\\(.phase) output: sdexec logs -r RANK \\(.label)"' >&2
+exit $status
+"""
+
+IMP_RUN_CONFIG = """[run.prolog]
+allowed-users = ["flux"]
+path = "/etc/flux/system/prolog"
+
+[run.epilog]
+allowed-users = ["flux"]
+path = "/etc/flux/system/epilog"
+"""
+
+#: The site's own prolog in the harness: it fails where /etc/site-prolog-fail exists.
+SITE_PROLOG = """#!/bin/sh
+echo "prolog on $(hostname) as $(id -un)"
+if test -e /etc/site-prolog-fail; then
+    echo "prolog: $(cat /etc/site-prolog-fail)" >&2
+    exit 1
+fi
+"""
+
 SIGN_CONFIG = """[sign]
 max-ttl = 1209600
 default-type = "munge"
@@ -321,6 +370,7 @@ def prepare_site(
     module: str,
     exec_method: str | None = None,
     sudo_user: str | None = None,
+    prolog: bool = False,
 ) -> Path:
     """The layer every node shares: the .deb, users, munge, Flux and IMP config.
 
@@ -417,6 +467,12 @@ def prepare_site(
         os.chown(etc / "system/curve.cert", flux_uid, flux_gid)
         (etc / "system/curve.cert").chmod(0o400)
         write(etc / "imp/conf.d/imp.toml", IMP_CONFIG)
+        if prolog:
+            write(etc / "system/conf.d/perilog.toml", PERILOG_CONFIG)
+            write(etc / "system/sdexec-perilog", PERILOG_COMMAND, mode=0o755)
+            write(etc / "imp/conf.d/run.toml", IMP_RUN_CONFIG)
+            write(etc / "system/prolog", SITE_PROLOG, mode=0o755)
+            write(etc / "system/epilog", "#!/bin/sh\necho epilog on $(hostname)\n", mode=0o755)
         write(etc / "security/conf.d/sign.toml", SIGN_CONFIG)
         imp = root / IMP.lstrip("/")
         imp.parent.mkdir(parents=True, exist_ok=True)
@@ -490,6 +546,7 @@ class Supervisor:
         self.exec_method = exec_method
         self.extra_binds: list[str] = []
         self.sudo_user: str | None = None
+        self.prolog = False
         self.deb = deb
         self.module = module
         me = os.getpid()
@@ -510,6 +567,7 @@ class Supervisor:
             self.module,
             self.exec_method,
             self.sudo_user,
+            self.prolog,
         )
         log(f"site layer ready in {time.monotonic() - started:.1f} s")
         self.network()
@@ -787,10 +845,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += ["--bind-ro", spec]
         if args.sudo_user:
             argv += ["--sudo-user", args.sudo_user]
+        if args.prolog:
+            argv.append("--prolog")
         os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--", *argv])
     sup = Supervisor(run_dir, args.nodes, args.deb.resolve(), args.module, args.exec_method)
     sup.extra_binds = args.bind_ro or []
     sup.sudo_user = args.sudo_user
+    sup.prolog = args.prolog
     (run_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
     stop = {"signal": 0}
 
@@ -883,6 +944,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sudo-user",
         metavar="USER",
         help="let USER sudo without a password, and add user1 (flux-core's tests)",
+    )
+    up.add_argument(
+        "--prolog",
+        action="store_true",
+        help="the site's prolog through sdexec perilog and the IMP's run",
     )
     up.add_argument("--die-with-parent", action="store_true")
     up.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
