@@ -78,7 +78,19 @@ PROPAGATE = Path("/run/systemd/nspawn/propagate")
 SUBNET = "10.23.0"
 PORT = 8050
 GUESTS = {"alice": 1001, "bob": 1002}
-FLUX_PREFIX = Path(os.environ.get("SDEXEC_SITE_FLUX_PREFIX", "/usr/local"))
+
+
+def _flux_prefix() -> Path:
+    """Where flux-core and flux-security are installed: $SDEXEC_SITE_FLUX_PREFIX,
+    else that of $SDEXEC_FLUX (PREFIX/bin/flux), else /usr/local."""
+    given = os.environ.get("SDEXEC_SITE_FLUX_PREFIX")
+    if given:
+        return Path(given)
+    flux = os.environ.get("SDEXEC_FLUX")
+    return Path(flux).resolve().parents[1] if flux else Path("/usr/local")
+
+
+FLUX_PREFIX = _flux_prefix()
 FLUX_SYSCONF = Path("/etc/flux")
 #: Entries of the host's /etc/flux that the nodes use as installed; the others
 #: (system, security, imp) are each node's own configuration.
