@@ -246,6 +246,9 @@ def sweep() -> list[str]:
         removed.append(name)
         for path in PROPAGATE.glob(f"sdx{owner}n*"):
             shutil.rmtree(path, ignore_errors=True)
+    for empty in (PROPAGATE, PROPAGATE.parent / "locks", PROPAGATE.parent):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
     return removed
 
 
@@ -567,6 +570,7 @@ class Supervisor:
         self.holders: list[subprocess.Popen[bytes]] = []
         self.nspawns: list[subprocess.Popen[bytes]] = []
         self.mounts: list[Path] = []
+        self.locks: list[Path] = []
 
     def up(self) -> None:
         started = time.monotonic()
@@ -586,6 +590,8 @@ class Supervisor:
         for node in self.nodes:
             root = prepare_node(rootfs_dir, site_upper, self.run_dir, node)
             self.mounts.append(root)
+            st = root.stat()
+            self.locks.append(PROPAGATE.parent / "locks" / f"inode-{st.st_dev}:{st.st_ino}")
             self.boot(node, root)
         boot_started = time.monotonic()
         for node in self.nodes:
@@ -736,6 +742,13 @@ class Supervisor:
         for node in self.nodes:
             shutil.rmtree(PROPAGATE / node.machine, ignore_errors=True)
             shutil.rmtree(self.run_dir / f"node{node.index}", ignore_errors=True)
+        for empty in (
+            PROPAGATE,
+            PROPAGATE.parent / "locks",
+            PROPAGATE.parent,
+        ):  # nspawn makes them; nothing else uses them
+            with contextlib.suppress(OSError):
+                empty.rmdir()
         shutil.rmtree(self.run_dir / "site", ignore_errors=True)
         (self.run_dir / "site.json").unlink(missing_ok=True)
         for e in errors:
