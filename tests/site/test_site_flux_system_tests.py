@@ -6,7 +6,12 @@ flux-core's C module: ours must fail no test that the C module passes.
 flux-core's build tree comes from ``$SDEXEC_FLUX_CORE_SRC`` and is
 bind-mounted read-only; without it these tests skip with one line.  One
 node, because some of them configure the node they run on (the IMP's
-``[run.test]``) and then run on every rank, as in flux-core's CI.
+``[run.test]``) and then run on every rank, as in flux-core's CI.  With
+bash: Debian's /bin/sh (dash) stops at a syntax error in 0005-exec.t.
+Measured with flux-core 0.88.0-59: 67 tests, the same 55 pass with either
+module; both fail 0004's ``flux start --recover`` (2), 0006's system prolog
+(5: the harness configures none of flux-core's own prolog units) and 0007's
+recovery-mode fsck (5).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ def test_flux_cores_system_tests(site: Site) -> None:
     cmd = (
         "mkdir -p /tmp/t9000 && cd /opt/flux-core/t && "
         "FLUX_ENABLE_SYSTEM_TESTS=1 FLUX_TEST_INSTALLED_PATH=/usr/local/bin "
-        "./t9000-system.t --root=/tmp/t9000 -v"
+        "bash ./t9000-system.t --root=/tmp/t9000 -v"
     )
     res = site.run(0, cmd, user="alice", timeout=600)
     got = results(res.stdout)
