@@ -67,14 +67,34 @@ def default_local_path() -> str:
     return f"/tmp/sdexec-{uid}/local"
 
 
+#: The broker socket of a Flux system instance on its node (flux-core's
+#: ``flux.service`` sets ``local-uri`` to it), which its own commands use
+#: when ``FLUX_URI`` is not set.
+FLUX_SYSTEM_SOCKET = "/run/flux/local"
+
+
+def system_instance_uri() -> str | None:
+    """The Flux system instance of this node, when its broker's socket is there."""
+    if os.path.exists(FLUX_SYSTEM_SOCKET):
+        return LOCAL_SCHEME + FLUX_SYSTEM_SOCKET
+    return None
+
+
 def default_uri() -> str:
     """``$SDEXEC_URI`` if set (and not empty); else, inside a Flux instance,
     ``$FLUX_URI`` (its broker routes to the instance's sdexec service); else
-    ``local://`` + the default path."""
+    ``local://`` + the default path when a server listens there; else the
+    node's Flux system instance, as for flux's own commands (an operator's
+    shell on a node has no ``FLUX_URI``); else the default path."""
     uri = os.environ.get(URI_ENV) or os.environ.get(FLUX_URI_ENV)
     if uri:
         return uri
-    return LOCAL_SCHEME + default_local_path()
+    path = default_local_path()
+    if not os.path.exists(path):
+        system = system_instance_uri()
+        if system is not None:
+            return system
+    return LOCAL_SCHEME + path
 
 
 def resolve(target: str, _depth: int = 0) -> str:

@@ -33,8 +33,7 @@ panic and takes the whole instance down.  A failure is logged and the module
 exits with an error the broker reports for the load.
 
 Module arguments (``KEY=VALUE``; the broker splits them on blanks):
-``state-dir=DIR`` (default: ``<statedir>/sdexec.<rank>`` when the broker has a
-``statedir``, else ``<rundir>/sdexec.<rank>``), ``journal=DIR`` (a journal directory
+``state-dir=DIR`` (default: see :func:`state_location`), ``journal=DIR`` (a journal directory
 to read instead of the user's journal; also ``$SDEXEC_JOURNAL_DIR``),
 ``systemd=user|system`` and ``log-level=LEVEL``.
 """
@@ -46,6 +45,7 @@ import contextlib
 import errno
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,36 @@ class ModuleOptions:
     ephemeral: bool = False
 
 
+def state_location(
+    attr: Callable[[str], str | None], rank: int, environ: Mapping[str, str]
+) -> tuple[Path, bool]:
+    """Where this rank keeps its state by default, and whether it goes with the broker.
+
+    The state must live as long as the units it describes, which outlive a
+    broker restart, so the first of these that outlives the broker wins:
+
+    1. the broker's ``statedir``, unless the broker made it for itself and
+       removes it at exit (``statedir-cleanup`` is 1, as in ``flux start``);
+    2. ``$STATE_DIRECTORY``, the directory systemd keeps for the broker's
+       service (``StateDirectory=``): flux-core's ``flux.service`` passes it
+       as ``statedir``, but the broker keeps that attribute on rank 0 only, so
+       this is what a follower of a system instance finds;
+    3. the broker's own ``statedir`` or ``rundir``, which go with it (the
+       state is *ephemeral* then: see :meth:`ModuleServer._unload_reason`).
+    """
+    name = f"sdexec.{rank}"
+    statedir = attr("statedir")
+    if statedir and attr("statedir-cleanup") != "1":
+        return Path(statedir, name), False
+    systemd_state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd_state and os.path.isabs(systemd_state):
+        return Path(systemd_state, name), False
+    base = statedir or attr("rundir")
+    if not base:
+        raise ValueError("the broker has no rundir: give state-dir=DIR")
+    return Path(base, name), True
+
+
 def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
     """The module's ``KEY=VALUE`` arguments, with the defaults filled in."""
     given: dict[str, str] = {}
@@ -106,16 +136,12 @@ def parse_args(args: list[str], handle: BrokerHandle) -> ModuleOptions:
     if systemd not in ("user", "system"):
         raise ValueError(f"systemd={systemd}: expected user or system")
     state = given.get("state-dir")
-    ephemeral = False
-    if not state:
-        statedir = handle.attr("statedir")
-        base = statedir or handle.attr("rundir")
-        if not base:
-            raise ValueError("the broker has no rundir: give state-dir=DIR")
-        state = os.path.join(base, f"sdexec.{handle.rank}")
-        ephemeral = not statedir
+    if state:
+        state_dir, ephemeral = Path(state), False
+    else:
+        state_dir, ephemeral = state_location(handle.attr, handle.rank, os.environ)
     return ModuleOptions(
-        state_dir=Path(state),
+        state_dir=state_dir,
         journal_dir=given.get("journal") or os.environ.get("SDEXEC_JOURNAL_DIR") or None,
         systemd=systemd,
         log_level=given.get("log-level", "info"),
@@ -285,32 +311,55 @@ class ModuleServer:
                 pid=os.getpid(),
             )
             await self.stop.wait()
-            ending = await self._instance_ending()
-            log.info("unloading", procs=len(service.by_pid), instance_ending=ending)
-            await service.shutdown(stop_background=ending, reason=UNLOADING)
+            reason = await self._unload_reason()
+            # The units' identity goes with an ephemeral state directory: keep
+            # them running only if a next module can find them again.
+            stop_background = self.opts.ephemeral and reason != "reload"
+            log.info(
+                "unloading",
+                procs=len(service.by_pid),
+                reason=reason,
+                stop_background=stop_background,
+            )
+            await service.shutdown(stop_background=stop_background, reason=UNLOADING)
             link.close()
             for task in watchers:
                 task.cancel()
             bus.close()
             service.close()
 
-    async def _instance_ending(self) -> bool:
-        """Whether no module could ever adopt this one's background units again.
+    async def _unload_reason(self) -> str:
+        """Why the module is being removed: ``reload``, ``broker-restart`` or ``instance-end``.
 
-        That is so when the broker itself is shutting down and the state
-        directory is its rundir, which goes with it; the units are stopped
-        then.  A module reload (the broker runs on), or a state directory
-        that outlives the broker (``statedir``, or ``state-dir=``), keeps
-        them running for the next module.
+        ``reload``: this broker runs on (``flux module remove``/``reload``).
+        Otherwise this broker is shutting down, and a follower asks rank 0:
+        if rank 0 still runs, only this broker is restarting
+        (``systemctl restart flux`` on one node) and the instance goes on;
+        if rank 0 is ending too, or cannot be asked, the instance ends.  On
+        rank 0 the broker's end is the instance's.  A state directory that
+        outlives the broker keeps background units running in every case
+        (a bgexec job can be reattached by the next instance); an ephemeral
+        one cannot, and its units are stopped unless this is a reload.
         """
-        if not self.opts.ephemeral:
-            return False
+        own = await self._broker_state(None)
+        if own is None or own not in BROKER_ENDING:
+            return "reload"
+        if self.rank == 0:
+            return "instance-end"
+        leader = await self._broker_state(0)
+        if leader is not None and leader not in BROKER_ENDING:
+            return "broker-restart"
+        return "instance-end"
+
+    async def _broker_state(self, nodeid: int | None) -> str | None:
+        """A broker's state (``state-machine.get``), or None when it does not answer."""
         try:
             async with asyncio.timeout(STATE_QUERY_TIMEOUT):
-                reply = await self.handle.rpc("state-machine.get", {})
+                reply = await self.handle.rpc("state-machine.get", {}, nodeid=nodeid)
         except (OSError, TimeoutError):
-            return False
-        return isinstance(reply, dict) and reply.get("state") in BROKER_ENDING
+            return None
+        state = reply.get("state") if isinstance(reply, dict) else None
+        return state if isinstance(state, str) else None
 
     def _journal_socket(self) -> str:
         """journald's stream socket as the manager sees it (its mount namespace may be

@@ -243,7 +243,7 @@ async def serve(
                 os.unlink(opts.socket_path)
     if supervisor.gave_up is not None:
         raise SdexecError(errnum_of(supervisor.gave_up), supervisor.gave_up.message)
-    return 0 if opts.on_shutdown == "stop" else service.background_kept()
+    return service.background_kept()
 
 
 async def _watch_controllers(bus: SystemdBus, service: Service) -> None:

@@ -248,7 +248,7 @@ class JournalLog:
         reader = self._open_reader() if settled else None
         if reader is not None:
             try:
-                for e in reader.last(self.terms(unit, ident, pid), limit):
+                for e in reader.last(self.journal.scoped(self.terms(unit, ident, pid)), limit):
                     stream = "stderr" if e.priority == PRIORITY_STDERR else "stdout"
                     tail.sink(stream, e.message if e.line_break else e.message + b"\n")
                 return tail.kept

@@ -440,12 +440,15 @@ class Service:
         sdexec.security: another user's process is answered exactly as one
         that does not exist, so a guest learns nothing of it.  A guest's
         labels are its own; a trusted requester finds a label in its own
-        namespace first, then a guest's (by pid, if several guests use it).
+        namespace first, then the server owner's (an owner by role with a uid
+        of its own, such as root in a Flux instance with allow-root-owner,
+        finds the instance owner's labels), then a guest's (by pid, if
+        several guests use it).
         """
         if target.label is not None:
             proc = self.by_label.get(self._lkey(requester.userid, target.label))
             if proc is None and not guest.is_guest(requester):
-                proc = self._guest_label(target.label)
+                proc = self.by_label.get((None, target.label)) or self._guest_label(target.label)
         else:
             proc = self.by_pid.get(target.pid)
         if proc is not None and not guest.visible(requester, proc.requester_uid):
@@ -1095,6 +1098,10 @@ class Service:
     # --- kill -------------------------------------------------------------------------------
 
     async def kill(self, req: Request) -> None:
+        # Once shutting down, the manager's connection is on its way out: say
+        # so (job-exec reads ENOSYS as "not loaded"), not that systemd is gone.
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         kr = rfc42.parse_kill(req.payload())
         proc = self.lookup(kr.target, requester=req)
         if proc.lost is not None:
@@ -1112,6 +1119,8 @@ class Service:
         """RFC 42 ``wait``: one waiter at a time (EINVAL for a second, as Flux
         says), and none while a client is attached (EBUSY): the attach would
         reap the process too.  Followers (``attach`` with ``follow``) do not count."""
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         target = rfc42.parse_target(req.payload(), "wait")
         proc = self.lookup(target, requester=req)
         if not proc.waitable:
@@ -1560,6 +1569,9 @@ class Service:
         """Background processes whose unit or status must outlive this server.
 
         A finished waitable process counts: its status is still owed to a
-        ``wait``, and its unit (kept by RemainAfterExit) holds it.
+        ``wait``, and its unit (kept by RemainAfterExit) holds it.  One that
+        :meth:`shutdown` stopped does not: its record is gone with it.
         """
-        return sum(1 for p in self.by_pid.values() if p.background)
+        return sum(
+            1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
+        )

@@ -53,6 +53,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from sdexec.base.errors import SdexecError, errnum_of
+from sdexec.systemd.dbusstrings import sendable
 from sdexec.systemd.properties import unit_object_path
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -246,7 +247,7 @@ class SystemdBus:
                 interface=MANAGER_IFACE,
                 member=member,
                 signature=signature,
-                body=list(body),
+                body=sendable(list(body)),
                 unix_fds=list(fds),
                 flags=MessageFlag.NO_AUTOSTART,
             ),

@@ -116,23 +116,62 @@ class StreamsRead:
             os.close(fd)
 
 
+#: journald's own test (``uid_for_system_journal``): the records of these users
+#: go to the system journal, never to a user journal of theirs, so
+#: ``journalctl --user`` finds none of them.  systemd's SYSTEM_UID_MAX (as
+#: Debian builds it), its dynamic users' range, and nobody.
+SYSTEM_UID_MAX = 999
+DYNAMIC_UIDS = range(61184, 65520)
+NOBODY = 65534
+
+
+def journald_splits_off(uid: int) -> bool:
+    """Whether journald keeps ``uid``'s records in a user journal of its own."""
+    return uid > SYSTEM_UID_MAX and uid not in DYNAMIC_UIDS and uid != NOBODY
+
+
 @dataclass
 class Journal:
-    """How to ask journalctl about our manager's units."""
+    """How to ask journalctl about our manager's units.
+
+    ``owner``: matches every query must meet, whatever else it matches (each
+    alternative of a ``+`` included): the manager's user, when the records
+    are looked for in a journal shared with other users.
+    """
 
     selector: list[str] = field(default_factory=list)
     unit_field: str = "USER_UNIT"
+    owner: list[str] = field(default_factory=list)
 
     @classmethod
-    def for_mode(cls, mode: str, directory: str | None = None) -> Journal:
+    def for_mode(cls, mode: str, directory: str | None = None, uid: int | None = None) -> Journal:
         if mode == "private" and directory:
             return cls(["--directory", directory], "USER_UNIT")
         if mode == "system":
             return cls([], "UNIT")
+        uid = os.getuid() if uid is None else uid
+        if not journald_splits_off(uid):
+            # A system user's manager (the flux user of a Flux system
+            # instance): its units' records are in the system journal, which
+            # it reads as a member of systemd-journal (or adm).  Its own are
+            # those written from under user@UID.service, whatever uid the
+            # writer runs as (a guest's job shell, the IMP's root script).
+            return cls([], "USER_UNIT", [f"_SYSTEMD_OWNER_UID={uid}"])
         return cls(["--user"], "USER_UNIT")
 
+    def scoped(self, terms: list[list[str]]) -> list[list[str]]:
+        """OR-ed ``terms`` (each a list of AND-ed matches), each limited to ``owner``."""
+        return [[*self.owner, *term] for term in terms]
+
     def argv(self, *match: str) -> list[str]:
-        return ["journalctl", "--no-pager", "-q", *self.selector, *match]
+        if not self.owner:
+            return ["journalctl", "--no-pager", "-q", *self.selector, *match]
+        owned: list[str] = [*self.owner]
+        for arg in match:
+            owned.append(arg)
+            if arg == "+":
+                owned += self.owner
+        return ["journalctl", "--no-pager", "-q", *self.selector, *owned]
 
     def open_reader(self) -> Reader | None:
         """An in-process reader of this same journal, if libsystemd can open it."""

@@ -666,3 +666,21 @@ def test_invalid_stdin_bufsize_is_refused_at_exec() -> None:
     harness, _ = run_steps([exec_request({"stdin_BUFSIZE": "bogus"}, flags), Sig("start")])
     assert types_of(harness.conn) == ["EINVAL"]
     assert harness.bus.calls == []
+
+
+def test_kill_and_wait_while_shutting_down_are_enosys_with_the_reason() -> None:
+    # A module being unloaded: job-exec reads ENOSYS as "sdexec is not loaded".
+    harness = Harness()
+    harness.service.shutting_down = True
+    harness.service.shutdown_reason = "sdexec module is unloading"
+    steps: list[Req | Sig] = [
+        Req("sdexec.kill", body({"pid": 1, "signum": 15}), streaming=False, noresponse=False),
+        Req("sdexec.wait", body({"pid": 1}), streaming=False, noresponse=False),
+    ]
+    try:
+        asyncio.run(scenario(harness, steps))
+    finally:
+        harness.cleanup()
+    answers = harness.conn.sent[:2]
+    assert [errno.errorcode[m.errnum] for m in answers] == ["ENOSYS", "ENOSYS"]
+    assert all(b"sdexec module is unloading" in (m.payload or b"") for m in answers)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,21 @@ def test_socket_path_defaults_to_the_default_uri(clean_env: pytest.MonkeyPatch) 
     clean_env.setenv("SDEXEC_URI", "/x/local")
     assert uri.socket_path() == "/x/local"
     assert uri.socket_path(None) == "/x/local"
+
+
+def test_without_a_server_of_its_own_a_node_of_a_flux_system_instance_is_used(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.delenv("FLUX_URI", raising=False)
+    clean_env.setattr(os, "getuid", lambda: 999)
+    clean_env.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    broker = tmp_path / "flux-local"
+    clean_env.setattr(uri, "FLUX_SYSTEM_SOCKET", str(broker))
+    assert uri.default_uri() == f"local://{tmp_path}/run/sdexec/local"  # no broker socket
+    broker.touch()
+    assert uri.default_uri() == f"local://{broker}"
+    (tmp_path / "run/sdexec").mkdir(parents=True)
+    (tmp_path / "run/sdexec/local").touch()  # a server of our own wins
+    assert uri.default_uri() == f"local://{tmp_path}/run/sdexec/local"
+    clean_env.setenv("FLUX_URI", "local:///elsewhere")
+    assert uri.default_uri() == "local:///elsewhere"
