@@ -282,18 +282,3 @@ def cluster(
             if srv.proc is not None:
                 srv.stop(signal.SIGKILL)
         assert not left, f"units left behind by the cluster: {left}"
-
-
-@pytest.fixture(scope="session")
-def debian_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb of this tree, built by ``packaging/build-deb`` (with .buildinfo and .changes)."""
-    out = tmp_path_factory.mktemp("deb")
-    r = subprocess.run(
-        [str(REPO / "packaging" / "build-deb"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (deb,) = out.glob("sdexec_*_all.deb")
-    return deb

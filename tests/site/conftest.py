@@ -103,18 +103,12 @@ def why_skip() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def site_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sdexec's .deb, built from the tree under test."""
+def site_deb(debian_package: Path) -> Path:
+    """sdexec's .deb, built from the tree under test (tests/conftest.py)."""
     why = why_skip()
     if why:
         pytest.skip(why)
-    out = tmp_path_factory.mktemp("deb")
-    res = subprocess.run(
-        [str(REPO / "packaging/build-deb"), str(out)], capture_output=True, text=True, check=False
-    )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    (deb,) = out.glob("sdexec_*.deb")
-    return deb
+    return debian_package
 
 
 @pytest.fixture(scope="session")
