@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -37,3 +38,21 @@ def debian_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (deb,) = out.glob("sdexec_*_all.deb")
     return deb
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "opt_in(VAR): runs only when $VAR is 1 (long runs); deselected otherwise"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the opt-in tests whose variable is not set (deselected, not skipped)."""
+    keep, left_out = [], []
+    for item in items:
+        marker = item.get_closest_marker("opt_in")
+        wanted = marker is None or os.environ.get(str(marker.args[0])) == "1"
+        (keep if wanted else left_out).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep

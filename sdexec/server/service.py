@@ -1103,7 +1103,9 @@ class Service:
         if self.shutting_down:
             raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         kr = rfc42.parse_kill(req.payload())
-        proc = self.lookup(kr.target, requester=req)
+        # ESRCH for any target Flux's servers cannot find: Flux's clients read
+        # it as "reaped meanwhile" (flux sproc kill --wait, after its wait).
+        proc = self.lookup(kr.target, errno.ESRCH, requester=req)
         if proc.lost is not None:
             raise SdexecError(errno.ESRCH, f"process {kr.target} was lost: {proc.lost.message}")
         if proc.state is ProcState.EXITED:

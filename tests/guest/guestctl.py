@@ -109,38 +109,27 @@ def _has_kernel(tree: Path) -> bool:
 
 def guest_tree(cache: Path = rootfs.DEFAULT_CACHE) -> Path:
     """The site tree with Debian's cloud kernel, cached (built the first time, ~1 min)."""
-    tree = cache / f"guest-{rootfs.key()}-{RECIPE}"
-    if _has_kernel(tree):  # the site tree is not needed then (nor rebuilt if gone)
-        return tree
+    name = f"guest-{rootfs.key()}-{RECIPE}"
+    if _has_kernel(cache / name):  # the site tree is not needed then (nor rebuilt if gone)
+        return cache / name
     base = rootfs.ensure(cache)
-    with rootfs._locked(cache):
-        if _has_kernel(tree):
-            return tree
-        work = cache / f".build-{tree.name}-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        started = time.monotonic()
-        try:
-            run(["cp", "-a", "--reflink=auto", str(base), str(work)])
-            in_mount_namespace(
-                f"""
-                for d in proc dev sys; do mount --bind /$d {work}/$d; done
-                cp /etc/resolv.conf {work}/etc/resolv.conf
-                chroot {work} env DEBIAN_FRONTEND=noninteractive apt-get -q update
-                chroot {work} env DEBIAN_FRONTEND=noninteractive \\
-                    apt-get -q -y --no-install-recommends install {KERNEL_PACKAGE} initramfs-tools
-                rm -f {work}/etc/resolv.conf
-                """
-            )
-            shutil.rmtree(work / "var/cache/apt/archives", ignore_errors=True)
-            (work / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-            work.rename(tree)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"guest: built {tree} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        for old in cache.glob("guest-*"):
-            if old != tree:
-                shutil.rmtree(old, ignore_errors=True)
-    return tree
+
+    def make(work: Path) -> None:
+        run(["cp", "-a", "--reflink=auto", str(base), str(work)])
+        in_mount_namespace(
+            f"""
+            for d in proc dev sys; do mount --bind /$d {work}/$d; done
+            cp /etc/resolv.conf {work}/etc/resolv.conf
+            chroot {work} env DEBIAN_FRONTEND=noninteractive apt-get -q update
+            chroot {work} env DEBIAN_FRONTEND=noninteractive \\
+                apt-get -q -y --no-install-recommends install {KERNEL_PACKAGE} initramfs-tools
+            rm -f {work}/etc/resolv.conf
+            """
+        )
+        shutil.rmtree(work / "var/cache/apt/archives", ignore_errors=True)
+        (work / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+
+    return rootfs.cached(cache, name, _has_kernel, make)
 
 
 @dataclass

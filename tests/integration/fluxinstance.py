@@ -57,6 +57,24 @@ def flux_core_source() -> Path:
     return core.build_tree
 
 
+def sharness_env(flux_core: Path, manager: PrivateManager) -> dict[str, str]:
+    """The environment flux-core's sharness tests run in, from its build tree, on ``manager``."""
+    env = manager.env()
+    for var in (
+        *("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_MODULE_PATH", "FLUX_CONFIG"),
+        *("HARNESS_ACTIVE", "DBUS_SYSTEM_BUS_ADDRESS", "SDEXEC_URI", "PYTHONPATH"),
+    ):
+        env.pop(var, None)
+    env.update(
+        SHARNESS_TEST_SRCDIR=str(flux_core / "t"),
+        SHARNESS_BUILD_DIRECTORY=str(flux_core),
+        FLUX_BUILD_DIR=str(flux_core),
+        FLUX_SOURCE_DIR=str(flux_core),
+        SDEXEC_JOURNAL_DIR=str(manager.journal_dir),
+    )
+    return env
+
+
 @dataclass
 class FluxInstance:
     """One ``flux start --test-size=N`` with sdexec's environment."""

@@ -82,9 +82,9 @@ def test_kill_of_unknown_pid_is_esrch(raw: Raw) -> None:
     assert raw.rpc("sdexec.kill", {"pid": 999999, "signum": 15}).errnum == errno.ESRCH
 
 
-def test_kill_of_unknown_label_is_enoent(raw: Raw) -> None:
+def test_kill_of_unknown_label_is_esrch_as_flux_servers_say(raw: Raw) -> None:
     assert raw.rpc("sdexec.kill", {"pid": -1, "label": "nope", "signum": 15}).errnum == (
-        errno.ENOENT
+        errno.ESRCH
     )
 
 

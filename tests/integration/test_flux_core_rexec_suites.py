@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, REPO, flux_core_source, flux_or_skip
+from fluxinstance import MODULE, REPO, flux_core_source, sharness_env
 
 from sdexec.systemd.private import PrivateManager
 
@@ -134,13 +134,7 @@ def results(log: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def flux_core() -> Path:
-    src = flux_core_source(flux_or_skip())
-    if src is None:
-        pytest.skip(
-            "flux-core's rexec suites skipped: the flux found is not a build tree "
-            "(set SDEXEC_FLUX_CORE_SRC to one)"
-        )
-    return src
+    return flux_core_source()
 
 
 def sdexec_units(manager: PrivateManager) -> set[str]:
@@ -185,18 +179,7 @@ def run_suite(
 ) -> str:
     suite = SUITES[name]
     tdir = flux_core / "t"
-    env = manager.env()
-    for var in ("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_MODULE_PATH", "FLUX_CONFIG"):
-        env.pop(var, None)
-    for var in ("HARNESS_ACTIVE", "DBUS_SYSTEM_BUS_ADDRESS", "SDEXEC_URI", "PYTHONPATH"):
-        env.pop(var, None)
-    env.update(
-        SHARNESS_TEST_SRCDIR=str(tdir),
-        SHARNESS_BUILD_DIRECTORY=str(flux_core),
-        FLUX_BUILD_DIR=str(flux_core),
-        FLUX_SOURCE_DIR=str(flux_core),
-        SDEXEC_JOURNAL_DIR=str(manager.journal_dir),
-    )
+    env = sharness_env(flux_core, manager)
     if suite.path.endswith(".t"):
         script = tmp_path / Path(suite.path).name
         sharness_copy(tdir / suite.path, script, relay_dir)

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, flux_core_source
+from fluxinstance import MODULE, flux_core_source, sharness_env
 
 from sdexec.systemd.private import PrivateManager
 
@@ -69,18 +69,7 @@ def test_flux_core_sdexec_test_passes_with_our_module(
     tdir = flux_core / "t"
     copy_with_our_module(tdir / name, tmp_path / name)
     (tmp_path / "sharness.sh").symlink_to(tdir / "sharness.sh")
-    env = manager.env()
-    for var in ("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_MODULE_PATH", "FLUX_CONFIG"):
-        env.pop(var, None)
-    for var in ("HARNESS_ACTIVE", "DBUS_SYSTEM_BUS_ADDRESS", "SDEXEC_URI", "PYTHONPATH"):
-        env.pop(var, None)
-    env.update(
-        SHARNESS_TEST_SRCDIR=str(tdir),
-        SHARNESS_BUILD_DIRECTORY=str(flux_core),
-        FLUX_BUILD_DIR=str(flux_core),
-        FLUX_SOURCE_DIR=str(flux_core),
-        SDEXEC_JOURNAL_DIR=str(manager.journal_dir),
-    )
+    env = sharness_env(flux_core, manager)
     log_path = tmp_path / "test.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -247,7 +247,9 @@ def test_unknown_pid_and_label_do_not_belong_to_any_subprocess(server: Server) -
         ({"pid": -1, "label": "nosuch", "signum": 15}, "label nosuch not found"),
     ):
         m = raw.rpc("sdexec.kill", payload)
-        assert m.errnum in (errno.ESRCH, errno.ENOENT)
+        # ESRCH, as both Flux servers: flux sproc kill --wait reads it as
+        # "reaped by my wait meanwhile" and reports the wait's status.
+        assert m.errnum == errno.ESRCH
         assert text in (m.error_text() or "")
         assert "does not belong to any subprocess" in (m.error_text() or "")
     m = raw.rpc("sdexec.wait", {"pid": 999999})
@@ -264,6 +266,18 @@ def test_kill_of_an_exited_process_is_no_such_process(server: Server) -> None:
     assert m.errnum == errno.ESRCH
     assert "No such process" in (m.error_text() or "")
     assert raw.rpc("sdexec.wait", {"pid": pid}).json() == {"status": 0}
+    raw.close()
+
+
+def test_kill_after_a_wait_reaped_the_process_is_esrch_and_the_wait_has_the_status(
+    server: Server,
+) -> None:
+    """flux sproc kill --wait: its wait goes first and may reap the process before the kill."""
+    raw = Raw(server.socket_path)
+    bg(raw, ["true"], "reaped-first")
+    assert raw.rpc("sdexec.wait", {"pid": -1, "label": "reaped-first"}).json() == {"status": 0}
+    m = raw.rpc("sdexec.kill", {"pid": -1, "label": "reaped-first", "signum": 15})
+    assert m.errnum == errno.ESRCH
     raw.close()
 
 
@@ -289,9 +303,12 @@ def test_lookup_by_a_digits_only_label_is_not_found(server: Server) -> None:
     m = raw.rpc("sdexec.attach", {"pid": -1, "label": "4294967297", "flags": 3}, streaming=True)
     assert m.errnum == errno.ENOENT
     assert "label 4294967297 not found" in (m.error_text() or "")
-    for topic, extra in (("sdexec.wait", {}), ("sdexec.kill", {"signum": 15})):
+    for topic, extra, num in (
+        ("sdexec.wait", {}, errno.ENOENT),
+        ("sdexec.kill", {"signum": 15}, errno.ESRCH),
+    ):
         m = raw.rpc(topic, {"pid": -1, "label": "4294967297", **extra})
-        assert m.errnum == errno.ENOENT
+        assert m.errnum == num
     # Where a label is made, digits only are still refused: no pid could name it.
     m = raw.rpc("sdexec.exec", exec_payload(["true"], flags=0, label="12345"))
     assert m.errnum == errno.EINVAL

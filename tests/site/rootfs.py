@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -144,29 +144,48 @@ def build(dest: Path, packages: Sequence[str] = PACKAGES, log: Path | None = Non
     _configure(dest)
 
 
+def cached(
+    cache: Path, name: str, ready: Callable[[Path], bool], make: Callable[[Path], None]
+) -> Path:
+    """``cache/name``, made by ``make(work)`` unless ``ready`` finds it there.
+
+    ``work`` is a temporary directory beside it, renamed into place when
+    ``make`` is done, under the cache's lock; then the older trees of the same
+    kind (``name`` up to its first ``-``) are removed.
+    """
+    tree = cache / name
+    if ready(tree):
+        return tree
+    with _locked(cache):
+        if ready(tree):
+            return tree
+        work = cache / f".build-{name}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        started = time.monotonic()
+        try:
+            make(work)
+            work.rename(tree)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"built {tree} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        kind = name.split("-", 1)[0]
+        for old in cache.glob(f"{kind}-*"):
+            if old != tree:
+                shutil.rmtree(old, ignore_errors=True)
+    return tree
+
+
 def ensure(cache: Path = DEFAULT_CACHE, packages: Sequence[str] = PACKAGES) -> Path:
     """The cached tree for ``packages``, built first if there is none."""
     if shutil.which("debootstrap") is None:
         raise RuntimeError("debootstrap not found (Debian package debootstrap; scripts/bootstrap)")
-    tree = cache / f"rootfs-{key(packages)}"
-    if (tree / "etc/os-release").is_file():
-        return tree
-    with _locked(cache):
-        if (tree / "etc/os-release").is_file():
-            return tree
-        work = cache / f".build-{key(packages)}-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        started = time.monotonic()
-        try:
-            build(work, packages, log=cache / f"build-{key(packages)}.log")
-            work.rename(tree)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"rootfs: built {tree} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        for old in cache.glob("rootfs-*"):
-            if old != tree:
-                shutil.rmtree(old, ignore_errors=True)
-    return tree
+    log = cache / f"build-{key(packages)}.log"
+    return cached(
+        cache,
+        f"rootfs-{key(packages)}",
+        lambda tree: (tree / "etc/os-release").is_file(),
+        lambda work: build(work, packages, log=log),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 They run on a 1-node site as the guest ``alice`` (with sudo, and a
 ``user1``, as flux-core's CI gives them), once with our module and once with
 flux-core's C module: ours must fail no test that the C module passes.
-flux-core's build tree comes from ``$SDEXEC_FLUX_CORE_SRC`` and is
-bind-mounted read-only; without it these tests skip with one line.  One
+flux-core's build tree is the one :mod:`fluxcore` finds, bind-mounted
+read-only.  They take 5-8 minutes, so they run only when asked for
+(``SDEXEC_FLUX_SYSTEM_TESTS=1``; otherwise deselected, see tests/conftest.py).  One
 node, because some of them configure the node they run on (the IMP's
 ``[run.test]``) and then run on every rank, as in flux-core's CI.  With
 bash: Debian's /bin/sh (dash) stops at a syntax error in 0005-exec.t.
@@ -16,26 +17,28 @@ recovery-mode fsck (5).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import fluxcore
 import pytest
 from conftest import Site
 
 # The first test of a run may build the root filesystem (minutes) and boots the site.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.opt_in("SDEXEC_FLUX_SYSTEM_TESTS")]
 
 SRC_IN_NODE = "/opt/flux-core"
 RESULTS: dict[str, dict[str, str]] = {}
 
 
 def flux_core_tree() -> Path:
-    src = os.environ.get("SDEXEC_FLUX_CORE_SRC")
-    if not src or not (Path(src) / "t/t9000-system.t").is_file():
-        pytest.skip("flux-core system tests skipped: set SDEXEC_FLUX_CORE_SRC to its build tree")
-    return Path(src)
+    core, line = fluxcore.find()
+    if core is None or core.build_tree is None:
+        pytest.skip(f"flux-core system tests skipped: {line}")
+    if not (core.build_tree / "t/t9000-system.t").is_file():
+        pytest.skip(f"flux-core system tests skipped: no t/t9000-system.t in {core.build_tree}")
+    return core.build_tree
 
 
 @pytest.fixture(scope="module", params=["c", "sdexec"])
