@@ -47,7 +47,7 @@ from dbus_fast import Variant
 from sdexec.base.errors import SdexecError
 from sdexec.proto import b64
 from sdexec.systemd.journal import STDOUT_SOCKET, Journal, StreamsRead, open_stream
-from sdexec.systemd.sdjournal import Reader
+from sdexec.systemd.sdjournal import Entry, Reader
 
 log = structlog.get_logger("sdexec.outputlog")
 
@@ -57,6 +57,7 @@ Drain = Callable[[], Awaitable[None]]  # waits while the reader is behind
 PRIORITY_STDOUT = 6
 PRIORITY_STDERR = 3
 QUIET_AFTER_EXIT = 0.25
+READ_APART = 0.05  # between the reads that must agree after a barrier (JournalLog.last)
 POLL = 0.05
 EXIT_GRACE = 5.0  # for a journalctl that has closed its output to exit by itself
 
@@ -248,7 +249,8 @@ class JournalLog:
         reader = self._open_reader() if settled else None
         if reader is not None:
             try:
-                for e in reader.last(self.journal.scoped(self.terms(unit, ident, pid)), limit):
+                entries = await self._settled_read(reader, unit, ident, pid, limit)
+                for e in entries:
                     stream = "stderr" if e.priority == PRIORITY_STDERR else "stdout"
                     tail.sink(stream, e.message if e.line_break else e.message + b"\n")
                 return tail.kept
@@ -261,6 +263,27 @@ class JournalLog:
             LogRequest(unit, ident, tail.sink, lambda: True, follow=not settled, pid=pid)
         )
         return tail.kept
+
+    async def _settled_read(
+        self, reader: Reader, unit: str, ident: str, pid: int | None, limit: int
+    ) -> list[Entry]:
+        """Read until two reads READ_APART seconds apart agree.
+
+        The barrier says journald has taken every byte from the streams; it
+        writes the entries right after, but a loaded machine can hold it back
+        between the two, so a read at once may still miss the last lines
+        (seen: 9 of 20000 under load).  The second read costs microseconds.
+        """
+        terms = self.journal.scoped(self.terms(unit, ident, pid))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QUIET_AFTER_EXIT * 4
+        entries = reader.last(terms, limit)
+        while True:
+            await asyncio.sleep(READ_APART)
+            again = reader.last(terms, limit)
+            if again == entries or loop.time() >= deadline:
+                return again
+            entries = again
 
     def _open_reader(self) -> Reader | None:
         if not self._reader_tried:

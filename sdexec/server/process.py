@@ -429,7 +429,7 @@ class Process:
         """Answer ``wait`` with the status and the last of the output (Flux's ``output``).
 
         A process started by this server has a barrier: once it says all the
-        output is in the log, one plain read gets it.  Otherwise (adopted
+        output is in the log, plain reads get it (JournalLog.last).  Otherwise (adopted
         after a restart, or the barrier could not tell) the log is followed
         until it has been quiet for a moment.
         """

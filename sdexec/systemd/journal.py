@@ -82,9 +82,10 @@ class StreamsRead:
 
     It keeps copies of the unit's stream sockets.  A socket's send queue
     (SIOCOUTQ) holds what journald has not read yet; journald turns each
-    line into an entry as it reads it, so once the queues of a finished
-    unit are empty its complete lines are in the journal and a plain read
-    finds them: no following, no waiting for the log to go quiet (journald
+    line into an entry right after it reads it, so once the queues of a
+    finished unit are empty its complete lines are in the journal, or about
+    to be: plain reads find them (the reader reads until two reads agree),
+    with no following and no waiting for the log to go quiet (journald
     announces new entries to followers up to 250 ms late).  A last line
     without a newline is journald's to keep until the stream closes.
     """
