@@ -75,6 +75,29 @@ def sharness_env(flux_core: Path, manager: PrivateManager) -> dict[str, str]:
     return env
 
 
+def run_logged(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a test program of flux-core's in a session of its own, output to ``cwd/test.log``;
+    (exit status, -1 if killed after ``timeout``; the log's text)."""
+    log_path = cwd / "test.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the test's own session
+            proc.wait()
+            rc = -1
+    return rc, log_path.read_text(errors="replace")
+
+
 @dataclass
 class FluxInstance:
     """One ``flux start --test-size=N`` with sdexec's environment."""

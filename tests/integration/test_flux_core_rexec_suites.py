@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, REPO, flux_core_source, sharness_env
+from fluxinstance import MODULE, REPO, flux_core_source, run_logged, sharness_env
 
 from sdexec.systemd.private import PrivateManager
 
@@ -197,23 +196,7 @@ def run_suite(
         )
         env.update(FLUX_RC_USE_MODPROBE="t")
         argv = [str(flux_core / "src/cmd/flux"), "start", "--test-size=2", "sh", str(init)]
-    log_path = tmp_path / "test.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the test's own session
-            proc.wait()
-    text = log_path.read_text(errors="replace")
+    _, text = run_logged(argv, tmp_path, env, TIMEOUT)
     keep = os.environ.get("SDEXEC_TEST_KEEP")
     if keep:  # the log and the script as run (the trash directory has fifos and sockets)
         dest = Path(keep) / name

@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, flux_core_source, sharness_env
+from fluxinstance import MODULE, flux_core_source, run_logged, sharness_env
 
 from sdexec.systemd.private import PrivateManager
 
@@ -70,24 +68,7 @@ def test_flux_core_sdexec_test_passes_with_our_module(
     copy_with_our_module(tdir / name, tmp_path / name)
     (tmp_path / "sharness.sh").symlink_to(tdir / "sharness.sh")
     env = sharness_env(flux_core, manager)
-    log_path = tmp_path / "test.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["/bin/sh", str(tmp_path / name), "-v"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            rc = proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the test's own session
-            proc.wait()
-            rc = -1
-    text = log_path.read_text(errors="replace")
+    rc, text = run_logged(["/bin/sh", str(tmp_path / name), "-v"], tmp_path, env, TIMEOUT)
     got = counts(text)
     failed = "\n".join(line for line in text.splitlines() if line.startswith("not ok"))
     keep = (
