@@ -85,8 +85,11 @@ class BrokerHandle:
 
     # --- requests in, responses out -----------------------------------------------
 
-    def serve(self, topic: str, receive: Receiver) -> None:
+    def serve(self, topic: str, receive: Receiver, *, guests: bool = False) -> None:
         """Deliver each request for exactly ``topic`` to ``receive`` as its encoding.
+
+        Flux answers a request without the owner role itself (EPERM "Request
+        requires owner credentials") unless ``guests`` lets the user role in.
 
         The handler is a C callback of our own on ``flux_msg_handler_create``,
         not the bindings' message watcher, which wraps each message in a
@@ -111,6 +114,8 @@ class BrokerHandle:
         mh = lib.flux_msg_handler_create(self._raw, match[0], callback, ffi.NULL)
         if mh == ffi.NULL:
             raise OSError(ffi.errno or errno.ENOMEM, f"flux_msg_handler_create {topic}")
+        if guests:
+            lib.flux_msg_handler_allow_rolemask(mh, ROLE_USER)
         lib.flux_msg_handler_start(mh)
         # The callback and the topic must live as long as the handler does.
         self._handlers.append((mh, callback, topic_c))

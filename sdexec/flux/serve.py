@@ -22,6 +22,9 @@ module, which flux-core's C module defines:
   ``NAME[PID]: LINE``;
 * ``stats-get`` lists the units, ``config-reload`` checks
   ``[systemd] sdexec-debug``, ``SDEXEC_R_LOCAL`` asks ``sdexec-mapper``;
+* guests may ``list``, ``kill``, ``attach`` and ``logs`` the shells of their
+  own jobs (:mod:`sdexec.flux.tenants`), where the C module serves the owner
+  only;
 * on unload, open requests get ENOSYS "sdexec module is unloading";
   foreground units are stopped, background units keep running and are
   adopted again by the next load (the C module cannot do that).
@@ -59,6 +62,7 @@ from sdexec.flux import brokerlog
 from sdexec.flux.config import SystemdConfig, config_error
 from sdexec.flux.link import FluxLink
 from sdexec.flux.output import BackgroundOutput
+from sdexec.flux.tenants import GUEST_METHODS, JobOwners, TenantGate
 from sdexec.server.daemon import user_bus_address
 from sdexec.server.outputlog import choose
 from sdexec.server.service import Service
@@ -253,9 +257,12 @@ class ModuleServer:
         # Every method is registered before Flux's reactor runs again: the
         # broker counts the module as loaded from then on, and requests that
         # come before the server is ready wait in the link.
+        guest_topics = {f"{self.name}.{method}" for method in GUEST_METHODS}
         for topic in sorted(router.routes):
             if topic.startswith(self.name + "."):
-                handle.serve(topic, link.received_encoded)
+                handle.serve(topic, link.received_encoded, guests=topic in guest_topics)
+        tenants = TenantGate(router, JobOwners(handle.rpc), service.processes)
+        tenants.install()
         background = BackgroundOutput(service, journal, handle.log)
         asyncio.get_running_loop().add_reader(handle.pollfd, self._pump)
         self._pump(once=True)  # what queued before the reader was added
@@ -272,7 +279,7 @@ class ModuleServer:
         service.test_options = self.systemd_config.sdexec_debug
         warmer = warm_migrations(service)
         try:
-            await self._run_service(router, service, link, background, bus)
+            await self._run_service(router, service, link, background, bus, tenants)
         finally:
             if warmer is not None:
                 warmer.close()
@@ -285,6 +292,7 @@ class ModuleServer:
         link: FluxLink,
         background: BackgroundOutput,
         bus: SystemdBus,
+        tenants: TenantGate,
     ) -> None:
         handle, opts = self.handle, self.opts
         async with asyncio.TaskGroup() as tg:
@@ -300,6 +308,7 @@ class ModuleServer:
                     Supervisor(bus, service, None, asyncio.Event(), recover_for=math.inf).run()
                 ),
                 tg.create_task(background.run()),
+                tg.create_task(tenants.run()),
             ]
             handle.set_running()
             log.info(

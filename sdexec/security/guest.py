@@ -21,9 +21,12 @@ and message channels (the server would connect to the msgchan's ``uri`` as
 itself, a confused deputy: a guest could reach this very server as root).
 
 :func:`visible` is the rule for ``kill``, ``wait``, ``list`` and ``attach``:
-a trusted client sees every process, a guest only those it started; another
-user's process is answered as one that does not exist, its labels are kept
-apart, and its events are not sent to the guest.
+a trusted client sees every process, a guest only those it started or that
+work for it (a Flux job's shell, started by the owner through the IMP: see
+:mod:`sdexec.flux.tenants`); another user's process is answered as one that
+does not exist, its labels are kept apart, and its events are not sent to
+the guest.  :func:`check_claim` keeps ``wait`` and input to a process that
+works for a guest with the one who started it.
 
 :func:`as_guest` makes the checks a guest's exec needs before any unit is
 created (the PATH search, "is it executable") with the guest's own file
@@ -89,9 +92,24 @@ def is_guest(req: Request) -> bool:
     return not req.rolemask & ROLE_OWNER
 
 
-def visible(req: Request, requester_uid: int) -> bool:
-    """May ``req``'s sender see and touch a process started by ``requester_uid``?"""
-    return not is_guest(req) or requester_uid == req.userid
+def visible(req: Request, requester_uid: int, tenant_uid: int | None = None) -> bool:
+    """May ``req``'s sender see a process started by ``requester_uid`` for ``tenant_uid``?"""
+    return not is_guest(req) or req.userid in (requester_uid, tenant_uid)
+
+
+def check_claim(req: Request, requester_uid: int, what: str) -> None:
+    """EPERM unless ``req``'s sender may take over the process (wait for it, write to it).
+
+    A guest may see, follow and signal a process that works for it, but the
+    one who started it (the instance owner, for a Flux job's shell) waits for
+    it: a guest that reaped it or fed it input would take the job from Flux.
+    """
+    if is_guest(req) and requester_uid != req.userid:
+        raise SdexecError(
+            errno.EPERM,
+            f"process {what} works for you but belongs to the instance owner:"
+            " you may list, follow (attach, logs) and signal it",
+        )
 
 
 # Raw system call numbers (the libc wrappers of setgroups change every thread).

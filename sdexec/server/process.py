@@ -152,6 +152,11 @@ class Process:
         self.sender: Sender | None = client.sender if client else None
         self.matchtag = client.matchtag if client else 0
         self.requester_uid = client.userid if client else -1
+        #: The user this process works for when that is not its requester: a
+        #: Flux job's shell, started by the instance owner through the IMP,
+        #: works for the job's owner (sdexec.security.guest: that guest may see
+        #: it, follow it and signal it).  None: nobody else, or not known yet.
+        self.tenant_uid: int | None = None
         self.pid = 0
         self.status: int | None = None
         self.reason: str | None = None  # systemd's Result, when the status does not tell it

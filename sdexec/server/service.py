@@ -433,7 +433,12 @@ class Service:
     # --- lookup ---------------------------------------------------------------------------
 
     def lookup(
-        self, target: rfc42.Target, errnum: int | None = None, *, requester: Request
+        self,
+        target: rfc42.Target,
+        errnum: int | None = None,
+        *,
+        requester: Request,
+        claim: bool = False,
     ) -> Process:
         """The process ``target`` names, if ``requester`` may see it.
 
@@ -449,14 +454,18 @@ class Service:
             proc = self.by_label.get(self._lkey(requester.userid, target.label))
             if proc is None and not guest.is_guest(requester):
                 proc = self.by_label.get((None, target.label)) or self._guest_label(target.label)
+            elif proc is None:  # a guest: the owner's process that works for it
+                proc = self.by_label.get((None, target.label))
         else:
             proc = self.by_pid.get(target.pid)
-        if proc is not None and not guest.visible(requester, proc.requester_uid):
+        if proc is not None and not guest.visible(requester, proc.requester_uid, proc.tenant_uid):
             proc = None
         if proc is None or proc.state is ProcState.STARTING:
             if errnum is None:
                 errnum = errno.ESRCH if target.label is None else errno.ENOENT
             raise SdexecError(errnum, self._not_found(target, requester))
+        if claim:
+            guest.check_claim(requester, proc.requester_uid, str(target))
         return proc
 
     def _trusted(self, uid: int) -> bool:
@@ -969,7 +978,7 @@ class Service:
         follow = _flag(payload, "follow", False) or not _flag(payload, "reap", True)
         terminal = _flag(payload, pty.ATTACH_TERMINAL, False)
         winsize = _winsize_member(payload)
-        proc = self.lookup(target, errno.ENOENT, requester=req)
+        proc = self.lookup(target, errno.ENOENT, requester=req, claim=not follow)
         if not proc.background:
             raise SdexecError(errno.EBUSY, f"process {target} is not a background process")
         if proc.lost is not None:
@@ -981,6 +990,8 @@ class Service:
                 raise SdexecError(errno.EBUSY, f"process {target} is being waited on")
         takeover = terminal and proc.holder is not None
         stdin = stdin or takeover
+        if stdin:
+            guest.check_claim(req, proc.requester_uid, str(target))
         if stdin and proc.stdin_holder is not None:
             if not takeover:
                 raise SdexecError(
@@ -1110,10 +1121,24 @@ class Service:
             raise SdexecError(errno.ESRCH, f"process {kr.target} was lost: {proc.lost.message}")
         if proc.state is ProcState.EXITED:
             raise SdexecError(errno.ESRCH, f"No such process: {kr.target} has already exited")
-        who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
+        who = "main" if await self._signals_main_only(proc) else "all"
         log.info("kill", signum=kr.signum, who=who, requester=req.userid, **proc.log_fields())
         await self.bus.kill(proc.unit, kr.signum, who)
         req.respond({})
+
+    async def _signals_main_only(self, proc: Process) -> bool:
+        """Whether a signal goes to the main process alone, not to the unit's every process.
+
+        RFC 42 signals the process group unless the process was started
+        without one (``NO_SETPGRP``).  A unit whose ``KillMode`` is
+        ``process`` has a main process that manages the others, and they may
+        not be the manager's to signal: job-exec starts a guest's job shell
+        as ``IMP exec`` with it, and the IMP passes the signal on to the
+        shell that runs as the guest.
+        """
+        if proc.local_flags & LocalFlag.NO_SETPGRP:
+            return True
+        return await self.bus.kill_mode(proc.unit) == "process"
 
     # --- wait -------------------------------------------------------------------------------
 
@@ -1124,7 +1149,7 @@ class Service:
         if self.shutting_down:
             raise SdexecError(errno.ENOSYS, self.shutdown_reason)
         target = rfc42.parse_target(req.payload(), "wait")
-        proc = self.lookup(target, requester=req)
+        proc = self.lookup(target, requester=req, claim=True)
         if not proc.waitable:
             raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
         if proc.waiter is not None:
@@ -1150,7 +1175,9 @@ class Service:
         each live process, and the server's ``time`` to the response (for CPU
         rates between two calls).
         """
-        shown = [p for p in self.by_pid.values() if guest.visible(req, p.requester_uid)]
+        shown = [
+            p for p in self.by_pid.values() if guest.visible(req, p.requester_uid, p.tenant_uid)
+        ]
         stats = _wants_stats(req)
         details = stats or _wants(req, "details")
         procs: list[dict[str, Any]] = []
@@ -1186,7 +1213,7 @@ class Service:
         """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
         procs: dict[str, Any] = {}
         for p in [*self.by_pid.values(), *self.starting]:
-            if guest.visible(req, p.requester_uid):
+            if guest.visible(req, p.requester_uid, p.tenant_uid):
                 procs[p.unit] = p.stats()
         req.respond({"pid": os.getpid(), "procs": procs})
 

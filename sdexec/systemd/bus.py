@@ -339,19 +339,26 @@ class SystemdBus:
 
     async def manager_cgroup(self) -> str:
         """The manager's own cgroup (``ControlGroup``), relative to the cgroup2 root."""
+        return str(await self._get(MANAGER_PATH, MANAGER_IFACE, "ControlGroup"))
+
+    async def kill_mode(self, unit: str) -> str:
+        """A service unit's ``KillMode`` (control-group, mixed, process or none)."""
+        return str(await self._get(unit_object_path(unit), SERVICE_IFACE, "KillMode"))
+
+    async def _get(self, path: str, interface: str, name: str) -> Any:
         reply = await self._call(
             Message(
                 destination=SYSTEMD,
-                path=MANAGER_PATH,
+                path=path,
                 interface=PROPS_IFACE,
                 member="Get",
                 signature="ss",
-                body=[MANAGER_IFACE, "ControlGroup"],
+                body=[interface, name],
                 flags=MessageFlag.NO_AUTOSTART,
             )
         )
         value = reply.body[0]
-        return str(value.value if isinstance(value, Variant) else value)
+        return value.value if isinstance(value, Variant) else value
 
     # --- signals -----------------------------------------------------------------------
 

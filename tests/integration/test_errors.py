@@ -168,14 +168,20 @@ def test_stdio_fallthrough_gives_the_unit_the_servers_stdio(server: Server, raw:
     assert marker in server.log_text()
 
 
-@pytest.mark.parametrize(("local_flags", "child_survives"), [(0, False), (2, True)])
+@pytest.mark.parametrize(
+    ("local_flags", "kill_mode", "child_survives"),
+    [(0, None, False), (2, None, True), (0, "process", True)],
+)
 def test_no_setpgrp_signals_only_the_main_process(
-    raw: Raw, local_flags: int, child_survives: bool
+    raw: Raw, local_flags: int, kill_mode: str | None, child_survives: bool
 ) -> None:
+    """So does a unit with KillMode=process (the IMP's, whose children are not ours)."""
     # The trap is set before the pid is told (the kill follows it), after the
     # child is forked (which must not inherit it).
     payload = exec_payload(["sh", "-c", "sleep 30 & trap '' TERM; echo $!; wait; exit 0"])
     payload["local_flags"] = local_flags
+    if kill_mode is not None:
+        payload["cmd"]["opts"]["SDEXEC_PROP_KillMode"] = kill_mode
     tag = raw.send("sdexec.exec", payload, streaming=True)
     pid = raw.recv(tag).json()["pid"]
     child = 0
@@ -189,3 +195,5 @@ def test_no_setpgrp_signals_only_the_main_process(
     assert alive == child_survives
     raw.rpc("sdexec.kill", {"pid": pid, "signum": signal.SIGKILL})
     assert raw.stream(tag)[-1].errnum == errno.ENODATA
+    if kill_mode == "process":  # its stop left the child running, as KillMode=process does
+        os.kill(child, signal.SIGKILL)

@@ -114,7 +114,63 @@ def test_a_guest_cannot_signal_or_attach_to_another_guests_job(site: Site) -> No
 
 
 def test_a_guest_cannot_reach_sdexec_through_the_instance(site: Site) -> None:
-    # The broker refuses every sdexec method to guests (owner credentials).
+    # Starting a process is the owner's (job-exec's) with either module.
     res = site.run(1, "flux exec -r 1 --service=sdexec id", user="alice")
     assert res.returncode != 0
     assert "Request requires owner credentials" in res.stderr
+
+
+def shells(site: Site, user: str) -> dict[str, dict[int, str]]:
+    """``sdexec ps -r all -l`` as ``user``: the job of each unit shown, and its pid per rank."""
+    res = site.run(0, "sdexec ps -r all -l -n", user=user)
+    assert res.returncode == 0, res.stderr
+    seen: dict[str, dict[int, str]] = {}
+    for line in res.stdout.splitlines():
+        m = re.search(r"^ *(\d+) +\S+ +(\d+) .* imp-shell-(\d+)-f(\w+)\.service", line)
+        assert m is not None, line
+        seen.setdefault(m[4], {})[int(m[3])] = m[2]
+        assert int(m[1]) == int(m[3]), line  # each rank shows its own unit
+    return seen
+
+
+def test_a_guest_sees_follows_and_signals_only_its_own_jobs_units(site: Site) -> None:
+    """Ours lets a guest see the shells of its own jobs, which the C module refuses."""
+    # -n3: a job of -N3 alone gets its nodes whole, and the other would wait.
+    mine, theirs = submit(site, "alice", "-n3 sleep 60"), submit(site, "bob", "-n3 sleep 60")
+    mine_id, theirs_id = mine.removeprefix("ƒ"), theirs.removeprefix("ƒ")
+    try:
+        if site.info.module == "c":
+            res = site.run(0, "sdexec ps -r all", user="alice")
+            assert res.returncode != 0
+            assert "requires owner credentials" in res.stderr
+            return
+        alices, bobs = shells(site, "alice"), shells(site, "bob")
+        assert set(alices) == {mine_id} and sorted(alices[mine_id]) == [0, 1, 2], alices
+        assert set(bobs) == {theirs_id} and sorted(bobs[theirs_id]) == [0, 1, 2], bobs
+        # Bob's shell, named by its pid, does not exist for alice.
+        res = site.run(1, f"sdexec kill -r 1 {bobs[theirs_id][1]}", user="alice")
+        assert res.returncode == 1
+        assert "not found" in res.stderr, res.stderr
+        res = site.run(1, f"sdexec logs -r 1 {bobs[theirs_id][1]}", user="alice")
+        assert res.returncode == 1 and "not found" in res.stderr, res.stderr
+        # Her own she may see (bulk-exec streams it: there is no log to
+        # read; test_site_restart reads and follows a bgexec shell), but
+        # job-exec waits for it, not she.
+        ours = alices[mine_id][1]
+        res = site.run(1, f"sdexec logs -r 1 {ours}", user="alice")
+        assert "not a background process" in res.stderr, res.stderr
+        res = site.run(1, f"sdexec wait -r 1 {ours}", user="alice")
+        assert res.returncode != 0 and "requires owner credentials" in res.stderr, res.stderr
+        top = site.ok(0, "sdexec top -r all --once", user="alice")
+        assert top.count("imp-shell-") == NODES and theirs_id not in top, top
+        # ... and signal it (the IMP passes it to the shell, which passes it
+        # to its tasks): signalled on every rank, the job ends; bob's runs on.
+        for rank, pid in sorted(alices[mine_id].items()):
+            site.ok(rank, f"sdexec kill -r {rank} -s TERM {pid}", user="alice")
+        site.ok(0, f"flux job wait-event -t 30 {mine} clean", user="alice")
+        assert job_units(site, mine) == {n: [] for n in range(NODES)}
+        assert all(len(u) == 1 for u in job_units(site, theirs).values())
+    finally:
+        for jobid, user in ((mine, "alice"), (theirs, "bob")):
+            site.run(0, f"flux cancel {jobid}", user=user)
+            site.ok(0, f"flux job wait-event -t 30 {jobid} clean", user=user)

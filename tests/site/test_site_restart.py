@@ -10,6 +10,7 @@ flux's own commands do.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Iterator
@@ -21,6 +22,17 @@ from conftest import Site
 pytestmark = pytest.mark.timeout(900)
 
 FLUX_URI = "FLUX_URI=local:///run/flux/local"
+#: An RFC 42 attach (not a follower) of a job shell on rank 1, as its guest.
+CLAIM = """
+import flux, flux.constants
+h = flux.Flux()
+f = h.rpc("sdexec.attach", {{"label": "{label}", "flags": 3}}, nodeid=1,
+          flags=flux.constants.FLUX_RPC_STREAMING)
+try:
+    print("0", f.get())
+except OSError as exc:
+    print(exc.errno, exc.strerror)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +136,11 @@ def test_operators_reach_every_rank_without_flux_uri(site: Site) -> None:
         res = site.run(0, "sdexec ps -r all", user=user)
         assert res.returncode == 0, res.stderr
         assert re.search(r"^ +2 node2 +\d+ op1 +R ", res.stdout, re.M), res.stdout
+        top = site.run(0, "sdexec top -r all --once", user=user)
+        assert top.returncode == 0 and " op1 " in top.stdout, top.stdout + top.stderr
+        # A follower from another node: still attached when `timeout` ends it.
+        res = site.run(1, "timeout 2 sdexec attach -r 2 op1", user=user)
+        assert res.returncode == 124, res.stderr
     # Rank 0 takes requests from its own node only, as flux-core's module does.
     res = site.run(1, "sdexec ps -r all", user="flux")
     assert res.returncode == 1
@@ -132,7 +149,39 @@ def test_operators_reach_every_rank_without_flux_uri(site: Site) -> None:
     assert site.run(1, "sdexec kill -r 2 op1", user="flux").returncode == 0
 
 
-def test_a_guest_gets_no_sdexec_through_the_instance(site: Site) -> None:
-    res = site.run(1, "sdexec ps -r all", user="bob")
-    assert res.returncode != 0
-    assert "requires owner credentials" in res.stderr
+def test_a_guest_sees_no_process_of_the_owner(site: Site) -> None:
+    status, out = sdexec(site, 2, "exec --bg --label op2 -- sleep 30")
+    assert status == 0, out
+    try:
+        res = site.run(0, "sdexec ps -r all -n", user="bob")
+        assert res.returncode == 0, res.stderr
+        assert "op2" not in res.stdout
+        res = site.run(1, "sdexec kill -r 2 op2", user="bob")
+        assert res.returncode == 1 and "not found" in res.stderr, res.stderr
+    finally:
+        assert sdexec(site, 2, "kill op2")[0] == 0
+
+
+def test_a_guest_reads_and_follows_its_own_bgexec_shell(site: Site) -> None:
+    jobid = site.ok(0, "flux submit -N3 sh -c 'echo hello; sleep 30'", user="alice").strip()
+    label = f"imp-shell-1-f{jobid.removeprefix('ƒ')}"
+    try:
+        site.ok(0, f"flux job wait-event -t 30 {jobid} start", user="alice")
+        listed = site.ok(0, "sdexec ps -r all -n", user="alice")
+        assert len(re.findall(r" imp-shell-\d-f", listed)) == 3, listed
+        res = site.run(1, f"sdexec logs -r 1 {label}", user="alice")
+        assert res.returncode == 0, res.stderr
+        # A follower: still attached when `timeout` ends it.
+        res = site.run(1, f"timeout 3 sdexec attach -r 1 {label}", user="alice")
+        assert res.returncode == 124, res.stderr
+        # An RFC 42 attach would take the shell from job-exec, which waits for it.
+        res = site.run(1, ["flux", "python", "-c", CLAIM.format(label=label)], user="alice")
+        assert res.stdout.startswith(f"{errno.EPERM} "), res.stdout + res.stderr
+        assert "belongs to the instance owner" in res.stdout
+        res = site.run(1, f"sdexec logs -r 1 {label}", user="bob")
+        assert res.returncode == 1 and "not found" in res.stderr, res.stderr
+    finally:
+        site.run(0, f"flux cancel {jobid}", user="alice")
+        site.ok(0, f"flux job wait-event -t 30 {jobid} clean", user="alice")
+    # job-exec still got its shells' status: the job ended by the cancel.
+    assert "exception" in site.ok(0, f"flux job eventlog {jobid}", user="alice")

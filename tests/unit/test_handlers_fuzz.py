@@ -159,6 +159,9 @@ class FakeBus:
     async def kill(self, unit: str, signum: int, who: str = "all") -> None:
         self.calls.append(("kill", unit))
 
+    async def kill_mode(self, unit: str) -> str:
+        return "control-group"
+
     async def stop(self, unit: str) -> None:
         self.calls.append(("stop", unit))
 

@@ -69,6 +69,9 @@ class FakeBus:
     async def kill(self, unit: str, signum: int, who: str = "all") -> None:
         raise SdexecError(errno.ESRCH, "fake bus: no such unit")
 
+    async def kill_mode(self, unit: str) -> str:
+        raise SdexecError(errno.ESRCH, "fake bus: no such unit")
+
     async def stop(self, unit: str) -> None:
         pass
 
