@@ -82,29 +82,6 @@ STOPPED_POLL = 0.05
 MAX_FOLLOWERS = 64
 
 
-#: The command option that carries a client's idempotency key for an exec.
-KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
-KEY_MAX = 128
-
-
-def idempotency_key(cmd: rfc42.Command) -> str | None:
-    """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
-    key = cmd.opt(KEY_OPTION)
-    if key is None:
-        return None
-    if (
-        not key
-        or len(key.encode("utf-8", "surrogatepass")) > KEY_MAX
-        or not key.isprintable()
-        or any(c.isspace() for c in key)
-    ):
-        raise SdexecError(
-            errno.EINVAL,
-            f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
-        )
-    return key
-
-
 #: A client's service-manager handles are not the unit's: systemd sets its own.
 DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
 
@@ -182,25 +159,6 @@ def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise SdexecError(errno.EPROTO, f"'{key}' must be a boolean")
     return value
-
-
-def _terminal_request(er: rfc42.ExecRequest, streaming: bool) -> tuple[int, int] | None:
-    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks.
-
-    A streaming exec's terminal is relayed by the server; a background
-    one's is kept by a holder of its own (:mod:`sdexec.unit.pty_holder`).
-    """
-    text = er.cmd.opt(pty.PTY_OPTION)
-    if text is None:
-        return None
-    winsize = pty.parse_winsize(text)
-    if er.local_flags & LocalFlag.STDIO_FALLTHROUGH:
-        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
-    if er.cmd.channels:
-        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
-    if streaming and not er.flags & ExecFlag.STDOUT:
-        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
-    return winsize
 
 
 def _winsize_member(payload: dict[str, Any]) -> tuple[int, int] | None:
@@ -490,11 +448,8 @@ class Service:
     # --- exec -------------------------------------------------------------------------------
 
     def _unit_name(self, req: rfc42.ExecRequest) -> str:
-        name = req.cmd.opt("SDEXEC_NAME")
-        if name:
-            if not name.endswith(".service"):
-                name += ".service"
-            return name
+        if req.options.unit_name is not None:
+            return req.options.unit_name
         # As systemd-run --unit would: the label shows in systemctl (escaped, cut).
         label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
         return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
@@ -512,18 +467,15 @@ class Service:
             raise SdexecError(errnum_of(self.down), self.down.message)
         if self.before_exec is not None:
             self.before_exec()
-        er = rfc42.parse_exec(req.payload())
-        if er.flags & ExecFlag.WAITABLE and req.streaming:
-            # A streaming exec's status goes to its client; there is none left to wait for.
-            raise SdexecError(errno.EINVAL, "waitable flag only supported in background mode")
+        er = rfc42.parse_exec(req.payload(), streaming=req.streaming)
         confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
         cmd = er.cmd
-        key = idempotency_key(cmd)
+        key = er.options.key
         if key is not None and self._repeat(req, key):
             return None  # that exec happened already: answered, nothing started
         if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        r_local = cmd.opt("SDEXEC_R_LOCAL")
+        r_local = er.options.r_local
         if r_local is not None:
             if self.mapper is None:
                 raise SdexecError(
@@ -540,9 +492,10 @@ class Service:
         mapped: Awaitable[dict[str, str]],
     ) -> None:
         """An exec whose unit properties come partly from the resource mapper."""
-        for name, value in (await mapped).items():
+        mapped_properties = await mapped
+        for name, value in mapped_properties.items():
             er.cmd.opts[properties.OPTS_PREFIX + name] = value
-        await self._exec(req, er, confined, mapped_cpus=er.cmd.opt("SDEXEC_PROP_AllowedCPUs"))
+        await self._exec(req, er, confined, mapped_cpus=mapped_properties.get("AllowedCPUs"))
 
     def _exec(
         self,
@@ -551,25 +504,18 @@ class Service:
         confined: list[tuple[str, Variant]],
         mapped_cpus: str | None = None,
     ) -> Coroutine[Any, Any, None]:
-        cmd = er.cmd
+        cmd, options = er.cmd, er.options
         # The CPUs a mapped unit must be confined to, checked once it runs.
         expected = mapped_cpus
-        if self.test_options and cmd.opt("SDEXEC_TEST_EXPECTED_CPUS") is not None:
-            expected = cmd.opt("SDEXEC_TEST_EXPECTED_CPUS")
+        if self.test_options and options.test_cpus is not None:
+            expected = options.test_cpus
         expected_cpus = None if expected is None else idset.decode(expected)
-        key = idempotency_key(cmd)
+        key = options.key
         if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
             raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
         if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
             raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        # Validate options before anything is created.
-        wait_scoped = rfc42.bool_option(cmd.opts, rfc42.WAIT_SCOPE_OPTION)
-        cmd.stdin_bufsize()
-        for stream in ("stdout", "stderr"):
-            cmd.output_bufsize(stream)
-            cmd.line_buffer(stream, self.line_buffer)
-        stop_timer = cmd.stop_timer()
-        winsize = _terminal_request(er, req.streaming)
+        winsize = options.winsize
         holder_start: tuple[str, list[list[object]], list[int]] | None = None
         try:
             if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
@@ -592,15 +538,14 @@ class Service:
             else:
                 env[name] = value
         extra = [*properties.opts_properties(cmd.opts), *confined]
-        warnings = self._enforceable(cmd)
+        warnings = self._enforceable(er)
         unit = self._unit_name(er)
         if unit in self.by_unit:
             raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
-        proc = Process(self, unit, cmd, er.flags, er.local_flags, req)
-        if wait_scoped and proc.background and proc.waitable:
+        proc = Process(self, unit, cmd, er.flags, er.local_flags, req, options)
+        if options.wait_scoped and proc.background and proc.waitable:
             proc.wait_scoped = True
             self._wait_scoped.setdefault(req.conn.id, set()).add(proc)
-        proc.stop_timer = stop_timer
         proc.expected_cpus = expected_cpus
         proc.warnings = warnings
         for text in warnings:
@@ -817,7 +762,7 @@ class Service:
         else:
             self.state.remove(proc.unit)
 
-    def _enforceable(self, cmd: rfc42.Command) -> list[str]:
+    def _enforceable(self, er: rfc42.ExecRequest) -> list[str]:
         """Warnings for resource properties the manager cannot enforce (EOPNOTSUPP if strict).
 
         See :mod:`sdexec.systemd.controllers`: read only for an exec that
@@ -825,12 +770,14 @@ class Service:
         """
         settings = [
             (key[len(properties.OPTS_PREFIX) :], value)
-            for key, value in cmd.opts.items()
+            for key, value in er.cmd.opts.items()
             if key.startswith(properties.OPTS_PREFIX)
         ]
-        strict = controllers.strict_requested(cmd.opts, self.strict_properties)
         if not controllers.needed(settings):
             return []
+        strict = er.options.strict_properties
+        if strict is None:
+            strict = self.strict_properties
         return controllers.check(settings, self.controllers(), strict)
 
     def _make_stdio(
@@ -851,7 +798,7 @@ class Service:
         fds: list[int] = []
         if streaming:
             r, w = os.pipe2(os.O_CLOEXEC)
-            proc.stdin = InputPipe(w, proc.credit, size=proc.cmd.stdin_bufsize())
+            proc.stdin = InputPipe(w, proc.credit, size=proc.options.stdin_bufsize)
         else:
             r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         spec.stdin_fd = len(fds)
@@ -868,10 +815,7 @@ class Service:
             if not proc.flags & flag:
                 continue  # not forwarded: systemd's default (the journal)
             r, w = os.pipe2(os.O_CLOEXEC)
-            cmd = proc.cmd
-            lines = (
-                cmd.output_bufsize(stream) if cmd.line_buffer(stream, self.line_buffer) else None
-            )
+            lines = proc.options.line_bufsize(stream, self.line_buffer)
             # Read from now on, the output keeps the pieces it was written in.
             proc.outputs[stream] = OutputPipe(stream, r, proc.output, line_buffer=lines, hold=True)
             if stream == "stdout":
@@ -892,7 +836,7 @@ class Service:
             os.close(term.master)
             term.close_slave()
             raise
-        proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.cmd.stdin_bufsize())
+        proc.stdin = proc.pty = PtyInput(typed, proc.credit, size=proc.options.stdin_bufsize)
         proc.outputs["stdout"] = PtyOutput("stdout", term.master, proc.output)
         spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = 0
         spec.extra.append(("TTYPath", Variant("s", term.path)))
