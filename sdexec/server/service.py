@@ -42,12 +42,12 @@ import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 from dbus_fast import Variant
-
 from sdexec.base.errors import SdexecError, errnum_of
 from sdexec.broker.request import Request, Sender
 from sdexec.broker.router import Router
@@ -55,6 +55,7 @@ from sdexec.proto import idset, pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux, terminal_via_helper
+from sdexec.server.followers import Followers
 from sdexec.server.outputlog import FileLog, LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
 from sdexec.server.process import Process, ProcState, log_output, proc_state
@@ -77,16 +78,27 @@ from sdexec.systemd.journal import Journal
 log = structlog.get_logger("sdexec.service")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-STOPPED_POLL = 0.05
-#: attach and logs --follow streams at once on one connection.
-MAX_FOLLOWERS = 64
 
 
-#: A client's service-manager handles are not the unit's: systemd sets its own.
-DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
+def resolve_command(cmd: rfc42.Command, guest_ids: tuple[int, int] | None = None) -> str:
+    """The absolute path of the executable ``cmd`` runs, its working directory checked.
 
-#: ``SDEXEC_R_LOCAL`` (a rank's share of a job's resources) -> unit properties.
-Mapper = Callable[[str], Awaitable[dict[str, str]]]
+    ``guest_ids``: the (uid, gid) of a guest requester, whose view counts.
+    Errors are worded as a command that could not be started (:func:`launch_error`).
+    """
+    try:
+        if guest_ids is None:
+            return _resolve(cmd)
+        with guest.as_guest(*guest_ids):
+            return _resolve(cmd)
+    except SdexecError as exc:
+        raise launch_error(exc) from None
+
+
+def _resolve(cmd: rfc42.Command) -> str:
+    if cmd.cwd is not None:
+        _check_working_directory(cmd.cwd)
+    return resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
 
 
 def resolve_executable(argv0: str, env: dict[str, str], cwd: str | None) -> str:
@@ -153,6 +165,37 @@ def _check_executable(argv0: str, path: str) -> None:
         raise SdexecError(errno.EACCES, f"{argv0}: Permission denied")
 
 
+#: A client's service-manager handles are not the unit's: systemd sets its own.
+DEFAULT_ENVIRONMENT: dict[str, str | None] = {"NOTIFY_SOCKET": None, "INVOCATION_ID": None}
+
+#: ``SDEXEC_R_LOCAL`` (a rank's share of a job's resources) -> unit properties.
+Mapper = Callable[[str], Awaitable[dict[str, str]]]
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+#: A background terminal's holder, to start before its command: unit, properties, fds.
+HolderStart = tuple[str, list[list[object]], list[int]]
+
+
+@dataclass(slots=True)
+class UnitIO:
+    """What a unit is started with: its properties, the fds to pass and to close."""
+
+    props: list[list[object]]
+    fds: list[int]
+    theirs: list[int]  # the unit's ends: closed once StartTransientUnit has answered
+    holder_start: HolderStart | None = None
+
+
+def guest_ids(req: Request) -> tuple[int, int] | None:
+    """A guest requester's (uid, gid), whose view of the files counts; None for the trusted."""
+    return (req.userid, req.conn.gid) if guest.is_guest(req) else None
+
+
 def _flag(payload: dict[str, Any], key: str, default: bool) -> bool:
     """An optional boolean member of a request (EPROTO if it is something else)."""
     value = payload.get(key, default)
@@ -171,9 +214,7 @@ def _winsize_member(payload: dict[str, Any]) -> tuple[int, int] | None:
     return pty.parse_winsize(text)
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+STOPPED_POLL = 0.05
 
 
 def _wants(req: Request, key: str) -> bool:
@@ -242,8 +283,7 @@ class Service:
         self.by_stream: dict[tuple[Sender, int], Process] = {}
         self.by_unit: dict[str, Process] = {}
         self.by_key: dict[tuple[int, str], Process] = {}  # (requester uid, idempotency key)
-        self._followers: dict[str, set[asyncio.Task[Any]]] = {}  # conn id -> follower tasks
-        self._follower_count: dict[str, int] = {}  # conn id -> followers, counted at once
+        self.followers = Followers()  # attach and logs --follow streams (sdexec.server.followers)
         self.starting: set[Process] = set()
         # conn id -> its processes waitable only while it lasts (WAIT_SCOPE_OPTION)
         self._wait_scoped: dict[str, set[Process]] = {}
@@ -274,6 +314,66 @@ class Service:
         ):
             router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
         router.disconnect_hooks.append(self.connection_closed)
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    async def shutdown(self, stop_background: bool = False, reason: str | None = None) -> None:
+        """Fail streams and waits, stop foreground units (and background ones if asked).
+
+        Open requests get ENOSYS with ``reason`` (default: the server is
+        shutting down); the units are stopped all at once.
+        """
+        self.shutting_down = True
+        if reason is not None:
+            self.shutdown_reason = reason
+        stopping: list[Coroutine[Any, Any, None]] = []
+        holders: list[str] = []  # background terminals' holders, stopped after their commands
+        for proc in [*self.by_pid.values(), *self.starting]:
+            if proc.waiter is not None:
+                proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
+                proc.waiter = None
+            foreground = not proc.background
+            for att in list(proc.attachers):
+                att.req.error(errno.ENOSYS, "server is shutting down")
+                proc.detach(att.req)
+            if proc.client is not None:
+                proc.client.error(errno.ENOSYS, self.shutdown_reason)
+                proc.detach_client()
+            if stop_background and proc.background:
+                self.state.remove(proc.unit)
+            proc.cancel_stop_timer()
+            if (foreground or stop_background) and proc.state is not ProcState.EXITED:
+                stopping.append(self._stop_quietly(proc))
+            elif stop_background and proc.background and proc.waitable:
+                # Finished, its unit kept for a wait that can no longer come.
+                stopping.append(self._release_unit(proc.unit))
+            if stop_background and proc.holder is not None:
+                holders.append(proc.holder.unit)
+        await asyncio.gather(*stopping)
+        await asyncio.gather(*(self._release_unit(unit) for unit in holders))
+        # Channels, msgchans (sdexec.server.channels).
+        shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
+
+    async def _stop_quietly(self, proc: Process) -> None:
+        try:
+            await self.bus.stop(proc.unit)
+        except OSError as exc:
+            log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
+
+    def close(self) -> None:
+        """Release what the service keeps open (its state log); after shutdown."""
+        self.state.close()
+
+    def background_kept(self) -> int:
+        """Background processes whose unit or status must outlive this server.
+
+        A finished waitable process counts: its status is still owed to a
+        ``wait``, and its unit (kept by RemainAfterExit) holds it.  One that
+        :meth:`shutdown` stopped does not: its record is gone with it.
+        """
+        return sum(
+            1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
+        )
 
     # --- table maintenance (called by Process) ----------------------------------------
 
@@ -417,6 +517,15 @@ class Service:
             raise SdexecError(errnum, self._not_found(target, requester))
         return proc
 
+    def _live(self, target: rfc42.Target, req: Request) -> Process | None:
+        """The process ``target`` names if the server has it (EPERM: another user's)."""
+        try:
+            return self.lookup(target, errno.ENOENT, requester=req)
+        except SdexecError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
     def _trusted(self, uid: int) -> bool:
         return uid in (self.router.owner_uid, self.router.server_uid)
 
@@ -444,266 +553,6 @@ class Service:
             return text
         how = "" if gone.status is None else f" ({rfc42.describe_status(gone.status)})"
         return f"{text}; it has ended{how} and was reaped; its output: sdexec logs {target}"
-
-    # --- exec -------------------------------------------------------------------------------
-
-    def _unit_name(self, req: rfc42.ExecRequest) -> str:
-        if req.options.unit_name is not None:
-            return req.options.unit_name
-        # As systemd-run --unit would: the label shows in systemctl (escaped, cut).
-        label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
-        return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
-
-    def exec(self, req: Request) -> Coroutine[Any, Any, None] | None:
-        """Validate and register synchronously; start the unit in a task.
-
-        Everything up to ``StartTransientUnit`` happens before the next request
-        from the same connection is read, so a ``write`` that follows the
-        ``exec`` at once (credit borrowed before ``started``) finds its process.
-        """
-        if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
-        if self.down is not None:
-            raise SdexecError(errnum_of(self.down), self.down.message)
-        if self.before_exec is not None:
-            self.before_exec()
-        er = rfc42.parse_exec(req.payload(), streaming=req.streaming)
-        confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
-        cmd = er.cmd
-        key = er.options.key
-        if key is not None and self._repeat(req, key):
-            return None  # that exec happened already: answered, nothing started
-        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
-            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        r_local = er.options.r_local
-        if r_local is not None:
-            if self.mapper is None:
-                raise SdexecError(
-                    errno.EINVAL, "SDEXEC_R_LOCAL needs a resource mapper (sdexec-mapper, in Flux)"
-                )
-            return self._exec_mapped(req, er, confined, self.mapper(r_local))
-        return self._exec(req, er, confined)
-
-    async def _exec_mapped(
-        self,
-        req: Request,
-        er: rfc42.ExecRequest,
-        confined: list[tuple[str, Variant]],
-        mapped: Awaitable[dict[str, str]],
-    ) -> None:
-        """An exec whose unit properties come partly from the resource mapper."""
-        mapped_properties = await mapped
-        for name, value in mapped_properties.items():
-            er.cmd.opts[properties.OPTS_PREFIX + name] = value
-        await self._exec(req, er, confined, mapped_cpus=mapped_properties.get("AllowedCPUs"))
-
-    def _exec(
-        self,
-        req: Request,
-        er: rfc42.ExecRequest,
-        confined: list[tuple[str, Variant]],
-        mapped_cpus: str | None = None,
-    ) -> Coroutine[Any, Any, None]:
-        cmd, options = er.cmd, er.options
-        # The CPUs a mapped unit must be confined to, checked once it runs.
-        expected = mapped_cpus
-        if self.test_options and options.test_cpus is not None:
-            expected = options.test_cpus
-        expected_cpus = None if expected is None else idset.decode(expected)
-        key = options.key
-        if key is not None and (req.userid, key) in self.by_key:  # taken while mapping
-            raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
-        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
-            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
-        winsize = options.winsize
-        holder_start: tuple[str, list[list[object]], list[int]] | None = None
-        try:
-            if guest.is_guest(req):  # sdexec.security: what the guest may see, no more
-                with guest.as_guest(req.userid, req.conn.gid):
-                    if cmd.cwd is not None:
-                        _check_working_directory(cmd.cwd)
-                    exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
-            else:
-                if cmd.cwd is not None:
-                    _check_working_directory(cmd.cwd)
-                exe = resolve_executable(cmd.cmdline[0], cmd.env, cmd.cwd)
-        except SdexecError as exc:
-            raise launch_error(exc) from None
-        env = dict(cmd.env)
-        if self.uri:
-            env["SDEXEC_URI"] = self.uri
-        for name, value in self.environment.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-        extra = [*properties.opts_properties(cmd.opts), *confined]
-        warnings = self._enforceable(er)
-        unit = self._unit_name(er)
-        if unit in self.by_unit:
-            raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
-        proc = Process(self, unit, cmd, er.flags, er.local_flags, req, options)
-        if options.wait_scoped and proc.background and proc.waitable:
-            proc.wait_scoped = True
-            self._wait_scoped.setdefault(req.conn.id, set()).add(proc)
-        proc.expected_cpus = expected_cpus
-        proc.warnings = warnings
-        for text in warnings:
-            log.warning("property not enforced", reason=text, **proc.log_fields())
-        if req.streaming:
-            self._clients_present.set()
-        argv, argv0 = [exe, *cmd.cmdline[1:]], cmd.cmdline[0]
-        prepared: Prepared | None = None
-        if proc.background:
-            # Output goes to the journal (or a file), never through us; a
-            # waitable unit is kept after it ends so that its status survives
-            # a server restart until it is waited for.
-            base: list[tuple[str, Variant]] = []
-            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH and winsize is None:
-                # A wait that answers with the output needs to know when it is all in.
-                barrier = proc.waitable and self.wait_output > 0
-                prepared = self.outputlog.prepare(unit, proc.ident, barrier)
-                proc.barrier = prepared.barrier
-                base += prepared.properties
-            if proc.waitable:
-                base += [
-                    ("RemainAfterExit", Variant("b", True)),
-                    ("CollectMode", Variant("s", "inactive")),
-                ]
-            extra = base + extra
-        if not proc.background or winsize is not None:
-            # As in a shell: SIGPIPE ends a foreground command (systemd's
-            # default ignores it).  The CLI forwards it when its reader is
-            # gone.  A background terminal is a shell's session too.
-            extra = [("IgnoreSIGPIPE", Variant("b", False)), *extra]
-        spec = properties.UnitSpec(
-            argv=argv,
-            env=env,
-            cwd=cmd.cwd,
-            argv0=argv0,
-            extra=extra,
-        )
-        try:
-            if winsize is not None and proc.background:
-                fds, theirs, holder_start = self._make_held_terminal(proc, spec, winsize)
-            elif winsize is not None:
-                fds, theirs = self._make_terminal(proc, spec, winsize)
-            else:
-                fds, theirs = self._make_stdio(proc, spec, req.streaming, prepared)
-        except BaseException:
-            for fd in prepared.fds() if prepared is not None else ():
-                os.close(fd)
-            proc.release()
-            raise
-        try:
-            fds, proc.aux = setup_aux(  # channels, msgchans
-                proc, spec, fds, theirs, router=self.router, server_uri=self.uri
-            )
-            props = spec.properties()
-        except BaseException:
-            for fd in theirs:
-                os.close(fd)
-            proc.release()
-            self._discard_holder(proc, holder_start)
-            raise
-        if cmd.label is not None:
-            self.by_label[self._lkey(req.userid, cmd.label)] = proc
-        if key is not None:
-            proc.key = key
-            self.by_key[(req.userid, key)] = proc
-        if req.streaming:
-            self.by_stream[(req.sender, req.matchtag)] = proc
-        self.by_unit[unit] = proc
-        # Before the unit exists: whatever happens next, a restarted server finds it.
-        self.state.save(
-            ProcRecord(
-                unit=unit,
-                label=cmd.label,
-                cmdline=cmd.cmdline,
-                flags=int(er.flags),
-                local_flags=int(er.local_flags),
-                requester_uid=req.userid,
-                ident=proc.ident,
-                foreground=not proc.background,
-                key=key,
-                holder_unit=proc.holder.unit if proc.holder is not None else None,
-                holder_socket=proc.holder.path if proc.holder is not None else None,
-                wait_scoped=proc.wait_scoped,
-            )
-        )
-        self.starting.add(proc)
-        proc.hold_signals()  # until StartTransientUnit answers (see _start)
-        self.bus.watch(unit, proc)
-        log.info(
-            "exec",
-            argv=cmd.cmdline,
-            cwd=cmd.cwd,
-            background=not req.streaming,
-            flags=int(er.flags),
-            pty=winsize is not None,
-            requester=req.userid,
-            signer=req.signer,
-            **proc.log_fields(),
-        )
-        return self._start(proc, props, fds, theirs, holder_start)
-
-    async def _start(
-        self,
-        proc: Process,
-        props: list[list[object]],
-        fds: list[int],
-        theirs: list[int],
-        holder_start: tuple[str, list[list[object]], list[int]] | None = None,
-    ) -> None:
-        """Start the unit (a background terminal's holder first, see sdexec.server.pty)."""
-        try:
-            if holder_start is not None:
-                hunit, hprops, hfds = holder_start
-                try:
-                    await self.bus.start_transient(hunit, hprops, hfds)
-                except Exception:
-                    self._holder_failed(proc, hunit)
-                    raise
-                finally:
-                    for fd in hfds:
-                        os.close(fd)
-            try:
-                await self.bus.start_transient(proc.unit, props, fds)
-            except Exception:
-                if proc.holder is not None:
-                    self.router.spawn(self._release_unit(proc.holder.unit), "stop terminal holder")
-                raise
-            proc.start_accepted()
-        except Exception:
-            if proc not in self.starting:
-                return  # already failed and answered: its manager went away (manager_lost)
-            self._start_failed(proc)
-            raise
-        except BaseException:
-            self._start_failed(proc)
-            raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-
-    def _holder_failed(self, proc: Process, hunit: str) -> None:
-        """The holder of a background terminal could not be started: nor can its command."""
-        if proc.holder is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(proc.holder.path)
-        self.router.spawn(self._release_unit(hunit), "stop terminal holder")  # a lost reply?
-
-    def _discard_holder(
-        self, proc: Process, holder_start: tuple[str, list[list[object]], list[int]] | None
-    ) -> None:
-        """An exec that failed before its units were started: the holder it prepared."""
-        holder = proc.holder
-        if holder is None or holder_start is None:
-            return
-        for fd in holder_start[2]:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(holder.path)
 
     def _repeat(self, req: Request, key: str) -> bool:
         """Answer an exec whose idempotency key was used already (True); False: a new one.
@@ -750,35 +599,44 @@ class Service:
             f"(pid {gone.pid or 'unknown'}: {how}); it is not started again",
         )
 
-    def _start_failed(self, proc: Process) -> None:
-        # Only what this exec created: the unit name may be someone else's.
-        self.bus.unwatch(proc.unit, proc)
-        self.starting.discard(proc)
-        self._forget(proc)
-        if self.down is not None:
-            # The call was lost with the bus: the unit may exist after all.  Its
-            # record stays, as one to stop (resync, or the next adopt).
-            self.state.update(proc.unit, foreground=True)
-        else:
-            self.state.remove(proc.unit)
+    def _open_io(
+        self,
+        proc: Process,
+        spec: properties.UnitSpec,
+        streaming: bool,
+        prepared: Prepared | None,
+    ) -> UnitIO:
+        """The unit's stdio (or terminal) and channels; its properties, complete.
 
-    def _enforceable(self, er: rfc42.ExecRequest) -> list[str]:
-        """Warnings for resource properties the manager cannot enforce (EOPNOTSUPP if strict).
-
-        See :mod:`sdexec.systemd.controllers`: read only for an exec that
-        sets a property needing a controller.
+        ``prepared``: a background unit's output, whose fds are passed (and
+        closed, whatever happens).  On an error, whatever was made is undone.
         """
-        settings = [
-            (key[len(properties.OPTS_PREFIX) :], value)
-            for key, value in er.cmd.opts.items()
-            if key.startswith(properties.OPTS_PREFIX)
-        ]
-        if not controllers.needed(settings):
-            return []
-        strict = er.options.strict_properties
-        if strict is None:
-            strict = self.strict_properties
-        return controllers.check(settings, self.controllers(), strict)
+        winsize = proc.options.winsize
+        holder_start: HolderStart | None = None
+        try:
+            if winsize is not None and proc.background:
+                fds, theirs, holder_start = self._make_held_terminal(proc, spec, winsize)
+            elif winsize is not None:
+                fds, theirs = self._make_terminal(proc, spec, winsize)
+            else:
+                fds, theirs = self._make_stdio(proc, spec, streaming, prepared)
+        except BaseException:
+            for fd in prepared.fds() if prepared is not None else ():
+                os.close(fd)
+            proc.release()
+            raise
+        try:
+            fds, proc.aux = setup_aux(  # channels, msgchans
+                proc, spec, fds, theirs, router=self.router, server_uri=self.uri
+            )
+            props = spec.properties()
+        except BaseException:
+            for fd in theirs:
+                os.close(fd)
+            proc.release()
+            self._discard_holder(proc, holder_start)
+            raise
+        return UnitIO(props, fds, theirs, holder_start)
 
     def _make_stdio(
         self,
@@ -844,7 +702,7 @@ class Service:
 
     def _make_held_terminal(
         self, proc: Process, spec: properties.UnitSpec, winsize: tuple[int, int]
-    ) -> tuple[list[int], list[int], tuple[str, list[list[object]], list[int]]]:
+    ) -> tuple[list[int], list[int], HolderStart]:
         """A background terminal: the slave for the unit, the master for a holder.
 
         The holder is a unit of its own (:mod:`sdexec.unit.pty_holder`),
@@ -887,7 +745,294 @@ class Service:
             raise
         return fds, theirs, (hunit, hprops, hfds)
 
-    # --- attach / logs -----------------------------------------------------------------
+    def _discard_holder(self, proc: Process, holder_start: HolderStart | None) -> None:
+        """An exec that failed before its units were started: the holder it prepared."""
+        holder = proc.holder
+        if holder is None or holder_start is None:
+            return
+        for fd in holder_start[2]:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(holder.path)
+
+    def _holder_failed(self, proc: Process, hunit: str) -> None:
+        """The holder of a background terminal could not be started: nor can its command."""
+        if proc.holder is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(proc.holder.path)
+        self.router.spawn(self._release_unit(hunit), "stop terminal holder")  # a lost reply?
+
+    def exec(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        """Validate and register synchronously; start the unit in a task.
+
+        Everything up to ``StartTransientUnit`` happens before the next request
+        from the same connection is read, so a ``write`` that follows the
+        ``exec`` at once (credit borrowed before ``started``) finds its process.
+        """
+        if self.shutting_down:
+            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
+        if self.down is not None:
+            raise SdexecError(errnum_of(self.down), self.down.message)
+        if self.before_exec is not None:
+            self.before_exec()
+        er = rfc42.parse_exec(req.payload(), streaming=req.streaming)
+        confined = guest.exec_properties(req, er)  # sdexec.security: guests run as themselves
+        cmd = er.cmd
+        key = er.options.key
+        if key is not None and self._repeat(req, key):
+            return None  # that exec happened already: answered, nothing started
+        if cmd.label is not None and self._lkey(req.userid, cmd.label) in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {cmd.label} is already in use")
+        r_local = er.options.r_local
+        if r_local is not None:
+            if self.mapper is None:
+                raise SdexecError(
+                    errno.EINVAL, "SDEXEC_R_LOCAL needs a resource mapper (sdexec-mapper, in Flux)"
+                )
+            return self._exec_mapped(req, er, confined, self.mapper(r_local))
+        return self._exec(req, er, confined)
+
+    async def _exec_mapped(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped: Awaitable[dict[str, str]],
+    ) -> None:
+        """An exec whose unit properties come partly from the resource mapper."""
+        mapped_properties = await mapped
+        for name, value in mapped_properties.items():
+            er.cmd.opts[properties.OPTS_PREFIX + name] = value
+        await self._exec(req, er, confined, mapped_cpus=mapped_properties.get("AllowedCPUs"))
+
+    def _exec(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        confined: list[tuple[str, Variant]],
+        mapped_cpus: str | None = None,
+    ) -> Coroutine[Any, Any, None]:
+        """The steps of an exec up to ``StartTransientUnit``; returns the start itself.
+
+        Nothing is created before every check has passed; what a step
+        creates is undone if a later one fails.
+        """
+        self._check_names_free(req, er)
+        exe = resolve_command(er.cmd, guest_ids(req))
+        extra, warnings = self._unit_properties(er, confined)
+        proc = self._new_process(req, er, warnings, mapped_cpus)
+        spec, prepared = self._unit_spec(proc, exe, extra)
+        io = self._open_io(proc, spec, req.streaming, prepared)
+        self._register(req, er, proc, io)
+        return self._start(proc, io)
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def _check_names_free(self, req: Request, er: rfc42.ExecRequest) -> None:
+        """EEXIST if the exec's idempotency key or label was taken (meanwhile, if mapped)."""
+        key, label = er.options.key, er.cmd.label
+        if key is not None and (req.userid, key) in self.by_key:
+            raise SdexecError(errno.EEXIST, f"idempotency key {key} is already in use")
+        if label is not None and self._lkey(req.userid, label) in self.by_label:
+            raise SdexecError(errno.EEXIST, f"label {label} is already in use")
+
+    def _unit_properties(
+        self, er: rfc42.ExecRequest, confined: list[tuple[str, Variant]]
+    ) -> tuple[list[tuple[str, Variant]], list[str]]:
+        """The unit properties the exec asks for (``SDEXEC_PROP_*``) and a guest's
+        confinement; the warnings for those the manager cannot enforce."""
+        extra = [*properties.opts_properties(er.cmd.opts), *confined]
+        return extra, self._enforceable(er)
+
+    def _enforceable(self, er: rfc42.ExecRequest) -> list[str]:
+        """Warnings for resource properties the manager cannot enforce (EOPNOTSUPP if strict).
+
+        See :mod:`sdexec.systemd.controllers`: read only for an exec that
+        sets a property needing a controller.
+        """
+        settings = [
+            (key[len(properties.OPTS_PREFIX) :], value)
+            for key, value in er.cmd.opts.items()
+            if key.startswith(properties.OPTS_PREFIX)
+        ]
+        if not controllers.needed(settings):
+            return []
+        strict = er.options.strict_properties
+        if strict is None:
+            strict = self.strict_properties
+        return controllers.check(settings, self.controllers(), strict)
+
+    def _unit_name(self, req: rfc42.ExecRequest) -> str:
+        if req.options.unit_name is not None:
+            return req.options.unit_name
+        # As systemd-run --unit would: the label shows in systemctl (escaped, cut).
+        label = f"{properties.unit_name_fragment(req.cmd.label)}-" if req.cmd.label else ""
+        return f"sdexec-{self.rank}-{label}{self._stamp}-{next(self._seq)}.service"
+
+    def _new_process(
+        self,
+        req: Request,
+        er: rfc42.ExecRequest,
+        warnings: list[str],
+        mapped_cpus: str | None,
+    ) -> Process:
+        """The process, under a unit name that is free (EEXIST otherwise)."""
+        options = er.options
+        unit = self._unit_name(er)
+        if unit in self.by_unit:
+            raise SdexecError(errno.EEXIST, f"unit {unit} is already in use")
+        proc = Process(self, unit, er.cmd, er.flags, er.local_flags, req, options)
+        if options.wait_scoped and proc.background and proc.waitable:
+            proc.wait_scoped = True
+            self._wait_scoped.setdefault(req.conn.id, set()).add(proc)
+        # The CPUs a mapped unit must be confined to, checked once it runs.
+        expected = mapped_cpus
+        if self.test_options and options.test_cpus is not None:
+            expected = options.test_cpus
+        proc.expected_cpus = None if expected is None else idset.decode(expected)
+        proc.warnings = warnings
+        for text in warnings:
+            log.warning("property not enforced", reason=text, **proc.log_fields())
+        if req.streaming:
+            self._clients_present.set()
+        return proc
+
+    def _environment(self, cmd: rfc42.Command) -> dict[str, str]:
+        """The command's environment, with the server's additions and removals."""
+        env = dict(cmd.env)
+        if self.uri:
+            env["SDEXEC_URI"] = self.uri
+        for name, value in self.environment.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
+    def _unit_spec(
+        self, proc: Process, exe: str, extra: list[tuple[str, Variant]]
+    ) -> tuple[properties.UnitSpec, Prepared | None]:
+        """The unit's command, environment and properties; where a background one's output goes."""
+        cmd = proc.cmd
+        prepared: Prepared | None = None
+        if proc.background:
+            # Output goes to the journal (or a file), never through us; a
+            # waitable unit is kept after it ends so that its status survives
+            # a server restart until it is waited for.
+            base: list[tuple[str, Variant]] = []
+            terminal = proc.options.winsize is not None
+            if not proc.local_flags & LocalFlag.STDIO_FALLTHROUGH and not terminal:
+                # A wait that answers with the output needs to know when it is all in.
+                barrier = proc.waitable and self.wait_output > 0
+                prepared = self.outputlog.prepare(proc.unit, proc.ident, barrier)
+                proc.barrier = prepared.barrier
+                base += prepared.properties
+            if proc.waitable:
+                base += [
+                    ("RemainAfterExit", Variant("b", True)),
+                    ("CollectMode", Variant("s", "inactive")),
+                ]
+            extra = base + extra
+        if not proc.background or proc.options.winsize is not None:
+            # As in a shell: SIGPIPE ends a foreground command (systemd's
+            # default ignores it).  The CLI forwards it when its reader is
+            # gone.  A background terminal is a shell's session too.
+            extra = [("IgnoreSIGPIPE", Variant("b", False)), *extra]
+        spec = properties.UnitSpec(
+            argv=[exe, *cmd.cmdline[1:]],
+            env=self._environment(cmd),
+            cwd=cmd.cwd,
+            argv0=cmd.cmdline[0],
+            extra=extra,
+        )
+        return spec, prepared
+
+    def _register(self, req: Request, er: rfc42.ExecRequest, proc: Process, io: UnitIO) -> None:
+        """Enter the process in the table and the state directory; watch its unit."""
+        cmd, key = er.cmd, er.options.key
+        if cmd.label is not None:
+            self.by_label[self._lkey(req.userid, cmd.label)] = proc
+        if key is not None:
+            proc.key = key
+            self.by_key[(req.userid, key)] = proc
+        if req.streaming:
+            self.by_stream[(req.sender, req.matchtag)] = proc
+        self.by_unit[proc.unit] = proc
+        # Before the unit exists: whatever happens next, a restarted server finds it.
+        self.state.save(
+            ProcRecord(
+                unit=proc.unit,
+                label=cmd.label,
+                cmdline=cmd.cmdline,
+                flags=int(er.flags),
+                local_flags=int(er.local_flags),
+                requester_uid=req.userid,
+                ident=proc.ident,
+                foreground=not proc.background,
+                key=key,
+                holder_unit=proc.holder.unit if proc.holder is not None else None,
+                holder_socket=proc.holder.path if proc.holder is not None else None,
+                wait_scoped=proc.wait_scoped,
+            )
+        )
+        self.starting.add(proc)
+        proc.hold_signals()  # until StartTransientUnit answers (see _start)
+        self.bus.watch(proc.unit, proc)
+        log.info(
+            "exec",
+            argv=cmd.cmdline,
+            cwd=cmd.cwd,
+            background=not req.streaming,
+            flags=int(er.flags),
+            pty=er.options.winsize is not None,
+            requester=req.userid,
+            signer=req.signer,
+            **proc.log_fields(),
+        )
+
+    async def _start(self, proc: Process, io: UnitIO) -> None:
+        """Start the unit (a background terminal's holder first, see sdexec.server.pty)."""
+        try:
+            if io.holder_start is not None:
+                hunit, hprops, hfds = io.holder_start
+                try:
+                    await self.bus.start_transient(hunit, hprops, hfds)
+                except Exception:
+                    self._holder_failed(proc, hunit)
+                    raise
+                finally:
+                    for fd in hfds:
+                        os.close(fd)
+            try:
+                await self.bus.start_transient(proc.unit, io.props, io.fds)
+            except Exception:
+                if proc.holder is not None:
+                    self.router.spawn(self._release_unit(proc.holder.unit), "stop terminal holder")
+                raise
+            proc.start_accepted()
+        except Exception:
+            if proc not in self.starting:
+                return  # already failed and answered: its manager went away (manager_lost)
+            self._start_failed(proc)
+            raise
+        except BaseException:
+            self._start_failed(proc)
+            raise
+        finally:
+            for fd in io.theirs:
+                os.close(fd)
+
+    def _start_failed(self, proc: Process) -> None:
+        # Only what this exec created: the unit name may be someone else's.
+        self.bus.unwatch(proc.unit, proc)
+        self.starting.discard(proc)
+        self._forget(proc)
+        if self.down is not None:
+            # The call was lost with the bus: the unit may exist after all.  Its
+            # record stays, as one to stop (resync, or the next adopt).
+            self.state.update(proc.unit, foreground=True)
+        else:
+            self.state.remove(proc.unit)
 
     def attach(self, req: Request) -> Coroutine[Any, Any, None] | None:
         """RFC 42 ``attach``: one client at a time, forwarding the streams its flags name.
@@ -934,8 +1079,8 @@ class Service:
         if stdin:
             self.by_stream[(req.sender, req.matchtag)] = proc
         self._clients_present.set()
-        self._check_followers(req)
-        return self._followed(
+        self.followers.check(req)
+        return self.followers.run(
             req,
             proc.attach(
                 req, stdin=stdin, exclusive=not follow, streams=ar.streams(), winsize=winsize
@@ -982,8 +1127,8 @@ class Service:
                 timestamps=timestamps,
             )
             if follow:
-                self._check_followers(req)
-                await self._followed(req, reading)
+                self.followers.check(req)
+                await self.followers.run(req, reading)
             else:
                 await reading
             req.end()
@@ -1011,15 +1156,6 @@ class Service:
             )
         )
         req.end()
-
-    def _live(self, target: rfc42.Target, req: Request) -> Process | None:
-        """The process ``target`` names if the server has it (EPERM: another user's)."""
-        try:
-            return self.lookup(target, errno.ENOENT, requester=req)
-        except SdexecError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
 
     # --- write ------------------------------------------------------------------------------
 
@@ -1079,8 +1215,6 @@ class Service:
         log.info("wait", requester=req.userid, **proc.log_fields())
         if proc.state is ProcState.EXITED:
             proc._maybe_end()
-
-    # --- list -------------------------------------------------------------------------------
 
     def list(self, req: Request) -> None:
         """RFC 42 ``list``: pid, cmd, label and state of each process.
@@ -1163,8 +1297,6 @@ class Service:
             if not watched:
                 self._clients_present.clear()
 
-    # --- disconnect -------------------------------------------------------------------------
-
     def disconnect(self, req: Request) -> None:
         self._drop_sender(lambda s: s == req.sender)
 
@@ -1177,47 +1309,7 @@ class Service:
             if proc.state is ProcState.EXITED and proc.waiter is None:
                 log.info("status owed to nobody: its connection is gone", **proc.log_fields())
                 self.reap(proc)
-        # Its followers (journalctl readers) stop now, not when the process ends.
-        followers = self._followers.pop(conn_id, set())
-        for task in followers:
-            task.cancel()
-        if followers:
-            log.debug("followers stopped with their client", conn=conn_id, count=len(followers))
-
-    # --- followers: attach and logs --follow, bounded per connection ----------------
-
-    def _check_followers(self, req: Request) -> None:
-        """EAGAIN past the bound; else count one more follower on the connection."""
-        conn_id = req.conn.id
-        if self._follower_count.get(conn_id, 0) >= MAX_FOLLOWERS:
-            raise SdexecError(
-                errno.EAGAIN,
-                f"too many attach or logs --follow streams on this connection ({MAX_FOLLOWERS})",
-            )
-        self._follower_count[conn_id] = self._follower_count.get(conn_id, 0) + 1
-
-    async def _followed(self, req: Request, work: Coroutine[Any, Any, None]) -> None:
-        """Run a counted follower in the request's task, cancelled if its connection closes."""
-        task = asyncio.current_task()
-        assert task is not None
-        conn_id = req.conn.id
-        try:
-            if not req.connected:
-                work.close()
-                return
-            self._followers.setdefault(conn_id, set()).add(task)
-            await work
-        finally:
-            running = self._followers.get(conn_id)
-            if running is not None:
-                running.discard(task)
-                if not running:
-                    del self._followers[conn_id]
-            left = self._follower_count.get(conn_id, 1) - 1
-            if left > 0:
-                self._follower_count[conn_id] = left
-            else:
-                self._follower_count.pop(conn_id, None)
+        self.followers.stop(conn_id)  # now, not when their processes end
 
     def _drop_sender(self, match: Any) -> None:
         for proc in [*self.by_pid.values(), *self.starting]:
@@ -1238,8 +1330,6 @@ class Service:
             await self.bus.kill(proc.unit, 9, "all")
         except OSError as exc:
             log.debug("kill after disconnect failed", error=str(exc), **proc.log_fields())
-
-    # --- re-adoption ---------------------------------------------------------------------
 
     async def adopt(
         self, *, killed: Mapping[str, Sequence[int]] | None = None, manager_died: bool = False
@@ -1461,63 +1551,3 @@ class Service:
         except OSError as exc:
             log.warning("cannot stop orphaned unit", unit=unit, error=exc.strerror)
         self.state.remove(unit)
-
-    # --- shutdown ---------------------------------------------------------------------------
-
-    async def shutdown(self, stop_background: bool = False, reason: str | None = None) -> None:
-        """Fail streams and waits, stop foreground units (and background ones if asked).
-
-        Open requests get ENOSYS with ``reason`` (default: the server is
-        shutting down); the units are stopped all at once.
-        """
-        self.shutting_down = True
-        if reason is not None:
-            self.shutdown_reason = reason
-        stopping: list[Coroutine[Any, Any, None]] = []
-        holders: list[str] = []  # background terminals' holders, stopped after their commands
-        for proc in [*self.by_pid.values(), *self.starting]:
-            if proc.waiter is not None:
-                proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
-                proc.waiter = None
-            foreground = not proc.background
-            for att in list(proc.attachers):
-                att.req.error(errno.ENOSYS, "server is shutting down")
-                proc.detach(att.req)
-            if proc.client is not None:
-                proc.client.error(errno.ENOSYS, self.shutdown_reason)
-                proc.detach_client()
-            if stop_background and proc.background:
-                self.state.remove(proc.unit)
-            proc.cancel_stop_timer()
-            if (foreground or stop_background) and proc.state is not ProcState.EXITED:
-                stopping.append(self._stop_quietly(proc))
-            elif stop_background and proc.background and proc.waitable:
-                # Finished, its unit kept for a wait that can no longer come.
-                stopping.append(self._release_unit(proc.unit))
-            if stop_background and proc.holder is not None:
-                holders.append(proc.holder.unit)
-        await asyncio.gather(*stopping)
-        await asyncio.gather(*(self._release_unit(unit) for unit in holders))
-        # Channels, msgchans (sdexec.server.channels).
-        shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
-
-    async def _stop_quietly(self, proc: Process) -> None:
-        try:
-            await self.bus.stop(proc.unit)
-        except OSError as exc:
-            log.debug("stop at shutdown failed", error=str(exc), **proc.log_fields())
-
-    def close(self) -> None:
-        """Release what the service keeps open (its state log); after shutdown."""
-        self.state.close()
-
-    def background_kept(self) -> int:
-        """Background processes whose unit or status must outlive this server.
-
-        A finished waitable process counts: its status is still owed to a
-        ``wait``, and its unit (kept by RemainAfterExit) holds it.  One that
-        :meth:`shutdown` stopped does not: its record is gone with it.
-        """
-        return sum(
-            1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
-        )
