@@ -39,6 +39,7 @@ from sdexec.proto import idset, pty, rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.channels import setup_aux, shutdown_aux, terminal_via_helper
+from sdexec.server.idempotency import Idempotency
 from sdexec.server.launch import resolve_command
 from sdexec.server.outputlog import LogRequest, OutputLog, Prepared
 from sdexec.server.pipes import InputPipe, OutputPipe
@@ -54,7 +55,7 @@ from sdexec.server.pty import (
 )
 from sdexec.server.statefile import ProcRecord, Reaped
 from sdexec.server.stats import unit_stats
-from sdexec.server.table import Mapper, ProcessTable
+from sdexec.server.table import Mapper
 from sdexec.systemd import controllers, properties
 from sdexec.systemd.bus import SystemdBus
 from sdexec.systemd.journal import Journal
@@ -116,7 +117,7 @@ def _wants_stats(req: Request) -> bool:
     return _wants(req, "stats")
 
 
-class Service(ProcessTable):
+class Service(Idempotency):
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
     def __init__(
@@ -228,51 +229,6 @@ class Service(ProcessTable):
         """
         return sum(
             1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
-        )
-
-    def _repeat(self, req: Request, key: str) -> bool:
-        """Answer an exec whose idempotency key was used already (True); False: a new one.
-
-        A background exec's repeat gets the ``started`` response of the
-        process it started (with ``repeat``, and ``ended`` once it has been
-        reaped), so a client that lost its connection learns the pid; any
-        other repeat is EEXIST, saying what became of that exec.  Nothing is
-        ever started twice for one key (per requester uid).
-        """
-        uid = req.userid
-        proc = self.by_key.get((uid, key))
-        if proc is not None:
-            if proc.background and not req.streaming:
-                if proc.state is ProcState.STARTING:
-                    raise SdexecError(
-                        errno.EAGAIN, f"the exec of idempotency key {key} is still starting"
-                    )
-                log.info("exec repeated", key=key, requester=uid, **proc.log_fields())
-                req.respond({**rfc42.started(proc.pid), "repeat": True})
-                return True
-            what = "running" if proc.state is not ProcState.EXITED else "finished"
-            raise SdexecError(
-                errno.EEXIST,
-                f"idempotency key {key} belongs to a {what} exec (pid {proc.pid}, unit "
-                f"{proc.unit}); it is not started again",
-            )
-        gone = self.state.find_key(uid, key)
-        if gone is None:
-            return False
-        if not gone.foreground and not req.streaming and gone.pid:
-            log.info("exec repeated", key=key, requester=uid, pid=gone.pid, unit=gone.unit)
-            req.respond({**rfc42.started(gone.pid), "repeat": True, "ended": True})
-            return True
-        if gone.how is not None:
-            how = gone.how
-        elif gone.status is not None:
-            how = rfc42.describe_status(gone.status)
-        else:
-            how = "ended"
-        raise SdexecError(
-            errno.EEXIST,
-            f"idempotency key {key} belongs to an exec that was started already "
-            f"(pid {gone.pid or 'unknown'}: {how}); it is not started again",
         )
 
     def _open_io(
