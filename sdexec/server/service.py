@@ -37,6 +37,7 @@ from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.security import guest
 from sdexec.server.attaching import Attaching
 from sdexec.server.channels import shutdown_aux
+from sdexec.server.control import Control
 from sdexec.server.execution import Execution
 from sdexec.server.outputlog import OutputLog
 from sdexec.server.process import Process, ProcState, proc_state
@@ -69,7 +70,7 @@ def _wants_stats(req: Request) -> bool:
     return _wants(req, "stats")
 
 
-class Service(Execution, Attaching):
+class Service(Execution, Attaching, Control):
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
     def __init__(
@@ -182,65 +183,6 @@ class Service(Execution, Attaching):
         return sum(
             1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
         )
-
-    # --- write ------------------------------------------------------------------------------
-
-    def write(self, req: Request) -> None:
-        # stdin's hot path; None: another layout, or a signed request (its signed payload counts)
-        fast = req.fast_write() if req.signed is None else None
-        if fast is not None:
-            wr = rfc42.WriteRequest(*fast)
-        else:
-            try:
-                wr = rfc42.parse_write(req.payload())
-            except OSError as exc:
-                log.info("write dropped", uid=req.userid, reason=str(exc))
-                return  # write has no response (NORESPONSE); drop what cannot be parsed
-        proc = self.by_stream.get((req.sender, wr.matchtag))
-        if proc is None:
-            return
-        proc.write(wr.stream, wr.data, wr.eof)
-
-    # --- kill -------------------------------------------------------------------------------
-
-    async def kill(self, req: Request) -> None:
-        # Once shutting down, the manager's connection is on its way out: say
-        # so (job-exec reads ENOSYS as "not loaded"), not that systemd is gone.
-        if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
-        kr = rfc42.parse_kill(req.payload())
-        # ESRCH for any target Flux's servers cannot find: Flux's clients read
-        # it as "reaped meanwhile" (flux sproc kill --wait, after its wait).
-        proc = self.lookup(kr.target, errno.ESRCH, requester=req)
-        if proc.lost is not None:
-            raise SdexecError(errno.ESRCH, f"process {kr.target} was lost: {proc.lost.message}")
-        if proc.state is ProcState.EXITED:
-            raise SdexecError(errno.ESRCH, f"No such process: {kr.target} has already exited")
-        who = "main" if proc.local_flags & LocalFlag.NO_SETPGRP else "all"
-        log.info("kill", signum=kr.signum, who=who, requester=req.userid, **proc.log_fields())
-        await self.bus.kill(proc.unit, kr.signum, who)
-        req.respond({})
-
-    # --- wait -------------------------------------------------------------------------------
-
-    def wait(self, req: Request) -> None:
-        """RFC 42 ``wait``: one waiter at a time (EINVAL for a second, as Flux
-        says), and none while a client is attached (EBUSY): the attach would
-        reap the process too.  Followers (``attach`` with ``follow``) do not count."""
-        if self.shutting_down:
-            raise SdexecError(errno.ENOSYS, self.shutdown_reason)
-        target = rfc42.parse_target(req.payload(), "wait")
-        proc = self.lookup(target, requester=req)
-        if not proc.waitable:
-            raise SdexecError(errno.EINVAL, f"process {target} is not waitable")
-        if proc.waiter is not None:
-            raise SdexecError(errno.EINVAL, f"process {target} is already being waited on")
-        if proc.attached_client is not None:
-            raise SdexecError(errno.EBUSY, f"process {target} has a client attached")
-        proc.waiter = req
-        log.info("wait", requester=req.userid, **proc.log_fields())
-        if proc.state is ProcState.EXITED:
-            proc._maybe_end()
 
     def list(self, req: Request) -> None:
         """RFC 42 ``list``: pid, cmd, label and state of each process.
