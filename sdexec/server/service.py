@@ -29,12 +29,12 @@ from typing import Any
 
 import structlog
 from sdexec.base.errors import SdexecError
-from sdexec.broker.request import Request
 from sdexec.broker.router import Router
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import ExecFlag, LocalFlag
 from sdexec.server.attaching import Attaching
 from sdexec.server.channels import shutdown_aux
+from sdexec.server.connections import Connections
 from sdexec.server.control import Control
 from sdexec.server.execution import Execution
 from sdexec.server.listing import Listing
@@ -51,7 +51,7 @@ from sdexec.systemd.journal import Journal
 log = structlog.get_logger("sdexec.service")
 
 
-class Service(Execution, Attaching, Control, Listing):
+class Service(Execution, Attaching, Control, Listing, Connections):
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
     def __init__(
@@ -164,40 +164,6 @@ class Service(Execution, Attaching, Control, Listing):
         return sum(
             1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
         )
-
-    def disconnect(self, req: Request) -> None:
-        self._drop_sender(lambda s: s == req.sender)
-
-    def connection_closed(self, conn_id: str) -> None:
-        self._drop_sender(lambda s: s[0] == conn_id)
-        for proc in self._wait_scoped.pop(conn_id, ()):
-            if self.by_unit.get(proc.unit) is not proc:
-                continue  # reaped already, or it never started
-            proc.reap_when_done = True
-            if proc.state is ProcState.EXITED and proc.waiter is None:
-                log.info("status owed to nobody: its connection is gone", **proc.log_fields())
-                self.reap(proc)
-        self.followers.stop(conn_id)  # now, not when their processes end
-
-    def _drop_sender(self, match: Any) -> None:
-        for proc in [*self.by_pid.values(), *self.starting]:
-            if proc.waiter is not None and match(proc.waiter.sender):
-                proc.waiter = None
-            for att in [a for a in proc.attachers if match(a.req.sender)]:
-                proc.detach(att.req)
-            client = proc.client
-            if client is None or not match(client.sender):
-                continue
-            proc.detach_client()
-            if not proc.background:
-                log.info("client gone, killing foreground process", **proc.log_fields())
-                self.router.spawn(self._kill_quietly(proc))
-
-    async def _kill_quietly(self, proc: Process) -> None:
-        try:
-            await self.bus.kill(proc.unit, 9, "all")
-        except OSError as exc:
-            log.debug("kill after disconnect failed", error=str(exc), **proc.log_fields())
 
     async def adopt(
         self, *, killed: Mapping[str, Sequence[int]] | None = None, manager_died: bool = False
