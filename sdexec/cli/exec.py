@@ -56,7 +56,7 @@ else:
     import _signal
 
 PROPERTY_PREFIX = "SDEXEC_PROP_"
-STRICT_OPTION = "SDEXEC_STRICT_PROPERTIES"  # sdexec.systemd.controllers
+STRICT_OPTION = "SDEXEC_STRICT_PROPERTIES"  # sdexec.proto.rfc42
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
 # With --pty: SIGWINCH and SIGCONT resize, SIGTERM and SIGHUP end the session.
 TERMINAL_SIGNALS = (

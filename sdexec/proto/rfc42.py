@@ -6,8 +6,11 @@ Each request payload is validated here, once, into a typed object; a missing
 or mistyped REQUIRED field is EPROTO, as RFC 42 "Request Authentication"
 asks for the signature JSON object and as flux-core does for plain payloads.
 Values that are well-typed but unacceptable (an empty label, a bad signal
-number) are EINVAL.  Response payloads are built by small functions so the
-wire shape lives in one place.
+number, an option of ``cmd.opts`` with a bad value) are EINVAL.  An exec's
+options (RFC 42 leaves ``cmd.opts`` to the implementation) are parsed with
+it into :class:`ExecOptions`, so the server reads typed fields and never a
+string.  Response payloads are built by small functions so the wire shape
+lives in one place.
 
 The seed RFC 42 spells the message channel key ``msgchans``; flux-core sends
 ``msgchan``.  Both are accepted.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdexec.base.errors import ProtocolError, SdexecError
-from sdexec.proto import b64
+from sdexec.proto import b64, pty
 from sdexec.proto.iodata import decode_io_data
 from sdexec.proto.labels import label_problem
 
@@ -61,6 +64,82 @@ class MsgChan:
     uri: str
 
 
+@dataclass(slots=True)
+class Command:
+    """The RFC 42 command object."""
+
+    cmdline: list[str]
+    env: dict[str, str]
+    opts: dict[str, str]
+    channels: list[str]
+    cwd: str | None = None
+    label: str | None = None
+    msgchans: list[MsgChan] = field(default_factory=list)
+
+
+# --- command options (cmd.opts) ------------------------------------------------
+
+# The options of ``cmd.opts`` that this server reads, parsed once into
+# :class:`ExecOptions` with the request (EINVAL, naming the option, for a bad
+# value).  Two families are read elsewhere: ``SDEXEC_PROP_<Name>``, unit
+# properties (:mod:`sdexec.systemd.properties`), and ``<NAME>_BUFSIZE`` of a
+# channel (:mod:`sdexec.server.channels`).
+
+#: The client's idempotency key of an exec: 1 to KEY_MAX printable bytes, no spaces.
+KEY_OPTION = "SDEXEC_IDEMPOTENCY_KEY"
+KEY_MAX = 128
+#: The unit's name (``.service`` is added when missing), instead of one made up.
+NAME_OPTION = "SDEXEC_NAME"
+#: A rank's share of a job's resources, turned into unit properties by a mapper.
+R_LOCAL_OPTION = "SDEXEC_R_LOCAL"
+#: Yes/no: a property the systemd manager cannot enforce is an error (EOPNOTSUPP).
+STRICT_OPTION = "SDEXEC_STRICT_PROPERTIES"
+#: The CPUs (an idset) a unit must be confined to; honoured only by a server
+#: that allows test options (Flux's ``[systemd] sdexec-debug``).
+TEST_CPUS_OPTION = "SDEXEC_TEST_EXPECTED_CPUS"
+STOP_TIMER_SEC_OPTION = "SDEXEC_STOP_TIMER_SEC"
+STOP_TIMER_SIGNAL_OPTION = "SDEXEC_STOP_TIMER_SIGNAL"
+OUTPUT_STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecOptions:
+    """What an exec's ``cmd.opts`` ask of this server, typed (defaults: none given)."""
+
+    #: ``stdin_BUFSIZE``: the stdin credit the client may borrow.
+    stdin_bufsize: int = DEFAULT_STDIN_BUFSIZE
+    #: ``<stream>_BUFSIZE``: the most of a line held back (absent or 0: the default).
+    output_bufsize: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(OUTPUT_STREAMS, DEFAULT_OUTPUT_BUFSIZE)
+    )
+    #: ``<stream>_LINE_BUFFER`` of the streams that say (``true``/``false``);
+    #: any other stream has the server's default.
+    line_buffer: Mapping[str, bool] = field(default_factory=dict)
+    #: (seconds or None: off, signal) of ``SDEXEC_STOP_TIMER_SEC``/``_SIGNAL``.
+    stop_timer: tuple[int | None, int] = (None, 9)
+    #: :data:`WAIT_SCOPE_OPTION`.
+    wait_scoped: bool = False
+    #: :data:`KEY_OPTION`.
+    key: str | None = None
+    #: The window size (cols, rows) of the terminal the exec asks for
+    #: (``SDEXEC_PTY``, :mod:`sdexec.proto.pty`); None: no terminal.
+    winsize: tuple[int, int] | None = None
+    #: :data:`NAME_OPTION`, with its ``.service``.
+    unit_name: str | None = None
+    #: :data:`R_LOCAL_OPTION`.
+    r_local: str | None = None
+    #: :data:`STRICT_OPTION`; None: the server's default.
+    strict_properties: bool | None = None
+    #: :data:`TEST_CPUS_OPTION`, as given (decoded only by a server that honours it).
+    test_cpus: str | None = None
+
+    def line_bufsize(self, stream: str, default: bool) -> int | None:
+        """The most of a line of ``stream`` held back; None if it is not line buffered."""
+        if not self.line_buffer.get(stream, default):
+            return None
+        return self.output_bufsize[stream]
+
+
 def bool_option(opts: Mapping[str, str], name: str, default: bool = False) -> bool:
     """A yes/no command option (``1``/``yes``/``true``/``on`` or
     ``0``/``no``/``false``/``off``); ``default`` when absent, EINVAL otherwise."""
@@ -75,74 +154,134 @@ def bool_option(opts: Mapping[str, str], name: str, default: bool = False) -> bo
     raise SdexecError(errno.EINVAL, f"invalid {name}: {raw!r} (yes or no)")
 
 
-@dataclass(slots=True)
-class Command:
-    """The RFC 42 command object."""
+def parse_options(
+    cmd: Command, flags: ExecFlag, local_flags: LocalFlag, streaming: bool
+) -> ExecOptions:
+    """Every option of ``cmd.opts`` this server reads, checked (EINVAL) and typed.
 
-    cmdline: list[str]
-    env: dict[str, str]
-    opts: dict[str, str]
-    channels: list[str]
-    cwd: str | None = None
-    label: str | None = None
-    msgchans: list[MsgChan] = field(default_factory=list)
+    ``streaming``: the exec has a client to stream to (RFC 6 STREAMING): its
+    terminal needs the stdout flag.
+    """
+    opts = cmd.opts
+    strict = None if STRICT_OPTION not in opts else bool_option(opts, STRICT_OPTION)
+    line_buffer = {
+        stream: _true_false(opts, f"{stream}_LINE_BUFFER")
+        for stream in OUTPUT_STREAMS
+        if f"{stream}_LINE_BUFFER" in opts
+    }
+    return ExecOptions(
+        stdin_bufsize=_stdin_bufsize(opts),
+        output_bufsize={stream: _output_bufsize(opts, stream) for stream in OUTPUT_STREAMS},
+        line_buffer=line_buffer,
+        stop_timer=_stop_timer(opts),
+        wait_scoped=bool_option(opts, WAIT_SCOPE_OPTION),
+        key=_idempotency_key(opts),
+        winsize=_terminal(cmd, flags, local_flags, streaming),
+        unit_name=_unit_name(opts),
+        r_local=opts.get(R_LOCAL_OPTION),
+        strict_properties=strict,
+        test_cpus=opts.get(TEST_CPUS_OPTION),
+    )
 
-    def opt(self, name: str) -> str | None:
-        return self.opts.get(name)
 
-    def stdin_bufsize(self) -> int:
-        raw = self.opts.get("stdin_BUFSIZE")
-        if raw is None:
-            return DEFAULT_STDIN_BUFSIZE
-        try:
-            size = _parse_size(raw)
-        except ValueError:
-            raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}") from None
-        if size < 1:
-            raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}")
-        return size
+def _stdin_bufsize(opts: Mapping[str, str]) -> int:
+    raw = opts.get("stdin_BUFSIZE")
+    if raw is None:
+        return DEFAULT_STDIN_BUFSIZE
+    try:
+        size = _parse_size(raw)
+    except ValueError:
+        raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}") from None
+    if size < 1:
+        raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}")
+    return size
 
-    def output_bufsize(self, stream: str) -> int:
-        """``<stream>_BUFSIZE`` of an output stream (absent or 0: the default)."""
-        raw = self.opts.get(f"{stream}_BUFSIZE")
-        if raw is None:
-            return DEFAULT_OUTPUT_BUFSIZE
-        try:
-            size = _parse_size(raw)
-        except ValueError:
-            raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}") from None
-        if size < 0:
-            raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}")
-        return size or DEFAULT_OUTPUT_BUFSIZE
 
-    def line_buffer(self, stream: str, default: bool) -> bool:
-        """``<stream>_LINE_BUFFER``: one output response per line (``true``/``false``)."""
-        raw = self.opts.get(f"{stream}_LINE_BUFFER")
-        if raw is None:
-            return default
-        value = raw.strip().lower()
-        if value not in ("true", "false"):
-            raise SdexecError(
-                errno.EINVAL, f"invalid {stream}_LINE_BUFFER: {raw} (expected true or false)"
-            )
-        return value == "true"
+def _output_bufsize(opts: Mapping[str, str], stream: str) -> int:
+    """``<stream>_BUFSIZE`` of an output stream (absent or 0: the default)."""
+    raw = opts.get(f"{stream}_BUFSIZE")
+    if raw is None:
+        return DEFAULT_OUTPUT_BUFSIZE
+    try:
+        size = _parse_size(raw)
+    except ValueError:
+        raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}") from None
+    if size < 0:
+        raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}")
+    return size or DEFAULT_OUTPUT_BUFSIZE
 
-    def stop_timer(self) -> tuple[int | None, int]:
-        """(seconds, signal) of ``SDEXEC_STOP_TIMER_SEC``/``_SIGNAL``; seconds None: off.
 
-        Once a unit is stopping, the signal goes to its main process after
-        that many seconds, and after as many more the process is given up
-        (EDEADLK), as flux-core's sdexec does for job shells.
-        """
-        sec = self.opts.get("SDEXEC_STOP_TIMER_SEC")
-        sig = self.opts.get("SDEXEC_STOP_TIMER_SIGNAL")
-        seconds = None if sec is None else _whole_int(sec, "SDEXEC_STOP_TIMER_SEC", 0)
-        signum = 9 if sig is None else _whole_int(sig, "SDEXEC_STOP_TIMER_SIGNAL", 1)
-        if not 0 < signum < 65:
-            raise SdexecError(errno.EINVAL, f"invalid SDEXEC_STOP_TIMER_SIGNAL: {sig}")
-        if seconds is not None and seconds < 0:
-            seconds = None  # a negative time turns the timer off, as in flux-core
-        return seconds, signum
+def _true_false(opts: Mapping[str, str], name: str) -> bool:
+    """``<stream>_LINE_BUFFER``: one output response per line (``true``/``false``)."""
+    raw = opts[name]
+    value = raw.strip().lower()
+    if value not in ("true", "false"):
+        raise SdexecError(errno.EINVAL, f"invalid {name}: {raw} (expected true or false)")
+    return value == "true"
+
+
+def _stop_timer(opts: Mapping[str, str]) -> tuple[int | None, int]:
+    """(seconds, signal) of ``SDEXEC_STOP_TIMER_SEC``/``_SIGNAL``; seconds None: off.
+
+    Once a unit is stopping, the signal goes to its main process after
+    that many seconds, and after as many more the process is given up
+    (EDEADLK), as flux-core's sdexec does for job shells.
+    """
+    sec = opts.get(STOP_TIMER_SEC_OPTION)
+    sig = opts.get(STOP_TIMER_SIGNAL_OPTION)
+    seconds = None if sec is None else _whole_int(sec, STOP_TIMER_SEC_OPTION, 0)
+    signum = 9 if sig is None else _whole_int(sig, STOP_TIMER_SIGNAL_OPTION, 1)
+    if not 0 < signum < 65:
+        raise SdexecError(errno.EINVAL, f"invalid {STOP_TIMER_SIGNAL_OPTION}: {sig}")
+    if seconds is not None and seconds < 0:
+        seconds = None  # a negative time turns the timer off, as in flux-core
+    return seconds, signum
+
+
+def _idempotency_key(opts: Mapping[str, str]) -> str | None:
+    """The exec's idempotency key (EINVAL if it is not 1-128 printable, non-blank bytes)."""
+    key = opts.get(KEY_OPTION)
+    if key is None:
+        return None
+    if (
+        not key
+        or len(key.encode("utf-8", "surrogatepass")) > KEY_MAX
+        or not key.isprintable()
+        or any(c.isspace() for c in key)
+    ):
+        raise SdexecError(
+            errno.EINVAL,
+            f"{KEY_OPTION} must be 1 to {KEY_MAX} bytes of printable text without spaces",
+        )
+    return key
+
+
+def _terminal(
+    cmd: Command, flags: ExecFlag, local_flags: LocalFlag, streaming: bool
+) -> tuple[int, int] | None:
+    """The window size of the terminal an exec asks for (``SDEXEC_PTY``), if it asks.
+
+    A streaming exec's terminal is relayed by the server; a background
+    one's is kept by a holder of its own (:mod:`sdexec.unit.pty_holder`).
+    """
+    text = cmd.opts.get(pty.PTY_OPTION)
+    if text is None:
+        return None
+    winsize = pty.parse_winsize(text)
+    if local_flags & LocalFlag.STDIO_FALLTHROUGH:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} excludes stdio-fallthrough")
+    if cmd.channels:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} cannot be combined with channels")
+    if streaming and not flags & ExecFlag.STDOUT:
+        raise SdexecError(errno.EINVAL, f"{pty.PTY_OPTION} needs the stdout flag")
+    return winsize
+
+
+def _unit_name(opts: Mapping[str, str]) -> str | None:
+    name = opts.get(NAME_OPTION)
+    if not name:
+        return None
+    return name if name.endswith(".service") else name + ".service"
 
 
 def _whole_int(raw: str, what: str, empty: int) -> int:
@@ -168,6 +307,7 @@ class ExecRequest:
     cmd: Command
     flags: ExecFlag
     local_flags: LocalFlag
+    options: ExecOptions = field(default_factory=ExecOptions)
 
 
 @dataclass(slots=True)
@@ -291,13 +431,20 @@ def parse_command(obj: Any) -> Command:
     )
 
 
-def parse_exec(obj: dict[str, Any]) -> ExecRequest:
+def parse_exec(obj: dict[str, Any], *, streaming: bool = False) -> ExecRequest:
+    """An exec request, its options parsed too (:func:`parse_options`).
+
+    ``streaming``: the request's RFC 6 STREAMING flag: a streaming exec's
+    status goes to its client, so it cannot be waitable (EINVAL).
+    """
     cmd = parse_command(_get(obj, "cmd", dict, "exec"))
-    flags = _known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "exec flags")
-    local_flags = _known_bits(
-        _opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "exec local_flags"
+    flags = ExecFlag(_known_bits(_get(obj, "flags", int, "exec"), ExecFlag, "exec flags"))
+    local_flags = LocalFlag(
+        _known_bits(_opt(obj, "local_flags", int, "exec") or 0, LocalFlag, "exec local_flags")
     )
-    return ExecRequest(cmd, ExecFlag(flags), LocalFlag(local_flags))
+    if streaming and flags & ExecFlag.WAITABLE:
+        raise SdexecError(errno.EINVAL, "waitable flag only supported in background mode")
+    return ExecRequest(cmd, flags, local_flags, parse_options(cmd, flags, local_flags, streaming))
 
 
 def _known_bits(value: int, kind: type[enum.IntFlag], what: str) -> int:

@@ -66,7 +66,7 @@ import structlog
 
 from sdexec.base.errors import SdexecError
 from sdexec.proto import jsonio, pty, rfc42
-from sdexec.proto.rfc42 import Command, ExecFlag, LocalFlag
+from sdexec.proto.rfc42 import Command, ExecFlag, ExecOptions, LocalFlag
 from sdexec.server.cpuset import check_cpus
 from sdexec.server.outputlog import Barrier, LogRequest
 from sdexec.server.pipes import InputPipe, OutputPipe
@@ -140,10 +140,13 @@ class Process:
         flags: ExecFlag,
         local_flags: LocalFlag,
         client: Request | None,
+        options: ExecOptions | None = None,
     ) -> None:
+        """``options``: the exec's, parsed (none for a process adopted from its record)."""
         self.service = service
         self.unit = unit
         self.cmd = cmd
+        self.options = options if options is not None else ExecOptions()
         self.flags = flags
         self.local_flags = local_flags
         self.label = cmd.label
@@ -179,8 +182,7 @@ class Process:
         #: When all a background process wrote is in its log (see _answer_wait).
         self.barrier: Barrier | None = None
         self._answering = False  # a wait's answer is being prepared
-        # SDEXEC_STOP_TIMER_SEC/_SIGNAL: (seconds or None, signal); the armed timer.
-        self.stop_timer: tuple[int | None, int] = (None, 9)
+        # The armed stop timer (SDEXEC_STOP_TIMER_SEC/_SIGNAL: self.options.stop_timer).
         self._stop_handle: asyncio.TimerHandle | None = None
         self.timed_out = False
         # The CPUs the unit must be confined to (AllowedCPUs from a resource
@@ -334,7 +336,7 @@ class Process:
             if self.background:
                 self.client = None  # a background exec gets exactly one response
             elif self.flags & ExecFlag.WRITE_CREDIT and self.stdin is not None:
-                client.respond(rfc42.add_credit({"stdin": self.cmd.stdin_bufsize()}))
+                client.respond(rfc42.add_credit({"stdin": self.options.stdin_bufsize}))
                 if self._early_credit:
                     client.respond(rfc42.add_credit({"stdin": self._early_credit}))
                     self._early_credit = 0
@@ -661,7 +663,7 @@ class Process:
         if self.terminal:
             resp["pty"] = True
         if self.holder is not None:
-            size = self.cmd.stdin_bufsize()
+            size = self.options.stdin_bufsize
             att.link = TerminalLink(
                 self.holder.path,
                 lambda n: self._terminal_credit(att, n),
@@ -706,7 +708,7 @@ class Process:
             log.info("terminal holder unreachable", reason=str(exc), **self.log_fields())
             link.close()
         if writer and not link.closed and att in self.attachers:
-            req.respond(rfc42.add_credit({"stdin": self.cmd.stdin_bufsize()}))
+            req.respond(rfc42.add_credit({"stdin": self.options.stdin_bufsize}))
         try:
             while att in self.attachers:
                 packet = await link.receive()
@@ -835,14 +837,14 @@ class Process:
     # --- the stop timer (SDEXEC_STOP_TIMER_SEC: a unit that will not stop) ----------
 
     def _arm_stop_timer(self) -> None:
-        seconds, _signum = self.stop_timer
+        seconds, _signum = self.options.stop_timer
         if seconds is None or self._stop_handle is not None or self.timed_out:
             return
         loop = asyncio.get_running_loop()
         self._stop_handle = loop.call_later(seconds, self._stop_timer_kill)
 
     def _stop_timer_kill(self) -> None:
-        seconds, signum = self.stop_timer
+        seconds, signum = self.options.stop_timer
         assert seconds is not None
         log.warning("stop timeout, signalling", seconds=seconds, signum=signum, **self.log_fields())
         self.service.router.spawn(self.service.bus.kill(self.unit, signum, "main"), "stop timer")
@@ -853,7 +855,7 @@ class Process:
         """Still not stopped after the signal: give the unit up, say EDEADLK."""
         self._stop_handle = None
         self.timed_out = True
-        seconds, _ = self.stop_timer
+        seconds, _ = self.options.stop_timer
         log.error(
             "abandoning unit after stop timeout", seconds=2 * (seconds or 0), **self.log_fields()
         )

@@ -8,7 +8,8 @@ starts all the same and allocates what it likes: systemd says nothing.  So
 the server reads the manager's cgroup (the ``ControlGroup`` property of the
 systemd Manager object) and, for each property of an exec that needs a
 controller the manager lacks, warns, or refuses the exec when asked to be
-strict (``SDEXEC_STRICT_PROPERTIES``, or ``sdexec serve --strict-properties``).
+strict (the exec option ``SDEXEC_STRICT_PROPERTIES``, read with the request in
+:mod:`sdexec.proto.rfc42`, or ``sdexec serve --strict-properties``).
 
 Pure but for :func:`available`, which reads one small file.
 """
@@ -16,11 +17,10 @@ Pure but for :func:`available`, which reads one small file.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from sdexec.base.errors import SdexecError
-from sdexec.proto.rfc42 import bool_option
 
 #: The unit setting (as the user writes it) -> the cgroup v2 controller it needs.
 PROPERTY_CONTROLLERS: dict[str, str] = {
@@ -34,8 +34,6 @@ PROPERTY_CONTROLLERS: dict[str, str] = {
 }
 #: Values that ask for no limit at all, so need no controller.
 _NO_LIMIT = frozenset({"infinity", ""})
-#: The RFC 42 option that makes a missing controller an error for one exec.
-STRICT_OPTION = "SDEXEC_STRICT_PROPERTIES"
 
 
 def needed(settings: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -69,11 +67,6 @@ def unenforced(
         if controller not in controllers
         for setting in names
     ]
-
-
-def strict_requested(opts: Mapping[str, str], default: bool) -> bool:
-    """Whether an exec's options ask for strict properties (EINVAL for a bad value)."""
-    return bool_option(opts, STRICT_OPTION, default)
 
 
 def check(

@@ -18,7 +18,7 @@ from faults import assert_no_traceback, eventually
 from rpc import Raw
 from servers import OwnServer, own_manager, own_server
 
-from sdexec.server.service import MAX_FOLLOWERS
+from sdexec.server.followers import MAX_FOLLOWERS
 
 # Lines every 10 ms: never the quiet moment a follower used to wait for.
 CHATTY = "while :; do echo x; sleep 0.01; done"

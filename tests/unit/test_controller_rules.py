@@ -45,14 +45,6 @@ def test_unknown_controllers_check_nothing() -> None:
     assert controllers.check([("MemoryMax", "1")], None, strict=True) == []
 
 
-def test_the_strict_option_is_a_boolean() -> None:
-    assert controllers.strict_requested({"SDEXEC_STRICT_PROPERTIES": "yes"}, False)
-    assert not controllers.strict_requested({"SDEXEC_STRICT_PROPERTIES": "no"}, True)
-    assert controllers.strict_requested({}, True)
-    with pytest.raises(SdexecError):
-        controllers.strict_requested({"SDEXEC_STRICT_PROPERTIES": "maybe"}, False)
-
-
 def test_available_reads_the_cgroups_controllers(tmp_path: Path) -> None:
     (tmp_path / "a.slice").mkdir()
     (tmp_path / "a.slice" / "cgroup.controllers").write_text("cpu memory pids\n")

@@ -8,28 +8,28 @@ from pathlib import Path
 import pytest
 
 from sdexec.base.errors import SdexecError
-from sdexec.proto.rfc42 import Command
-from sdexec.server.service import KEY_OPTION, idempotency_key
+from sdexec.proto.rfc42 import KEY_OPTION, parse_exec
 from sdexec.server.statefile import Reaped, StateDir
 
 
-def cmd(**opts: str) -> Command:
-    return Command(cmdline=["true"], env={}, opts=opts, channels=[])
+def idempotency_key(opts: dict[str, str]) -> str | None:
+    payload = {"cmd": {"cmdline": ["true"], "env": {}, "opts": opts}, "flags": 0}
+    return parse_exec(payload).options.key
 
 
 def test_no_key_is_none() -> None:
-    assert idempotency_key(cmd()) is None
+    assert idempotency_key({}) is None
 
 
 @pytest.mark.parametrize("key", ["job-1", "x", "ünï", "a" * 128])
 def test_keys_that_are_accepted(key: str) -> None:
-    assert idempotency_key(cmd(**{KEY_OPTION: key})) == key
+    assert idempotency_key({KEY_OPTION: key}) == key
 
 
 @pytest.mark.parametrize("key", ["", "a b", "a\nb", "a" * 129, "\x00", "é" * 65])
 def test_keys_that_are_einval(key: str) -> None:
     with pytest.raises(SdexecError) as info:
-        idempotency_key(cmd(**{KEY_OPTION: key}))
+        idempotency_key({KEY_OPTION: key})
     assert info.value.errno == errno.EINVAL
 
 

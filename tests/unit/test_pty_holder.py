@@ -29,7 +29,7 @@ import pytest
 
 from sdexec.server.pty import HOLDER_PATH, holder_listener, set_winsize
 from sdexec.unit import pty_holder
-from sdexec.unit.pty_holder import Screen
+from sdexec.unit.pty_screen import Screen
 
 DEADLINE = 30.0
 

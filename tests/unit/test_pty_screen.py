@@ -1,4 +1,4 @@
-"""The terminal holder's screen model (sdexec.unit.pty_holder.Screen), sans-IO.
+"""The terminal holder's screen model (sdexec.unit.pty_screen.Screen), sans-IO.
 
 What matters is that a redraw (``render``) shows what the program's output
 showed.  Two properties say it for any output: the model does not depend on
@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdexec.unit.pty_holder import Screen
+from sdexec.unit.pty_screen import Screen
 
 
 def state(s: Screen) -> tuple[Any, ...]:

@@ -1,4 +1,4 @@
-"""Executable lookup like execvp(3) (sdexec.server.service.resolve_executable)."""
+"""Executable lookup like execvp(3) (sdexec.server.launch.resolve_executable)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdexec.base.errors import SdexecError
-from sdexec.server.service import resolve_executable
+from sdexec.server.launch import resolve_executable
 
 
 def make_exe(path: Path, mode: int = 0o755) -> Path:

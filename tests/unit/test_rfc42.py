@@ -15,7 +15,6 @@ from sdexec.base.errors import SdexecError
 from sdexec.proto import rfc42
 from sdexec.proto.rfc42 import (
     DEFAULT_STDIN_BUFSIZE,
-    Command,
     ExecFlag,
     LocalFlag,
     MsgChan,
@@ -195,12 +194,20 @@ def test_parse_exec_empty_label_is_einval() -> None:
 # --- stdin_BUFSIZE option -------------------------------------------------------------------
 
 
-def cmd_with_opts(**opts: str) -> Command:
-    return parse_exec(exec_payload(opts=opts)).cmd
+def options(**opts: str) -> rfc42.ExecOptions:
+    return parse_exec(exec_payload(opts=opts)).options
+
+
+def einval(**opts: str) -> str:
+    """The message of the EINVAL that ``opts`` get at parse time."""
+    with pytest.raises(SdexecError) as info:
+        parse_exec(exec_payload(opts=opts))
+    assert info.value.errno == errno.EINVAL
+    return info.value.message
 
 
 def test_stdin_bufsize_defaults_to_4096() -> None:
-    assert cmd_with_opts().stdin_bufsize() == DEFAULT_STDIN_BUFSIZE == 4096
+    assert options().stdin_bufsize == DEFAULT_STDIN_BUFSIZE == 4096
 
 
 @pytest.mark.parametrize(
@@ -208,22 +215,12 @@ def test_stdin_bufsize_defaults_to_4096() -> None:
     [("1", 1), ("8192", 8192), ("4k", 4096), ("4K", 4096), ("2m", 2 << 20), ("1G", 1 << 30)],
 )
 def test_stdin_bufsize_parses_sizes_with_suffixes(raw: str, size: int) -> None:
-    assert cmd_with_opts(stdin_BUFSIZE=raw).stdin_bufsize() == size
+    assert options(stdin_BUFSIZE=raw).stdin_bufsize == size
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "", "abc", "4x", "k", "1.5k"])
 def test_stdin_bufsize_invalid_value_is_einval(raw: str) -> None:
-    cmd = cmd_with_opts(stdin_BUFSIZE=raw)
-    with pytest.raises(SdexecError) as info:
-        cmd.stdin_bufsize()
-    assert info.value.errno == errno.EINVAL
-    assert "stdin_BUFSIZE" in info.value.message
-
-
-def test_opt_returns_the_named_option() -> None:
-    cmd = cmd_with_opts(SDEXEC_NAME="unit")
-    assert cmd.opt("SDEXEC_NAME") == "unit"
-    assert cmd.opt("absent") is None
+    assert "stdin_BUFSIZE" in einval(stdin_BUFSIZE=raw)
 
 
 # --- kill and targets -----------------------------------------------------------------------
@@ -410,35 +407,69 @@ def test_wait_statuses_are_told_in_words(
 # --- options for output buffering and the stop timer -------------------------------------
 
 
-def _cmd(**opts: str) -> rfc42.Command:
-    return rfc42.Command(cmdline=["true"], env={}, opts=dict(opts), channels=[])
-
-
 def test_line_buffer_option_defaults_to_the_servers_choice() -> None:
-    assert _cmd().line_buffer("stdout", True) and not _cmd().line_buffer("stdout", False)
-    assert not _cmd(stdout_LINE_BUFFER="FALSE").line_buffer("stdout", True)
-    assert _cmd(stderr_LINE_BUFFER="true").line_buffer("stderr", False)
+    assert options().line_bufsize("stdout", True) == rfc42.DEFAULT_OUTPUT_BUFSIZE
+    assert options().line_bufsize("stdout", False) is None
+    assert options(stdout_LINE_BUFFER="FALSE").line_bufsize("stdout", True) is None
+    assert options(stderr_LINE_BUFFER="true").line_bufsize("stderr", False) is not None
 
 
 def test_line_buffer_option_must_be_true_or_false() -> None:
-    with pytest.raises(SdexecError) as info:
-        _cmd(stdout_LINE_BUFFER="maybe").line_buffer("stdout", True)
-    assert info.value.errno == errno.EINVAL
+    assert "stdout_LINE_BUFFER" in einval(stdout_LINE_BUFFER="maybe")
 
 
 def test_output_bufsize_option() -> None:
-    assert _cmd().output_bufsize("stdout") == rfc42.DEFAULT_OUTPUT_BUFSIZE
-    assert _cmd(stdout_BUFSIZE="0").output_bufsize("stdout") == rfc42.DEFAULT_OUTPUT_BUFSIZE
-    assert _cmd(stdout_BUFSIZE="64k").output_bufsize("stdout") == 64 * 1024
-    with pytest.raises(SdexecError):
-        _cmd(stderr_BUFSIZE="lots").output_bufsize("stderr")
+    assert options().output_bufsize["stdout"] == rfc42.DEFAULT_OUTPUT_BUFSIZE
+    assert options(stdout_BUFSIZE="0").output_bufsize["stdout"] == rfc42.DEFAULT_OUTPUT_BUFSIZE
+    assert options(stdout_BUFSIZE="64k").output_bufsize["stdout"] == 64 * 1024
+    assert "stderr_BUFSIZE" in einval(stderr_BUFSIZE="lots")
 
 
 def test_stop_timer_options() -> None:
-    assert _cmd().stop_timer() == (None, 9)
-    assert _cmd(SDEXEC_STOP_TIMER_SEC="30", SDEXEC_STOP_TIMER_SIGNAL="10").stop_timer() == (30, 10)
-    assert _cmd(SDEXEC_STOP_TIMER_SEC="").stop_timer() == (0, 9)
-    assert _cmd(SDEXEC_STOP_TIMER_SEC="-1").stop_timer() == (None, 9)
-    for bad in ({"SDEXEC_STOP_TIMER_SEC": "soon"}, {"SDEXEC_STOP_TIMER_SIGNAL": "99"}):
-        with pytest.raises(SdexecError):
-            _cmd(**bad).stop_timer()
+    assert options().stop_timer == (None, 9)
+    assert options(SDEXEC_STOP_TIMER_SEC="30", SDEXEC_STOP_TIMER_SIGNAL="10").stop_timer == (30, 10)
+    assert options(SDEXEC_STOP_TIMER_SEC="").stop_timer == (0, 9)
+    assert options(SDEXEC_STOP_TIMER_SEC="-1").stop_timer == (None, 9)
+    assert "SDEXEC_STOP_TIMER_SEC" in einval(SDEXEC_STOP_TIMER_SEC="soon")
+    assert "SDEXEC_STOP_TIMER_SIGNAL" in einval(SDEXEC_STOP_TIMER_SIGNAL="99")
+
+
+def test_the_strict_option_is_yes_or_no_or_the_servers_default() -> None:
+    assert options(SDEXEC_STRICT_PROPERTIES="yes").strict_properties is True
+    assert options(SDEXEC_STRICT_PROPERTIES="no").strict_properties is False
+    assert options().strict_properties is None
+    assert "SDEXEC_STRICT_PROPERTIES" in einval(SDEXEC_STRICT_PROPERTIES="maybe")
+
+
+def test_the_wait_scope_option_is_yes_or_no() -> None:
+    assert options(**{rfc42.WAIT_SCOPE_OPTION: "yes"}).wait_scoped
+    assert not options().wait_scoped
+    assert rfc42.WAIT_SCOPE_OPTION in einval(**{rfc42.WAIT_SCOPE_OPTION: "later"})
+
+
+def test_the_unit_name_option_gets_its_service_suffix() -> None:
+    assert options(SDEXEC_NAME="job-1").unit_name == "job-1.service"
+    assert options(SDEXEC_NAME="job-1.service").unit_name == "job-1.service"
+    assert options(SDEXEC_NAME="").unit_name is None
+
+
+def test_a_terminal_is_refused_with_channels_fallthrough_or_no_stdout() -> None:
+    assert options(SDEXEC_PTY="100x40").winsize == (100, 40)
+    assert options().winsize is None
+    payload = exec_payload(opts={"SDEXEC_PTY": "80x24"}, channels=["A"])
+    assert errnum_of(parse_exec, payload) == errno.EINVAL
+    payload = {**exec_payload(opts={"SDEXEC_PTY": "80x24"}), "local_flags": 1}
+    assert errnum_of(parse_exec, payload) == errno.EINVAL
+    payload = {**exec_payload(opts={"SDEXEC_PTY": "80x24"}), "flags": 0}
+    assert parse_exec(payload).options.winsize == (80, 24)  # background: a holder keeps it
+    with pytest.raises(SdexecError) as info:
+        parse_exec(payload, streaming=True)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_a_streaming_exec_cannot_be_waitable() -> None:
+    payload = {"cmd": command(), "flags": int(ExecFlag.WAITABLE)}
+    assert parse_exec(payload).flags & ExecFlag.WAITABLE
+    with pytest.raises(SdexecError) as info:
+        parse_exec(payload, streaming=True)
+    assert info.value.errno == errno.EINVAL
