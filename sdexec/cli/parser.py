@@ -932,7 +932,7 @@ def _add_security_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help="connections at once; more are refused with EAGAIN (default: 512)",
+        help="connections at once; more are refused with EAGAIN (default: 1024)",
     )
     g.add_argument(
         "--max-connections-per-uid",
