@@ -18,8 +18,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE / "_ext"), str(HERE.parent)]
 
-from sdexec import __version__  # noqa: E402
 from sdexec_cli import man_pages as _man_pages  # noqa: E402
+
+from sdexec import __version__  # noqa: E402
 
 project = "sdexec"
 author = "the sdexec maintainers"

@@ -69,9 +69,7 @@ def commands() -> list[Command]:
     parser, subs = build_parser()
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: str(c.help or "") for c in sub_action._choices_actions}
-    out = [
-        Command("", "run commands as systemd transient units through an sdexec server", parser)
-    ]
+    out = [Command("", "run commands as systemd transient units through an sdexec server", parser)]
     for name in subs:
         if " " not in name:
             out.append(Command(name, helps.get(name, name), subs.get(f"{name} run", subs[name])))
@@ -230,9 +228,7 @@ class CommandDirective(SphinxDirective):
         std: Any = self.env.get_domain("std")
         dl = nodes.definition_list()
         for action in cmd.parser._actions:
-            if action.help == argparse.SUPPRESS or isinstance(
-                action, argparse._SubParsersAction
-            ):
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
                 continue
             term = nodes.term()
             if action.option_strings:
@@ -251,9 +247,7 @@ class CommandDirective(SphinxDirective):
                 term += nodes.emphasis("", label)
             term["ids"].append(ident)
             definition = nodes.definition()
-            definition += _paragraphs(_option_text(action, cmd.parser)) or [
-                nodes.paragraph("", "")
-            ]
+            definition += _paragraphs(_option_text(action, cmd.parser)) or [nodes.paragraph("", "")]
             dl += nodes.definition_list_item("", term, definition)
         return dl
 

@@ -4,7 +4,7 @@
 the plain ``sdexec exec`` ones that :mod:`sdexec.cli.quick` understands:
 ``argparse`` alone (with ``re``, ``enum`` and ``gettext``) costs more start-up
 time than a whole remote ``/bin/true``.  The man pages are rendered from
-:func:`build_parser` too (``packaging/manpages.py``).
+:func:`build_parser` too (the docs' command reference, docs/_ext/sdexec_cli.py).
 """
 
 from __future__ import annotations
