@@ -31,6 +31,8 @@ extensions = ["myst_parser", "sdexec_cli"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = master_doc = "index"
 exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store"]
+# Options are written --like-this in help text: no dashes or curly quotes.
+smartquotes = False
 # Every reference must resolve (sphinx-build -n makes a missing one a warning).
 nitpicky = True
 
