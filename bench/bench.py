@@ -16,7 +16,7 @@ manager when this machine has no user manager) and measures, in one run:
    same cases again (at most 100 rounds) with 100 ms of quiet before every
    launch, as for a command typed at a shell: a unit's process then pays
    for a full RCU grace period when systemd moves it into its cgroup, which
-   a launch right after another one skips (see the README);
+   a launch right after another one skips (see docs/records/performance.md);
 2. 1,000 background units (400 with --quick) (``sleep``) started concurrently through sdexec
    (non-streaming exec, to ``started``) against 1,000 concurrent raw
    StartTransientUnit calls (to the unit running); all are killed and
@@ -71,7 +71,7 @@ STDIN_BUFSIZE = "1m"  # the stdin_BUFSIZE option of the stdin case
 CHUNK_FILE_SIZE = 16 * MIB
 # The second latency table: every launch after this much quiet, as a command
 # typed at a shell is.  A launch shortly after another one skips the kernel's
-# RCU grace period in the cgroup migration of the new process (see README).
+# RCU grace period in the cgroup migration of the new process (see docs/records/performance.md).
 IDLE_S = 0.1
 IDLE_RUNS = 100  # the file a unit cats over and over for output
 

@@ -4,7 +4,7 @@ Usage::
 
     PYTHONPATH=. .venv/bin/python bench/startup.py [--runs N] [--idle-runs N] [--install DIR]
 
-1. Installs sdexec as the README's "Install" says: ``scripts/install`` into a
+1. Installs sdexec as docs/admin/standalone.md's "Installing" says: ``scripts/install`` into a
    temporary directory (a virtual environment, not editable, the command run
    as ``python -S``).  ``--install DIR`` uses (and updates) DIR instead.
 2. Starts a server on the embedded default, as ``bench/bench.py`` does, and

@@ -276,7 +276,7 @@ async def _exec_background(
 def _failed(result: SdexecError) -> int:
     """A rank's exit code for a request that did not succeed: 68 unreachable, else 1.
 
-    The highest code of all ranks is the command's, as for exec (README: exit status).
+    The highest code of all ranks is the command's, as for exec (docs/reference/exit-status.md).
     """
     return EXIT_NOHOST if isinstance(result, Unreachable) else EXIT_FAILURE
 

@@ -4,7 +4,7 @@
 the plain ``sdexec exec`` ones that :mod:`sdexec.cli.quick` understands:
 ``argparse`` alone (with ``re``, ``enum`` and ``gettext``) costs more start-up
 time than a whole remote ``/bin/true``.  The man pages are rendered from
-:func:`build_parser` too (``packaging/manpages.py``).
+:func:`build_parser` too (the docs' command reference, docs/_ext/sdexec_cli.py).
 """
 
 from __future__ import annotations
@@ -932,7 +932,7 @@ def _add_security_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=_positive_int,
         default=None,
-        help="connections at once; more are refused with EAGAIN (default: 512)",
+        help="connections at once; more are refused with EAGAIN (default: 1024)",
     )
     g.add_argument(
         "--max-connections-per-uid",

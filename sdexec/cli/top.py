@@ -326,7 +326,7 @@ def _once(servers: Servers, args: argparse.Namespace) -> int:
             error(f"top: {note}")
     if not sample.unreachable:
         return 0
-    return EXIT_NOHOST if servers.many else EXIT_FAILURE  # README: exit status
+    return EXIT_NOHOST if servers.many else EXIT_FAILURE  # docs/reference/exit-status.md
 
 
 def _screen(stdscr: Any, servers: Servers, args: argparse.Namespace) -> int:

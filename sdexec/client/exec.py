@@ -220,7 +220,8 @@ WORKING_DIRECTORY = "working directory "
 
 
 def exec_error_exit_code(errnum: int | None, text: str = "") -> int:
-    """The shell's exit code for a command the server could not start (README: exit codes).
+    """The shell's exit code for a command the server could not start
+    (docs/reference/exit-status.md).
 
     127 not found, 126 found but not executable (EACCES, EPERM, ENOEXEC,
     ENOTDIR, as a shell says), 125 anything else, a bad working directory

@@ -256,7 +256,7 @@ def run(opts: ProxyOptions) -> int:
         warn(failure.message)
         if isinstance(failure, CommandFailed):  # 127 not found, 126 not executable
             return exec_error_exit_code(failure.errno)
-        return 125  # sdexec itself failed, as for exec (README: exit status)
+        return 125  # sdexec itself failed, as for exec (docs/reference/exit-status.md)
     except KeyboardInterrupt:  # before the child ran (after, SIGINT is the child's)
         return 130
 

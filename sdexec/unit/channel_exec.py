@@ -61,7 +61,7 @@ start-up to the bare interpreter, and the server runs this file's cached
 bytecode (:func:`sdexec.server.channels.helper_script`), which saves
 compiling it each time (about 4 ms).  It imports only ``os``, ``sys``,
 ``_socket``, ``_signal`` and ``fcntl``.  Measured on the project's 2-vCPU
-VMs (README, "Channels and message channels"): the helper uses about 17 ms
+VMs (docs/records/performance.md, "Channels"): the helper uses about 17 ms
 of CPU, and ``exec`` of ``/bin/true`` through the server takes a median
 36 ms with one channel against 19 ms without (+17 to +19 ms on an idle
 machine).  Execs without channels never run it.

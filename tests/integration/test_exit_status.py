@@ -1,7 +1,8 @@
-"""Every subcommand exits as the README's one table of exit statuses says.
+"""Every subcommand exits as the documentation's one table of exit statuses says.
 
 Each case runs the real CLI against the session's server and checks the
-status, and that the README's row for that status names the subcommand.
+status, and that the table's row for that status names the subcommand
+(``docs/reference/exit-status.md``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from conftest import REPO, Server
 _n = itertools.count()
 
 
-def readme_table() -> dict[int, set[str]]:
-    """Status -> the subcommands its README row names."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Exit status") :]
+def documented_table() -> dict[int, set[str]]:
+    """Status -> the subcommands its row of the table names."""
+    text = (REPO / "docs" / "reference" / "exit-status.md").read_text()
+    section = text[text.index("# Exit statuses") :]
     rows: dict[int, set[str]] = {}
     for line in section.splitlines()[1:]:
         if line.startswith("#"):
@@ -92,7 +93,7 @@ def files(workdir: Path) -> Path:
 
 
 @pytest.mark.parametrize(("command", "make", "status"), CASES, ids=lambda c: str(c))
-def test_exit_status_follows_the_readme_table(
+def test_exit_status_follows_the_documented_table(
     server: Server,
     files: Path,
     command: str,
@@ -102,7 +103,7 @@ def test_exit_status_follows_the_readme_table(
     argv, env = make(server, files)
     r = server.sdexec(*argv, env=env)
     assert r.returncode == status, (argv, r.stderr)
-    rows = readme_table()
+    rows = documented_table()
     row = rows[status] if status in rows else rows[-1 if status < 128 else 128]
     assert command in row or "all" in row, (status, row)
 
@@ -113,4 +114,4 @@ def test_a_missing_working_directory_says_so(server: Server) -> None:
 
 
 def test_the_table_is_complete() -> None:
-    assert set(readme_table()) == {-1, 0, 1, 2, 68, 125, 126, 127, 128, 130}
+    assert set(documented_table()) == {-1, 0, 1, 2, 68, 125, 126, 127, 128, 130}

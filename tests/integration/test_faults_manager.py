@@ -7,7 +7,7 @@ must hold: requests fail at once with a clear reason, nothing is forgotten
 lost to a journald restart, the manager's helpers go with it, no cgroup is
 left behind, and the server never logs a traceback.
 
-The figures the README's reliability section quotes are printed here
+The figures the reliability record (docs/records/reliability.md) quotes are printed here
 (``pytest -s``): the time from the SIGKILL to the server's log saying the
 manager died, and to the foreground client's answer.
 """

@@ -5,7 +5,7 @@ A flood of TCP connections that never finish the CURVE handshake; one
 message of 300 MB; a client that never reads the output it asked for.
 What must hold: the owner still gets in over ``local://``, the log stays
 small and without tracebacks, and the server's memory stays bounded.  The
-figures for the README are printed (``pytest -s``).
+figures for docs/records/reliability.md are printed (``pytest -s``).
 """
 
 from __future__ import annotations

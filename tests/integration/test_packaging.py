@@ -115,7 +115,7 @@ def maintainer_scripts(out: Path) -> dict[str, str]:
 
 
 def test_a_fresh_install_enables_and_starts_no_unit(built: Path, tmp_path: Path) -> None:
-    """The README says the units are installed, not enabled: the administrator picks one.
+    """The docs say the units are installed, not enabled: the administrator picks one.
 
     The real postinst runs with stand-ins for the helpers it calls, which
     answer as on a machine that never had the package (deb-systemd-helper's

@@ -1,11 +1,12 @@
-"""The README's Usage section runs as written, top to bottom.
+"""The getting-started page's "Try it" block runs as written, top to bottom;
+so does the README's Usage block, the same commands.
 
-The block is read from README.md itself.  Its first line starts the server
-(``sdexec serve &``: the default manager, which here, as root without a
-user manager, is the embedded private one); each other line is run by
-bash, in order, and must succeed.  The only things given are what the
-README says a reader supplies: ``sdexec`` on ``PATH`` (``.venv/bin``),
-``SDEXEC_URI`` naming the socket, and ``./long-task``, the reader's program.
+Each block is read from its page (``docs/getting-started.md``, ``README.md``).
+Its first line starts the server (``sdexec serve &``: the default manager,
+which here, as root without a user manager, is the embedded private one);
+each other line is run by bash, in order, and must succeed.  The only thing
+given is what the page says a reader does first: ``sdexec`` on ``PATH``
+(``.venv/bin``).
 """
 
 from __future__ import annotations
@@ -20,28 +21,31 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from sdexec.systemd.private import PrivateManager
 
-LONG_TASK = """#!/bin/sh
-trap 'echo stopping; exit 0' TERM
-echo working
-while :; do sleep 0.1; done
-"""
+# (page, the heading of the section whose first sh block is run)
+BLOCKS = {
+    "getting-started": ("docs/getting-started.md", "## Try it"),
+    "readme": ("README.md", "## Usage"),
+}
 
 
-def usage_block() -> list[str]:
-    """The command lines of the first ``sh`` block under ``## Usage``."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Usage\n", 1)[1].split("\n## ", 1)[0]
+def try_it_block(name: str) -> list[str]:
+    """The command lines of the first ``sh`` block under the page's heading."""
+    page, heading = BLOCKS[name]
+    text = (REPO / page).read_text()
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block is not None
     return [line for line in block.group(1).splitlines() if line.strip() and line[0] != " "]
 
 
-def test_the_readme_usage_block_is_the_one_this_test_knows() -> None:
-    lines = usage_block()
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_the_block_is_the_one_this_test_knows(name: str) -> None:
+    lines = try_it_block(name)
     assert lines[0].startswith("sdexec serve &")
     assert all(line.startswith("sdexec ") for line in lines)
     words = [line.split()[1] for line in lines]
@@ -50,19 +54,27 @@ def test_the_readme_usage_block_is_the_one_this_test_knows() -> None:
     ]  # fmt: skip
 
 
-def test_the_readme_usage_section_runs_as_written(workdir: Path) -> None:
+def test_the_readme_shows_the_getting_started_commands() -> None:
+    """The README's Usage block is the getting-started block (comments may differ)."""
+
+    def commands(name: str) -> list[str]:
+        return [line.split("  #")[0].rstrip() for line in try_it_block(name)]
+
+    assert commands("readme") == commands("getting-started")
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_the_block_runs_as_written(workdir: Path, name: str) -> None:
     """Run in a mount namespace of its own with an empty ``/run/sdexec``, so that
     ``sdexec serve`` and the commands meet on the default socket, as written."""
-    here = workdir / "readme-usage"
+    here = workdir / f"try-it-{name}"
     here.mkdir()
-    (here / "long-task").write_text(LONG_TASK)
-    (here / "long-task").chmod(0o755)
     bindir = Path(sys.executable).parent
-    assert (bindir / "sdexec").exists(), "the README says sdexec is in .venv/bin"
-    serve, *rest = usage_block()
+    assert (bindir / "sdexec").exists(), "getting started puts .venv/bin on PATH"
+    serve, *rest = try_it_block(name)
     probe = "import socket; socket.socket(socket.AF_UNIX).connect('/run/sdexec/local')"
     script = [
-        "mount -t tmpfs -o mode=0755 sdexec-readme /run/sdexec",
+        "mount -t tmpfs -o mode=0755 sdexec-try-it /run/sdexec",
         f"cd {here}",
         f"{{ {serve}\n}} >serve.log 2>&1",
         "server=$!",
