@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Coroutine, Mapping
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
-from sdexec.broker.router import Router
 from sdexec.server.adoption import Adoption
 from sdexec.server.attaching import Attaching
 from sdexec.server.channels import shutdown_aux
@@ -36,11 +34,7 @@ from sdexec.server.connections import Connections
 from sdexec.server.control import Control
 from sdexec.server.execution import Execution
 from sdexec.server.listing import Listing
-from sdexec.server.outputlog import OutputLog
 from sdexec.server.process import Process, ProcState
-from sdexec.server.table import Mapper
-from sdexec.systemd.bus import SystemdBus
-from sdexec.systemd.journal import Journal
 
 log = structlog.get_logger("sdexec.service")
 
@@ -48,43 +42,8 @@ log = structlog.get_logger("sdexec.service")
 class Service(Execution, Attaching, Control, Listing, Connections, Adoption):
     """RFC 42 handlers registered under ``<name>.<method>``."""
 
-    def __init__(
-        self,
-        router: Router,
-        bus: SystemdBus,
-        *,
-        name: str = "sdexec",
-        rank: int = 0,
-        uri: str | None = None,
-        journal: Journal | None = None,
-        state_dir: Path | None = None,
-        outputlog: OutputLog | None = None,
-        line_buffer: bool = False,
-        environment: Mapping[str, str | None] | None = None,
-        wait_output: int = 0,
-        mapper: Mapper | None = None,
-    ) -> None:
-        """``line_buffer``: the default of ``<stream>_LINE_BUFFER``.
-        ``environment``: variables set (or, with None, removed) in every
-        command's environment.  ``wait_output``: how much of a background
-        process's last output a ``wait`` response carries (0: none).
-        ``mapper``: turns ``SDEXEC_R_LOCAL`` into unit properties (Flux's
-        ``sdexec-mapper``); without one that option is refused.
-        """
-        super().__init__(
-            router,
-            bus,
-            name=name,
-            rank=rank,
-            uri=uri,
-            journal=journal,
-            state_dir=state_dir,
-            outputlog=outputlog,
-            line_buffer=line_buffer,
-            environment=environment,
-            wait_output=wait_output,
-            mapper=mapper,
-        )
+    def register_methods(self) -> None:
+        """Serve every RFC 42 method (and sdexec's) under ``<name>.<method>``."""
         for method, handler, streaming_only in (
             ("exec", self.exec, False),
             ("attach", self.attach, True),
@@ -96,8 +55,8 @@ class Service(Execution, Attaching, Control, Listing, Connections, Adoption):
             ("stats-get", self.stats_get, False),
             ("disconnect", self.disconnect, False),
         ):
-            router.register(f"{name}.{method}", handler, streaming_only=streaming_only)
-        router.disconnect_hooks.append(self.connection_closed)
+            self.router.register(f"{self.name}.{method}", handler, streaming_only=streaming_only)
+        self.router.disconnect_hooks.append(self.connection_closed)
 
     # --- shutdown ---------------------------------------------------------------------------
 

@@ -138,6 +138,10 @@ class ProcessTable:
         self.down: SdexecError | None = None
         # Set while some process may have a client: watch_stopped polls only then.
         self._clients_present = asyncio.Event()
+        self.register_methods()
+
+    def register_methods(self) -> None:
+        """The assembled service registers its handlers with the router here."""
 
     # --- table maintenance (called by Process) ----------------------------------------
 
