@@ -170,8 +170,11 @@ def parse_options(
         if f"{stream}_LINE_BUFFER" in opts
     }
     return ExecOptions(
-        stdin_bufsize=_stdin_bufsize(opts),
-        output_bufsize={stream: _output_bufsize(opts, stream) for stream in OUTPUT_STREAMS},
+        stdin_bufsize=_bufsize(opts, "stdin", DEFAULT_STDIN_BUFSIZE, zero_is_default=False),
+        output_bufsize={
+            stream: _bufsize(opts, stream, DEFAULT_OUTPUT_BUFSIZE, zero_is_default=True)
+            for stream in OUTPUT_STREAMS
+        },
         line_buffer=line_buffer,
         stop_timer=_stop_timer(opts),
         wait_scoped=bool_option(opts, WAIT_SCOPE_OPTION),
@@ -184,31 +187,21 @@ def parse_options(
     )
 
 
-def _stdin_bufsize(opts: Mapping[str, str]) -> int:
-    raw = opts.get("stdin_BUFSIZE")
-    if raw is None:
-        return DEFAULT_STDIN_BUFSIZE
-    try:
-        size = _parse_size(raw)
-    except ValueError:
-        raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}") from None
-    if size < 1:
-        raise SdexecError(errno.EINVAL, f"invalid stdin_BUFSIZE: {raw}")
-    return size
+def _bufsize(opts: Mapping[str, str], stream: str, default: int, *, zero_is_default: bool) -> int:
+    """``<stream>_BUFSIZE`` in bytes (``k``, ``m``, ``g`` suffixes); ``default`` when absent.
 
-
-def _output_bufsize(opts: Mapping[str, str], stream: str) -> int:
-    """``<stream>_BUFSIZE`` of an output stream (absent or 0: the default)."""
+    An output stream's 0 also means the default; stdin's must be at least 1.
+    """
     raw = opts.get(f"{stream}_BUFSIZE")
     if raw is None:
-        return DEFAULT_OUTPUT_BUFSIZE
+        return default
     try:
         size = _parse_size(raw)
     except ValueError:
-        raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}") from None
-    if size < 0:
+        size = -1
+    if size < 0 or (size == 0 and not zero_is_default):
         raise SdexecError(errno.EINVAL, f"invalid {stream}_BUFSIZE: {raw}")
-    return size or DEFAULT_OUTPUT_BUFSIZE
+    return size or default
 
 
 def _true_false(opts: Mapping[str, str], name: str) -> bool:
