@@ -842,13 +842,14 @@ def bus_label_escape(label: str) -> str:
     data = label.encode("utf-8")
     if not data:
         return "_"
-    out: list[str] = []
-    for i, byte in enumerate(data):
-        if (0x41 <= byte <= 0x5A) or (0x61 <= byte <= 0x7A) or (i > 0 and 0x30 <= byte <= 0x39):
-            out.append(chr(byte))
-        else:
-            out.append(f"_{byte:02x}")
-    return "".join(out)
+    # One byte per character (latin-1), each mapped by the table (str.translate, in C).
+    text = data.decode("latin-1")
+    if data[:1].isdigit():
+        return f"_{data[0]:02x}" + text[1:].translate(_PATH_ESCAPES)
+    return text.translate(_PATH_ESCAPES)
+
+
+_PATH_ESCAPES = {b: f"_{b:02x}" for b in range(256) if not (b < 0x80 and chr(b).isalnum())}
 
 
 _UNIT_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-")
