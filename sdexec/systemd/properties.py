@@ -675,6 +675,8 @@ def exec_start_ex(argv: list[str], path: str | None = None) -> Property:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Valid names, one per line (one name at least).
+_ENV_NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\n[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def env_name_is_valid(name: str) -> bool:
@@ -698,6 +700,14 @@ def environment(env: Mapping[str, str]) -> Property:
     systems) would else make every command fail.  :func:`rejected_env_names`
     lists them, for a log line.
     """
+    # Most environments are all valid: checked at once, on the joined names and values.
+    names = "\n".join(env)
+    if (
+        _ENV_NAMES.fullmatch(names) is not None
+        and names.count("\n") == len(env) - 1  # no name holds the separator itself
+        and _text_problem("".join(env.values())) is None
+    ):
+        return ("Environment", Variant("as", [f"{n}={v}" for n, v in env.items()]))
     entries: list[str] = []
     for name, value in env.items():
         if not name or "=" in name:

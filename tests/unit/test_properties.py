@@ -688,6 +688,35 @@ def test_environment_values_may_hold_control_characters() -> None:
     assert environment({"X": "a\nb\tc\x1b"}) == ("Environment", Variant("as", ["X=a\nb\tc\x1b"]))
 
 
+def _environment_entry_by_entry(env: dict[str, str]) -> list[str] | None:
+    """What environment() must give, one entry at a time (None: EINVAL)."""
+    entries = []
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            return None
+        try:
+            (name + value).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            entries.append(f"{name}={value}")
+    return entries
+
+
+_ENV_TEXT = st.text(alphabet=st.sampled_from("aZ_9=\n\0 %.-é\ud800"), max_size=6)
+
+
+@given(st.dictionaries(_ENV_TEXT, _ENV_TEXT, max_size=6))
+@settings(max_examples=400)
+def test_environment_checked_at_once_agrees_with_entry_by_entry(env: dict[str, str]) -> None:
+    expected = _environment_entry_by_entry(env)
+    if expected is None:
+        with pytest.raises(SdexecError):
+            environment(env)
+    else:
+        assert environment(env) == ("Environment", Variant("as", expected))
+
+
 # --- UnitSpec ----------------------------------------------------------------
 
 
