@@ -863,6 +863,7 @@ _PATH_ESCAPES = {b: f"_{b:02x}" for b in range(256) if not (b < 0x80 and chr(b).
 
 
 _UNIT_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-")
+_UNIT_NAME_TEXT = re.compile(r"[A-Za-z0-9:_.\-]*")
 
 
 def unit_name_fragment(text: str, limit: int = 64) -> str:
@@ -872,6 +873,8 @@ def unit_name_fragment(text: str, limit: int = 64) -> str:
     cut (never inside a character) so that a long label cannot push the whole
     name past systemd's 255 characters.
     """
+    if len(text) <= limit and _UNIT_NAME_TEXT.fullmatch(text) is not None:
+        return text  # nothing to escape (the usual label)
     out: list[str] = []
     size = 0
     for ch in text:

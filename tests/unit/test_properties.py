@@ -914,3 +914,20 @@ def test_unit_object_path_element_is_a_valid_reversible_path_element(unit: str) 
     element = unit_object_path(unit).rsplit("/", 1)[1]
     assert re.fullmatch(r"[A-Za-z0-9_]+", element)
     assert unescape_label(element) == unit
+
+
+def _fragment_char_by_char(text: str, limit: int) -> str:
+    safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-"
+    out, size = [], 0
+    for ch in text:
+        piece = "".join(chr(b) if b in safe else f"\\x{b:02x}" for b in ch.encode())
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+@given(st.text(alphabet=st.sampled_from("aZ9:_.-/ ö@\\"), max_size=12), st.integers(0, 10))
+def test_unit_name_fragment_escapes_and_cuts_like_systemd_escape(text: str, limit: int) -> None:
+    assert p.unit_name_fragment(text, limit) == _fragment_char_by_char(text, limit)
