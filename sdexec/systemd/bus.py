@@ -5,19 +5,40 @@ Theory of operation
 One :class:`SystemdBus` owns one connection to the manager's bus, opened with
 ``negotiate_unix_fd=True`` (otherwise fds are silently dropped and systemd
 answers "Bad message").  At connect time it calls ``Manager.Subscribe()``
-once (no unit signals are emitted without it) and adds two match rules:
+once (no unit signals are emitted without it) and adds a match rule for the
+manager's ``JobRemoved``.
 
-* ``PropertiesChanged`` for every object under ``/org/freedesktop/systemd1/unit``;
-* the manager's ``JobRemoved``.
+Unit signals (``PropertiesChanged``) come through one match rule per watched
+unit, on its object path: a manager runs many units that are not this
+server's (the units of the other Flux brokers of a node, the targets and
+slices whose dependencies change with every unit), and each of their
+signals would otherwise be read and decoded here only to be dropped (with
+four brokers on one manager that was three quarters of the signals each
+server decoded, and the largest part of its CPU per job).  The rule is
+added by :meth:`SystemdBus.watch`, which is called before the unit's
+``StartTransientUnit``; the ``AddMatch`` is sent at once, without waiting
+for its reply: the bus daemon handles one connection's messages in order,
+so the rule is in force before the manager even sees the start, and the
+exec path pays no round trip.  Its reply is checked when it comes (see
+below); :meth:`unwatch` removes the rule (``NO_REPLY_EXPECTED``).
 
-A single broad match, added before any unit is started, replaces one
-``AddMatch`` per unit: it costs no round trip on the exec path and does not
-run into dbus-daemon's per-connection match limit (512 on a system bus) when
-a thousand units start at once.  Signals are dispatched to the
-:class:`UnitListener` registered for the unit's object path (or unit name,
-for ``JobRemoved``); a listener is registered *before* its
-``StartTransientUnit`` is sent, so no transition is missed.  Signals of
-units nobody watches are dropped after a dictionary lookup.
+dbus-daemon limits the match rules of one connection (512 on a system bus),
+and a thousand units may start at once: beyond :data:`UNIT_MATCHES_MAX`
+watched units, one broad rule for every object under
+``/org/freedesktop/systemd1/unit`` is added instead (sent, like the others,
+before the next start), and the units' own rules are dropped again once no
+more than :data:`UNIT_MATCHES_LOW` are watched (their rules first, then the
+broad one's removal: no signal falls between).  The daemon sends a signal
+once to a connection however many of its rules match.  Should the daemon
+refuse a rule all the same (a limit set lower than ours), signals may have
+been missed: the connection is given up as lost (:meth:`lose`), as when the
+bus daemon dies, so that the server reconnects and reads every unit's state
+again, and this connection uses the broad rule from then on.
+
+Signals are dispatched to the :class:`UnitListener` registered for the
+unit's object path (or unit name, for ``JobRemoved``).  Signals of units
+nobody watches (still in flight after an unwatch) are dropped after a
+dictionary lookup and counted (:attr:`SystemdBus.unrouted`).
 
 At most MAX_IN_FLIGHT calls are outstanding on the connection at once.
 dbus-fast (5.2) treats a send that meets a full socket buffer (EAGAIN) as a
@@ -65,6 +86,14 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 MAX_IN_FLIGHT = 32
+#: At most this many watched units have a match rule of their own; beyond, one rule for all.
+UNIT_MATCHES_MAX = 256
+#: With one rule for all units, back to a rule per unit once no more than this many are watched.
+UNIT_MATCHES_LOW = 128
+UNITS_RULE = (
+    f"type='signal',sender='{SYSTEMD}',interface='{PROPS_IFACE}',"
+    f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}/unit'"
+)
 
 DBUS_ERRNO: dict[str, int] = {
     "org.freedesktop.systemd1.NoSuchUnit": errno.ESRCH,
@@ -112,15 +141,47 @@ def _unwrap(props: dict[str, Variant]) -> dict[str, Any]:
     return {k: v.value for k, v in props.items()}
 
 
+def unit_rule(path: str) -> str:
+    """The match rule for one unit's ``PropertiesChanged`` (its object path)."""
+    return (
+        f"type='signal',sender='{SYSTEMD}',interface='{PROPS_IFACE}',"
+        f"member='PropertiesChanged',path='{path}'"
+    )
+
+
+def _written(fut: asyncio.Future[None]) -> None:
+    """A pipelined match call was written (or the connection failed, noticed elsewhere)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class SystemdBus:
     """A connection to one systemd manager (user, system or private)."""
 
-    def __init__(self, address: str | None = None, *, system: bool = False) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        system: bool = False,
+        unit_matches: int = UNIT_MATCHES_MAX,
+        unit_matches_low: int = UNIT_MATCHES_LOW,
+    ) -> None:
         self.address = address
         self.system = system
         self._bus: MessageBus | None = None
         self._by_path: dict[str, UnitListener] = {}
         self._by_name: dict[str, UnitListener] = {}
+        self._path_of: dict[str, str] = {}  # unit name -> object path, while watched
+        #: Most units with a rule of their own (0: one rule for all, always).
+        self.unit_matches = unit_matches
+        self.unit_matches_low = min(unit_matches_low, unit_matches)
+        #: Object paths that have a rule of their own on this connection.
+        self.matched: set[str] = set()
+        #: Whether the rule for every unit is in force (beyond ``unit_matches``).
+        self.broad = False
+        self._match_calls: dict[int, str] = {}  # serial of a pipelined AddMatch -> its rule
+        #: Unit signals that reached no listener (in flight after an unwatch).
+        self.unrouted = 0
         self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
         #: Why the manager cannot be reached now (None while it can).
         self.down: SdexecError | None = None
@@ -142,10 +203,16 @@ class SystemdBus:
         except Exception as exc:
             raise translate(exc) from exc
         self._bus.add_message_handler(self._on_message)
-        await self._add_match(
-            f"type='signal',sender='{SYSTEMD}',interface='{PROPS_IFACE}',"
-            f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}/unit'"
-        )
+        self.matched.clear()
+        self._match_calls.clear()
+        # The units watched already (a reconnect, or watched while the bus was down).
+        self.broad = self.unit_matches <= 0 or len(self._by_path) > self.unit_matches_low
+        if self.broad:
+            await self._add_match(UNITS_RULE)
+        else:
+            for path in list(self._by_path):
+                self.matched.add(path)
+                await self._add_match(unit_rule(path))
         await self._add_match(
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER_IFACE}',member='JobRemoved'"
         )
@@ -157,6 +224,10 @@ class SystemdBus:
         self.manager_pid = await self._owner_pid()
         self.down = None
         self._lost.clear()
+        for path in list(self._by_path):  # watched while this connection was being made
+            if not self.broad and path not in self.matched:
+                self.matched.add(path)
+                self._send_match("AddMatch", unit_rule(path))
 
     async def reconnect(self) -> None:
         """A new connection in place of a lost one (the listeners stay registered)."""
@@ -288,16 +359,82 @@ class SystemdBus:
     # --- units -------------------------------------------------------------------------
 
     def watch(self, unit: str, listener: UnitListener) -> None:
-        """Route this unit's signals to ``listener`` (call before starting it)."""
-        self._by_path[unit_object_path(unit)] = listener
+        """Route this unit's signals to ``listener`` (call before starting it).
+
+        Its match rule is sent now, ahead of any call that follows (see the
+        module's notes): nothing to wait for.
+        """
+        path = self._path_of.get(unit) or unit_object_path(unit)
+        self._path_of[unit] = path
+        self._by_path[path] = listener
         self._by_name[unit] = listener
+        if self.broad or path in self.matched or not self._can_send():
+            return  # the broad rule covers it; or connect() adds the rules
+        if len(self.matched) >= self.unit_matches:
+            self._send_match("AddMatch", UNITS_RULE)
+            self.broad = True
+            return
+        self._send_match("AddMatch", unit_rule(path))
+        self.matched.add(path)
 
     def unwatch(self, unit: str, listener: UnitListener | None = None) -> None:
         """Stop routing this unit's signals (only if to ``listener``, when given)."""
         if listener is not None and self._by_name.get(unit) is not listener:
             return
-        self._by_path.pop(unit_object_path(unit), None)
+        path = self._path_of.pop(unit, None)
         self._by_name.pop(unit, None)
+        if path is None:
+            return
+        self._by_path.pop(path, None)
+        if path in self.matched:
+            self.matched.discard(path)
+            if self._can_send():
+                self._send_match("RemoveMatch", unit_rule(path))
+        if self.broad and len(self._by_path) <= self.unit_matches_low and self._can_send():
+            self._narrow()
+
+    def _narrow(self) -> None:
+        """A rule for each watched unit again, then the broad rule removed (in that order)."""
+        for path in self._by_path:
+            if path not in self.matched:
+                self._send_match("AddMatch", unit_rule(path))
+                self.matched.add(path)
+        self._send_match("RemoveMatch", UNITS_RULE)
+        self.broad = False
+
+    def _can_send(self) -> bool:
+        return self._bus is not None and self.down is None and self.unit_matches > 0
+
+    def _send_match(self, member: str, rule: str) -> None:
+        """Send AddMatch/RemoveMatch now, without waiting: the reply of an AddMatch is
+        checked in :meth:`_on_message`; a RemoveMatch asks for none."""
+        assert self._bus is not None
+        remove = member == "RemoveMatch"
+        msg = Message(
+            destination=DBUS_NAME,
+            path="/org/freedesktop/DBus",
+            interface=DBUS_NAME,
+            member=member,
+            signature="s",
+            body=[rule],
+            flags=MessageFlag.NO_REPLY_EXPECTED if remove else MessageFlag.NONE,
+            serial=self._bus.next_serial(),
+        )
+        if not remove:
+            self._match_calls[msg.serial] = rule
+        self._bus.send(msg).add_done_callback(_written)
+
+    def _match_refused(self, rule: str, reply: Message) -> None:
+        """The bus daemon refused a unit's rule: signals may have been missed."""
+        reason = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        self.unit_matches = 0  # one rule for all units on the next connection
+        self.lose(
+            SdexecError(
+                DBUS_ERRNO.get(reply.error_name or "", errno.EIO),
+                f"the bus refused a match rule ({reply.error_name}: {reason}); "
+                f"reconnecting with one rule for all units",
+            )
+        )
 
     async def start_transient(
         self, unit: str, properties: list[list[Any]], fds: Sequence[int] = ()
@@ -364,10 +501,16 @@ class SystemdBus:
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type != MessageType.SIGNAL:
+            if self._match_calls and msg.reply_serial in self._match_calls:
+                rule = self._match_calls.pop(msg.reply_serial)
+                if msg.message_type == MessageType.ERROR:
+                    self._match_refused(rule, msg)
             return False
         if msg.member == "PropertiesChanged":
             listener = self._by_path.get(msg.path or "")
-            if listener is not None:
+            if listener is None:
+                self.unrouted += 1
+            else:
                 iface, changed = msg.body[0], msg.body[1]
                 if iface == SERVICE_IFACE:
                     listener.service_changed(_unwrap(changed))

@@ -675,6 +675,8 @@ def exec_start_ex(argv: list[str], path: str | None = None) -> Property:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Valid names, one per line (one name at least).
+_ENV_NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\n[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def env_name_is_valid(name: str) -> bool:
@@ -698,6 +700,14 @@ def environment(env: Mapping[str, str]) -> Property:
     systems) would else make every command fail.  :func:`rejected_env_names`
     lists them, for a log line.
     """
+    # Most environments are all valid: checked at once, on the joined names and values.
+    names = "\n".join(env)
+    if (
+        _ENV_NAMES.fullmatch(names) is not None
+        and names.count("\n") == len(env) - 1  # no name holds the separator itself
+        and _text_problem("".join(env.values())) is None
+    ):
+        return ("Environment", Variant("as", [f"{n}={v}" for n, v in env.items()]))
     entries: list[str] = []
     for name, value in env.items():
         if not name or "=" in name:
@@ -842,16 +852,18 @@ def bus_label_escape(label: str) -> str:
     data = label.encode("utf-8")
     if not data:
         return "_"
-    out: list[str] = []
-    for i, byte in enumerate(data):
-        if (0x41 <= byte <= 0x5A) or (0x61 <= byte <= 0x7A) or (i > 0 and 0x30 <= byte <= 0x39):
-            out.append(chr(byte))
-        else:
-            out.append(f"_{byte:02x}")
-    return "".join(out)
+    # One byte per character (latin-1), each mapped by the table (str.translate, in C).
+    text = data.decode("latin-1")
+    if data[:1].isdigit():
+        return f"_{data[0]:02x}" + text[1:].translate(_PATH_ESCAPES)
+    return text.translate(_PATH_ESCAPES)
+
+
+_PATH_ESCAPES = {b: f"_{b:02x}" for b in range(256) if not (b < 0x80 and chr(b).isalnum())}
 
 
 _UNIT_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-")
+_UNIT_NAME_TEXT = re.compile(r"[A-Za-z0-9:_.\-]*")
 
 
 def unit_name_fragment(text: str, limit: int = 64) -> str:
@@ -861,6 +873,8 @@ def unit_name_fragment(text: str, limit: int = 64) -> str:
     cut (never inside a character) so that a long label cannot push the whole
     name past systemd's 255 characters.
     """
+    if len(text) <= limit and _UNIT_NAME_TEXT.fullmatch(text) is not None:
+        return text  # nothing to escape (the usual label)
     out: list[str] = []
     size = 0
     for ch in text:

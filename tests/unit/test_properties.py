@@ -688,6 +688,35 @@ def test_environment_values_may_hold_control_characters() -> None:
     assert environment({"X": "a\nb\tc\x1b"}) == ("Environment", Variant("as", ["X=a\nb\tc\x1b"]))
 
 
+def _environment_entry_by_entry(env: dict[str, str]) -> list[str] | None:
+    """What environment() must give, one entry at a time (None: EINVAL)."""
+    entries = []
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            return None
+        try:
+            (name + value).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            entries.append(f"{name}={value}")
+    return entries
+
+
+_ENV_TEXT = st.text(alphabet=st.sampled_from("aZ_9=\n\0 %.-é\ud800"), max_size=6)
+
+
+@given(st.dictionaries(_ENV_TEXT, _ENV_TEXT, max_size=6))
+@settings(max_examples=400)
+def test_environment_checked_at_once_agrees_with_entry_by_entry(env: dict[str, str]) -> None:
+    expected = _environment_entry_by_entry(env)
+    if expected is None:
+        with pytest.raises(SdexecError):
+            environment(env)
+    else:
+        assert environment(env) == ("Environment", Variant("as", expected))
+
+
 # --- UnitSpec ----------------------------------------------------------------
 
 
@@ -885,3 +914,20 @@ def test_unit_object_path_element_is_a_valid_reversible_path_element(unit: str) 
     element = unit_object_path(unit).rsplit("/", 1)[1]
     assert re.fullmatch(r"[A-Za-z0-9_]+", element)
     assert unescape_label(element) == unit
+
+
+def _fragment_char_by_char(text: str, limit: int) -> str:
+    safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-"
+    out, size = [], 0
+    for ch in text:
+        piece = "".join(chr(b) if b in safe else f"\\x{b:02x}" for b in ch.encode())
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+@given(st.text(alphabet=st.sampled_from("aZ9:_.-/ ö@\\"), max_size=12), st.integers(0, 10))
+def test_unit_name_fragment_escapes_and_cuts_like_systemd_escape(text: str, limit: int) -> None:
+    assert p.unit_name_fragment(text, limit) == _fragment_char_by_char(text, limit)
