@@ -192,7 +192,8 @@ class ProcessTable:
             )
             self._forget_evicted()
             if proc.waitable:  # kept by RemainAfterExit / CollectMode=inactive until now
-                self.router.spawn(self._release_unit(proc.unit), "release unit")
+                release = self._release_unit(proc.unit, may_have_failed=proc.status != 0)
+                self.router.spawn(release, "release unit")
             self._release_holder(proc)
 
     def _release_holder(self, proc: Process) -> None:
@@ -227,8 +228,14 @@ class ProcessTable:
         if self.by_stream.get(key) is proc:
             del self.by_stream[key]
 
-    async def _release_unit(self, unit: str) -> None:
-        for step in (self.bus.stop, self.bus.reset_failed):
+    async def _release_unit(self, unit: str, *, may_have_failed: bool = True) -> None:
+        """Stop a kept unit, and reset it if it may have failed (a failed one stays loaded).
+
+        A unit whose command exited 0 ends inactive, which systemd collects
+        on its own: one call to the manager less for every such job.
+        """
+        steps = (self.bus.stop, self.bus.reset_failed) if may_have_failed else (self.bus.stop,)
+        for step in steps:
             try:
                 await step(unit)
             except OSError as exc:
