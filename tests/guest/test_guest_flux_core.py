@@ -7,8 +7,8 @@ MemorySwapMax on sdexec units and jobs, a job OOM-killed) and
 allocation, a rank drained when the check fails) run in one guest boot with
 our module loaded through ``[modules.sdexec]`` (``fluxbatch.py`` makes the
 image, ``fluxtests.py`` runs them inside).  Every test of both must pass:
-none may fail or be skipped.  They take about 10 minutes (boot, 4-5 minutes
-each under emulation), so they run only when asked for
+none may fail or be skipped.  They take about 15 minutes (t2410 4, t2416 9
+under emulation, measured on a shared host), so they run only when asked for
 (``SDEXEC_FLUX_GUEST_TESTS=1``; otherwise deselected, see tests/conftest.py),
 as root where flux-core is installed with its build tree.
 """
