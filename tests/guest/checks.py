@@ -189,17 +189,34 @@ def main() -> int:
     return 0
 
 
-def user_checks() -> None:
-    """The same limits on a user's own manager, with the controllers delegated to it."""
+def user_env() -> dict[str, str]:
+    """The environment of :data:`USER`'s commands, with its own manager's bus."""
     uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True).stdout)
     runtime = f"/run/user/{uid}"
-    env = {
+    return {
         "PATH": "/usr/bin:/bin",
         "HOME": f"/home/{USER}",
+        "USER": USER,
+        "LOGNAME": USER,
         "XDG_RUNTIME_DIR": runtime,
         "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
-        "SDEXEC_URI": f"local://{runtime}/sdx.sock",
     }
+
+
+def wait_for_user_bus(runtime: str, timeout: float = 60) -> bool:
+    """Whether the lingering user's manager has its bus up within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(f"{runtime}/bus") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return os.path.exists(f"{runtime}/bus")
+
+
+def user_checks() -> None:
+    """The same limits on a user's own manager, with the controllers delegated to it."""
+    env = user_env()
+    runtime = env["XDG_RUNTIME_DIR"]
+    uid = int(runtime.rsplit("/", 1)[1])
+    env["SDEXEC_URI"] = f"local://{runtime}/sdx.sock"
     as_user = ["/usr/sbin/runuser", "-u", USER, "--"]
 
     def user_sdexec(*args: str) -> subprocess.CompletedProcess[str]:
@@ -208,10 +225,7 @@ def user_checks() -> None:
 
     @check("user-manager-delegated")
     def _delegated() -> str:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(f"{runtime}/bus") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        expect(os.path.exists(f"{runtime}/bus"), f"{USER}'s manager and its bus are up")
+        expect(wait_for_user_bus(runtime), f"{USER}'s manager and its bus are up")
         cg = subprocess.run(["systemctl", "show", "-P", "ControlGroup", f"user@{uid}.service"],
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
         expect(cg.startswith("/user.slice/"), f"user@{uid}.service runs (cgroup {cg!r})")
@@ -261,11 +275,8 @@ def user_checks() -> None:
         server.wait(30)
 
 
-if __name__ == "__main__":
-    try:
-        main()
-    except Exception:
-        results.append({"name": "batch", "ok": False, "detail": traceback.format_exc(limit=5)})
+def finish() -> None:
+    """Write :data:`results` to :data:`RESULTS`, durably, and power off at once."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "w") as f:
         f.write(json.dumps(results, indent=1) + "\n")
@@ -274,4 +285,12 @@ if __name__ == "__main__":
     os.sync()
     # Power off at once (reboot(2)): the results are on disk, nothing else matters.
     subprocess.run(["systemctl", "poweroff", "--force", "--force"], check=False)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:
+        results.append({"name": "batch", "ok": False, "detail": traceback.format_exc(limit=5)})
+    finish()
     sys.exit(0)

@@ -8,15 +8,17 @@ all on the unified hierarchy.  This boots one, runs the batch of checks in
 1. **The guest tree**, cached beside the site harness's root filesystem
    (``tests/site/rootfs.py``): that tree plus Debian's cloud kernel and its
    initramfs, keyed on the site tree's key and :data:`RECIPE`.
-2. **The image**, per run: the guest tree with our ``.deb`` installed, the
-   checks and a oneshot unit that runs them at boot and then powers off,
-   made into an ext4 image with ``mkfs.ext4 -d``.  The tree is changed on
+2. **The image**, per run: the guest tree with our ``.deb`` installed, a
+   :class:`Batch` (``checks.py`` by default; ``fluxbatch.py`` makes the one
+   of flux-core's limit tests) and a oneshot unit that runs it at boot and
+   then powers off, made into an ext4 image with ``mkfs.ext4 -d``.  The tree is changed on
    an overlay in a mount namespace of its own, so nothing of it outlives
    the step, whatever happens.
 3. **The boot**: ``qemu-system-x86_64`` without KVM (software emulation),
    the kernel and initramfs given directly, ``systemd.unified_cgroup_hierarchy=1``,
-   the serial console in a file; bounded by :data:`BOOT_LIMIT`, after which
-   qemu is killed and the run reported as hung.
+   the serial console in a file; bounded by the batch's limit
+   (:data:`BOOT_LIMIT` for the checks), after which qemu is killed and the
+   run reported as hung; qemu also dies with the process that started it.
 4. **The results**, read from the powered-off image with ``debugfs`` (no
    mount): ``checks.py``'s JSON and the server's log.
 
@@ -30,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,15 +64,16 @@ CPUS = 4  # flux-core's cpuset tests want more than 2
 USER, USER_UID = "sdxuser", 1100
 DELEGATE = "cpu cpuset io memory pids"
 
-UNIT = f"""[Unit]
+#: The oneshot unit that runs a batch at boot; {script} is a file of GUEST_DIR.
+UNIT = """[Unit]
 Description=sdexec checks where limits are enforced
 After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 {GUEST_DIR}/checks.py
-TimeoutStartSec=480
-# checks.py powers off itself once its results are on disk; a crash or a
+ExecStart=/usr/bin/python3 {guest_dir}/{script}
+TimeoutStartSec={timeout:.0f}
+# The batch powers off itself once its results are on disk; a crash or a
 # timeout powers off too, with whatever it wrote.
 StandardOutput=journal+console
 FailureAction=poweroff-immediate
@@ -76,6 +81,30 @@ FailureAction=poweroff-immediate
 [Install]
 WantedBy=multi-user.target
 """
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a guest runs at boot, and what its image holds for it besides our ``.deb``."""
+
+    #: The program the boot unit runs, one of ``files``.
+    script: str
+    #: Files and directories copied into GUEST_DIR.
+    files: tuple[Path, ...]
+    #: Host files and directories copied into the image at the same paths
+    #: (an installed flux-core); their parents in the guest are made
+    #: traversable, since the batch may read them as an unprivileged user.
+    host_paths: tuple[Path, ...] = ()
+    #: Files written into the image: path in the guest -> text.
+    written: tuple[tuple[str, str], ...] = ()
+    #: Debian packages installed into this image only (apt, from the network).
+    packages: tuple[str, ...] = ()
+    #: Seconds for boot, batch and power-off, after which qemu is killed.
+    limit: float = BOOT_LIMIT
+
+
+#: The default batch: ``checks.py``.
+CHECKS = Batch("checks.py", (HERE / "checks.py",))
 
 
 def missing() -> str | None:
@@ -139,37 +168,82 @@ class Image:
     initrd: Path
 
 
-def make_image(tree: Path, deb: Path, work: Path) -> Image:
-    """An ext4 image of ``tree`` with the .deb, the checks and their unit installed."""
+def _copy_host_paths(paths: tuple[Path, ...], merged: Path) -> str:
+    """Shell lines putting ``paths`` into ``merged`` at the same paths: directories bound
+    read-only (mkfs copies through the binding), files copied."""
+    lines = []
+    for path in paths:
+        dst = shlex.quote(f"{merged}{path}")
+        if path.is_dir() and not path.is_symlink():
+            lines.append(f"mkdir -p {dst} && mount --bind -o ro {shlex.quote(str(path))} {dst}")
+        else:
+            lines.append(f"mkdir -p {shlex.quote(f'{merged}{path.parent}')}")
+            lines.append(f"cp -a {shlex.quote(str(path))} {dst}")
+        for parent in path.parents:
+            if parent != Path("/"):
+                lines.append(f"chmod a+x {shlex.quote(f'{merged}{parent}')}")
+    return "\n".join(lines)
+
+
+def make_image(tree: Path, deb: Path, work: Path, batch: Batch = CHECKS) -> Image:
+    """An ext4 image of ``tree`` with the .deb, the ``batch`` and its boot unit installed."""
     upper, ovl, merged = work / "upper", work / "ovl", work / "merged"
     for d in (upper, ovl, merged):
         d.mkdir(parents=True)
     stage = work / "stage"
-    stage.mkdir()
+    (stage / "guest").mkdir(parents=True)
+    (stage / "root").mkdir()
     shutil.copy(deb, stage / "sdexec.deb")
-    shutil.copy(HERE / "checks.py", stage / "checks.py")
-    (stage / "sdexec-guest-checks.service").write_text(UNIT)
+    for f in batch.files:
+        if f.is_dir():
+            shutil.copytree(f, stage / "guest" / f.name, symlinks=True)
+        else:
+            shutil.copy(f, stage / "guest" / f.name)
+    unit = UNIT.format(guest_dir=GUEST_DIR, script=batch.script, timeout=batch.limit - 60)
+    written = (("/etc/systemd/system/sdexec-guest-checks.service", unit), *batch.written)
+    for path, text in written:
+        (stage / "root" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (stage / "root" / path.lstrip("/")).write_text(text)
+    packages = (
+        f"""
+        cp /etc/resolv.conf {merged}/etc/resolv.conf
+        chroot {merged} env DEBIAN_FRONTEND=noninteractive \\
+            apt-get -q -y --no-install-recommends install {shlex.join(batch.packages)}
+        rm -f {merged}/etc/resolv.conf
+        rm -rf {merged}/var/cache/apt/archives/*.deb
+        """
+        if batch.packages
+        else ""
+    )
     image = work / "guest.img"
     in_mount_namespace(
         f"""
         mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={ovl} {merged}
         mount --bind /proc {merged}/proc
+        mount --bind /dev {merged}/dev
         cp {stage}/sdexec.deb {merged}/root/sdexec.deb
         chroot {merged} env DEBIAN_FRONTEND=noninteractive dpkg -i /root/sdexec.deb
         rm {merged}/root/sdexec.deb
+        {packages}
+        umount {merged}/dev
         umount {merged}/proc
         mkdir -p {merged}{GUEST_DIR} {merged}/var/lib/sdexec-guest
-        cp {stage}/checks.py {merged}{GUEST_DIR}/checks.py
-        cp {stage}/sdexec-guest-checks.service {merged}/etc/systemd/system/
+        cp -a {stage}/guest/. {merged}{GUEST_DIR}/
+        cp -a {stage}/root/. {merged}/
         ln -sf /etc/systemd/system/sdexec-guest-checks.service \\
             {merged}/etc/systemd/system/multi-user.target.wants/sdexec-guest-checks.service
         ln -sf /dev/null {merged}/etc/systemd/system/serial-getty@ttyS0.service
         echo guest > {merged}/etc/hostname
+        # The tree has no /etc/hosts; a Flux instance of more than one
+        # broker resolves the host's name.
+        printf '127.0.0.1 localhost\\n127.0.1.1 guest\\n' > {merged}/etc/hosts
         chroot {merged} useradd --uid {USER_UID} --create-home --shell /bin/bash {USER}
         mkdir -p {merged}/etc/systemd/system/user@.service.d {merged}/var/lib/systemd/linger
-        printf '[Service]\nDelegate={DELEGATE}\n' \
+        printf '[Service]\\nDelegate={DELEGATE}\\n' \\
             > {merged}/etc/systemd/system/user@.service.d/delegate.conf
         touch {merged}/var/lib/systemd/linger/{USER}
+        {_copy_host_paths(batch.host_paths, merged)}
+        chroot {merged} ldconfig -X
         mkfs.ext4 -q -F -L sdexec-guest -d {merged} {image} {IMAGE_SIZE}
         """
     )
@@ -198,6 +272,12 @@ def debugfs_cat(image: Path, path: str) -> str:
     return r.stdout.decode(errors="replace")
 
 
+def _die_with_parent() -> None:
+    """In qemu, before its exec: be killed if this process dies (no guest outlives a run)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def boot(img: Image, work: Path, limit: float = BOOT_LIMIT) -> Boot:
     """Boot the image until the guest powers off (or ``limit``: then it is killed)."""
     console = work / "console.log"
@@ -219,7 +299,8 @@ def boot(img: Image, work: Path, limit: float = BOOT_LIMIT) -> Boot:
     ]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_die_with_parent)  # fmt: skip
     hung = False
     try:
         proc.wait(limit)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import fluxcore
 import pytest
+import sharness_run
 
 from sdexec.systemd.private import PrivateManager
 
@@ -59,43 +60,9 @@ def flux_core_source() -> Path:
 
 def sharness_env(flux_core: Path, manager: PrivateManager) -> dict[str, str]:
     """The environment flux-core's sharness tests run in, from its build tree, on ``manager``."""
-    env = manager.env()
-    for var in (
-        *("NOTIFY_SOCKET", "INVOCATION_ID", "FLUX_URI", "FLUX_MODULE_PATH", "FLUX_CONFIG"),
-        *("HARNESS_ACTIVE", "DBUS_SYSTEM_BUS_ADDRESS", "SDEXEC_URI", "PYTHONPATH"),
-    ):
-        env.pop(var, None)
-    env.update(
-        SHARNESS_TEST_SRCDIR=str(flux_core / "t"),
-        SHARNESS_BUILD_DIRECTORY=str(flux_core),
-        FLUX_BUILD_DIR=str(flux_core),
-        FLUX_SOURCE_DIR=str(flux_core),
-        SDEXEC_JOURNAL_DIR=str(manager.journal_dir),
-    )
+    env = sharness_run.environment(manager.env(), flux_core)
+    env["SDEXEC_JOURNAL_DIR"] = str(manager.journal_dir)
     return env
-
-
-def run_logged(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run a test program of flux-core's in a session of its own, output to ``cwd/test.log``;
-    (exit status, -1 if killed after ``timeout``; the log's text)."""
-    log_path = cwd / "test.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the test's own session
-            proc.wait()
-            rc = -1
-    return rc, log_path.read_text(errors="replace")
 
 
 @dataclass

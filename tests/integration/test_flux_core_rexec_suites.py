@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, REPO, flux_core_source, run_logged, sharness_env
+from fluxinstance import MODULE, REPO, flux_core_source, sharness_env
+from sharness_run import run_logged
 
 from sdexec.systemd.private import PrivateManager
 

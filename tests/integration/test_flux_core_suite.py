@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, flux_core_source, run_logged, sharness_env
+from fluxinstance import MODULE, flux_core_source, sharness_env
+from sharness_run import counts, run_logged
 
 from sdexec.systemd.private import PrivateManager
 
@@ -43,16 +44,6 @@ def copy_with_our_module(src: Path, dst: Path) -> None:
     lines[hits[0]] = f"{m.group(1)} --name=sdexec {MODULE}{m.group(2)}\n"
     dst.write_text("".join(lines))
     dst.chmod(0o755)
-
-
-def counts(log: str) -> dict[str, int]:
-    plan = re.search(r"^1\.\.(\d+)", log, re.M)
-    return {
-        "ok": len(re.findall(r"^ok \d+ - ", log, re.M)),
-        "skip": len(re.findall(r"^ok \d+ # skip", log, re.M)),
-        "fail": len(re.findall(r"^not ok \d+ - ", log, re.M)),
-        "plan": int(plan.group(1)) if plan else -1,
-    }
 
 
 @pytest.fixture(scope="module")
