@@ -40,20 +40,22 @@ def sphinx(builder: str, out: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("html")
-    r = sphinx("html", out)
+def built(builder: str, factory: pytest.TempPathFactory) -> Path:
+    """The docs built by ``builder``, which must say nothing (warnings are errors)."""
+    out = factory.mktemp(builder)
+    r = sphinx(builder, out)
     assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built("html", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def man(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("man")
-    r = sphinx("man", out)
-    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
-    return out
+    return built("man", tmp_path_factory)
 
 
 # --- the HTML ------------------------------------------------------------------------
