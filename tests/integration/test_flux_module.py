@@ -322,14 +322,25 @@ def test_a_background_terminal_on_one_rank_is_attached_from_another(
 # --- authorization ---------------------------------------------------------------------------
 
 
-def test_guest_is_refused(inst: FluxInstance) -> None:
+def test_a_guest_cannot_start_and_sees_none_of_the_owners_processes(inst: FluxInstance) -> None:
+    """A guest may list and signal only its own jobs' shells (tests/site has those)."""
     rundir = inst.must("flux", "getattr", "rundir").strip()
     os.chmod(rundir, 0o711)  # let the guest reach the local connector's socket
     guest = ["setpriv", f"--reuid={GUEST}", f"--regid={GUEST}", "--clear-groups"]
+    cli = [sys.executable, "-m", "sdexec.cli.main"]
     r = inst.run(*guest, inst.flux, "exec", "-r", "1", "--service=sdexec", "true")
     assert r.returncode != 0 and "Request requires owner credentials" in r.stderr
-    r = inst.run(*guest, sys.executable, "-m", "sdexec.cli.main", "ps", "-r", "1")
-    assert r.returncode != 0 and "owner credentials" in r.stderr
+    inst.must(*cli, "exec", "-r", "1", "--bg", "--label", "owners", "--", "sleep", "30")
+    try:
+        r = inst.run(*guest, *cli, "ps", "-r", "1")
+        assert r.returncode == 0, r.stderr
+        assert "owners" not in r.stdout
+        r = inst.run(*guest, *cli, "kill", "-r", "1", "owners")
+        assert r.returncode != 0 and "not found" in r.stderr, r.stderr
+        r = inst.run(*guest, *cli, "wait", "-r", "1", "owners")
+        assert r.returncode != 0 and "owner credentials" in r.stderr, r.stderr
+    finally:
+        inst.must(*cli, "kill", "-r", "1", "owners")
 
 
 def test_rank0_refuses_requests_from_other_ranks(inst: FluxInstance) -> None:

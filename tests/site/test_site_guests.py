@@ -31,7 +31,8 @@ def site(request: pytest.FixtureRequest, start_site: object) -> Iterator[Site]:
 
 def submit(site: Site, user: str, cmd: str, nodes: int = NODES) -> str:
     jobid = site.ok(0, f"flux submit -N{nodes} {cmd}", user=user).strip()
-    site.ok(0, f"flux job wait-event -t 30 {jobid} start", user=user)
+    # Its tasks run (a signal sent before would reach only the shells).
+    site.ok(0, f"flux job wait-event -p exec -t 30 {jobid} shell.start", user=user)
     return jobid
 
 
