@@ -264,6 +264,13 @@ class Boot:
     console: str
     serve_log: str
 
+    def record(self, name: str) -> dict[str, Any]:
+        """The record ``name`` the guest wrote (a test fails with the console if there is none)."""
+        assert not self.hung, "the guest hung and was killed:\n" + self.console[-3000:]
+        found = [r for r in self.results if r["name"] == name]
+        assert found, f"no record {name!r}: {self.results}\n{self.console[-3000:]}"
+        return found[0]
+
 
 def debugfs_cat(image: Path, path: str) -> str:
     r = subprocess.run(

@@ -20,7 +20,6 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -57,16 +56,9 @@ def guest(debian_package: Path) -> Iterator[guestctl.Boot]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def program(boot: guestctl.Boot, name: str) -> dict[str, Any]:
-    assert not boot.hung, "the guest hung and was killed:\n" + boot.console[-3000:]
-    found = [r for r in boot.results if r["name"] == f"sdexec:{name}"]
-    assert found, f"no record of {name}: {boot.results}\n{boot.console[-3000:]}"
-    return found[0]
-
-
 @pytest.mark.parametrize("name", sorted(fluxbatch.TESTS))
 def test_flux_cores_limit_test_passes_with_our_module(guest: guestctl.Boot, name: str) -> None:
-    rec = program(guest, name)
+    rec = guest.record(f"sdexec:{name}")
     want = fluxbatch.TESTS[name]
     assert rec.get("counts") == {"ok": want, "skip": 0, "fail": 0, "plan": want}, (
         f"{name}: {rec['detail']}\n" + "\n".join(rec.get("failed", []))
