@@ -81,7 +81,8 @@ UNLOADING = "sdexec module is unloading"
 WAIT_OUTPUT_MAX = 8192
 #: Broker states once it has begun to shut down (flux-core's state machine).
 BROKER_ENDING = frozenset({"cleanup", "shutdown", "finalize", "goodbye", "exit"})
-STATE_QUERY_TIMEOUT = 1.0
+#: A broker answers in milliseconds; a loaded machine may stall it for longer.
+STATE_QUERY_TIMEOUT = 5.0
 #: Environment variables a unit must never inherit from its client.
 DROP_ENV = ("NOTIFY_SOCKET", "INVOCATION_ID")
 
@@ -351,7 +352,10 @@ class ModuleServer:
         one cannot, and its units are stopped unless this is a reload.
         """
         own = await self._broker_state(None)
-        if own is None or own not in BROKER_ENDING:
+        if own is None:
+            log.warning("the broker did not say its state; unloading as for a reload")
+            return "reload"
+        if own not in BROKER_ENDING:
             return "reload"
         if self.rank == 0:
             return "instance-end"

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import tempfile
 import time
@@ -239,7 +240,9 @@ class ProcessTable:
             try:
                 await step(unit)
             except OSError as exc:
-                log.debug("releasing unit", unit=unit, step=step.__name__, error=exc.strerror)
+                # A unit already collected is released; anything else leaves it loaded.
+                level = logging.DEBUG if exc.errno == errno.ESRCH else logging.WARNING
+                log.log(level, "releasing unit", unit=unit, step=step.__name__, error=exc.strerror)
 
     def _forget(self, proc: Process) -> None:
         if self.by_pid.get(proc.pid) is proc:

@@ -79,7 +79,37 @@ def inst(manager: PrivateManager, workdir: Path) -> Iterator[FluxInstance]:
         # The instance is gone with its rundir (the modules' state): nothing
         # could adopt its units again, so it stopped even the background ones.
         left = set(units(manager, "*.service")) - before
-        assert not left, f"units left behind by the instance: {left}"
+        report = leftover_report(manager, instance, left)
+        release(manager, left)  # so that one leak does not fail the tests after these
+        assert not left, f"units left behind by the instance:\n{report}"
+
+
+def leftover_report(manager: PrivateManager, inst: FluxInstance, left: set[str]) -> str:
+    """Each unit left behind: its state as systemd has it, and what the modules said of it."""
+    log = inst.log_path.read_text(errors="replace").splitlines()
+    lines = []
+    for unit in sorted(left):
+        show = subprocess.run(
+            ["systemctl", "--user", "show", "-p", "LoadState,ActiveState,SubState,Result", unit],
+            env=manager.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        lines.append(f"{unit}: {' '.join(show.split())}")
+        lines += [f"  {line}" for line in log if unit in line or "unloading" in line]
+    return "\n".join(lines)
+
+
+def release(manager: PrivateManager, left: set[str]) -> None:
+    for unit in sorted(left):
+        for verb in ("stop", "reset-failed"):
+            subprocess.run(
+                ["systemctl", "--user", verb, unit],
+                env=manager.env(),
+                capture_output=True,
+                timeout=60,
+            )
 
 
 def units(manager: PrivateManager, pattern: str = "sdexec-*") -> list[str]:
