@@ -317,7 +317,7 @@ class ModuleServer:
                 rank=self.rank,
                 state_dir=str(opts.state_dir),
                 systemd=opts.systemd,
-                adopted=len(service.by_pid),
+                adopted=len(service.by_unit),
                 pid=os.getpid(),
             )
             await self.stop.wait()
@@ -327,7 +327,7 @@ class ModuleServer:
             stop_background = self.opts.ephemeral and reason != "reload"
             log.info(
                 "unloading",
-                procs=len(service.by_pid),
+                procs=len(service.by_unit),
                 reason=reason,
                 stop_background=stop_background,
             )

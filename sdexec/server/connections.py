@@ -38,7 +38,7 @@ class Connections(ProcessTable):
         self.followers.stop(conn_id)  # now, not when their processes end
 
     def _drop_sender(self, match: Any) -> None:
-        for proc in [*self.by_pid.values(), *self.starting]:
+        for proc in self.processes():
             if proc.waiter is not None and match(proc.waiter.sender):
                 proc.waiter = None
             for att in [a for a in proc.attachers if match(a.req.sender)]:

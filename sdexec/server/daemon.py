@@ -222,7 +222,7 @@ async def serve(
             notify("READY=1")
             await stop.wait()
             notify("STOPPING=1")
-            log.info("shutting down", procs=len(service.by_pid))
+            log.info("shutting down", procs=len(service.by_unit))
             server.close()
             await service.shutdown(stop_background=opts.on_shutdown == "stop")
             for conn in list(router.connections.values()):

@@ -51,9 +51,8 @@ class Listing(ProcessTable):
         each live process, and the server's ``time`` to the response (for CPU
         rates between two calls).
         """
-        shown = [
-            p for p in self.by_pid.values() if guest.visible(req, p.requester_uid, p.tenant_uid)
-        ]
+        started = (p for p in self.processes() if p.pid and p not in self.starting)
+        shown = [p for p in started if guest.visible(req, p.requester_uid, p.tenant_uid)]
         stats = _wants_stats(req)
         details = stats or _wants(req, "details")
         procs: list[dict[str, Any]] = []
@@ -88,7 +87,7 @@ class Listing(ProcessTable):
     def stats_get(self, req: Request) -> None:
         """The units and their stdio, keyed by unit name (``flux module stats sdexec``)."""
         procs: dict[str, Any] = {}
-        for p in [*self.by_pid.values(), *self.starting]:
+        for p in self.processes():
             if guest.visible(req, p.requester_uid, p.tenant_uid):
                 procs[p.unit] = p.stats()
         req.respond({"pid": os.getpid(), "procs": procs})
@@ -114,7 +113,7 @@ class Listing(ProcessTable):
             await self._clients_present.wait()
             await asyncio.sleep(STOPPED_POLL)
             watched = False
-            for proc in [*self.by_pid.values(), *self.starting]:
+            for proc in self.processes():
                 # A background exec's client waits for one response, not a stream.
                 if proc.watched:
                     watched = True

@@ -71,7 +71,7 @@ class Service(Execution, Attaching, Control, Listing, Connections, Adoption):
             self.shutdown_reason = reason
         stopping: list[Coroutine[Any, Any, None]] = []
         holders: list[str] = []  # background terminals' holders, stopped after their commands
-        for proc in [*self.by_pid.values(), *self.starting]:
+        for proc in self.processes():
             if proc.waiter is not None:
                 proc.waiter.error(errno.ENOSYS, self.shutdown_reason)
                 proc.waiter = None
@@ -95,7 +95,7 @@ class Service(Execution, Attaching, Control, Listing, Connections, Adoption):
         await asyncio.gather(*stopping)
         await asyncio.gather(*(self._release_unit(unit) for unit in holders))
         # Channels, msgchans (sdexec.server.channels).
-        shutdown_aux(proc.aux for proc in [*self.by_pid.values(), *self.starting])
+        shutdown_aux(proc.aux for proc in self.processes())
 
     async def _stop_quietly(self, proc: Process) -> None:
         try:
@@ -115,5 +115,5 @@ class Service(Execution, Attaching, Control, Listing, Connections, Adoption):
         :meth:`shutdown` stopped does not: its record is gone with it.
         """
         return sum(
-            1 for p in self.by_pid.values() if p.background and self.state.get(p.unit) is not None
+            1 for p in self.processes() if p.background and self.state.get(p.unit) is not None
         )

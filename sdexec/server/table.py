@@ -35,7 +35,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -263,8 +263,14 @@ class ProcessTable:
             self.attach_ended(proc, proc.stdin_holder)
         proc.release()
 
-    def processes(self) -> Iterable[Process]:
-        return self.by_pid.values()
+    def processes(self) -> list[Process]:
+        """Every process the server holds, each once: starting, running, or finished and kept.
+
+        By unit, not by pid: the pid of a finished process kept for a
+        ``wait`` may be the kernel's again, given to a newer process, which
+        then takes its place in ``by_pid`` (a pid names the live process).
+        """
+        return list(self.by_unit.values())
 
     # --- lookup ---------------------------------------------------------------------------
 

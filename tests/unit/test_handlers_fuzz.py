@@ -502,8 +502,8 @@ class Harness:
 
     def release_all(self) -> None:
         svc = self.service
-        procs = {*svc.by_pid.values(), *svc.by_label.values(), *svc.by_stream.values()}
-        procs |= svc.starting
+        procs = {*svc.processes(), *svc.by_pid.values(), *svc.by_label.values()}
+        procs |= {*svc.by_stream.values(), *svc.starting}
         for proc in procs:
             proc.release()
         self.bus.close()
@@ -687,3 +687,51 @@ def test_kill_and_wait_while_shutting_down_are_enosys_with_the_reason() -> None:
     answers = harness.conn.sent[:2]
     assert [errno.errorcode[m.errnum] for m in answers] == ["ENOSYS", "ENOSYS"]
     assert all(b"sdexec module is unloading" in (m.payload or b"") for m in answers)
+
+
+def background_exec(label: str) -> Req:
+    cmd = {"cmdline": ["/bin/true"], "env": {}, "opts": {}, "channels": [], "label": label}
+    return Req("sdexec.exec", body({"cmd": cmd, "flags": int(ExecFlag.WAITABLE)}), False, False)
+
+
+def test_a_kept_process_whose_pid_is_given_again_is_still_listed_and_released() -> None:
+    # The kernel gives pids again (pid_max is 32768 on many machines).  A finished
+    # waitable process, kept for its wait, lost its place in the table to a newer
+    # process with its pid: list no longer showed it, and an unload that stops
+    # background units left its failed unit loaded.
+    harness = Harness()
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            harness.router.attach(tg)
+            try:
+                harness.request(background_exec("old"))
+                await harness.settle()
+                harness.bus.start_all()
+                harness.bus.finish_all(CLD_EXITED, 6)
+                await harness.settle()
+                harness.bus._pids = itertools.count(FIRST_PID)  # the same pid, once more
+                harness.request(background_exec("new"))
+                await harness.settle()
+                harness.bus.start_all()
+                await harness.settle()
+                harness.request(Req("sdexec.list", body({}), False, False))
+                await harness.settle()
+                await harness.service.shutdown(stop_background=True)
+            finally:
+                harness.release_all()
+
+    try:
+        asyncio.run(run())
+    finally:
+        harness.cleanup()
+    (listed,) = [m.json()["procs"] for m in harness.conn.sent if "procs" in (m.json() or {})]
+    assert sorted((p["label"], p["pid"], p["state"]) for p in listed) == [
+        ("new", FIRST_PID, "R"),
+        ("old", FIRST_PID, "Z"),
+    ]
+    units = {unit for verb, unit in harness.bus.calls if verb == "start"}
+    old = next(u for u in units if "-old" in u)
+    new = next(u for u in units if "-new" in u)
+    assert ("stop", old) in harness.bus.calls and ("reset-failed", old) in harness.bus.calls
+    assert ("stop", new) in harness.bus.calls
