@@ -32,6 +32,30 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "sdexec" / "flux" / "module.py"
 
 
+def units(manager: PrivateManager, pattern: str = "sdexec-*") -> list[str]:
+    """The manager's loaded units matching ``pattern``, in any state."""
+    out = subprocess.run(
+        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", pattern],
+        env=manager.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def release_units(manager: PrivateManager, names: set[str]) -> None:
+    """Stop and reset units a test left (a failed one stays loaded until reset)."""
+    for unit in sorted(names):
+        for verb in ("stop", "reset-failed"):
+            subprocess.run(
+                ["systemctl", "--user", verb, unit],
+                env=manager.env(),
+                capture_output=True,
+                timeout=60,
+            )
+
+
 def required() -> bool:
     return os.environ.get("SDEXEC_REQUIRE_FLUX") == "1"
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, REPO, flux_core_source, sharness_env
+from fluxinstance import MODULE, REPO, flux_core_source, release_units, sharness_env, units
 from sharness_run import run_logged
 
 from sdexec.systemd.private import PrivateManager
@@ -137,31 +136,13 @@ def flux_core() -> Path:
     return flux_core_source()
 
 
-def sdexec_units(manager: PrivateManager) -> set[str]:
-    r = subprocess.run(
-        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "sdexec-*"],
-        env=manager.env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
-
-
 @pytest.fixture
 def units_stopped_after(manager: PrivateManager) -> Iterator[None]:
     """Stop the units a suite leaves: background ones outlive the module's unload
     (by design), and some tests leave finished waitable processes unwaited for."""
-    before = sdexec_units(manager)
+    before = set(units(manager))
     yield
-    for unit in sorted(sdexec_units(manager) - before):
-        for verb in ("stop", "reset-failed"):
-            subprocess.run(
-                ["systemctl", "--user", verb, unit],
-                env=manager.env(),
-                capture_output=True,
-                timeout=60,
-            )
+    release_units(manager, set(units(manager)) - before)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fluxinstance import MODULE, FluxInstance, flux_or_skip
+from fluxinstance import MODULE, FluxInstance, flux_or_skip, release_units, units
 from terminal import tmux
 
 from sdexec.systemd.private import PrivateManager
@@ -80,7 +80,7 @@ def inst(manager: PrivateManager, workdir: Path) -> Iterator[FluxInstance]:
         # could adopt its units again, so it stopped even the background ones.
         left = set(units(manager, "*.service")) - before
         report = leftover_report(manager, instance, left)
-        release(manager, left)  # so that one leak does not fail the tests after these
+        release_units(manager, left)  # so that one leak does not fail the tests after these
         assert not left, f"units left behind by the instance:\n{report}"
 
 
@@ -99,28 +99,6 @@ def leftover_report(manager: PrivateManager, inst: FluxInstance, left: set[str])
         lines.append(f"{unit}: {' '.join(show.split())}")
         lines += [f"  {line}" for line in log if unit in line or "unloading" in line]
     return "\n".join(lines)
-
-
-def release(manager: PrivateManager, left: set[str]) -> None:
-    for unit in sorted(left):
-        for verb in ("stop", "reset-failed"):
-            subprocess.run(
-                ["systemctl", "--user", verb, unit],
-                env=manager.env(),
-                capture_output=True,
-                timeout=60,
-            )
-
-
-def units(manager: PrivateManager, pattern: str = "sdexec-*") -> list[str]:
-    out = subprocess.run(
-        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", pattern],
-        env=manager.env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
