@@ -447,6 +447,7 @@ def test_the_module_warms_cgroup_migrations_as_the_server_does(inst: FluxInstanc
 
 def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> None:
     """Requests in flight and new ones fail cleanly; reloading re-adopts the units."""
+    before = set(units(manager))
     inst = start_instance(manager, workdir / "flux-sigkill", "-Sbroker.module-nopanic=1")
     try:
         inst.must(
@@ -469,7 +470,12 @@ def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> N
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.5)
+        # The wait is in flight once the module has taken it (a loaded machine
+        # can take longer than any fixed pause to start the waiter).
+        wait_for(
+            lambda: "wait requester=" in inst.must("flux", "exec", "-r", "1", "flux", "dmesg"),
+            what="rank 1's module to take the wait",
+        )
         os.kill(module_pid(inst, 1), signal.SIGKILL)
         _, err = waiter.communicate(timeout=20)
         assert waiter.returncode != 0 and b"module disconnect" in err
@@ -480,6 +486,10 @@ def test_module_killed_with_sigkill(manager: PrivateManager, workdir: Path) -> N
         assert r.returncode == 7, r.stderr
     finally:
         inst.stop()
+        # A failure above leaves the unit to nobody: release it for the tests after this one.
+        left = set(units(manager)) - before
+        release_units(manager, left)
+    assert not left, f"units left behind: {left}"
 
 
 def test_resources_mapped_by_sdexec_mapper_are_checked(inst: FluxInstance) -> None:
