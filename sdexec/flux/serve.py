@@ -311,7 +311,9 @@ class ModuleServer:
                 tg.create_task(background.run()),
                 tg.create_task(tenants.run()),
             ]
-            handle.set_running()
+            # Said before the broker learns it (the two go in order on the
+            # module's connection): once `flux module load` returns, `flux
+            # dmesg` has the line.
             log.info(
                 "loaded",
                 rank=self.rank,
@@ -320,6 +322,7 @@ class ModuleServer:
                 adopted=len(service.by_unit),
                 pid=os.getpid(),
             )
+            handle.set_running()
             await self.stop.wait()
             reason = await self._unload_reason()
             # The units' identity goes with an ephemeral state directory: keep
